@@ -1,0 +1,202 @@
+"""The federated run's ledger: make the genesis and round blocks, verify a chain, and show it.
+
+`python blockchain.py show PATH` prints a chain for a person; `python blockchain.py verify PATH`
+checks every link, hash, proof of work and average, and names the first block that is wrong.
+"""
+
+import argparse
+import itertools
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from block import (
+    AGGREGATION_FEDAVG,
+    FORMAT_VERSION,
+    KNOWN_AGGREGATIONS,
+    ZERO_HASH,
+    Block,
+    ClientUpdate,
+    compute_hash,
+    meets_difficulty,
+    seal,
+)
+from chain_store import ChainFileError, load_chain
+from model import LinearModel, fedavg
+
+EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+
+
+class ChainError(ValueError):
+    """A chain that fails verification: the first bad block's index and the reason."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"block {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+def make_genesis(
+    *, initial_model: LinearModel, feature_names: Sequence[str], difficulty: int
+) -> Block:
+    """Mine block 0, which records the run's parameters and its starting global model."""
+    genesis = Block(
+        index=0,
+        timestamp=time.time(),
+        previous_hash=ZERO_HASH,
+        difficulty=difficulty,
+        feature_names=tuple(feature_names),
+        aggregation=AGGREGATION_FEDAVG,
+        cli=(),
+        client_model={},
+        server_model=initial_model,
+    )
+    verify_genesis_fields(genesis)
+    return seal(genesis)
+
+
+def make_round_block(previous: Block, updates: dict[str, ClientUpdate]) -> Block:
+    """Mine the block after PREVIOUS: the clients' updates (in dict order) and their FedAvg."""
+    cli = tuple(updates)
+    block = Block(
+        index=previous.index + 1,
+        timestamp=max(time.time(), previous.timestamp),  # a clock stepped back stays monotonic
+        previous_hash=previous.hash,
+        difficulty=previous.difficulty,
+        feature_names=previous.feature_names,
+        aggregation=previous.aggregation,
+        cli=cli,
+        client_model=dict(updates),
+        server_model=fedavg([(updates[c].model, updates[c].n_samples) for c in cli]),
+    )
+    return seal(block)
+
+
+def verify_chain(blocks: Sequence[Block]) -> None:
+    """Raise ChainError naming the first block that is wrong; return if the chain is valid."""
+    if not blocks:
+        raise ChainError(0, "the chain is empty: no genesis block")
+    verify_genesis(blocks[0])
+    for previous, block in itertools.pairwise(blocks):
+        verify_next(previous, block, genesis=blocks[0])
+
+
+def verify_genesis(genesis: Block) -> None:
+    """Check block 0: its own fields, its hash and its proof of work."""
+    verify_genesis_fields(genesis)
+    _verify_seal(genesis)
+
+
+def verify_genesis_fields(genesis: Block) -> None:
+    def fail(reason: str) -> None:
+        raise ChainError(genesis.index, reason)
+
+    if genesis.version != FORMAT_VERSION:
+        fail(f"format version {genesis.version} is not one this program knows")
+    if genesis.index != 0:
+        fail("the first block must be the genesis block, index 0")
+    if genesis.previous_hash != ZERO_HASH:
+        fail("the genesis block must have an all-zero previous_hash")
+    if genesis.cli:
+        fail("the genesis block must have no client models")
+    if genesis.aggregation not in KNOWN_AGGREGATIONS:
+        fail(f"unknown aggregation rule {genesis.aggregation!r}")
+    if not genesis.feature_names:
+        fail("the genesis block must name the features")
+    _verify_model_sizes(genesis)
+
+
+def verify_next(previous: Block, block: Block, *, genesis: Block) -> None:
+    """Check that BLOCK is a valid successor of PREVIOUS in the chain that GENESIS starts."""
+
+    def fail(reason: str) -> None:
+        raise ChainError(block.index, reason)
+
+    if block.version != FORMAT_VERSION:
+        fail(f"format version {block.version} is not one this program knows")
+    if block.index != previous.index + 1:
+        fail(f"index follows {previous.index}, so it should be {previous.index + 1}")
+    if block.previous_hash != previous.hash:
+        fail(f"previous_hash does not match the hash of block {previous.index}")
+    _verify_seal(block)
+    if block.difficulty < genesis.difficulty:
+        fail(f"difficulty {block.difficulty} is below the genesis's {genesis.difficulty} bits")
+    if block.timestamp < previous.timestamp:
+        fail(f"timestamp goes back in time from block {previous.index}")
+    if block.feature_names != genesis.feature_names:
+        fail("feature_names differ from the genesis block's")
+    if block.aggregation != genesis.aggregation:
+        fail(f"aggregation {block.aggregation!r} differs from the genesis's")
+    if not block.cli:
+        fail("a round block must hold at least one client model")
+    _verify_model_sizes(block)
+    if fedavg(block.updates_in_order()) != block.server_model:
+        fail("server_model is not the FedAvg of the client models")
+
+
+def _verify_seal(block: Block) -> None:
+    if compute_hash(block) != block.hash:
+        raise ChainError(block.index, "hash does not match the block's contents")
+    if not meets_difficulty(block.hash, block.difficulty):
+        raise ChainError(block.index, f"hash does not meet difficulty {block.difficulty} bits")
+
+
+def _verify_model_sizes(block: Block) -> None:
+    expected = len(block.feature_names)
+    models = [("server_model", block.server_model)]
+    models += [(f"client {name}", block.client_model[name].model) for name in block.cli]
+    for where, model in models:
+        if model.n_features != expected:
+            raise ChainError(
+                block.index, f"{where} has {model.n_features} weights for {expected} features"
+            )
+
+
+def format_block(block: Block) -> str:
+    """A few lines describing BLOCK for a person."""
+    when = datetime.fromtimestamp(block.timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    kind = "genesis" if block.index == 0 else "round"
+    clients = ", ".join(f"{c} ({block.client_model[c].n_samples} rows)" for c in block.cli)
+    weights = "  ".join(
+        f"{name}={w:.6g}"
+        for name, w in zip(block.feature_names, block.server_model.weights, strict=True)
+    )
+    return "\n".join(
+        [
+            f"block {block.index} ({kind})  {when}  nonce {block.nonce}  hash {block.hash[:16]}…",
+            f"  clients: {clients or 'none'}",
+            f"  server model: bias={block.server_model.bias:.6g}  {weights}",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="blockchain.py", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["show", "verify"])
+    parser.add_argument("path", help="a chain file (JSON Lines)")
+    args = parser.parse_args(argv)
+    try:
+        loaded = load_chain(args.path)
+    except ChainFileError as error:
+        print(f"invalid: {error}")
+        return EXIT_INVALID
+    except OSError as error:
+        print(f"error: cannot read {args.path}: {error.strerror}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if loaded.dropped_tail:
+        print(f"warning: {args.path}: {loaded.dropped_tail}", file=sys.stderr)
+    if args.command == "show":
+        for block in loaded.blocks:
+            print(format_block(block))
+    try:
+        verify_chain(loaded.blocks)
+    except ChainError as error:
+        print(f"invalid: {error}")
+        return EXIT_INVALID
+    print(f"valid: {len(loaded.blocks)} blocks")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
