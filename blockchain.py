@@ -85,12 +85,12 @@ def verify_chain(blocks: Sequence[Block]) -> None:
 def verify_genesis(genesis: Block) -> None:
     """Check block 0: its own fields, its hash and its proof of work."""
     verify_genesis_fields(genesis)
-    _verify_seal(genesis)
+    _verify_seal(0, genesis)
 
 
 def verify_genesis_fields(genesis: Block) -> None:
     def fail(reason: str) -> None:
-        raise ChainError(genesis.index, reason)
+        raise ChainError(0, reason)  # it sits first, whatever its index field claims
 
     if genesis.version != FORMAT_VERSION:
         fail(f"format version {genesis.version} is not one this program knows")
@@ -104,22 +104,24 @@ def verify_genesis_fields(genesis: Block) -> None:
         fail(f"unknown aggregation rule {genesis.aggregation!r}")
     if not genesis.feature_names:
         fail("the genesis block must name the features")
-    _verify_model_sizes(genesis)
+    _verify_model_sizes(0, genesis)
 
 
 def verify_next(previous: Block, block: Block, *, genesis: Block) -> None:
     """Check that BLOCK is a valid successor of PREVIOUS in the chain that GENESIS starts."""
 
+    position = previous.index + 1  # named by where it sits, even if its index field lies
+
     def fail(reason: str) -> None:
-        raise ChainError(block.index, reason)
+        raise ChainError(position, reason)
 
     if block.version != FORMAT_VERSION:
         fail(f"format version {block.version} is not one this program knows")
-    if block.index != previous.index + 1:
-        fail(f"index follows {previous.index}, so it should be {previous.index + 1}")
+    if block.index != position:
+        fail(f"index is {block.index}, but it follows block {previous.index}")
     if block.previous_hash != previous.hash:
         fail(f"previous_hash does not match the hash of block {previous.index}")
-    _verify_seal(block)
+    _verify_seal(position, block)
     if block.difficulty < genesis.difficulty:
         fail(f"difficulty {block.difficulty} is below the genesis's {genesis.difficulty} bits")
     if block.timestamp < previous.timestamp:
@@ -130,26 +132,26 @@ def verify_next(previous: Block, block: Block, *, genesis: Block) -> None:
         fail(f"aggregation {block.aggregation!r} differs from the genesis's")
     if not block.cli:
         fail("a round block must hold at least one client model")
-    _verify_model_sizes(block)
+    _verify_model_sizes(position, block)
     if fedavg(block.updates_in_order()) != block.server_model:
         fail("server_model is not the FedAvg of the client models")
 
 
-def _verify_seal(block: Block) -> None:
+def _verify_seal(position: int, block: Block) -> None:
     if compute_hash(block) != block.hash:
-        raise ChainError(block.index, "hash does not match the block's contents")
+        raise ChainError(position, "hash does not match the block's contents")
     if not meets_difficulty(block.hash, block.difficulty):
-        raise ChainError(block.index, f"hash does not meet difficulty {block.difficulty} bits")
+        raise ChainError(position, f"hash does not meet difficulty {block.difficulty} bits")
 
 
-def _verify_model_sizes(block: Block) -> None:
+def _verify_model_sizes(position: int, block: Block) -> None:
     expected = len(block.feature_names)
     models = [("server_model", block.server_model)]
     models += [(f"client {name}", block.client_model[name].model) for name in block.cli]
     for where, model in models:
         if model.n_features != expected:
             raise ChainError(
-                block.index, f"{where} has {model.n_features} weights for {expected} features"
+                position, f"{where} has {model.n_features} weights for {expected} features"
             )
 
 

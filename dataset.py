@@ -4,12 +4,12 @@ Every refusal names the file, and the row and column where that helps, because t
 it has to find the bad cell in a file only they can see.
 """
 
+import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 DEFAULT_TARGET = "charges"
 
@@ -32,30 +32,35 @@ class Dataset:
 def load_dataset(path: str | Path, *, target: str = DEFAULT_TARGET) -> Dataset:
     """Read PATH, split off the TARGET column, and check that every cell is a finite number."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
     try:
-        # Read as text so that every cell is checked here, with its position, not guessed at.
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            rows = [row for row in csv.reader(file) if row]  # blank lines carry nothing
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such data file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a data file") from None
+    except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: not a readable CSV file ({error})") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty (no header, no rows)") from None
+    if not rows:
+        raise DataError(f"{path}: the file is empty (no header, no rows)")
 
-    columns = list(table.columns)
-    _check_header(path, columns, target)
-    if len(table) == 0:
+    header, body = rows[0], rows[1:]
+    _check_header(path, header, target)
+    if not body:
         raise DataError(f"{path}: the file has a header but no rows")
-    if len(table) == 1:
+    if len(body) == 1:
         raise DataError(f"{path}: only one row; a linear model needs at least two")
 
-    values = np.empty(table.shape, dtype=np.float64)
-    for j, column in enumerate(columns):
-        for i, cell in enumerate(table[column]):
-            values[i, j] = _parse_cell(path, i, column, cell)
+    values = np.empty((len(body), len(header)), dtype=np.float64)
+    for i, row in enumerate(body):
+        line = i + 2  # 1-based, after the header
+        if len(row) != len(header):
+            raise DataError(f"{path}: row {line} has {len(row)} cells, the header {len(header)}")
+        for j, cell in enumerate(row):
+            values[i, j] = _parse_cell(f"{path}: row {line}, column {header[j]!r}", cell)
 
-    target_index = columns.index(target)
-    feature_names = tuple(c for c in columns if c != target)
+    target_index = header.index(target)
+    feature_names = tuple(c for c in header if c != target)
     X = np.delete(values, target_index, axis=1)
     y = values[:, target_index].copy()
     return Dataset(feature_names=feature_names, X=X, y=y)
@@ -64,22 +69,16 @@ def load_dataset(path: str | Path, *, target: str = DEFAULT_TARGET) -> Dataset:
 def _check_header(path: Path, columns: list[str], target: str) -> None:
     if target not in columns:
         raise DataError(f"{path}: no target column {target!r} (columns: {', '.join(columns)})")
-    unnamed = [c for c in columns if c.startswith("Unnamed:") or not c.strip()]
-    if unnamed:
+    if any(not c.strip() for c in columns):
         raise DataError(f"{path}: a column has no name in the header")
-    # pandas renames a repeated header 'bmi' to 'bmi.1'; say what the file really holds.
-    for column in columns:
-        stem, _, suffix = column.rpartition(".")
-        if suffix.isdigit() and stem in columns:
-            raise DataError(f"{path}: column {stem!r} appears more than once in the header")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise DataError(f"{path}: column {repeated[0]!r} appears more than once in the header")
     if len(columns) < 2:
         raise DataError(f"{path}: no feature columns besides the target {target!r}")
 
 
-def _parse_cell(path: Path, row_index: int, column: str, cell: object) -> float:
-    where = f"{path}: row {row_index + 2}, column {column!r}"  # +2: 1-based, after the header
-    if not isinstance(cell, str):  # pandas fills the cells a short row lacks
-        raise DataError(f"{where}: missing (the row has too few cells)")
+def _parse_cell(where: str, cell: str) -> float:
     if not cell.strip():
         raise DataError(f"{where}: empty cell")
     try:

@@ -1,0 +1,220 @@
+"""The bytes on the wire: length-prefixed frames carrying pickled messages, read back safely.
+
+A frame is a 9-byte header (magic b"FLBM", a version byte, a 32-bit payload length) and a
+protocol-5 pickle of a small dict with a "type". The length prefix is what lets a reader know where
+a message ends (the original guessed, with fixed-size reads). The pickle is loaded by an unpickler
+that can build only plain builtins and float/int NumPy arrays, so a crafted frame cannot run code.
+Every message is checked against its schema before anyone else sees it.
+"""
+
+import io
+import math
+import pickle
+import socket
+import struct
+from collections.abc import Callable
+
+import numpy as np
+
+MAGIC = b"FLBM"
+VERSION = 1
+HEADER = struct.Struct(">4sBI")
+DEFAULT_MAX_FRAME_BYTES = 1 << 20  # a model of 10,000 features fits a hundred times over
+MAX_NAME_CHARS = 64
+MAX_FEATURES = 10_000
+MAX_TEXT_CHARS = 100_000  # a block as JSON, or a refusal's reason
+
+
+class ProtocolError(ValueError):
+    """A frame or message that breaks the protocol, with what was wrong."""
+
+
+class ConnectionClosed(ConnectionError):
+    """The peer closed the connection, cleanly between frames or in the middle of one."""
+
+
+def send_message(sock: socket.socket, message: dict) -> None:
+    """Check MESSAGE against its schema, then send it as one frame."""
+    validate_message(message)
+    payload = pickle.dumps(message, protocol=5)
+    sock.sendall(HEADER.pack(MAGIC, VERSION, len(payload)) + payload)
+
+
+def receive_message(sock: socket.socket, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> dict:
+    """Read one frame from SOCK and return its checked message; raise ProtocolError if bad."""
+    magic, version, length = HEADER.unpack(_receive_exactly(sock, HEADER.size, at_start=True))
+    if magic != MAGIC:
+        raise ProtocolError(f"not a frame of this protocol (magic {magic!r})")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version} is not supported (this is {VERSION})")
+    if length > max_frame_bytes:
+        # Refused before reading, so a hostile length cannot make us allocate or wait for it.
+        raise ProtocolError(f"frame of {length} bytes is over the limit of {max_frame_bytes}")
+    message = load_payload(_receive_exactly(sock, length, at_start=False))
+    validate_message(message)
+    return message
+
+
+def load_payload(payload: bytes) -> object:
+    """Unpickle PAYLOAD, admitting only what messages need; refuse anything else unrun."""
+    try:
+        return _RestrictedUnpickler(io.BytesIO(payload)).load()
+    except ProtocolError:
+        raise
+    except Exception as error:  # a malformed pickle can fail in many ways; all mean "bad frame"
+        raise ProtocolError(f"payload is not a valid message pickle ({error})") from None
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Callable:
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise ProtocolError(f"payload refers to {module}.{name}, which is not allowed")
+        return allowed
+
+    def persistent_load(self, pid: object) -> object:
+        raise ProtocolError("payload uses persistent ids, which are not allowed")
+
+
+def _numeric_dtype(spec: object, align: object = False, copy: object = False) -> np.dtype:
+    if not isinstance(spec, str) or spec not in _NUMERIC_DTYPES or not {align, copy} <= {0, 1}:
+        raise ProtocolError(f"payload asks for dtype {spec!r}; only plain numbers are allowed")
+    # copy=True, as pickle asks, matters: the state applied next must not touch NumPy's own.
+    return np.dtype(spec, align=bool(align), copy=bool(copy))
+
+
+def _frombuffer(buffer: bytes, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "fiu":
+        raise ProtocolError("payload holds an array that is not plain numbers")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order).copy()
+
+
+_NUMERIC_DTYPES = {"f8", "f4", "i8", "i4", "u8", "u4"}
+
+# What pickle protocol 5 writes for a NumPy array: a dtype and a buffer. Nothing else is named.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Callable] = {
+    ("numpy", "dtype"): _numeric_dtype,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+}
+
+
+def _receive_exactly(sock: socket.socket, size: int, *, at_start: bool) -> bytes:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        count = sock.recv_into(view[received:], size - received)
+        if count == 0:
+            if at_start and received == 0:
+                raise ConnectionClosed("the peer closed the connection")
+            raise ConnectionClosed(f"the connection closed mid-frame ({received} of {size} bytes)")
+        received += count
+    return bytes(buffer)
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS:
+        raise ProtocolError(f"must be a string of 1..{MAX_NAME_CHARS} characters")
+    if not value.isprintable() or value != value.strip():
+        raise ProtocolError("must be printable, with no leading or trailing spaces")
+    return value
+
+
+def _names(value: object) -> list:
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_FEATURES:
+        raise ProtocolError(f"must be a list of 1..{MAX_FEATURES} names")
+    for item in value:
+        _name(item)
+    if len(set(value)) != len(value):
+        raise ProtocolError("has a repeated name")
+    return value
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value >= 2**63:
+        raise ProtocolError(f"must be a positive integer, not {value!r}")
+    return value
+
+
+def _round(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise ProtocolError(f"must be a round number (a positive integer), not {value!r}")
+    return value
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ProtocolError(f"must be finite, not {value!r}")
+    return value
+
+
+def _weights(value: object) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype != np.float64:
+        raise ProtocolError("must be a NumPy float64 array")
+    if value.ndim != 1 or not 0 < value.size <= MAX_FEATURES:
+        raise ProtocolError(
+            f"must be a vector of 1..{MAX_FEATURES} numbers, not shape {value.shape}"
+        )
+    if not np.all(np.isfinite(value)):
+        raise ProtocolError("holds NaN or infinity")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
+        raise ProtocolError(f"must be a string of at most {MAX_TEXT_CHARS} characters")
+    return value
+
+
+def _metrics(value: object) -> dict:
+    if not isinstance(value, dict) or len(value) > 16:
+        raise ProtocolError("must be a dict of at most 16 named numbers")
+    for key, number in value.items():
+        _name(key)
+        _number(number)
+    return value
+
+
+# Client -> server: register, update. Server -> client: welcome, train, block, done, refused.
+SCHEMAS: dict[str, dict[str, Callable]] = {
+    "register": {"name": _name, "feature_names": _names, "n_samples": _count},
+    "welcome": {"genesis": _text},
+    "train": {"round": _round, "weights": _weights, "bias": _number},
+    "update": {
+        "round": _round,
+        "weights": _weights,
+        "bias": _number,
+        "n_samples": _count,
+        "metrics": _metrics,
+    },
+    "block": {"block": _text},
+    "done": {"blocks": _count},
+    "refused": {"reason": _text},
+}
+
+
+def validate_message(message: object) -> None:
+    """Raise ProtocolError unless MESSAGE is a dict of a known type with exactly its fields."""
+    if not isinstance(message, dict):
+        raise ProtocolError(f"a message must be a dict, not {type(message).__name__}")
+    kind = message.get("type")
+    schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    fields = set(message) - {"type"}
+    if missing := set(schema) - fields:
+        raise ProtocolError(f"{kind} message lacks {', '.join(sorted(missing))}")
+    if extra := fields - set(schema):
+        raise ProtocolError(
+            f"{kind} message has unknown field(s) {', '.join(sorted(map(str, extra)))}"
+        )
+    for field, check in schema.items():
+        try:
+            check(message[field])
+        except ProtocolError as error:
+            raise ProtocolError(f"{kind} message: {field} {error}") from None
