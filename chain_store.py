@@ -115,10 +115,7 @@ class ChainWriter:
 def load_chain(path: str | Path) -> LoadedChain:
     """Read every block of PATH; a torn last line is dropped and reported, other damage raised."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ChainFileError(f"{path}: no such chain file") from None
+    data = path.read_bytes()  # OSError (a missing file, say) is the caller's to report
     lines = data.split(b"\n")
     tail = lines.pop()  # the bytes after the last newline: empty if the file ends cleanly
     blocks = [_parse_line(path, number, raw) for number, raw in enumerate(lines, start=1)]

@@ -87,16 +87,19 @@ def fedavg(updates: Sequence[tuple[LinearModel, int]]) -> LinearModel:
     total = 0
     weight_sum = np.zeros(n_features)
     bias_sum = 0.0
-    for model, n_samples in updates:
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer):
-            raise TypeError(f"a sample count must be an integer, not {n_samples!r}")
-        if n_samples <= 0:
-            raise ValueError(f"a sample count must be positive, not {n_samples}")
-        if model.n_features != n_features:
-            raise ValueError(
-                f"models disagree on the number of features ({model.n_features} != {n_features})"
-            )
-        total += int(n_samples)
-        weight_sum = weight_sum + float(n_samples) * model.weights
-        bias_sum = bias_sum + float(n_samples) * model.bias
+    with np.errstate(over="ignore"):  # overflow is checked once, below, with a clear message
+        for model, n_samples in updates:
+            if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer):
+                raise TypeError(f"a sample count must be an integer, not {n_samples!r}")
+            if n_samples <= 0:
+                raise ValueError(f"a sample count must be positive, not {n_samples}")
+            if model.n_features != n_features:
+                raise ValueError(
+                    f"models differ in feature count ({model.n_features} != {n_features})"
+                )
+            total += int(n_samples)
+            weight_sum = weight_sum + float(n_samples) * model.weights
+            bias_sum = bias_sum + float(n_samples) * model.bias
+    if not (np.all(np.isfinite(weight_sum)) and np.isfinite(bias_sum)):
+        raise ValueError("the client models are too large to average in float64 (overflow)")
     return LinearModel(weight_sum / float(total), bias_sum / float(total))

@@ -46,6 +46,7 @@ def test_fedavg_is_bit_reproducible_in_a_fixed_order():
         ([(LinearModel([1.0], 0.0), True)], TypeError),
         ([(LinearModel([1.0], 0.0), 2.0)], TypeError),
         ([(LinearModel([1.0], 0.0), 1), (LinearModel([1.0, 2.0], 0.0), 1)], ValueError),
+        ([(LinearModel([1e308], 0.0), 2), (LinearModel([1e308], 0.0), 1)], ValueError),
     ],
 )
 def test_fedavg_refuses_bad_input(updates, error):

@@ -1,0 +1,157 @@
+"""Chain files: exact round trips, crash recovery of a torn last line, and strict reading."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from chain_helpers import build_chain
+
+from block import ClientUpdate, seal
+from blockchain import make_genesis, make_round_block, verify_chain
+from chain_store import ChainFileError, ChainWriter, block_from_json, block_to_json, load_chain
+from model import LinearModel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_chain(path: Path, blocks: list) -> Path:
+    with ChainWriter(path) as writer:
+        for block in blocks:
+            writer.append(block)
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "blockchain.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_blocks_round_trip_exactly(tmp_path):
+    blocks = build_chain()
+    loaded = load_chain(write_chain(tmp_path / "chain.jsonl", blocks))
+    assert loaded.dropped_tail is None
+    assert [block_to_json(b) for b in loaded.blocks] == [block_to_json(b) for b in blocks]
+    verify_chain(loaded.blocks)
+
+
+def test_awkward_floats_survive_storage(tmp_path):
+    awkward = [-0.0, 5e-324, 1.7976931348623157e300, 0.1, 1 / 3]
+    genesis = make_genesis(
+        initial_model=LinearModel(awkward, -0.0), feature_names=list("abcde"), difficulty=4
+    )
+    update = ClientUpdate(LinearModel(awkward[::-1], 1e-300), 3)
+    blocks = [genesis, make_round_block(genesis, {"x": update})]
+    loaded = load_chain(write_chain(tmp_path / "chain.jsonl", blocks)).blocks
+    assert loaded[0].server_model == genesis.server_model  # bit for bit: -0.0 stays -0.0
+    assert loaded[1].client_model["x"].model == update.model
+    verify_chain(loaded)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 40, -2])
+def test_a_torn_last_line_is_dropped_and_reported(tmp_path, cut):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain())
+    data = path.read_bytes()
+    last_line = len(data.splitlines()[-1]) + 1
+    keep = len(data) - last_line + (cut if cut > 0 else last_line + cut)
+    path.write_bytes(data[:keep])  # a crash part way through writing the last block
+    loaded = load_chain(path)
+    assert len(loaded.blocks) == 3
+    assert "line 4" in loaded.dropped_tail
+    verify_chain(loaded.blocks)
+    result = run_cli("verify", path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == "valid: 3 blocks"
+    assert "unfinished block dropped" in result.stderr
+
+
+def test_a_whole_last_block_without_its_newline_is_kept(tmp_path):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain())
+    path.write_bytes(path.read_bytes()[:-1])
+    loaded = load_chain(path)
+    assert len(loaded.blocks) == 4 and loaded.dropped_tail is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda line: line[: len(line) // 2],  # torn, but not at the end
+        lambda line: b"garbage",
+        lambda line: b"",
+        lambda line: line.replace(b'"nonce":', b'"nonce":"').replace(b',"hash"', b'","hash"'),
+    ],
+)
+def test_damage_before_the_last_line_is_refused_naming_the_block(tmp_path, damage):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain())
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = damage(lines[1])
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(ChainFileError, match=r"line 2 \(block 1\)"):
+        load_chain(path)
+    result = run_cli("verify", path)
+    assert result.returncode == 1
+    assert "block 1" in result.stdout
+
+
+def record_of(block) -> dict:
+    return json.loads(block_to_json(block))
+
+
+@pytest.mark.parametrize(
+    ("text_change", "expected"),
+    [
+        (lambda t: t.replace('"bias":0.0', '"bias":0'), "must be a JSON float"),
+        (lambda t: t.replace('"bias":0.0', '"bias":NaN'), "NaN is not a finite number"),
+        (lambda t: t.replace('"bias":0.0', '"bias":1e999'), "finite"),
+        (lambda t: t.replace('"nonce":', '"extra":1,"nonce":'), "unknown field(s) extra"),
+        (lambda t: t.replace('"index":0,', ""), "lacks index"),
+        (lambda t: t.replace('"index":0,', '"index":0,"index":0,'), "repeats a key"),
+        (lambda t: t.replace('"difficulty":8', '"difficulty":true'), "integer"),
+    ],
+)
+def test_reading_is_strict(text_change, expected):
+    text = block_to_json(build_chain(rounds=0)[0])
+    changed = text_change(text)
+    assert changed != text
+    with pytest.raises((ValueError, TypeError)) as caught:
+        block_from_json(changed)
+    assert expected in str(caught.value)
+
+
+def test_a_writer_never_overwrites_an_existing_chain(tmp_path):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        ChainWriter(path)
+    assert path.read_bytes() == before
+
+
+def test_show_prints_each_block_for_a_person(tmp_path):
+    blocks = build_chain(rounds=2)
+    path = write_chain(tmp_path / "chain.jsonl", blocks)
+    result = run_cli("show", path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "block 0 (genesis)" in out and "block 2 (round)" in out
+    assert "cli1 (535 rows), cli2 (97 rows)" in out
+    assert f"nonce {blocks[2].nonce}" in out and blocks[2].hash[:16] in out
+    assert "server model: bias=" in out and "age=" in out
+    assert out.strip().endswith("valid: 3 blocks")
+
+
+def test_cli_reports_tampering_and_unreadable_files(tmp_path):
+    blocks = build_chain()
+    blocks[2] = seal(
+        blocks[2].__class__(**{**blocks[2].__dict__, "timestamp": blocks[2].timestamp + 1})
+    )
+    path = write_chain(tmp_path / "chain.jsonl", blocks)
+    result = run_cli("verify", path)
+    assert result.returncode == 1
+    assert result.stdout.startswith("invalid: block 3: previous_hash")
+    missing = run_cli("verify", tmp_path / "absent.jsonl")
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
