@@ -161,14 +161,14 @@ def format_block(block: Block) -> str:
     kind = "genesis" if block.index == 0 else "round"
     clients = ", ".join(f"{c} ({block.client_model[c].n_samples} rows)" for c in block.cli)
     weights = "  ".join(
-        f"{name}={w:.6g}"
+        f"{name}={w:.4g}"
         for name, w in zip(block.feature_names, block.server_model.weights, strict=True)
     )
     return "\n".join(
         [
             f"block {block.index} ({kind})  {when}  nonce {block.nonce}  hash {block.hash[:16]}…",
             f"  clients: {clients or 'none'}",
-            f"  server model: bias={block.server_model.bias:.6g}  {weights}",
+            f"  server model: bias={block.server_model.bias:.4g}  {weights}",
         ]
     )
 

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+DEFAULT_HOST = "127.0.0.1"  # loopback: nothing outside this machine can reach it by default
+DEFAULT_PORT = 10000
 MAGIC = b"FLBM"
 VERSION = 1
 HEADER = struct.Struct(">4sBI")
@@ -145,6 +147,12 @@ def _round(value: object) -> int:
     return value
 
 
+def _seed(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ProtocolError(f"must be a non-negative integer, not {value!r}")
+    return value
+
+
 def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(f"must be a number, not {type(value).__name__}")
@@ -183,7 +191,7 @@ def _metrics(value: object) -> dict:
 # Client -> server: register, update. Server -> client: welcome, train, block, done, refused.
 SCHEMAS: dict[str, dict[str, Callable]] = {
     "register": {"name": _name, "feature_names": _names, "n_samples": _count},
-    "welcome": {"genesis": _text},
+    "welcome": {"genesis": _text, "seed": _seed},
     "train": {"round": _round, "weights": _weights, "bias": _number},
     "update": {
         "round": _round,

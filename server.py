@@ -1,0 +1,111 @@
+"""The federated server: `python server.py` in the first terminal. `--help` lists the flags."""
+
+import argparse
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from chain_store import ChainWriter
+from dataset import DataError, load_dataset
+from federated_server import RunAborted, RunSettings, report_chain, run_federation
+from protocol import DEFAULT_HOST, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
+from simulation import DEFAULT_ROUNDS, DEFAULT_RUN_SEED
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CLIENTS = 2
+DEFAULT_DIFFICULTY_BITS = 18  # about a quarter of a second of mining a block here
+DEFAULT_CHAIN = "chain.jsonl"
+DEFAULT_TEST = HERE / "data" / "test.csv"
+DEFAULT_ROUND_TIMEOUT_S = 60.0
+DEFAULT_JOIN_TIMEOUT_S = 120.0
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="server.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="clients per run")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="training rounds")
+    parser.add_argument(
+        "--difficulty", type=int, default=DEFAULT_DIFFICULTY_BITS, help="proof of work, in bits"
+    )
+    parser.add_argument("--chain", type=Path, default=Path(DEFAULT_CHAIN), help="new chain file")
+    parser.add_argument(
+        "--test",
+        default=str(DEFAULT_TEST),
+        help="held-out CSV to score each round on ('' for none)",
+    )
+    parser.add_argument("--target", default="charges", help="target column of the --test file")
+    parser.add_argument("--seed", type=int, default=DEFAULT_RUN_SEED, help="the run's seed")
+    parser.add_argument(
+        "--round-timeout-s", type=float, default=DEFAULT_ROUND_TIMEOUT_S,
+        help="how long to wait for every client's update in a round",
+    )  # fmt: skip
+    parser.add_argument(
+        "--join-timeout-s", type=float, default=DEFAULT_JOIN_TIMEOUT_S,
+        help="how long to wait for the clients to join",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
+        help="refuse any message longer than this",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.rounds < 1:
+        parser.error("--clients and --rounds must be at least 1")
+    if not 0 <= args.difficulty <= 64:
+        parser.error("--difficulty must be 0..64 bits")
+    if not 0 <= args.seed < 2**63:
+        parser.error("--seed must be a non-negative integer")
+    if min(args.round_timeout_s, args.join_timeout_s) <= 0 or args.max_frame_bytes < 1024:
+        parser.error("timeouts must be positive and --max-frame-bytes at least 1024")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        test_data = load_dataset(args.test, target=args.target) if args.test else None
+        writer = ChainWriter(args.chain)
+    except (DataError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = RunSettings(
+        n_clients=args.clients,
+        rounds=args.rounds,
+        difficulty=args.difficulty,
+        seed=args.seed,
+        round_timeout_s=args.round_timeout_s,
+        join_timeout_s=args.join_timeout_s,
+        max_frame_bytes=args.max_frame_bytes,
+    )
+    with writer:
+        try:
+            listener = socket.create_server((args.host, args.port), backlog=16)
+        except OSError as error:
+            print(f"error: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        with listener:
+            host, port = listener.getsockname()[:2]
+            say(f"listening on {host}:{port}")  # first line: tests and demo.py read the port
+            try:
+                run_federation(listener, settings, writer, test_data, say)
+            except RunAborted as error:
+                say(f"run stopped: {error}")
+                say(f"the chain so far, from {args.chain}:")
+                report_chain(args.chain, say)
+                return EXIT_RUN_FAILED
+            except KeyboardInterrupt:
+                say("interrupted; the chain holds every block finished so far")
+                return EXIT_RUN_FAILED
+    say(f"run complete; the chain, from {args.chain}:")
+    return EXIT_OK if report_chain(args.chain, say) else EXIT_RUN_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
