@@ -195,7 +195,10 @@ class _Server:
             self.send(peer, {**train, "bias": global_model.bias})
         received = self._collect_updates(index, started + self.settings.round_timeout_s)
         mining_started = time.monotonic()
-        block = make_round_block(previous, {p.name: received[p.name][0] for p in self.peers})
+        try:
+            block = make_round_block(previous, {p.name: received[p.name][0] for p in self.peers})
+        except ValueError as error:  # finite models whose weighted sum is not
+            raise RunAborted(f"round {index}: the updates cannot be averaged: {error}") from None
         mining_s = time.monotonic() - mining_started
         writer.append(block)
         block_json = block_to_json(block)

@@ -1,0 +1,138 @@
+"""The federated run end to end: a real server and real clients on 127.0.0.1."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from processes import ROOT, start_server
+
+from chain_store import load_chain
+from dataset import load_dataset
+from simulation import simulate
+
+ROUNDS = 3
+
+
+def client_args(name: str, port: int, tmp_path: Path, *extra: str) -> list:
+    return ["--port", port, "--replica", tmp_path / f"{name}.jsonl", *extra]
+
+
+def verify_cli(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "blockchain.py"), "verify", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def check_finished_run(tmp_path: Path, server, clients) -> None:
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+    chain_path = tmp_path / "chain.jsonl"
+    blocks = load_chain(chain_path).blocks
+    assert len(blocks) == ROUNDS + 1
+    result = verify_cli(chain_path)
+    assert result.returncode == 0 and result.stdout.strip() == f"valid: {ROUNDS + 1} blocks"
+    assert server.output.rstrip().endswith(f"valid: {ROUNDS + 1} blocks")
+    for name in ("cli1", "cli2"):
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == chain_path.read_bytes()
+
+
+def test_a_networked_run_gives_the_simulated_models_and_identical_replicas(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", ROUNDS)
+    clients = [
+        programs("client1.py", *client_args("cli1", port, tmp_path)),
+        programs("client2.py", *client_args("cli2", port, tmp_path)),
+    ]
+    check_finished_run(tmp_path, server, clients)
+    blocks = load_chain(tmp_path / "chain.jsonl").blocks
+    datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
+    simulated = simulate(datasets, rounds=ROUNDS)
+    for block, expected in zip(blocks[1:], simulated, strict=True):
+        assert block.cli == ("cli1", "cli2")
+        assert block.server_model == expected.global_model  # bit for bit
+        for name in block.cli:
+            assert block.client_model[name].model == expected.client_models[name]
+    assert "global test MSE" in server.output
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_clients_started_before_the_server_wait_for_it(programs, tmp_path):
+    port = free_port()  # the clients must be told a port before the server exists
+    clients = [
+        programs("client1.py", *client_args("cli1", port, tmp_path)),
+        programs("client2.py", *client_args("cli2", port, tmp_path)),
+    ]
+    server = programs(
+        "server.py", "--port", port, "--chain", tmp_path / "chain.jsonl",
+        "--difficulty", "8", "--rounds", ROUNDS,
+    )  # fmt: skip
+    server.wait_for(f"listening on 127.0.0.1:{port}")
+    check_finished_run(tmp_path, server, clients)
+
+
+def test_a_client_that_dies_mid_run_is_reported_and_the_chain_stays_valid(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "50")
+    survivor = programs("client1.py", *client_args("cli1", port, tmp_path))
+    victim = programs("client2.py", *client_args("cli2", port, tmp_path))
+    victim.wait_for(r"^block 2 verified")
+    victim.kill()
+    assert server.finish() == 1
+    assert "run stopped: cli2 disconnected" in server.output
+    assert "Traceback" not in server.output
+    assert survivor.finish() == 1
+    assert "run stopped: cli2 disconnected" in survivor.output
+    chain_path = tmp_path / "chain.jsonl"
+    result = verify_cli(chain_path)
+    assert result.returncode == 0, result.stdout
+    blocks = load_chain(chain_path).blocks
+    assert 3 <= len(blocks) <= 4  # genesis and the rounds finished before the kill
+    assert server.output.rstrip().endswith(f"valid: {len(blocks)} blocks")
+
+
+def test_the_server_refuses_a_second_client_with_the_same_name(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    first = programs("client1.py", *client_args("cli1", port, tmp_path))
+    server.wait_for("cli1 joined")
+    impostor = programs("client2.py", *client_args("x", port, tmp_path), "--name", "cli1")
+    assert impostor.finish() == 1
+    assert "a client named 'cli1' has already joined" in impostor.output
+    second = programs("client2.py", *client_args("cli2", port, tmp_path))
+    for program in (server, first, second):
+        assert program.finish() == 0, program.output
+
+
+def test_a_client_with_other_features_is_refused(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    odd = tmp_path / "odd.csv"
+    odd.write_text("age,height,charges\n30,170,9.1\n40,180,9.5\n")
+    stranger = programs("client1.py", *client_args("odd", port, tmp_path), "--name", "odd",
+                        "--data", odd)  # fmt: skip
+    assert stranger.finish() == 1
+    assert "features ['age', 'height'] differ" in stranger.output
+    server.wait_for("refused")
+    server.kill()
+
+
+def test_a_client_with_a_bad_data_file_says_so_and_exits(programs, tmp_path):
+    broken = tmp_path / "broken.csv"
+    broken.write_text("age,charges\n30,x\n31,2\n")
+    client = programs("client1.py", "--port", "9", "--data", broken)
+    assert client.finish() == 2
+    assert "row 2, column 'charges': 'x' is not a number" in client.output
+
+
+def test_the_server_will_not_overwrite_an_existing_chain(programs, tmp_path):
+    chain = tmp_path / "chain.jsonl"
+    chain.write_text("precious\n")
+    server = programs("server.py", "--port", "0", "--chain", chain)
+    assert server.finish() == 2
+    assert "already exists" in server.output
+    assert chain.read_text() == "precious\n"

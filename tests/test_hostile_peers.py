@@ -1,0 +1,146 @@
+"""Bad frames and bad updates sent to a running server: each is refused with a clear reason,
+nothing they carry runs, the server keeps serving or stops cleanly, and the chain stays valid."""
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from processes import ROOT, start_server
+
+from dataset import load_dataset
+from protocol import HEADER, MAGIC, VERSION, receive_message, send_message
+
+FEATURES = list(load_dataset(ROOT / "data" / "client1.csv").feature_names)
+
+
+class Exploit:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.settimeout(30)
+    return sock
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, len(payload)) + payload
+
+
+def test_bad_frames_are_refused_and_the_run_goes_on(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "2")
+    target = tmp_path / "created-by-pickle"
+    attempts = {
+        "garbage": (b"GET / HTTP/1.1\r\n\r\n", "not a frame of this protocol"),
+        "oversized": (HEADER.pack(MAGIC, VERSION, 2**31), "over the limit"),
+        "exploit": (
+            frame(pickle.dumps({"type": "register", "name": Exploit(str(target))}, protocol=5)),
+            "posix.system, which is not allowed",
+        ),
+        "unknown type": (frame(pickle.dumps({"type": "hello"}, protocol=5)), "unknown message"),
+        "update first": (
+            frame(
+                pickle.dumps(
+                    {
+                        "type": "update",
+                        "round": 1,
+                        "weights": np.zeros(12),
+                        "bias": 0.0,
+                        "n_samples": 5,
+                        "metrics": {},
+                    },
+                    protocol=5,
+                )
+            ),
+            "expected a register message first",
+        ),
+    }
+    for label, (data, expected) in attempts.items():
+        with connect(port) as sock:
+            sock.sendall(data)
+            reply = receive_message(sock)
+        assert reply["type"] == "refused", label
+        assert expected in reply["reason"], (label, reply)
+        server.wait_for(f"refused 127.0.0.1:\\d+: .*{expected}")
+    assert not target.exists()
+    # A peer that connects and then vanishes mid-frame is dropped without harm, too.
+    with connect(port) as sock:
+        sock.sendall(HEADER.pack(MAGIC, VERSION, 100) + b"partial")
+    server.wait_for("dropped 127.0.0.1")
+
+    clients = [
+        programs("client1.py", "--port", port, "--replica", tmp_path / "cli1.jsonl"),
+        programs("client2.py", "--port", port, "--replica", tmp_path / "cli2.jsonl"),
+    ]
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+    assert "valid: 3 blocks" in server.output
+    assert not target.exists()
+
+
+def register_raw_client(port: int) -> socket.socket:
+    """Join as cli2 with the protocol done by hand, up to the first round's global model."""
+    sock = connect(port)
+    send_message(
+        sock, {"type": "register", "name": "cli2", "feature_names": FEATURES, "n_samples": 535}
+    )
+    assert receive_message(sock)["type"] == "welcome"
+    assert receive_message(sock)["type"] == "train"
+    return sock
+
+
+def update(weights, bias=0.0) -> dict:
+    return {"type": "update", "round": 1, "weights": weights, "bias": bias,
+            "n_samples": 535, "metrics": {}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("bad_update", "expected"),
+    [
+        (frame(pickle.dumps(update(np.zeros(3)), protocol=5)), "cli2 sent 3 weights for 12"),
+        (
+            frame(pickle.dumps(update(np.full(12, np.nan)), protocol=5)),
+            "cli2 sent a bad frame: update message: weights holds NaN",
+        ),
+        (
+            frame(pickle.dumps({**update(np.zeros(12)), "n_samples": 0}, protocol=5)),
+            "n_samples must be a positive integer",
+        ),
+        (
+            frame(pickle.dumps({**update(np.zeros(12)), "n_samples": 10**6}, protocol=5)),
+            "cli2 claims 1000000 rows, but registered 535",
+        ),
+        (
+            frame(pickle.dumps(update(np.full(12, 1e308), 1e308), protocol=5)),
+            "too large to average",
+        ),
+        (None, "cli2 sent no update for round 1 within 3 s"),
+    ],
+)
+def test_a_bad_update_stops_the_run_cleanly_with_its_reason(
+    programs, tmp_path, bad_update, expected
+):
+    server, port = start_server(programs, tmp_path, "--rounds", "3", "--round-timeout-s", "3")
+    honest = programs("client1.py", "--port", port, "--replica", tmp_path / "cli1.jsonl")
+    with register_raw_client(port) as sock:
+        if bad_update is not None:  # None: say nothing, and let the round time out
+            sock.sendall(bad_update)
+        assert server.finish() == 1, server.output
+        reply = receive_message(sock)
+    assert reply["type"] == "refused" and expected in reply["reason"]
+    assert "run stopped: " in server.output and expected in server.output
+    assert "Traceback" not in server.output
+    assert honest.finish() == 1
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "blockchain.py"), "verify", str(tmp_path / "chain.jsonl")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "valid: 1 blocks"
