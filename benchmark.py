@@ -1,13 +1,18 @@
 """Print the project's speed and quality figures, each measured against a reference in this run.
 
-`python benchmark.py` (about half a minute). Figures, not pass/fail: the machines are shared and
-noisy, so every number that matters is a ratio of two measurements taken side by side.
+`python benchmark.py [quality|rows|mining|network]` (all of them: about half a minute).
+Figures, not pass/fail: the machines are shared and noisy, so every number that matters is a
+ratio of two measurements taken side by side.
 """
 
 import argparse
 import hashlib
 import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +25,10 @@ from local_training import LocalProblem, train_locally
 from model import LinearModel, fit_lstsq, mse
 from simulation import DEFAULT_ROUNDS, simulate
 
-DATA = Path(__file__).resolve().parent / "data"
-MINING_DIFFICULTY = 20  # about a million tries a block: long enough to time, short to wait for
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+ROUND_LINE = re.compile(r"^round \d+ \|")
+MINING_DIFFICULTY = 18  # about 260,000 tries a block: long enough to time, short to wait for
 
 
 def quality() -> None:
@@ -59,27 +66,77 @@ def training_cost_by_rows() -> None:
     print(f"  ratio 100x rows / 1x rows: {times[100] / times[1]:.2f}")
 
 
-def mining_rate() -> None:
-    digests = [os.urandom(32) for _ in range(5)]
-    tries = 0
-    started = time.perf_counter()
-    for digest in digests:
-        tries += mine(digest, MINING_DIFFICULTY)[0] + 1
-    miner_rate = tries / (time.perf_counter() - started)
+def mining_rate(repeats: int = 9) -> None:
     messages = [os.urandom(64) for _ in range(1000)]
     sha256 = hashlib.sha256
-    started = time.perf_counter()
-    for _ in range(max(1, tries // len(messages))):
-        for message in messages:
-            sha256(message).digest()
-    raw_rate = max(1, tries // len(messages)) * len(messages) / (time.perf_counter() - started)
-    print("mining rate against raw hashlib.sha256 of 64-byte messages, same run")
-    print(f"  miner: {miner_rate / 1e6:.2f} M hashes/s over {tries} tries")
-    print(f"  raw sha256: {raw_rate / 1e6:.2f} M hashes/s")
-    print(f"  ratio miner / raw: {miner_rate / raw_rate:.2f}")
+    ratios, miner_rates, raw_rates = [], [], []
+    for _ in range(repeats):  # interleaved, so a noisy neighbour hurts both sides alike
+        started = time.perf_counter()
+        tries = mine(os.urandom(32), MINING_DIFFICULTY)[0] + 1
+        miner_rates.append(tries / (time.perf_counter() - started))
+        batches = max(1, tries // len(messages))
+        started = time.perf_counter()
+        for _ in range(batches):
+            for message in messages:
+                sha256(message).digest()
+        raw_rates.append(batches * len(messages) / (time.perf_counter() - started))
+        ratios.append(miner_rates[-1] / raw_rates[-1])
+    print("mining rate against raw hashlib.sha256 of 64-byte messages, interleaved in one run")
+    print(f"  miner: {statistics.median(miner_rates) / 1e6:.2f} M hashes/s (median of {repeats})")
+    print(f"  raw sha256: {statistics.median(raw_rates) / 1e6:.2f} M hashes/s")
+    print(f"  ratio miner / raw: median {statistics.median(ratios):.2f}, "
+          f"range {min(ratios):.2f}..{max(ratios):.2f}")  # fmt: skip
 
 
-SECTIONS = {"quality": quality, "rows": training_cost_by_rows, "mining": mining_rate}
+def network_overhead(rounds: int = 8) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        chain = Path(scratch) / "chain.jsonl"
+        server = _start("server.py", "--port", "0", "--rounds", str(rounds), "--chain", str(chain))
+        clients = []
+        try:
+            port = server.stdout.readline().rsplit(":", 1)[1].strip()
+            for i in (1, 2):
+                replica = str(Path(scratch) / f"cli{i}.jsonl")
+                clients.append(_start(f"client{i}.py", "--port", port, "--replica", replica))
+            output, _ = server.communicate(timeout=300)
+        finally:
+            for process in [server, *clients]:
+                process.kill()
+                process.communicate()
+    overheads, round_times = [], []
+    for line in output.splitlines():
+        if not ROUND_LINE.match(line):
+            continue
+        trained = [float(ms) for ms in re.findall(r"trained in ([\d.]+) ms", line)]
+        mined = float(re.search(r"mined in ([\d.]+) ms", line).group(1))
+        round_ms = float(re.search(r"\| round ([\d.]+) ms", line).group(1))
+        overheads.append(round_ms - max(trained) - mined)
+        round_times.append(round_ms)
+    if len(overheads) != rounds:
+        print(f"network overhead: the run did not finish; the server said:\n{output}")
+        return
+    print("networked run, 2 clients: round wall time - slowest client's training - mining")
+    print(f"  per round: {', '.join(f'{ms:.1f}' for ms in overheads)} ms")
+    print(f"  median overhead: {statistics.median(overheads):.1f} ms of a median round of "
+          f"{statistics.median(round_times):.1f} ms")  # fmt: skip
+
+
+def _start(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-u", str(HERE / script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=HERE,
+    )
+
+
+SECTIONS = {
+    "quality": quality,
+    "rows": training_cost_by_rows,
+    "mining": mining_rate,
+    "network": network_overhead,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ the server's model included: the original application hashed the clients' models
 server's, so the global model could be replaced without the chain noticing.
 """
 
+import functools
 import hashlib
 import math
 import struct
@@ -121,19 +122,26 @@ def seal(block: Block) -> Block:
 
 def mine(digest: bytes, difficulty: int) -> tuple[int, str]:
     """Find the first nonce whose hash over DIGEST meets DIFFICULTY; return it with the hash."""
-    # The body is hashed once, outside; each try copies a SHA-256 state that has already
-    # absorbed the 32-byte digest and feeds it 8 bytes, so a try costs one compression.
+    # The body is hashed once, outside. The nonce's high six bytes are absorbed into a
+    # prepared SHA-256 state once per 65,536 tries; each try copies that state and feeds it
+    # two ready-made bytes, so a try is one compression and three C calls, no Python arithmetic.
     _check_int("difficulty", difficulty, 0, MAX_DIFFICULTY_BITS)
-    prepared = hashlib.sha256(digest)
     # Digests compare as big-endian numbers, so comparing bytes against the target works.
     target = (1 << (256 - difficulty)).to_bytes(33, "big")[1:] if difficulty else b"\xff" * 33
-    copy = prepared.copy
-    for nonce_bytes in map(_NONCE.pack, range(_U64_MAX + 1)):
-        h = copy()
-        h.update(nonce_bytes)
-        if h.digest() < target:
-            return _NONCE.unpack(nonce_bytes)[0], h.hexdigest()
+    suffixes = _low_nonce_suffixes()
+    for high in range(1 << 48):
+        copy = hashlib.sha256(digest + high.to_bytes(6, "big")).copy
+        for suffix in suffixes:
+            h = copy()
+            h.update(suffix)
+            if h.digest() < target:
+                return (high << 16) | int.from_bytes(suffix, "big"), h.hexdigest()
     raise RuntimeError(f"no 64-bit nonce meets difficulty {difficulty}")  # odds: nil
+
+
+@functools.cache
+def _low_nonce_suffixes() -> tuple[bytes, ...]:
+    return tuple(low.to_bytes(2, "big") for low in range(1 << 16))
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

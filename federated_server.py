@@ -6,6 +6,7 @@ every wait has a deadline.
 """
 
 import contextlib
+import math
 import selectors
 import socket
 import time
@@ -204,17 +205,18 @@ class _Server:
         block_json = block_to_json(block)
         for peer in self.peers:
             self.send(peer, {"type": "block", "block": block_json})
+        round_s = time.monotonic() - started
         parts = [f"round {index}"]
         for peer in self.peers:
-            metrics = received[peer.name][1]
+            metrics = received[peer.name][1]  # reported by the client; shown, never trusted
             parts.append(
-                f"{peer.name} local MSE {metrics.get('local_mse', float('nan')):.4f} "
-                f"({metrics.get('train_s', float('nan')):.2f} s)"
+                f"{peer.name} local MSE {metrics.get('local_mse', math.nan):.4f} "
+                f"(trained in {1000 * metrics.get('train_s', math.nan):.1f} ms)"
             )
         if test_data:
             parts.append(f"global test MSE {mse(block.server_model, test_data.X, test_data.y):.4f}")
-        parts.append(f"nonce {block.nonce} mined in {mining_s:.2f} s")
-        parts.append(f"round {time.monotonic() - started:.2f} s")
+        parts.append(f"nonce {block.nonce} mined in {1000 * mining_s:.1f} ms")
+        parts.append(f"round {1000 * round_s:.1f} ms")
         parts.append(f"hash {block.hash[:16]}…")
         self.say(" | ".join(parts))
         return block
