@@ -201,16 +201,33 @@ def connect(host: str, port: int, *, within_s: float, timeout_s: float) -> socke
 def main(
     argv: Sequence[str] | None = None, *, default_name: str = "", default_data: str = ""
 ) -> int:
-    parser = argparse.ArgumentParser(description="A federated client. Every setting is a flag.")
+    parser = argparse.ArgumentParser(
+        description="A federated client: trains on its own rows, sends only its model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--host", default=DEFAULT_HOST, help="the server's address")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="the server's port")
-    parser.add_argument("--name", default=default_name, required=not default_name)
-    parser.add_argument("--data", default=default_data, required=not default_data, help="CSV")
+    parser.add_argument(
+        "--name", default=default_name, required=not default_name, help="this client's name"
+    )
+    parser.add_argument(
+        "--data", default=default_data, required=not default_data, help="this client's CSV rows"
+    )
     parser.add_argument("--target", default=DEFAULT_TARGET, help="the column to predict")
-    parser.add_argument("--seed", type=int, default=None, help="default: the run's seed")
-    parser.add_argument("--generations", type=int, default=DEFAULT_GENERATIONS)
-    parser.add_argument("--population", type=int, default=DEFAULT_POPULATION)
-    parser.add_argument("--replica", type=Path, default=None, help="this client's chain file")
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help="the local search's seed (%(default)s: the run's, sent by the server)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--generations", type=int, default=DEFAULT_GENERATIONS, help="GA generations per round"
+    )
+    parser.add_argument(
+        "--population", type=int, default=DEFAULT_POPULATION, help="GA population size"
+    )
+    parser.add_argument(
+        "--replica", type=Path, default=None,
+        help="this client's copy of the chain (%(default)s: replicas/NAME-GENESISHASH.jsonl)",
+    )  # fmt: skip
     parser.add_argument(
         "--connect-timeout-s", type=float, default=DEFAULT_CONNECT_TIMEOUT_S,
         help="keep retrying the connection this long",
@@ -219,7 +236,10 @@ def main(
         "--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
         help="the longest wait for the server's next message",
     )  # fmt: skip
-    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
+    parser.add_argument(
+        "--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
+        help="refuse any message longer than this",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.generations < 1 or args.population < 4:
         parser.error("--generations must be at least 1 and --population at least 4")

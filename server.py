@@ -23,7 +23,12 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="server.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="server.py",
+        description="The federated server: averages the clients' models, round by round, "
+        "and records every round on a proof-of-work chain.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="clients per run")
