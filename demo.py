@@ -25,7 +25,7 @@ RUN_TIMEOUT_S = 300.0
 _print_lock = threading.Lock()
 
 
-def start(label: str, script: str, *args: str) -> subprocess.Popen:
+def start(script: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-u", str(HERE / script), *args],
         stdout=subprocess.PIPE,
@@ -58,18 +58,18 @@ def compare_with_central(chain_path: Path) -> None:
     X = np.vstack([c.X for c in clients])
     y = np.concatenate([c.y for c in clients])
     central = fit_lstsq(X, y)  # what pooling everyone's rows would give: the privacy cost avoided
-    federated_test, central_test = (
-        mse(final.server_model, test.X, test.y),
-        mse(central, test.X, test.y),
-    )
-    show(
-        f"federated model (block {final.index}) on the held-out test rows: MSE {federated_test:.4f}"
-    )
-    show(f"lstsq fitted centrally on the pooled client rows:           MSE {central_test:.4f}")
-    show(
-        f"on the pooled training rows, federated / central MSE = "
-        f"{mse(final.server_model, X, y) / mse(central, X, y):.6f}"
-    )
+    federated = final.server_model
+    train_ratio = mse(federated, X, y) / mse(central, X, y)
+    show(f"{'':34}{f'federated (block {final.index})':>22}{'central lstsq':>16}")
+    for label, rows_X, rows_y in (
+        ("held-out test rows", test.X, test.y),
+        ("pooled client rows", X, y),
+    ):
+        show(
+            f"{'MSE on the ' + label:34}{mse(federated, rows_X, rows_y):>22.4f}"
+            f"{mse(central, rows_X, rows_y):>16.4f}"
+        )
+    show(f"federated / central MSE on the pooled client rows: {train_ratio:.6f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     processes: dict[str, subprocess.Popen] = {}
     try:
-        processes["server"] = server = start("server", "server.py", *server_args)
+        processes["server"] = server = start("server.py", *server_args)
         first = server.stdout.readline()
         show(f"[server] {first.rstrip()}")
         if not first.startswith("listening on "):
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         relays = [relay("server", server)]
         for name, script in CLIENTS.items():
             replica = run_dir / f"{name}.jsonl"
-            processes[name] = start(name, script, "--port", port, "--replica", str(replica))
+            processes[name] = start(script, "--port", port, "--replica", str(replica))
             relays.append(relay(name, processes[name]))
         deadline = time.monotonic() + RUN_TIMEOUT_S
         codes = {
