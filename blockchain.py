@@ -8,7 +8,7 @@ import argparse
 import itertools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from block import (
@@ -173,6 +173,22 @@ def format_block(block: Block) -> str:
     )
 
 
+def report_chain(
+    blocks: Sequence[Block], say: Callable[[str], None], *, show_blocks: bool = True
+) -> bool:
+    """Print the blocks (if asked) and the verification result; return whether it is valid."""
+    if show_blocks:
+        for block in blocks:
+            say(format_block(block))
+    try:
+        verify_chain(blocks)
+    except ChainError as error:
+        say(f"invalid: {error}")
+        return False
+    say(f"valid: {len(blocks)} blocks")
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="blockchain.py", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["show", "verify"])
@@ -188,16 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNREADABLE
     if loaded.dropped_tail:
         print(f"warning: {args.path}: {loaded.dropped_tail}", file=sys.stderr)
-    if args.command == "show":
-        for block in loaded.blocks:
-            print(format_block(block))
-    try:
-        verify_chain(loaded.blocks)
-    except ChainError as error:
-        print(f"invalid: {error}")
-        return EXIT_INVALID
-    print(f"valid: {len(loaded.blocks)} blocks")
-    return EXIT_OK
+    valid = report_chain(loaded.blocks, print, show_blocks=args.command == "show")
+    return EXIT_OK if valid else EXIT_INVALID
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from block import Block, ClientUpdate
-from blockchain import format_block, make_genesis, make_round_block, verify_chain
-from chain_store import ChainWriter, block_to_json, load_chain
+from blockchain import make_genesis, make_round_block
+from chain_store import ChainWriter, block_to_json
 from dataset import Dataset
 from model import LinearModel, mse
 from protocol import (
@@ -56,7 +56,7 @@ class RunSettings:
 def run_federation(
     listener: socket.socket,
     settings: RunSettings,
-    writer: ChainWriter,
+    chain_path: Path,
     test_data: Dataset | None,
     say: Callable[[str], None],
 ) -> list[Block]:
@@ -72,13 +72,16 @@ def run_federation(
                 difficulty=settings.difficulty,
             )
         ]
-        writer.append(chain[0])
-        genesis_json = block_to_json(chain[0])
-        for peer in peers:
-            server.send(peer, {"type": "welcome", "genesis": genesis_json, "seed": settings.seed})
-        say(f"genesis block mined (hash {chain[0].hash[:16]}…); {settings.rounds} rounds to go")
-        for index in range(1, settings.rounds + 1):
-            chain.append(server.run_round(index, chain[-1], writer, test_data))
+        # The file is made only now, so a run that never starts leaves nothing in the way.
+        with ChainWriter(chain_path) as writer:
+            writer.append(chain[0])
+            genesis_json = block_to_json(chain[0])
+            for peer in peers:
+                welcome = {"type": "welcome", "genesis": genesis_json, "seed": settings.seed}
+                server.send(peer, welcome)
+            say(f"genesis block mined (hash {chain[0].hash[:16]}…); {settings.rounds} rounds to go")
+            for index in range(1, settings.rounds + 1):
+                chain.append(server.run_round(index, chain[-1], writer, test_data))
         for peer in peers:
             server.send(peer, {"type": "done", "blocks": len(chain)})
         return chain
@@ -87,22 +90,6 @@ def run_federation(
         raise
     finally:
         server.close()
-
-
-def report_chain(path: Path, say: Callable[[str], None]) -> bool:
-    """Print the chain as stored on disk and verify it; return whether it is valid."""
-    loaded = load_chain(path)
-    for block in loaded.blocks:
-        say(format_block(block))
-    if loaded.dropped_tail:
-        say(f"warning: {loaded.dropped_tail}")
-    try:
-        verify_chain(loaded.blocks)
-    except ValueError as error:
-        say(f"invalid: {error}")
-        return False
-    say(f"valid: {len(loaded.blocks)} blocks")
-    return True
 
 
 class _Server:
@@ -124,14 +111,15 @@ class _Server:
         deadline = time.monotonic() + self.settings.join_timeout_s
         waiting: dict[socket.socket, str] = {}
         while len(self.peers) < self.settings.n_clients:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            try:
+                ready = self._ready_before(deadline)
+            except TimeoutError:
                 self._refuse_all(waiting, "the server stopped waiting for clients")
                 raise RunAborted(
                     f"only {len(self.peers)} of {self.settings.n_clients} clients joined within "
                     f"{self.settings.join_timeout_s:g} s"
-                )
-            for key, _ in self.selector.select(remaining):
+                ) from None
+            for key in ready:
                 if key.data is None:
                     sock, address = self._accept()
                     waiting[sock] = address
@@ -224,14 +212,15 @@ class _Server:
     def _collect_updates(self, index: int, deadline: float) -> dict[str, tuple[ClientUpdate, dict]]:
         received: dict[str, tuple[ClientUpdate, dict]] = {}
         while len(received) < len(self.peers):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            try:
+                ready = self._ready_before(deadline)
+            except TimeoutError:
                 late = [p.name for p in self.peers if p.name not in received]
                 raise RunAborted(
                     f"{', '.join(late)} sent no update for round {index} within "
                     f"{self.settings.round_timeout_s:g} s"
-                )
-            for key, _ in self.selector.select(remaining):
+                ) from None
+            for key in ready:
                 if key.data is None:
                     sock, address = self._accept()
                     reason = "a run is in progress with all its clients"
@@ -269,6 +258,13 @@ class _Server:
             )
         model = LinearModel(message["weights"], message["bias"])
         return ClientUpdate(model, peer.n_samples), message["metrics"]
+
+    def _ready_before(self, deadline: float) -> list[selectors.SelectorKey]:
+        """The sockets with something to read; TimeoutError once DEADLINE has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        return [key for key, _ in self.selector.select(remaining)]
 
     # --- endings -----------------------------------------------------------------------------
 

@@ -3,12 +3,13 @@
 import argparse
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from chain_store import ChainWriter
+from blockchain import report_chain
+from chain_store import ChainFileError, load_chain
 from dataset import DataError, load_dataset
-from federated_server import RunAborted, RunSettings, report_chain, run_federation
+from federated_server import RunAborted, RunSettings, run_federation
 from protocol import DEFAULT_HOST, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
 from simulation import DEFAULT_ROUNDS, DEFAULT_RUN_SEED
 
@@ -76,9 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         test_data = load_dataset(args.test, target=args.target) if args.test else None
-        writer = ChainWriter(args.chain)
-    except (DataError, OSError) as error:
+    except DataError as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.chain.exists():  # checked now to fail fast; the file is made only at genesis
+        print(f"error: {args.chain} already exists; move it away or choose another --chain",
+              file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     settings = RunSettings(
         n_clients=args.clients,
@@ -89,27 +93,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         join_timeout_s=args.join_timeout_s,
         max_frame_bytes=args.max_frame_bytes,
     )
-    with writer:
+    try:
+        listener = socket.create_server((args.host, args.port), backlog=16)
+    except OSError as error:
+        print(f"error: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    with listener:
+        host, port = listener.getsockname()[:2]
+        say(f"listening on {host}:{port}")  # first line: tests and demo.py read the port
         try:
-            listener = socket.create_server((args.host, args.port), backlog=16)
-        except OSError as error:
-            print(f"error: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
-            return EXIT_USAGE
-        with listener:
-            host, port = listener.getsockname()[:2]
-            say(f"listening on {host}:{port}")  # first line: tests and demo.py read the port
-            try:
-                run_federation(listener, settings, writer, test_data, say)
-            except RunAborted as error:
-                say(f"run stopped: {error}")
-                say(f"the chain so far, from {args.chain}:")
-                report_chain(args.chain, say)
-                return EXIT_RUN_FAILED
-            except KeyboardInterrupt:
-                say("interrupted; the chain holds every block finished so far")
-                return EXIT_RUN_FAILED
-    say(f"run complete; the chain, from {args.chain}:")
-    return EXIT_OK if report_chain(args.chain, say) else EXIT_RUN_FAILED
+            run_federation(listener, settings, args.chain, test_data, say)
+        except RunAborted as error:
+            say(f"run stopped: {error}")
+            show_stored_chain(args.chain, say)
+            return EXIT_RUN_FAILED
+        except FileExistsError as error:  # made by someone else since the check above
+            say(f"run stopped: {error}")
+            return EXIT_RUN_FAILED
+        except KeyboardInterrupt:
+            say("interrupted; the chain file holds every block finished so far")
+            return EXIT_RUN_FAILED
+    say("run complete")
+    return EXIT_OK if show_stored_chain(args.chain, say) else EXIT_RUN_FAILED
+
+
+def show_stored_chain(path: Path, say: Callable[[str], None]) -> bool:
+    """Print the chain as it is on disk, and whether it verifies."""
+    try:
+        loaded = load_chain(path)
+    except FileNotFoundError:
+        say("no block was written")
+        return False
+    except ChainFileError as error:
+        say(f"invalid: {error}")
+        return False
+    say(f"the chain, from {path}:")
+    if loaded.dropped_tail:
+        say(f"warning: {loaded.dropped_tail}")
+    return report_chain(loaded.blocks, say)
 
 
 if __name__ == "__main__":

@@ -136,3 +136,10 @@ def test_the_server_will_not_overwrite_an_existing_chain(programs, tmp_path):
     assert server.finish() == 2
     assert "already exists" in server.output
     assert chain.read_text() == "precious\n"
+
+
+def test_a_run_nobody_joins_ends_on_time_and_leaves_no_chain_file(programs, tmp_path):
+    server, _ = start_server(programs, tmp_path, "--join-timeout-s", "1")
+    assert server.finish() == 1
+    assert "run stopped: only 0 of 2 clients joined within 1 s" in server.output
+    assert not (tmp_path / "chain.jsonl").exists()  # so the same command can simply be rerun
