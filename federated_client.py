@@ -249,6 +249,10 @@ def main(
         parser.error("timeouts must be positive")
 
     name = args.name
+    if args.replica and args.replica.exists():  # refuse before joining, not after
+        print(f"error: {name}: {args.replica} already exists; choose another --replica",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
 
     def say(line: str) -> None:
         print(f"{line}", flush=True)

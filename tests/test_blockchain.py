@@ -164,3 +164,35 @@ def test_the_hash_covers_the_server_model():
     block = build_chain(rounds=1)[1]
     other = replace(block, server_model=LinearModel(block.server_model.weights, 0.5))
     assert body_digest(other) != body_digest(block)
+
+
+def float_paths(record: dict) -> list[tuple]:
+    """Every float stored in a block record, as a path of keys and indexes."""
+    paths = [("timestamp",), ("server_model", "bias")]
+    paths += [("server_model", "weights", i) for i in range(len(record["server_model"]["weights"]))]
+    for name, entry in record["client_model"].items():
+        paths.append(("client_model", name, "bias"))
+        paths += [("client_model", name, "weights", i) for i in range(len(entry["weights"]))]
+    return paths
+
+
+def nudge(record: dict, path: tuple, direction: float) -> None:
+    *parents, last = path
+    holder = record
+    for key in parents:
+        holder = holder[key]
+    holder[last] = math.nextafter(holder[last], direction)
+
+
+def test_every_float_of_every_block_moved_one_ulp_either_way_is_caught_at_that_block():
+    blocks = build_chain()
+    checked = 0
+    for index, block in enumerate(blocks):
+        for path in float_paths(json.loads(block_to_json(block))):
+            for direction in (math.inf, -math.inf):
+                message = tampered_failure(
+                    blocks, index, lambda r, p=path, d=direction: nudge(r, p, d)
+                )
+                assert message.startswith(f"block {index}:"), (path, message)
+                checked += 1
+    assert checked == 2 * (len(blocks) * 5 + 3 * 2 * 4)  # 5 per block, plus 4 per client entry
