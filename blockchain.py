@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from block import (
     AGGREGATION_FEDAVG,
@@ -89,7 +90,7 @@ def verify_genesis(genesis: Block) -> None:
 
 
 def verify_genesis_fields(genesis: Block) -> None:
-    def fail(reason: str) -> None:
+    def fail(reason: str) -> NoReturn:
         raise ChainError(0, reason)  # it sits first, whatever its index field claims
 
     if genesis.version != FORMAT_VERSION:
@@ -112,7 +113,7 @@ def verify_next(previous: Block, block: Block, *, genesis: Block) -> None:
 
     position = previous.index + 1  # named by where it sits, even if its index field lies
 
-    def fail(reason: str) -> None:
+    def fail(reason: str) -> NoReturn:
         raise ChainError(position, reason)
 
     if block.version != FORMAT_VERSION:
@@ -122,8 +123,10 @@ def verify_next(previous: Block, block: Block, *, genesis: Block) -> None:
     if block.previous_hash != previous.hash:
         fail(f"previous_hash does not match the hash of block {previous.index}")
     _verify_seal(position, block)
-    if block.difficulty < genesis.difficulty:
-        fail(f"difficulty {block.difficulty} is below the genesis's {genesis.difficulty} bits")
+    if block.difficulty < previous.difficulty:  # and so never below the genesis's
+        fail(
+            f"difficulty {block.difficulty} is below block {previous.index}'s {previous.difficulty}"
+        )
     if block.timestamp < previous.timestamp:
         fail(f"timestamp goes back in time from block {previous.index}")
     if block.feature_names != genesis.feature_names:
@@ -132,8 +135,16 @@ def verify_next(previous: Block, block: Block, *, genesis: Block) -> None:
         fail(f"aggregation {block.aggregation!r} differs from the genesis's")
     if not block.cli:
         fail("a round block must hold at least one client model")
+    for name in block.cli:
+        before = previous.client_model.get(name)
+        if before and before.n_samples != block.client_model[name].n_samples:
+            fail(f"{name}'s n_samples changed from block {previous.index}'s {before.n_samples}")
     _verify_model_sizes(position, block)
-    if fedavg(block.updates_in_order()) != block.server_model:
+    try:
+        average = fedavg(block.updates_in_order())
+    except ValueError as error:
+        fail(f"the client models cannot be averaged: {error}")
+    if average != block.server_model:
         fail("server_model is not the FedAvg of the client models")
 
 

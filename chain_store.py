@@ -121,17 +121,36 @@ def load_chain(path: str | Path) -> LoadedChain:
     blocks = [_parse_line(path, number, raw) for number, raw in enumerate(lines, start=1)]
     dropped = None
     if tail:
-        try:
-            blocks.append(block_from_json(tail.decode("utf-8")))
-        except (ValueError, TypeError):
+        number = len(lines) + 1
+        if _looks_torn(tail):
             # A crash mid-append leaves a prefix of the last line and no newline after it.
-            dropped = f"line {len(lines) + 1}: {len(tail)} bytes of an unfinished block dropped"
+            dropped = f"line {number}: {len(tail)} bytes of an unfinished block dropped"
+        else:
+            blocks.append(_parse_line(path, number, tail))  # whole, or damaged: either is said
     return LoadedChain(blocks, dropped)
+
+
+def _looks_torn(tail: bytes) -> bool:
+    """True if TAIL is the start of a block line cut short, not a whole line or other bytes."""
+    opening = b'{"version":'
+    if not (tail.startswith(opening) or opening.startswith(tail)):
+        return False
+    try:
+        json.loads(tail)
+    except json.JSONDecodeError:
+        return True  # cut short: as a prefix of valid JSON, it cannot parse
+    except (ValueError, RecursionError):
+        return False
+    return False
 
 
 def _parse_line(path: Path, number: int, raw: bytes) -> Block:
     try:
         return block_from_json(raw.decode("utf-8"))
+    except RecursionError:
+        raise ChainFileError(
+            f"{path}: line {number} (block {number - 1}): nested too deeply"
+        ) from None
     except (ValueError, TypeError) as error:
         raise ChainFileError(f"{path}: line {number} (block {number - 1}): {error}") from None
 

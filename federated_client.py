@@ -130,13 +130,16 @@ class FederatedClient:
         if received != self.chain[-1].server_model:
             raise ClientFailed(f"the global model for round {index} is not the one on the chain")
         started = time.perf_counter()
-        trained = train_locally(
-            self.problem,
-            received,
-            seed=derive_seed(self.seed, self.name, index),
-            generations=self.generations,
-            population=self.population,
-        )
+        try:
+            trained = train_locally(
+                self.problem,
+                received,
+                seed=derive_seed(self.seed, self.name, index),
+                generations=self.generations,
+                population=self.population,
+            )
+        except ValueError as error:
+            raise ClientFailed(f"cannot train round {index}'s global model: {error}") from None
         train_s = time.perf_counter() - started
         before = mse(received, self.data.X, self.data.y)
         after = mse(trained, self.data.X, self.data.y)
@@ -255,22 +258,22 @@ def main(
         return EXIT_USAGE
 
     def say(line: str) -> None:
-        print(f"{line}", flush=True)
+        print(line, flush=True)
 
     try:
         data = load_dataset(args.data, target=args.target)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
+        client = FederatedClient(
+            name=name,
+            data=data,
+            seed=args.seed,
+            generations=args.generations,
+            population=args.population,
+            replica=args.replica,
+            say=say,
+        )
+    except (DataError, ValueError) as error:  # ValueError: values too large to train on
+        print(f"error: {name}: {error}", file=sys.stderr)
         return EXIT_USAGE
-    client = FederatedClient(
-        name=name,
-        data=data,
-        seed=args.seed,
-        generations=args.generations,
-        population=args.population,
-        replica=args.replica,
-        say=say,
-    )
     try:
         sock = connect(
             args.host, args.port, within_s=args.connect_timeout_s, timeout_s=args.timeout_s

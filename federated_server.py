@@ -1,8 +1,9 @@
 """The server's side of a federated run: admit the clients, then round by round send the global
 model, collect the clients' trained models, average them, and append the round to the chain.
 
-One thread and a selector: a slow or silent peer never stops the others from being served, and
-every wait has a deadline.
+One thread and a selector. The server only ever reads what has already arrived and assembles
+frames itself, so a peer that is silent, slow or stuck half-way through a message holds up nobody,
+and every wait has a deadline.
 """
 
 import contextlib
@@ -11,7 +12,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from block import Block, ClientUpdate
@@ -21,25 +22,20 @@ from dataset import Dataset
 from model import LinearModel, mse
 from protocol import (
     DEFAULT_MAX_FRAME_BYTES,
-    ConnectionClosed,
+    FrameReader,
     ProtocolError,
-    receive_message,
+    printable,
     send_message,
 )
 
-FRAME_TIMEOUT_S = 10.0  # how long one frame may take to arrive once it has started
+REGISTER_TIMEOUT_S = 10.0  # a newcomer must have registered this long after connecting
+SEND_TIMEOUT_S = 10.0  # a peer that will not take a message in this long is gone
+MAX_WAITING = 32  # newcomers not yet registered; more are turned away at once
+RECEIVE_BYTES = 1 << 16
 
 
 class RunAborted(RuntimeError):
     """The run cannot go on; the message names the client, or the stage, and why."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    name: str
-    sock: socket.socket
-    address: str
-    n_samples: int
 
 
 @dataclass(frozen=True)
@@ -53,6 +49,19 @@ class RunSettings:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 
 
+@dataclass
+class _Connection:
+    """A peer's socket, what it has sent so far, and (once registered) who it is."""
+
+    sock: socket.socket
+    address: str
+    reader: FrameReader
+    connected_at: float
+    name: str = ""
+    n_samples: int = 0
+    inbox: list[dict] = field(default_factory=list)
+
+
 def run_federation(
     listener: socket.socket,
     settings: RunSettings,
@@ -63,8 +72,7 @@ def run_federation(
     """Admit the clients and run every round; return the chain. Raises RunAborted on failure."""
     server = _Server(listener, settings, say)
     try:
-        feature_names = test_data.feature_names if test_data else None
-        peers = server.admit(feature_names)
+        peers = server.admit(test_data.feature_names if test_data else None)
         chain = [
             make_genesis(
                 initial_model=LinearModel.zeros(len(server.feature_names)),
@@ -97,70 +105,83 @@ class _Server:
         self.listener = listener
         self.settings = settings
         self.say = say
-        self.peers: list[Peer] = []
+        self.peers: list[_Connection] = []
+        self.waiting: list[_Connection] = []
         self.feature_names: tuple[str, ...] = ()
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, data=None)
 
     # --- admission ---------------------------------------------------------------------------
 
-    def admit(self, feature_names: tuple[str, ...] | None) -> list[Peer]:
+    def admit(self, feature_names: tuple[str, ...] | None) -> list[_Connection]:
         """Wait for the clients to register; refuse (and keep waiting past) any bad newcomer."""
-        if feature_names:
-            self.feature_names = feature_names
+        self.feature_names = feature_names or ()
         deadline = time.monotonic() + self.settings.join_timeout_s
-        waiting: dict[socket.socket, str] = {}
         while len(self.peers) < self.settings.n_clients:
+            expiries = [c.connected_at + REGISTER_TIMEOUT_S for c in self.waiting]
             try:
-                ready = self._ready_before(deadline)
+                ready = self._ready_before(min([deadline, *expiries]), stop_at=deadline)
             except TimeoutError:
-                self._refuse_all(waiting, "the server stopped waiting for clients")
                 raise RunAborted(
                     f"only {len(self.peers)} of {self.settings.n_clients} clients joined within "
                     f"{self.settings.join_timeout_s:g} s"
                 ) from None
-            for key in ready:
-                if key.data is None:
-                    sock, address = self._accept()
-                    waiting[sock] = address
-                    self.selector.register(sock, selectors.EVENT_READ, data=address)
+            for connection in ready:
+                if connection is None:
+                    self._accept_newcomer()
                 else:
-                    sock = key.fileobj
-                    self.selector.unregister(sock)
-                    self._register(sock, waiting.pop(sock))
-        self._refuse_all(waiting, f"the run is full ({self.settings.n_clients} clients)")
+                    self._hear_newcomer(connection)
+            self._expire_newcomers()
+        for connection in list(self.waiting):
+            self._turn_away(connection, f"the run is full ({self.settings.n_clients} clients)")
         self.peers.sort(key=lambda p: p.name)  # the order every round hashes and averages in
-        for peer in self.peers:
-            self.selector.register(peer.sock, selectors.EVENT_READ, data=peer)
         return self.peers
 
-    def _accept(self) -> tuple[socket.socket, str]:
-        sock, (host, port, *_) = self.listener.accept()
-        sock.settimeout(FRAME_TIMEOUT_S)
-        return sock, f"{host}:{port}"
-
-    def _register(self, sock: socket.socket, address: str) -> None:
+    def _accept_newcomer(self) -> None:
         try:
-            message = receive_message(sock, max_frame_bytes=self.settings.max_frame_bytes)
-            peer = self._check_registration(sock, address, message)
-        except (ProtocolError, _Refusal) as error:
-            self.say(f"refused {address}: {error}")
-            _send_quietly(sock, {"type": "refused", "reason": str(error)})
-            sock.close()
+            sock, (host, port, *_) = self.listener.accept()
+        except OSError as error:  # out of file descriptors, say: the others go on
+            self.say(f"could not accept a connection: {error}")
+            time.sleep(0.1)  # the pending connection stays readable; do not spin on it
             return
-        except (ConnectionClosed, OSError) as error:
-            self.say(f"dropped {address} before it registered: {_describe(error)}")
-            sock.close()
+        sock.settimeout(SEND_TIMEOUT_S)
+        connection = _Connection(
+            sock, f"{host}:{port}", FrameReader(self.settings.max_frame_bytes), time.monotonic()
+        )
+        if len(self.waiting) >= MAX_WAITING:
+            self._refuse(connection, "too many connections are waiting to register")
             return
-        self.peers.append(peer)
+        self.waiting.append(connection)
+        self.selector.register(sock, selectors.EVENT_READ, data=connection)
+
+    def _hear_newcomer(self, connection: _Connection) -> None:
+        try:
+            if not self._receive(connection):
+                self._drop(connection, "it closed the connection before registering")
+                return
+        except ProtocolError as error:
+            self._turn_away(connection, str(error))
+            return
+        if not connection.inbox:
+            return  # part of a frame; the rest may follow
+        message = connection.inbox.pop(0)
+        try:
+            self._check_registration(connection, message)
+        except _Refusal as error:
+            self._turn_away(connection, str(error))
+            return
+        self.waiting.remove(connection)
+        self.peers.append(connection)
         self.say(
-            f"{peer.name} joined from {address} with {peer.n_samples} rows "
-            f"({len(self.peers)} of {self.settings.n_clients})"
+            f"{connection.name} joined from {connection.address} with {connection.n_samples} "
+            f"rows ({len(self.peers)} of {self.settings.n_clients})"
         )
 
-    def _check_registration(self, sock: socket.socket, address: str, message: dict) -> Peer:
+    def _check_registration(self, connection: _Connection, message: dict) -> None:
         if message["type"] != "register":
             raise _Refusal(f"expected a register message first, not {message['type']!r}")
+        if connection.inbox:
+            raise _Refusal("sent more than its registration before the run began")
         name, features = message["name"], tuple(message["feature_names"])
         if any(p.name == name for p in self.peers):
             raise _Refusal(f"a client named {name!r} has already joined")
@@ -170,7 +191,13 @@ class _Server:
                 f"{list(self.feature_names)}"
             )
         self.feature_names = features
-        return Peer(name, sock, address, message["n_samples"])
+        connection.name, connection.n_samples = name, message["n_samples"]
+
+    def _expire_newcomers(self) -> None:
+        now = time.monotonic()
+        for connection in list(self.waiting):
+            if now - connection.connected_at >= REGISTER_TIMEOUT_S:
+                self._turn_away(connection, f"no registration within {REGISTER_TIMEOUT_S:g} s")
 
     # --- rounds ------------------------------------------------------------------------------
 
@@ -184,10 +211,8 @@ class _Server:
             self.send(peer, {**train, "bias": global_model.bias})
         received = self._collect_updates(index, started + self.settings.round_timeout_s)
         mining_started = time.monotonic()
-        try:
-            block = make_round_block(previous, {p.name: received[p.name][0] for p in self.peers})
-        except ValueError as error:  # finite models whose weighted sum is not
-            raise RunAborted(f"round {index}: the updates cannot be averaged: {error}") from None
+        # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
+        block = make_round_block(previous, {p.name: received[p.name][0] for p in self.peers})
         mining_s = time.monotonic() - mining_started
         writer.append(block)
         block_json = block_to_json(block)
@@ -213,40 +238,33 @@ class _Server:
         received: dict[str, tuple[ClientUpdate, dict]] = {}
         while len(received) < len(self.peers):
             try:
-                ready = self._ready_before(deadline)
+                ready = self._ready_before(deadline, stop_at=deadline)
             except TimeoutError:
                 late = [p.name for p in self.peers if p.name not in received]
                 raise RunAborted(
                     f"{', '.join(late)} sent no update for round {index} within "
                     f"{self.settings.round_timeout_s:g} s"
                 ) from None
-            for key in ready:
-                if key.data is None:
-                    sock, address = self._accept()
-                    reason = "a run is in progress with all its clients"
-                    self.say(f"refused {address}: {reason}")
-                    _send_quietly(sock, {"type": "refused", "reason": reason})
-                    sock.close()
+            for peer in ready:
+                if peer is None:
+                    self._accept_during_run()
                     continue
-                peer = key.data
-                if peer.name in received:
-                    raise RunAborted(f"{peer.name} sent a second message in round {index}")
-                received[peer.name] = self._receive_update(peer, index)
+                try:
+                    if not self._receive(peer):
+                        raise RunAborted(f"{peer.name} disconnected")
+                except ProtocolError as error:
+                    raise RunAborted(f"{peer.name} sent a bad frame: {error}") from None
+                while peer.inbox:
+                    if peer.name in received:
+                        raise RunAborted(f"{peer.name} sent a second message in round {index}")
+                    received[peer.name] = self._check_update(peer, peer.inbox.pop(0), index)
         return received
 
-    def _receive_update(self, peer: Peer, index: int) -> tuple[ClientUpdate, dict]:
-        try:
-            message = receive_message(peer.sock, max_frame_bytes=self.settings.max_frame_bytes)
-        except ProtocolError as error:
-            raise RunAborted(f"{peer.name} sent a bad frame: {error}") from None
-        except (ConnectionClosed, OSError) as error:
-            raise RunAborted(f"{peer.name} disconnected: {_describe(error)}") from None
+    def _check_update(self, peer: _Connection, message: dict, index: int) -> tuple:
         if message["type"] != "update":
             raise RunAborted(f"{peer.name} sent {message['type']!r} instead of its update")
         if message["round"] != index:
-            raise RunAborted(
-                f"{peer.name} sent an update for round {message['round']}, not {index}"
-            )
+            raise RunAborted(f"{peer.name} sent round {message['round']}'s update in round {index}")
         if message["n_samples"] != peer.n_samples:
             raise RunAborted(
                 f"{peer.name} claims {message['n_samples']} rows, but registered {peer.n_samples}"
@@ -259,35 +277,72 @@ class _Server:
         model = LinearModel(message["weights"], message["bias"])
         return ClientUpdate(model, peer.n_samples), message["metrics"]
 
-    def _ready_before(self, deadline: float) -> list[selectors.SelectorKey]:
-        """The sockets with something to read; TimeoutError once DEADLINE has passed."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+    def _accept_during_run(self) -> None:
+        try:
+            sock, (host, port, *_) = self.listener.accept()
+        except OSError as error:
+            self.say(f"could not accept a connection: {error}")
+            time.sleep(0.1)
+            return
+        sock.settimeout(SEND_TIMEOUT_S)
+        connection = _Connection(sock, f"{host}:{port}", FrameReader(), time.monotonic())
+        self._refuse(connection, "a run is in progress with all its clients")
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _ready_before(self, wake_at: float, *, stop_at: float) -> list[_Connection | None]:
+        """The connections with bytes to read (None: the listener), waiting until WAKE_AT at
+        the latest; TimeoutError once STOP_AT has passed."""
+        now = time.monotonic()
+        if now >= stop_at:
             raise TimeoutError
-        return [key for key, _ in self.selector.select(remaining)]
+        return [key.data for key, _ in self.selector.select(max(0.0, wake_at - now))]
 
-    # --- endings -----------------------------------------------------------------------------
+    def _receive(self, connection: _Connection) -> bool:
+        """Read what has arrived into the connection's inbox; False if the peer has closed."""
+        try:
+            data = connection.sock.recv(RECEIVE_BYTES)
+        except OSError:
+            return False
+        if not data:
+            return False
+        connection.inbox += connection.reader.feed(data)
+        return True
 
-    def send(self, peer: Peer, message: dict) -> None:
+    def send(self, peer: _Connection, message: dict) -> None:
         try:
             send_message(peer.sock, message)
         except OSError as error:
-            raise RunAborted(f"{peer.name} disconnected: {_describe(error)}") from None
+            reason = str(error) or type(error).__name__
+            raise RunAborted(f"{peer.name} disconnected: {reason}") from None
+        except ProtocolError as error:  # a message this server cannot put on the wire
+            raise RunAborted(f"cannot send {message['type']!r} to {peer.name}: {error}") from None
+
+    def _turn_away(self, connection: _Connection, reason: str) -> None:
+        self.selector.unregister(connection.sock)
+        self.waiting.remove(connection)
+        self._refuse(connection, reason)
+
+    def _refuse(self, connection: _Connection, reason: str) -> None:
+        reason = printable(reason)
+        self.say(f"refused {connection.address}: {reason}")
+        _send_quietly(connection.sock, {"type": "refused", "reason": reason})
+        connection.sock.close()
+
+    def _drop(self, connection: _Connection, reason: str) -> None:
+        self.selector.unregister(connection.sock)
+        self.waiting.remove(connection)
+        self.say(f"dropped {connection.address}: {reason}")
+        connection.sock.close()
 
     def abort(self, reason: str) -> None:
         for peer in self.peers:
-            _send_quietly(peer.sock, {"type": "refused", "reason": f"run stopped: {reason}"})
-
-    def _refuse_all(self, waiting: dict[socket.socket, str], reason: str) -> None:
-        for sock in waiting:
-            self.selector.unregister(sock)
-            _send_quietly(sock, {"type": "refused", "reason": reason})
-            sock.close()
-        waiting.clear()
+            message = {"type": "refused", "reason": printable(f"run stopped: {reason}")}
+            _send_quietly(peer.sock, message)
 
     def close(self) -> None:
-        for peer in self.peers:
-            peer.sock.close()
+        for connection in [*self.peers, *self.waiting]:
+            connection.sock.close()
         self.selector.close()
 
 
@@ -299,9 +354,3 @@ def _send_quietly(sock: socket.socket, message: dict) -> None:
     # A courtesy to a peer that is being turned away or told the run stopped; it may be gone.
     with contextlib.suppress(OSError):
         send_message(sock, message)
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, TimeoutError):
-        return "timed out in the middle of a message"
-    return str(error) or type(error).__name__

@@ -38,16 +38,19 @@ class LocalProblem:
 
     @classmethod
     def from_data(cls, X: np.ndarray, y: np.ndarray) -> "LocalProblem":
-        x_mean = X.mean(axis=0)
-        x_scale = _nonzero(X.std(axis=0))
-        y_mean = float(y.mean())
-        y_scale = float(_nonzero(np.array([y.std()]))[0])
-        Z = np.hstack([(X - x_mean) / x_scale, np.ones((len(X), 1))])
-        t = (y - y_mean) / y_scale
-        n = len(y)
-        return cls(
-            x_mean, x_scale, y_mean, y_scale, Z.T @ Z / n, Z.T @ t / n, float(t @ t) / n, X, y
-        )
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below
+            x_mean = X.mean(axis=0)
+            x_scale = _nonzero(X.std(axis=0))
+            y_mean = float(y.mean())
+            y_scale = float(_nonzero(np.array([y.std()]))[0])
+            Z = np.hstack([(X - x_mean) / x_scale, np.ones((len(X), 1))])
+            t = (y - y_mean) / y_scale
+            n = len(y)
+            gram, moment, t_square = Z.T @ Z / n, Z.T @ t / n, float(t @ t) / n
+        sums = np.concatenate([x_mean, x_scale, [y_mean, y_scale, t_square], moment, gram.ravel()])
+        if not np.all(np.isfinite(sums)):
+            raise ValueError("the data's values are too large to square in float64")
+        return cls(x_mean, x_scale, y_mean, y_scale, gram, moment, t_square, X, y)
 
     def to_genes(self, model: LinearModel) -> np.ndarray:
         v = model.weights * self.x_scale / self.y_scale
@@ -83,6 +86,8 @@ def train_locally(
     if generations < 1 or population < 4:
         raise ValueError("local training needs at least 1 generation and a population of 4")
     start = problem.to_genes(received)
+    if not np.isfinite(problem.standardised_mse(start[None, :])[0]):
+        raise ValueError("the received model is too large to evaluate on these rows")
     initial = _initial_population(problem, start, population, seed)
     ga = pygad.GA(
         num_generations=generations,

@@ -8,7 +8,6 @@ Every message is checked against its schema before anyone else sees it.
 """
 
 import io
-import math
 import pickle
 import socket
 import struct
@@ -21,10 +20,11 @@ DEFAULT_PORT = 10000
 MAGIC = b"FLBM"
 VERSION = 1
 HEADER = struct.Struct(">4sBI")
-DEFAULT_MAX_FRAME_BYTES = 1 << 20  # a model of 10,000 features fits a hundred times over
+DEFAULT_MAX_FRAME_BYTES = 1 << 20  # a block of 2 clients' 10,000-feature models, as JSON, fits
 MAX_NAME_CHARS = 64
 MAX_FEATURES = 10_000
-MAX_TEXT_CHARS = 100_000  # a block as JSON, or a refusal's reason
+MAX_TEXT_CHARS = 1 << 26  # a block as JSON, or a reason; in practice the frame limit binds first
+MAX_MAGNITUDE = 1e100  # weights and biases beyond this are refused: their squares must stay finite
 
 
 class ProtocolError(ValueError):
@@ -43,8 +43,52 @@ def send_message(sock: socket.socket, message: dict) -> None:
 
 
 def receive_message(sock: socket.socket, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> dict:
-    """Read one frame from SOCK and return its checked message; raise ProtocolError if bad."""
-    magic, version, length = HEADER.unpack(_receive_exactly(sock, HEADER.size, at_start=True))
+    """Read one frame from SOCK (blocking, under its timeout) and return its checked message."""
+    length = _payload_length(_receive_exactly(sock, HEADER.size, at_start=True), max_frame_bytes)
+    return decode_payload(_receive_exactly(sock, length, at_start=False))
+
+
+class FrameReader:
+    """Collects the bytes a peer sends and returns its messages as each frame completes.
+
+    For a server that must never wait on one peer: it reads whatever has arrived and feeds it
+    here, so a peer that sends half a frame and stops holds up nobody.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict]:
+        """Add DATA; return every message now complete. ProtocolError on a bad frame."""
+        self._buffer += data
+        messages = []
+        while len(self._buffer) >= HEADER.size:
+            # The header is judged as soon as it is here: an oversized frame is refused before
+            # its payload is waited for or stored.
+            length = _payload_length(bytes(self._buffer[: HEADER.size]), self.max_frame_bytes)
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            payload = bytes(self._buffer[HEADER.size : end])
+            del self._buffer[:end]
+            messages.append(decode_payload(payload))
+        return messages
+
+    @property
+    def mid_frame(self) -> bool:
+        return bool(self._buffer)
+
+
+def decode_payload(payload: bytes) -> dict:
+    """Unpickle a frame's payload safely and check it against its message schema."""
+    message = load_payload(payload)
+    validate_message(message)
+    return message
+
+
+def _payload_length(header: bytes, max_frame_bytes: int) -> int:
+    magic, version, length = HEADER.unpack(header)
     if magic != MAGIC:
         raise ProtocolError(f"not a frame of this protocol (magic {magic!r})")
     if version != VERSION:
@@ -52,9 +96,7 @@ def receive_message(sock: socket.socket, *, max_frame_bytes: int = DEFAULT_MAX_F
     if length > max_frame_bytes:
         # Refused before reading, so a hostile length cannot make us allocate or wait for it.
         raise ProtocolError(f"frame of {length} bytes is over the limit of {max_frame_bytes}")
-    message = load_payload(_receive_exactly(sock, length, at_start=False))
-    validate_message(message)
-    return message
+    return length
 
 
 def load_payload(payload: bytes) -> object:
@@ -64,14 +106,23 @@ def load_payload(payload: bytes) -> object:
     except ProtocolError:
         raise
     except Exception as error:  # a malformed pickle can fail in many ways; all mean "bad frame"
-        raise ProtocolError(f"payload is not a valid message pickle ({error})") from None
+        reason = printable(str(error))
+        raise ProtocolError(f"payload is not a valid message pickle ({reason})") from None
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """TEXT made safe to print and send on: control characters escaped, length capped."""
+    # Peers choose what goes into error messages; none of it may move a terminal's cursor.
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("…" if len(text) > limit else "")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Callable:
         allowed = _ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
-            raise ProtocolError(f"payload refers to {module}.{name}, which is not allowed")
+            where = printable(f"{module}.{name}")
+            raise ProtocolError(f"payload refers to {where}, which is not allowed")
         return allowed
 
     def persistent_load(self, pid: object) -> object:
@@ -86,12 +137,16 @@ def _numeric_dtype(spec: object, align: object = False, copy: object = False) ->
 
 
 def _frombuffer(buffer: bytes, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "fiu":
+    # The pickle may have applied state of its choosing to the dtype; rebuild a clean one.
+    if not isinstance(dtype, np.dtype) or dtype.names is not None or dtype.subdtype is not None:
         raise ProtocolError("payload holds an array that is not plain numbers")
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order).copy()
+    clean = np.dtype(dtype.str)
+    if clean.str[1:] not in _NUMERIC_DTYPES:
+        raise ProtocolError(f"payload holds an array of {printable(clean.str)}, not plain numbers")
+    return np.frombuffer(buffer, dtype=clean).reshape(shape, order=order).copy()
 
 
-_NUMERIC_DTYPES = {"f8", "f4", "i8", "i4", "u8", "u4"}
+_NUMERIC_DTYPES = {"f8", "f4", "i8", "i4", "u8", "u4"}  # also what dtype.str ends with
 
 # What pickle protocol 5 writes for a NumPy array: a dtype and a buffer. Nothing else is named.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable] = {
@@ -135,29 +190,26 @@ def _names(value: object) -> list:
     return value
 
 
-def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value >= 2**63:
-        raise ProtocolError(f"must be a positive integer, not {value!r}")
-    return value
+def _integer(low: int, high: int, what: str) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ProtocolError(f"must be {what}, not {printable(repr(value), 40)}")
+        return value
+
+    return check
 
 
-def _round(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
-        raise ProtocolError(f"must be a round number (a positive integer), not {value!r}")
-    return value
-
-
-def _seed(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-        raise ProtocolError(f"must be a non-negative integer, not {value!r}")
-    return value
+_count = _integer(1, 2**63 - 1, "a positive integer")
+_round = _integer(1, 2**63 - 1, "a round number (a positive integer)")
+_seed = _integer(0, 2**63 - 1, "a non-negative integer")
 
 
 def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(f"must be a number, not {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ProtocolError(f"must be finite, not {value!r}")
+    # Comparing, not converting: an int too large for a float is refused, not an OverflowError.
+    if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:
+        raise ProtocolError(f"must be finite and at most {MAX_MAGNITUDE:g} in size")
     return value
 
 
@@ -165,17 +217,19 @@ def _weights(value: object) -> np.ndarray:
     if not isinstance(value, np.ndarray) or value.dtype != np.float64:
         raise ProtocolError("must be a NumPy float64 array")
     if value.ndim != 1 or not 0 < value.size <= MAX_FEATURES:
-        raise ProtocolError(
-            f"must be a vector of 1..{MAX_FEATURES} numbers, not shape {value.shape}"
-        )
+        raise ProtocolError(f"must be a vector of 1..{MAX_FEATURES} numbers, not {value.shape}")
     if not np.all(np.isfinite(value)):
         raise ProtocolError("holds NaN or infinity")
+    if np.max(np.abs(value)) > MAX_MAGNITUDE:
+        raise ProtocolError(f"holds a number larger than {MAX_MAGNITUDE:g}")
     return value
 
 
 def _text(value: object) -> str:
     if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
         raise ProtocolError(f"must be a string of at most {MAX_TEXT_CHARS} characters")
+    if not value.isprintable():
+        raise ProtocolError("must be printable text on one line")
     return value
 
 
@@ -218,9 +272,8 @@ def validate_message(message: object) -> None:
     if missing := set(schema) - fields:
         raise ProtocolError(f"{kind} message lacks {', '.join(sorted(missing))}")
     if extra := fields - set(schema):
-        raise ProtocolError(
-            f"{kind} message has unknown field(s) {', '.join(sorted(map(str, extra)))}"
-        )
+        names = printable(", ".join(sorted(map(repr, extra))))
+        raise ProtocolError(f"{kind} message has unknown field(s) {names}")
     for field, check in schema.items():
         try:
             check(message[field])

@@ -54,7 +54,7 @@ def update(**changes) -> dict:
 
 def test_round_trip_keeps_every_bit(pair):
     a, b = pair
-    weights = np.array([0.1, -0.0, 5e-324, 1.7976931348623157e308])
+    weights = np.array([0.1, -0.0, 5e-324, 1e100])
     send_message(a, update(weights=weights))
     received = receive_message(b)
     assert received["weights"].tobytes() == weights.tobytes()
@@ -176,6 +176,9 @@ def test_arrays_of_anything_but_plain_numbers_are_refused(array):
         (update(weights=np.array([1, 2])), "weights must be a NumPy float64 array"),
         (update(bias=float("nan")), "bias must be finite"),
         (update(bias="7"), "bias must be a number"),
+        (update(bias=10**400), "bias must be finite and at most 1e+100"),
+        (update(weights=np.array([1.0, -1e101])), "weights holds a number larger than 1e+100"),
+        ({"type": "refused", "reason": "two\nlines"}, "reason must be printable text"),
         (update(n_samples=0), "n_samples must be a positive integer"),
         (update(n_samples=-5), "n_samples must be a positive integer"),
         (update(n_samples=True), "n_samples must be a positive integer"),
