@@ -1,17 +1,21 @@
 """The chain: proof of work, and verification that catches any change to any block."""
 
 import copy
+import hashlib
 import json
 import math
+import re
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from chain_helpers import DIFFICULTY, build_chain
 
 from block import ClientUpdate, body_digest, compute_hash, meets_difficulty, mine, seal
 from blockchain import ChainError, verify_chain
-from chain_store import block_from_json, block_to_json
-from model import LinearModel
+from chain_store import ChainFileError, block_to_json, load_chain
+from model import LinearModel, fedavg
 
 
 def test_mined_blocks_meet_their_target_and_the_chain_verifies():
@@ -34,8 +38,6 @@ def test_mining_finds_the_first_nonce_that_meets_the_target(difficulty):
 
 
 def compute_hash_for(digest: bytes, nonce: int) -> str:
-    import hashlib
-
     return hashlib.sha256(digest + nonce.to_bytes(8, "big")).hexdigest()
 
 
@@ -86,17 +88,25 @@ CLIENT_TAMPERS = {
 
 
 def tampered_failure(blocks: list, index: int, tamper) -> str:
-    """Apply TAMPER to block INDEX as stored, reload, verify; return the error's message."""
-    record = json.loads(block_to_json(blocks[index]))
+    """Apply TAMPER to block INDEX as stored in a chain file; return what loading or verifying
+    that file says is wrong."""
+    lines = [block_to_json(b) for b in blocks]
+    record = json.loads(lines[index])
     tamper(record)
-    try:
-        changed = block_from_json(json.dumps(record))
-    except (ValueError, TypeError) as error:  # refused on reading, as load_chain would
-        return f"block {index}: {error}"
-    chain = [*blocks[:index], changed, *blocks[index + 1 :]]
-    with pytest.raises(ChainError) as caught:
-        verify_chain(chain)
-    return str(caught.value)
+    lines[index] = json.dumps(record)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "chain.jsonl"
+        path.write_text("".join(line + "\n" for line in lines))
+        try:
+            verify_chain(load_chain(path).blocks)
+        except (ChainFileError, ChainError) as error:
+            return str(error)
+    pytest.fail(f"tampering with block {index} went unnoticed")
+
+
+def named_block(message: str) -> int:
+    """The block an error names: 'block N: ...' from verification, '(block N)' from reading."""
+    return int(re.search(r"\bblock (\d+)\b", message).group(1))
 
 
 @pytest.mark.parametrize("field", sorted(TAMPERS))
@@ -104,7 +114,7 @@ def tampered_failure(blocks: list, index: int, tamper) -> str:
 def test_changing_any_field_of_any_block_is_caught_at_that_block(field, index):
     blocks = build_chain()
     message = tampered_failure(blocks, index, TAMPERS[field])
-    assert message.startswith(f"block {index}:"), message
+    assert named_block(message) == index, message
 
 
 @pytest.mark.parametrize("field", sorted(CLIENT_TAMPERS))
@@ -112,7 +122,7 @@ def test_changing_any_field_of_any_block_is_caught_at_that_block(field, index):
 def test_changing_any_client_entry_is_caught_at_that_block(field, index):
     blocks = build_chain()
     message = tampered_failure(blocks, index, CLIENT_TAMPERS[field])
-    assert message.startswith(f"block {index}:"), message
+    assert named_block(message) == index, message
 
 
 def test_a_reforged_global_model_is_caught_even_when_remined():
@@ -131,8 +141,6 @@ def test_a_remined_middle_block_breaks_the_next_link():
     middle = blocks[1]
     updates = copy.copy(middle.client_model)
     updates["cli1"] = ClientUpdate(updates["cli1"].model, updates["cli1"].n_samples + 1)
-    from model import fedavg
-
     remade = replace(middle, client_model=updates)
     remade = seal(replace(remade, server_model=fedavg(remade.updates_in_order())))
     blocks[1] = remade
@@ -193,6 +201,34 @@ def test_every_float_of_every_block_moved_one_ulp_either_way_is_caught_at_that_b
                 message = tampered_failure(
                     blocks, index, lambda r, p=path, d=direction: nudge(r, p, d)
                 )
-                assert message.startswith(f"block {index}:"), (path, message)
+                assert named_block(message) == index, (path, message)
                 checked += 1
     assert checked == 2 * (len(blocks) * 5 + 3 * 2 * 4)  # 5 per block, plus 4 per client entry
+
+
+def test_a_client_whose_sample_count_changes_between_blocks_is_caught():
+    blocks = build_chain()
+    inflated = dict(blocks[2].client_model)
+    inflated["cli2"] = ClientUpdate(inflated["cli2"].model, inflated["cli2"].n_samples * 10)
+    remade = replace(blocks[2], client_model=inflated)
+    blocks[2] = seal(replace(remade, server_model=fedavg(remade.updates_in_order())))
+    with pytest.raises(ChainError, match="block 2: cli2's n_samples changed"):
+        verify_chain(blocks[:3])
+
+
+def test_difficulty_may_not_drop_below_the_previous_block():
+    blocks = build_chain(rounds=2)
+    harder = seal(replace(blocks[1], difficulty=DIFFICULTY + 2))
+    easier = seal(replace(blocks[2], previous_hash=harder.hash, difficulty=DIFFICULTY + 1))
+    with pytest.raises(ChainError, match="block 2: difficulty 9 is below block 1's 10"):
+        verify_chain([blocks[0], harder, easier])
+
+
+def test_a_block_whose_average_overflows_is_named_not_a_crash():
+    blocks = build_chain(rounds=0)
+    huge = {c: ClientUpdate(LinearModel([1e308] * 3, 0.0), 1) for c in ("a", "b")}
+    block = seal(
+        replace(blocks[0], index=1, previous_hash=blocks[0].hash, cli=("a", "b"), client_model=huge)
+    )
+    with pytest.raises(ChainError, match="block 1: the client models cannot be averaged"):
+        verify_chain([blocks[0], block])

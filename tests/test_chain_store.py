@@ -155,3 +155,17 @@ def test_cli_reports_tampering_and_unreadable_files(tmp_path):
     assert result.stdout.startswith("invalid: block 3: previous_hash")
     missing = run_cli("verify", tmp_path / "absent.jsonl")
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b'{"totally": "not a block"}', b"[" * 200_000, b"garbage", b'{"version":1}'],
+)
+def test_a_last_line_that_is_not_a_cut_off_block_is_damage_not_a_tear(tmp_path, tail):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))
+    path.write_bytes(path.read_bytes() + tail)
+    with pytest.raises(ChainFileError, match=r"line 3 \(block 2\)"):
+        load_chain(path)
+    result = run_cli("verify", path)
+    assert result.returncode == 1 and "block 2" in result.stdout
+    assert "Traceback" not in result.stderr

@@ -144,3 +144,42 @@ def test_a_bad_update_stops_the_run_cleanly_with_its_reason(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0 and result.stdout.strip() == "valid: 1 blocks"
+
+
+def run_two_clients(programs, tmp_path, port):
+    return [
+        programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
+        for i in (1, 2)
+    ]
+
+
+def test_a_peer_stuck_mid_frame_holds_up_nobody(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    with connect(port) as stuck:
+        stuck.sendall(HEADER.pack(MAGIC, VERSION, 100) + b"\x80\x05")  # and then nothing more
+        clients = run_two_clients(programs, tmp_path, port)
+        for program in [server, *clients]:
+            assert program.finish(timeout_s=8) == 0, program.output  # well before its 10 s
+        assert receive_message(stuck)["reason"] == "the run is full (2 clients)"
+
+
+def test_a_newcomer_that_never_registers_is_turned_away_after_ten_seconds(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    with connect(port) as silent:
+        server.wait_for(r"refused 127\.0\.0\.1:\d+: no registration within 10 s", timeout_s=20)
+        assert receive_message(silent)["type"] == "refused"
+    for program in [server, *run_two_clients(programs, tmp_path, port)]:
+        assert program.finish() == 0, program.output
+
+
+def test_a_crowd_of_idle_connections_is_capped(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    crowd = [connect(port) for _ in range(32)]
+    try:
+        with connect(port) as one_too_many:
+            assert "too many connections" in receive_message(one_too_many)["reason"]
+    finally:
+        for sock in crowd:
+            sock.close()
+    for program in [server, *run_two_clients(programs, tmp_path, port)]:
+        assert program.finish() == 0, program.output

@@ -18,11 +18,14 @@ from protocol import (
     MAGIC,
     VERSION,
     ConnectionClosed,
+    FrameReader,
     ProtocolError,
     load_payload,
     receive_message,
     send_message,
+    validate_message,
 )
+from protocol import _frombuffer as _frombuffer  # the unpickler's array maker, tested directly
 
 
 @pytest.fixture
@@ -208,3 +211,30 @@ def test_the_sender_refuses_to_send_a_malformed_message(pair):
 def test_header_layout_is_fixed():
     assert HEADER.size == 9
     assert struct.unpack(">4sBI", frame(b"x")[:9]) == (MAGIC, VERSION, 1)
+
+
+def test_the_frame_reader_assembles_frames_from_any_pieces():
+    frames = b"".join(frame(pickle.dumps(update(round=r), protocol=5)) for r in (1, 2))
+    reader = FrameReader()
+    got = []
+    for i in range(0, len(frames), 7):
+        got += reader.feed(frames[i : i + 7])
+    assert [m["round"] for m in got] == [1, 2]
+    assert not reader.mid_frame
+    assert len(FrameReader().feed(frames)) == 2
+
+
+def test_the_frame_reader_refuses_an_oversized_frame_from_its_header_alone():
+    reader = FrameReader(max_frame_bytes=1024)
+    with pytest.raises(ProtocolError, match="over the limit of 1024"):
+        reader.feed(HEADER.pack(MAGIC, VERSION, 1025))
+
+
+def test_a_dtype_given_fields_by_the_pickle_is_not_trusted():
+    # What a crafted BUILD could do to the dtype before the array is made from it.
+    tampered = np.dtype([("a", "<f8")])
+    with pytest.raises(ProtocolError, match="not plain numbers"):
+        _frombuffer(bytes(8), tampered, (1,), "C")
+    big_endian = load_payload(pickle.dumps(np.arange(3, dtype=">f8"), protocol=5))
+    with pytest.raises(ProtocolError, match="must be a NumPy float64 array"):
+        validate_message(update(weights=big_endian))
