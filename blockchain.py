@@ -168,7 +168,10 @@ def _verify_model_sizes(position: int, block: Block) -> None:
 
 def format_block(block: Block) -> str:
     """A few lines describing BLOCK for a person."""
-    when = datetime.fromtimestamp(block.timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        when = datetime.fromtimestamp(block.timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):  # shown as it is; verification judges it
+        when = f"timestamp {block.timestamp!r}"
     kind = "genesis" if block.index == 0 else "round"
     clients = ", ".join(f"{c} ({block.client_model[c].n_samples} rows)" for c in block.cli)
     weights = "  ".join(

@@ -54,7 +54,12 @@ def block_to_json(block: Block) -> str:
 
 def block_from_json(line: str) -> Block:
     """Parse one line written by block_to_json; raise ValueError or TypeError naming the fault."""
-    record = json.loads(line, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_nan)
+    try:
+        record = json.loads(
+            line, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_nan
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply to be a block") from None
     _expect_keys("block", record, _BLOCK_KEYS)
     client_model = {}
     for name, entry in _typed("client_model", record["client_model"], dict).items():
@@ -87,8 +92,9 @@ class ChainWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # 'x': a run never writes over a chain that is already there.
-            self._file = open(self.path, "xb")  # noqa: SIM115 (closed in close())
+            # O_EXCL: a run never writes over a chain that is already there.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+            self._fd = os.open(self.path, flags, 0o644)
         except FileExistsError:
             raise FileExistsError(
                 f"{self.path} already exists; move it away or choose another file"
@@ -96,14 +102,17 @@ class ChainWriter:
         _fsync_directory(self.path.parent)
 
     def append(self, block: Block) -> None:
-        # One write per block, then fsync: after a crash the file holds whole blocks and at
+        # One line per block, then fsync: after a crash the file holds whole blocks and at
         # most one torn last line, which load_chain recognises and drops.
-        self._file.write((block_to_json(block) + "\n").encode("utf-8"))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        data = memoryview((block_to_json(block) + "\n").encode("utf-8"))
+        while data:  # unbuffered: a failed write leaves nothing behind to fail again on close
+            data = data[os.write(self._fd, data) :]
+        os.fsync(self._fd)
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> "ChainWriter":
         return self
@@ -137,8 +146,10 @@ def _looks_torn(tail: bytes) -> bool:
         return False
     try:
         json.loads(tail)
-    except json.JSONDecodeError:
-        return True  # cut short: as a prefix of valid JSON, it cannot parse
+    except json.JSONDecodeError as error:
+        # Cut short, JSON fails for want of what should follow; "Extra data" means the
+        # object ended and something else was written after it: damage, not a tear.
+        return not error.msg.startswith("Extra data")
     except (ValueError, RecursionError):
         return False
     return False

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_TARGET = "charges"
+MAX_COLUMN_NAME_CHARS = 64  # as long as a name may be on the wire
 
 
 class DataError(ValueError):
@@ -71,6 +72,14 @@ def _check_header(path: Path, columns: list[str], target: str) -> None:
         raise DataError(f"{path}: no target column {target!r} (columns: {', '.join(columns)})")
     if any(not c.strip() for c in columns):
         raise DataError(f"{path}: a column has no name in the header")
+    for column in columns:
+        # Column names travel to the server and onto the chain: keep them plain.
+        if column != column.strip() or not column.isprintable():
+            raise DataError(f"{path}: column {column!r} has spaces around it or unprintable text")
+        if len(column) > MAX_COLUMN_NAME_CHARS:
+            raise DataError(
+                f"{path}: column {column[:20]!r}… is over {MAX_COLUMN_NAME_CHARS} characters"
+            )
     repeated = sorted({c for c in columns if columns.count(c) > 1})
     if repeated:
         raise DataError(f"{path}: column {repeated[0]!r} appears more than once in the header")

@@ -8,6 +8,7 @@ compares with least squares fitted on the pooled rows.
 import argparse
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from chain_store import load_chain
+from cli_types import at_least
 from dataset import load_dataset
 from model import fit_lstsq, mse
 
@@ -74,12 +76,15 @@ def compare_with_central(chain_path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=None, help="default: the server's")
-    parser.add_argument("--difficulty", type=int, default=None, help="default: the server's")
+    parser.add_argument("--rounds", type=at_least(1), default=None, help="default: the server's")
+    parser.add_argument(
+        "--difficulty", type=at_least(0, 64), default=None, help="default: the server's"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
-    run_dir = HERE / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=False)
+    (HERE / "runs").mkdir(exist_ok=True)
+    # Named by the time, and unique even when two demos start in the same second.
+    run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("demo-%Y%m%d-%H%M%S-"), dir=HERE / "runs"))
     chain_path = run_dir / "chain.jsonl"
     server_args = ["--port", "0", "--chain", str(chain_path)]
     for flag, value in (("--rounds", args.rounds), ("--difficulty", args.difficulty)):

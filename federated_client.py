@@ -16,6 +16,7 @@ from pathlib import Path
 from block import Block, ClientUpdate
 from blockchain import ChainError, verify_genesis, verify_next
 from chain_store import ChainWriter, block_from_json
+from cli_types import at_least, port, seconds
 from dataset import DEFAULT_TARGET, DataError, Dataset, load_dataset
 from local_training import (
     DEFAULT_GENERATIONS,
@@ -33,6 +34,7 @@ from protocol import (
     ProtocolError,
     receive_message,
     send_message,
+    validate_message,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -68,19 +70,20 @@ class FederatedClient:
         self.replica = replica
         self.say = say
         self.chain: list[Block] = []
+        self.rounds = 0  # as the server announced it
         self.sent: tuple[int, ClientUpdate] | None = None  # the update awaiting its block
+
+    def registration(self) -> dict:
+        return {
+            "type": "register",
+            "name": self.name,
+            "feature_names": list(self.data.feature_names),
+            "n_samples": self.data.n_samples,
+        }
 
     def run(self, sock: socket.socket, max_frame_bytes: int) -> list[Block]:
         """Take part in one run over SOCK; return the verified chain."""
-        send_message(
-            sock,
-            {
-                "type": "register",
-                "name": self.name,
-                "feature_names": list(self.data.feature_names),
-                "n_samples": self.data.n_samples,
-            },
-        )
+        send_message(sock, self.registration())
         writer = None
         try:
             while True:
@@ -95,8 +98,12 @@ class FederatedClient:
                 elif kind == "block" and writer is not None:
                     self._accept_block(message["block"], writer)
                 elif kind == "done" and writer is not None:
-                    if message["blocks"] != len(self.chain) or self.sent is not None:
-                        raise ClientFailed("the server ended the run with a chain we do not hold")
+                    finished = len(self.chain) == self.rounds + 1 and self.sent is None
+                    if message["blocks"] != len(self.chain) or not finished:
+                        raise ClientFailed(
+                            f"the server ended the run after {len(self.chain) - 1} of "
+                            f"{self.rounds} rounds, with a chain we do not hold"
+                        )
                     self.say(f"run complete: {len(self.chain)} blocks verified, in {writer.path}")
                     return self.chain
                 else:
@@ -115,17 +122,20 @@ class FederatedClient:
             raise ClientFailed("the run's features differ from this client's columns")
         if self.seed is None:
             self.seed = message["seed"]
+        self.rounds = message["rounds"]
         path = self.replica or DEFAULT_REPLICA_DIR / f"{self.name}-{genesis.hash[:12]}.jsonl"
-        writer = ChainWriter(path)
-        writer.append(genesis)
-        self.chain.append(genesis)
+        try:
+            writer = ChainWriter(path)
+        except OSError as error:
+            raise ClientFailed(f"cannot make the replica {path}: {error}") from None
+        self._append(writer, genesis)
         self.say(f"joined; genesis {genesis.hash[:16]}… verified; replica in {path}")
         return writer
 
     def _train(self, message: dict) -> dict:
         index = message["round"]
         received = LinearModel(message["weights"], message["bias"])
-        if self.sent is not None or index != self.chain[-1].index + 1:
+        if self.sent is not None or index != self.chain[-1].index + 1 or index > self.rounds:
             raise ClientFailed(f"the server asked for round {index} out of turn")
         if received != self.chain[-1].server_model:
             raise ClientFailed(f"the global model for round {index} is not the one on the chain")
@@ -167,14 +177,22 @@ class FederatedClient:
             raise ClientFailed(f"block {block.index} arrived for a round we did not train")
         if block.client_model.get(self.name) != self.sent[1]:
             raise ClientFailed(f"block {block.index} does not hold our update as we sent it")
-        writer.append(block)
-        self.chain.append(block)
+        self._append(writer, block)
         self.sent = None
         others = ", ".join(c for c in block.cli if c != self.name) or "no other client"
         self.say(
             f"block {block.index} verified: our update is in it as sent, with {others}; "
             f"FedAvg checks out (hash {block.hash[:16]}…)"
         )
+
+    def _append(self, writer: ChainWriter, block: Block) -> None:
+        try:
+            writer.append(block)
+        except OSError as error:
+            raise ClientFailed(
+                f"cannot write block {block.index} to {writer.path}: {error}"
+            ) from None
+        self.chain.append(block)
 
     @staticmethod
     def _parse_block(text: str) -> Block:
@@ -201,6 +219,14 @@ def connect(host: str, port: int, *, within_s: float, timeout_s: float) -> socke
         return sock
 
 
+def _prepare_replica(replica: Path | None) -> None:
+    if replica is not None and replica.exists():
+        raise FileExistsError(f"{replica} already exists; choose another --replica")
+    (replica.parent if replica is not None else DEFAULT_REPLICA_DIR).mkdir(
+        parents=True, exist_ok=True
+    )
+
+
 def main(
     argv: Sequence[str] | None = None, *, default_name: str = "", default_data: str = ""
 ) -> int:
@@ -209,7 +235,7 @@ def main(
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="the server's address")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="the server's port")
+    parser.add_argument("--port", type=port, default=DEFAULT_PORT, help="the server's port")
     parser.add_argument(
         "--name", default=default_name, required=not default_name, help="this client's name"
     )
@@ -218,44 +244,37 @@ def main(
     )
     parser.add_argument("--target", default=DEFAULT_TARGET, help="the column to predict")
     parser.add_argument(
-        "--seed", type=int, default=None,
+        "--seed", type=at_least(0), default=None,
         help="the local search's seed (%(default)s: the run's, sent by the server)",
     )  # fmt: skip
     parser.add_argument(
-        "--generations", type=int, default=DEFAULT_GENERATIONS, help="GA generations per round"
+        "--generations",
+        type=at_least(1),
+        default=DEFAULT_GENERATIONS,
+        help="GA generations per round",
     )
     parser.add_argument(
-        "--population", type=int, default=DEFAULT_POPULATION, help="GA population size"
+        "--population", type=at_least(4), default=DEFAULT_POPULATION, help="GA population size"
     )
     parser.add_argument(
         "--replica", type=Path, default=None,
         help="this client's copy of the chain (%(default)s: replicas/NAME-GENESISHASH.jsonl)",
     )  # fmt: skip
     parser.add_argument(
-        "--connect-timeout-s", type=float, default=DEFAULT_CONNECT_TIMEOUT_S,
+        "--connect-timeout-s", type=seconds, default=DEFAULT_CONNECT_TIMEOUT_S,
         help="keep retrying the connection this long",
     )  # fmt: skip
     parser.add_argument(
-        "--timeout-s", type=float, default=DEFAULT_TIMEOUT_S,
+        "--timeout-s", type=seconds, default=DEFAULT_TIMEOUT_S,
         help="the longest wait for the server's next message",
     )  # fmt: skip
     parser.add_argument(
-        "--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
+        "--max-frame-bytes", type=at_least(1024, 2**32 - 1), default=DEFAULT_MAX_FRAME_BYTES,
         help="refuse any message longer than this",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.generations < 1 or args.population < 4:
-        parser.error("--generations must be at least 1 and --population at least 4")
-    if args.seed is not None and not 0 <= args.seed < 2**63:
-        parser.error("--seed must be a non-negative integer")
-    if min(args.connect_timeout_s, args.timeout_s) <= 0:
-        parser.error("timeouts must be positive")
 
     name = args.name
-    if args.replica and args.replica.exists():  # refuse before joining, not after
-        print(f"error: {name}: {args.replica} already exists; choose another --replica",
-              file=sys.stderr)  # fmt: skip
-        return EXIT_USAGE
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -271,7 +290,10 @@ def main(
             replica=args.replica,
             say=say,
         )
-    except (DataError, ValueError) as error:  # ValueError: values too large to train on
+        # Whatever would fail after joining, and so end the run for everyone, is checked first.
+        validate_message(client.registration())
+        _prepare_replica(args.replica)
+    except (DataError, ValueError, OSError) as error:  # ValueError: values too large to use
         print(f"error: {name}: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -81,12 +81,16 @@ def run_federation(
             )
         ]
         # The file is made only now, so a run that never starts leaves nothing in the way.
-        with ChainWriter(chain_path) as writer:
-            writer.append(chain[0])
+        try:
+            writer = ChainWriter(chain_path)
+        except OSError as error:
+            raise RunAborted(f"cannot make the chain file: {error}") from None
+        with writer:
+            server.append(writer, chain[0])
             genesis_json = block_to_json(chain[0])
             for peer in peers:
-                welcome = {"type": "welcome", "genesis": genesis_json, "seed": settings.seed}
-                server.send(peer, welcome)
+                welcome = {"type": "welcome", "genesis": genesis_json, "rounds": settings.rounds}
+                server.send(peer, {**welcome, "seed": settings.seed})
             say(f"genesis block mined (hash {chain[0].hash[:16]}…); {settings.rounds} rounds to go")
             for index in range(1, settings.rounds + 1):
                 chain.append(server.run_round(index, chain[-1], writer, test_data))
@@ -129,8 +133,10 @@ class _Server:
             for connection in ready:
                 if connection is None:
                     self._accept_newcomer()
-                else:
+                elif connection in self.waiting:
                     self._hear_newcomer(connection)
+                else:
+                    self._hear_early_peer(connection)
             self._expire_newcomers()
         for connection in list(self.waiting):
             self._turn_away(connection, f"the run is full ({self.settings.n_clients} clients)")
@@ -177,6 +183,21 @@ class _Server:
             f"rows ({len(self.peers)} of {self.settings.n_clients})"
         )
 
+    def _hear_early_peer(self, peer: _Connection) -> None:
+        # A client that has joined has nothing to say until the first round: if its socket
+        # stirs, it has left (and its name is free again, for a restart) or broken the protocol.
+        try:
+            still_there = self._receive(peer)
+        except ProtocolError:
+            still_there = True
+        self.selector.unregister(peer.sock)
+        self.peers.remove(peer)
+        if still_there:
+            self._refuse(peer, "a client may not speak before the run begins")
+        else:
+            self.say(f"{peer.name} left before the run began ({len(self.peers)} joined)")
+            peer.sock.close()
+
     def _check_registration(self, connection: _Connection, message: dict) -> None:
         if message["type"] != "register":
             raise _Refusal(f"expected a register message first, not {message['type']!r}")
@@ -214,7 +235,7 @@ class _Server:
         # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
         block = make_round_block(previous, {p.name: received[p.name][0] for p in self.peers})
         mining_s = time.monotonic() - mining_started
-        writer.append(block)
+        self.append(writer, block)
         block_json = block_to_json(block)
         for peer in self.peers:
             self.send(peer, {"type": "block", "block": block_json})
@@ -287,6 +308,14 @@ class _Server:
         sock.settimeout(SEND_TIMEOUT_S)
         connection = _Connection(sock, f"{host}:{port}", FrameReader(), time.monotonic())
         self._refuse(connection, "a run is in progress with all its clients")
+
+    def append(self, writer: ChainWriter, block: Block) -> None:
+        try:
+            writer.append(block)
+        except OSError as error:  # a full disk, say: every block before this one is safe
+            raise RunAborted(
+                f"cannot write block {block.index} to {writer.path}: {error}"
+            ) from None
 
     # --- plumbing ----------------------------------------------------------------------------
 

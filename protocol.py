@@ -9,8 +9,10 @@ Every message is checked against its schema before anyone else sees it.
 
 import io
 import pickle
+import pickletools
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -21,7 +23,7 @@ MAGIC = b"FLBM"
 VERSION = 1
 HEADER = struct.Struct(">4sBI")
 DEFAULT_MAX_FRAME_BYTES = 1 << 20  # a block of 2 clients' 10,000-feature models, as JSON, fits
-MAX_NAME_CHARS = 64
+MAX_NAME_CHARS = 64  # client and feature names; dataset.py holds columns to the same
 MAX_FEATURES = 10_000
 MAX_TEXT_CHARS = 1 << 26  # a block as JSON, or a reason; in practice the frame limit binds first
 MAX_MAGNITUDE = 1e100  # weights and biases beyond this are refused: their squares must stay finite
@@ -43,9 +45,19 @@ def send_message(sock: socket.socket, message: dict) -> None:
 
 
 def receive_message(sock: socket.socket, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> dict:
-    """Read one frame from SOCK (blocking, under its timeout) and return its checked message."""
-    length = _payload_length(_receive_exactly(sock, HEADER.size, at_start=True), max_frame_bytes)
-    return decode_payload(_receive_exactly(sock, length, at_start=False))
+    """Read one frame from SOCK and return its checked message.
+
+    The socket's timeout bounds the whole message, not each piece of it, so a peer that sends a
+    byte now and then cannot hold the reader past it.
+    """
+    timeout_s = sock.gettimeout()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        header = _receive_exactly(sock, HEADER.size, deadline, at_start=True)
+        length = _payload_length(header, max_frame_bytes)
+        return decode_payload(_receive_exactly(sock, length, deadline, at_start=False))
+    finally:
+        sock.settimeout(timeout_s)
 
 
 class FrameReader:
@@ -101,6 +113,7 @@ def _payload_length(header: bytes, max_frame_bytes: int) -> int:
 
 def load_payload(payload: bytes) -> object:
     """Unpickle PAYLOAD, admitting only what messages need; refuse anything else unrun."""
+    _check_opcodes(payload)
     try:
         return _RestrictedUnpickler(io.BytesIO(payload)).load()
     except ProtocolError:
@@ -110,11 +123,62 @@ def load_payload(payload: bytes) -> object:
         raise ProtocolError(f"payload is not a valid message pickle ({reason})") from None
 
 
+def describe(value: object) -> str:
+    """A short, safe description of a value a peer sent, for an error message."""
+    # Never repr() what a peer built: it may be huge, deeply nested, or slow to print.
+    if isinstance(value, str):
+        return printable(repr(value[:40]) + ("…" if len(value) > 40 else ""))
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**18 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
 def printable(text: str, limit: int = 300) -> str:
     """TEXT made safe to print and send on: control characters escaped, length capped."""
     # Peers choose what goes into error messages; none of it may move a terminal's cursor.
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
     return shown + ("…" if len(text) > limit else "")
+
+
+def _check_opcodes(payload: bytes) -> None:
+    # Read before anything is built. Besides naming globals (checked in find_class), a pickle
+    # can share one object many times through its memo, so 200 bytes can unfold into a
+    # structure of 2**40 parts; a message shares at most a few, so memo reads are capped.
+    memo_reads = 0
+    try:
+        for opcode, _, _ in pickletools.genops(payload):
+            if opcode.name in _MEMO_READS:
+                memo_reads += 1
+                if memo_reads > MAX_MEMO_READS:
+                    raise ProtocolError("payload shares objects more than a message needs")
+            elif opcode.name not in _ALLOWED_OPCODES:
+                raise ProtocolError(f"payload uses pickle opcode {opcode.name}, not allowed")
+    except ProtocolError:
+        raise
+    except Exception as error:  # genops rejects a malformed stream in several ways
+        reason = printable(str(error))
+        raise ProtocolError(f"payload is not a valid message pickle ({reason})") from None
+
+
+MAX_MEMO_READS = 16
+_MEMO_READS = {"GET", "BINGET", "LONG_BINGET"}
+_ALLOWED_OPCODES = {
+    # framing and containers
+    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "EMPTY_DICT", "DICT", "SETITEM",
+    "SETITEMS", "EMPTY_LIST", "LIST", "APPEND", "APPENDS", "EMPTY_TUPLE", "TUPLE", "TUPLE1",
+    "TUPLE2", "TUPLE3", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT",
+    # scalars, text and bytes
+    "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1",
+    "LONG4", "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE",
+    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES",
+    "BINBYTES8", "BYTEARRAY8",
+    # NumPy arrays: a named global (find_class decides which), called, then given its state
+    "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD",
+}  # fmt: skip
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -131,7 +195,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _numeric_dtype(spec: object, align: object = False, copy: object = False) -> np.dtype:
     if not isinstance(spec, str) or spec not in _NUMERIC_DTYPES or not {align, copy} <= {0, 1}:
-        raise ProtocolError(f"payload asks for dtype {spec!r}; only plain numbers are allowed")
+        raise ProtocolError(f"payload asks for dtype {describe(spec)}; only plain numbers allowed")
     # copy=True, as pickle asks, matters: the state applied next must not touch NumPy's own.
     return np.dtype(spec, align=bool(align), copy=bool(copy))
 
@@ -155,11 +219,18 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Callable] = {
 }
 
 
-def _receive_exactly(sock: socket.socket, size: int, *, at_start: bool) -> bytes:
+def _receive_exactly(
+    sock: socket.socket, size: int, deadline: float | None, *, at_start: bool
+) -> bytes:
     buffer = bytearray(size)
     view = memoryview(buffer)
     received = 0
     while received < size:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            sock.settimeout(remaining)
         count = sock.recv_into(view[received:], size - received)
         if count == 0:
             if at_start and received == 0:
@@ -193,7 +264,7 @@ def _names(value: object) -> list:
 def _integer(low: int, high: int, what: str) -> Callable[[object], int]:
     def check(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ProtocolError(f"must be {what}, not {printable(repr(value), 40)}")
+            raise ProtocolError(f"must be {what}, not {describe(value)}")
         return value
 
     return check
@@ -245,7 +316,7 @@ def _metrics(value: object) -> dict:
 # Client -> server: register, update. Server -> client: welcome, train, block, done, refused.
 SCHEMAS: dict[str, dict[str, Callable]] = {
     "register": {"name": _name, "feature_names": _names, "n_samples": _count},
-    "welcome": {"genesis": _text, "seed": _seed},
+    "welcome": {"genesis": _text, "seed": _seed, "rounds": _count},
     "train": {"round": _round, "weights": _weights, "bias": _number},
     "update": {
         "round": _round,
@@ -267,13 +338,13 @@ def validate_message(message: object) -> None:
     kind = message.get("type")
     schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
     if schema is None:
-        raise ProtocolError(f"unknown message type {kind!r}")
+        raise ProtocolError(f"unknown message type {describe(kind)}")
     fields = set(message) - {"type"}
     if missing := set(schema) - fields:
         raise ProtocolError(f"{kind} message lacks {', '.join(sorted(missing))}")
     if extra := fields - set(schema):
-        names = printable(", ".join(sorted(map(repr, extra))))
-        raise ProtocolError(f"{kind} message has unknown field(s) {names}")
+        names = ", ".join(sorted(describe(name) for name in extra)[:5])
+        raise ProtocolError(f"{kind} message has unknown field(s) {printable(names)}")
     for field, check in schema.items():
         try:
             check(message[field])

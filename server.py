@@ -8,6 +8,7 @@ from pathlib import Path
 
 from blockchain import report_chain
 from chain_store import ChainFileError, load_chain
+from cli_types import at_least, port, seconds
 from dataset import DataError, load_dataset
 from federated_server import RunAborted, RunSettings, run_federation
 from protocol import DEFAULT_HOST, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
@@ -31,11 +32,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
-    parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="clients per run")
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="training rounds")
+    parser.add_argument("--port", type=port, default=DEFAULT_PORT, help="0 picks a free port")
     parser.add_argument(
-        "--difficulty", type=int, default=DEFAULT_DIFFICULTY_BITS, help="proof of work, in bits"
+        "--clients", type=at_least(1), default=DEFAULT_CLIENTS, help="clients per run"
+    )
+    parser.add_argument(
+        "--rounds", type=at_least(1), default=DEFAULT_ROUNDS, help="training rounds"
+    )
+    parser.add_argument(
+        "--difficulty",
+        type=at_least(0, 64),
+        default=DEFAULT_DIFFICULTY_BITS,
+        help="proof of work, in bits",
     )
     parser.add_argument("--chain", type=Path, default=Path(DEFAULT_CHAIN), help="new chain file")
     parser.add_argument(
@@ -44,29 +52,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="held-out CSV to score each round on ('' for none)",
     )
     parser.add_argument("--target", default="charges", help="target column of the --test file")
-    parser.add_argument("--seed", type=int, default=DEFAULT_RUN_SEED, help="the run's seed")
+    parser.add_argument("--seed", type=at_least(0), default=DEFAULT_RUN_SEED, help="the run's seed")
     parser.add_argument(
-        "--round-timeout-s", type=float, default=DEFAULT_ROUND_TIMEOUT_S,
+        "--round-timeout-s", type=seconds, default=DEFAULT_ROUND_TIMEOUT_S,
         help="how long to wait for every client's update in a round",
     )  # fmt: skip
     parser.add_argument(
-        "--join-timeout-s", type=float, default=DEFAULT_JOIN_TIMEOUT_S,
+        "--join-timeout-s", type=seconds, default=DEFAULT_JOIN_TIMEOUT_S,
         help="how long to wait for the clients to join",
     )  # fmt: skip
     parser.add_argument(
-        "--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
+        "--max-frame-bytes", type=at_least(1024, 2**32 - 1), default=DEFAULT_MAX_FRAME_BYTES,
         help="refuse any message longer than this",
     )  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.clients < 1 or args.rounds < 1:
-        parser.error("--clients and --rounds must be at least 1")
-    if not 0 <= args.difficulty <= 64:
-        parser.error("--difficulty must be 0..64 bits")
-    if not 0 <= args.seed < 2**63:
-        parser.error("--seed must be a non-negative integer")
-    if min(args.round_timeout_s, args.join_timeout_s) <= 0 or args.max_frame_bytes < 1024:
-        parser.error("timeouts must be positive and --max-frame-bytes at least 1024")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

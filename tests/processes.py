@@ -2,6 +2,7 @@
 
 import queue
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -17,8 +18,12 @@ WAIT_S = 60.0  # a watchdog for every wait: a hang fails the test instead of sta
 class Program:
     """A running program whose merged output is collected line by line."""
 
-    def __init__(self, script: str, *args: str, cwd: Path) -> None:
+    def __init__(self, script: str, *args: str, cwd: Path, max_file_bytes: int = 0) -> None:
         self.name = script
+
+        def limit_file_size() -> None:  # to play a full disk: writes past it fail with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
         self.process = subprocess.Popen(
             [sys.executable, "-u", str(ROOT / script), *map(str, args)],
             stdout=subprocess.PIPE,
@@ -26,6 +31,7 @@ class Program:
             stdin=subprocess.DEVNULL,
             text=True,
             cwd=cwd,
+            preexec_fn=limit_file_size if max_file_bytes else None,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()

@@ -159,7 +159,13 @@ def test_cli_reports_tampering_and_unreadable_files(tmp_path):
 
 @pytest.mark.parametrize(
     "tail",
-    [b'{"totally": "not a block"}', b"[" * 200_000, b"garbage", b'{"version":1}'],
+    [
+        b'{"totally": "not a block"}',
+        b"[" * 200_000,
+        b"garbage",
+        b'{"version":1}',
+        b'{"version":1}HELLO',
+    ],
 )
 def test_a_last_line_that_is_not_a_cut_off_block_is_damage_not_a_tear(tmp_path, tail):
     path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))

@@ -5,6 +5,7 @@ import contextlib
 import pickle
 import socket
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -47,7 +48,9 @@ class FakeServer:
 
 
 def welcome(conn, genesis=GENESIS) -> None:
-    send_message(conn, {"type": "welcome", "genesis": block_to_json(genesis), "seed": 0})
+    send_message(
+        conn, {"type": "welcome", "genesis": block_to_json(genesis), "seed": 0, "rounds": 1}
+    )
 
 
 def train(conn, index: int = 1, model: LinearModel = GENESIS.server_model) -> dict:
@@ -99,7 +102,7 @@ SCRIPTS = {
     "update altered": (altered_update, "does not hold our update as we sent it"),
     "broken link": (broken_link, "previous_hash does not match"),
     "malformed genesis": (
-        lambda c: send_message(c, {"type": "welcome", "genesis": "{}", "seed": 0}),
+        lambda c: send_message(c, {"type": "welcome", "genesis": "{}", "seed": 0, "rounds": 1}),
         "malformed block",
     ),
     "other features": (
@@ -112,8 +115,8 @@ SCRIPTS = {
         "features differ",
     ),
     "early done": (
-        lambda c: (welcome(c), send_message(c, {"type": "done", "blocks": 9})),
-        "a chain we do not hold",
+        lambda c: (welcome(c), send_message(c, {"type": "done", "blocks": 1})),
+        "ended the run after 0 of 1 rounds",
     ),
     "oversized frame": (lambda c: c.sendall(HEADER.pack(MAGIC, VERSION, 2**31)), "over the limit"),
     "hostile pickle": (
@@ -146,3 +149,21 @@ def test_the_client_refuses_a_lying_server(programs, tmp_path, lie):
     assert "Traceback" not in client.output
     assert not (tmp_path / "pwned-by-fake-server").exists()
     server.thread.join(timeout=30)
+
+
+def test_a_server_that_trickles_a_message_cannot_hold_the_client_past_its_timeout(
+    programs, tmp_path
+):
+    def trickle(conn) -> None:
+        welcome(conn)
+        for byte in HEADER.pack(MAGIC, VERSION, 100) + bytes(100):
+            conn.sendall(bytes([byte]))
+            time.sleep(0.5)
+
+    server = FakeServer(trickle)
+    client = programs(
+        "client1.py", "--port", server.port, "--replica", tmp_path / "cli1.jsonl",
+        "--timeout-s", "3",
+    )  # fmt: skip
+    assert client.finish(timeout_s=20) == 1
+    assert "timed out" in client.output

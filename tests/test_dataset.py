@@ -53,6 +53,9 @@ def test_other_target_column(tmp_path):
         ("", "empty"),
         ("charges\n1\n2\n", "no feature columns"),
         ("a,a,charges\n1,2,3\n4,5,6\n", "'a' appears more than once"),
+        (" a,charges\n1,2\n3,4\n", "' a' has spaces around it"),
+        ("a\tb,charges\n1,2\n3,4\n", "unprintable"),
+        ("x" * 65 + ",charges\n1,2\n3,4\n", "is over 64 characters"),
         ("a,charges\n1,2\n3,4,5\n", "row 3 has 3 cells"),
     ],
 )

@@ -143,3 +143,38 @@ def test_a_run_nobody_joins_ends_on_time_and_leaves_no_chain_file(programs, tmp_
     assert server.finish() == 1
     assert "run stopped: only 0 of 2 clients joined within 1 s" in server.output
     assert not (tmp_path / "chain.jsonl").exists()  # so the same command can simply be rerun
+
+
+def test_a_client_that_leaves_before_the_run_can_come_back(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    first_try = programs("client1.py", *client_args("cli1-first", port, tmp_path), "--name", "cli1")
+    server.wait_for("cli1 joined")
+    first_try.kill()
+    server.wait_for("cli1 left before the run began")
+    clients = [
+        programs("client1.py", *client_args("cli1", port, tmp_path)),
+        programs("client2.py", *client_args("cli2", port, tmp_path)),
+    ]
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_keeps_every_written_block(programs, tmp_path):
+    # The genesis and a round block fit in 3,000 bytes; the next write fails as on a full disk.
+    server = programs(
+        "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "8",
+        "--rounds", "5", max_file_bytes=3000,
+    )  # fmt: skip
+    port = int(server.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$").group(1))
+    clients = [
+        programs("client1.py", *client_args("cli1", port, tmp_path)),
+        programs("client2.py", *client_args("cli2", port, tmp_path)),
+    ]
+    assert server.finish() == 1
+    assert "run stopped: cannot write block" in server.output
+    assert "Traceback" not in server.output
+    for client in clients:
+        assert client.finish() == 1
+    result = verify_cli(tmp_path / "chain.jsonl")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 1 <= len(load_chain(tmp_path / "chain.jsonl").blocks) < 6
