@@ -27,6 +27,7 @@ from chain_store import ChainFileError, load_chain
 from model import LinearModel, fedavg
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+SHOWN_WEIGHTS = 16  # per block in `show`; a wide model would otherwise bury the rest
 
 
 class ChainError(ValueError):
@@ -174,10 +175,10 @@ def format_block(block: Block) -> str:
         when = f"timestamp {block.timestamp!r}"
     kind = "genesis" if block.index == 0 else "round"
     clients = ", ".join(f"{c} ({block.client_model[c].n_samples} rows)" for c in block.cli)
-    weights = "  ".join(
-        f"{name}={w:.4g}"
-        for name, w in zip(block.feature_names, block.server_model.weights, strict=True)
-    )
+    pairs = list(zip(block.feature_names, block.server_model.weights, strict=False))
+    weights = "  ".join(f"{name}={w:.4g}" for name, w in pairs[:SHOWN_WEIGHTS])
+    if len(pairs) > SHOWN_WEIGHTS:
+        weights += f"  … (+{len(pairs) - SHOWN_WEIGHTS} more)"
     return "\n".join(
         [
             f"block {block.index} ({kind})  {when}  nonce {block.nonce}  hash {block.hash[:16]}…",

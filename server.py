@@ -10,7 +10,7 @@ from blockchain import report_chain
 from chain_store import ChainFileError, load_chain
 from cli_types import at_least, port, seconds
 from dataset import DataError, load_dataset
-from federated_server import RunAborted, RunSettings, run_federation
+from federated_server import SEND_TIMEOUT_S, RunAborted, RunSettings, run_federation
 from protocol import DEFAULT_HOST, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
 from simulation import DEFAULT_ROUNDS, DEFAULT_RUN_SEED
 
@@ -97,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"error: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
         return EXIT_USAGE
+    listener.settimeout(SEND_TIMEOUT_S)  # accept() is only called once one is waiting
     with listener:
         host, port = listener.getsockname()[:2]
         say(f"listening on {host}:{port}")  # first line: tests and demo.py read the port

@@ -82,3 +82,13 @@ def start_server(start, tmp_path: Path, *args: str) -> tuple[Program, int]:
     )
     port = int(server.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$", timeout_s=30).group(1))
     return server, port
+
+
+def run_blockchain_cli(*args) -> subprocess.CompletedProcess:
+    """Run `python blockchain.py ARGS...` to completion and return what it printed."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "blockchain.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )

@@ -1,19 +1,16 @@
 """Chain files: exact round trips, crash recovery of a torn last line, and strict reading."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from chain_helpers import build_chain
+from processes import run_blockchain_cli
 
 from block import ClientUpdate, seal
 from blockchain import make_genesis, make_round_block, verify_chain
 from chain_store import ChainFileError, ChainWriter, block_from_json, block_to_json, load_chain
 from model import LinearModel
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_chain(path: Path, blocks: list) -> Path:
@@ -21,15 +18,6 @@ def write_chain(path: Path, blocks: list) -> Path:
         for block in blocks:
             writer.append(block)
     return path
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "blockchain.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_blocks_round_trip_exactly(tmp_path):
@@ -64,7 +52,7 @@ def test_a_torn_last_line_is_dropped_and_reported(tmp_path, cut):
     assert len(loaded.blocks) == 3
     assert "line 4" in loaded.dropped_tail
     verify_chain(loaded.blocks)
-    result = run_cli("verify", path)
+    result = run_blockchain_cli("verify", path)
     assert result.returncode == 0
     assert result.stdout.strip() == "valid: 3 blocks"
     assert "unfinished block dropped" in result.stderr
@@ -93,7 +81,7 @@ def test_damage_before_the_last_line_is_refused_naming_the_block(tmp_path, damag
     path.write_bytes(b"\n".join(lines))
     with pytest.raises(ChainFileError, match=r"line 2 \(block 1\)"):
         load_chain(path)
-    result = run_cli("verify", path)
+    result = run_blockchain_cli("verify", path)
     assert result.returncode == 1
     assert "block 1" in result.stdout
 
@@ -134,7 +122,7 @@ def test_a_writer_never_overwrites_an_existing_chain(tmp_path):
 def test_show_prints_each_block_for_a_person(tmp_path):
     blocks = build_chain(rounds=2)
     path = write_chain(tmp_path / "chain.jsonl", blocks)
-    result = run_cli("show", path)
+    result = run_blockchain_cli("show", path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "block 0 (genesis)" in out and "block 2 (round)" in out
@@ -150,10 +138,10 @@ def test_cli_reports_tampering_and_unreadable_files(tmp_path):
         blocks[2].__class__(**{**blocks[2].__dict__, "timestamp": blocks[2].timestamp + 1})
     )
     path = write_chain(tmp_path / "chain.jsonl", blocks)
-    result = run_cli("verify", path)
+    result = run_blockchain_cli("verify", path)
     assert result.returncode == 1
     assert result.stdout.startswith("invalid: block 3: previous_hash")
-    missing = run_cli("verify", tmp_path / "absent.jsonl")
+    missing = run_blockchain_cli("verify", tmp_path / "absent.jsonl")
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 
 
@@ -172,6 +160,6 @@ def test_a_last_line_that_is_not_a_cut_off_block_is_damage_not_a_tear(tmp_path, 
     path.write_bytes(path.read_bytes() + tail)
     with pytest.raises(ChainFileError, match=r"line 3 \(block 2\)"):
         load_chain(path)
-    result = run_cli("verify", path)
+    result = run_blockchain_cli("verify", path)
     assert result.returncode == 1 and "block 2" in result.stdout
     assert "Traceback" not in result.stderr

@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from processes import ROOT
+from wire_helpers import Exploit, frame
 
 from block import ClientUpdate, seal
 from blockchain import make_genesis, make_round_block
@@ -19,6 +20,7 @@ from dataset import load_dataset
 from model import LinearModel
 from protocol import HEADER, MAGIC, VERSION, ConnectionClosed, receive_message, send_message
 
+PWN = "open('pwned-by-fake-server', 'w')"
 FEATURES = load_dataset(ROOT / "data" / "client1.csv").feature_names
 GENESIS = make_genesis(
     initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES, difficulty=4
@@ -120,7 +122,7 @@ SCRIPTS = {
     ),
     "oversized frame": (lambda c: c.sendall(HEADER.pack(MAGIC, VERSION, 2**31)), "over the limit"),
     "hostile pickle": (
-        lambda c: c.sendall(_frame(pickle.dumps({"type": "refused", "reason": _Exploit()}))),
+        lambda c: c.sendall(frame(pickle.dumps({"type": "refused", "reason": Exploit(exec, PWN)}))),
         "not allowed",
     ),
     "refusal": (
@@ -128,15 +130,6 @@ SCRIPTS = {
         "the server refused: no room",
     ),
 }
-
-
-class _Exploit:
-    def __reduce__(self):
-        return (exec, ("open('pwned-by-fake-server', 'w')",))
-
-
-def _frame(payload: bytes) -> bytes:
-    return HEADER.pack(MAGIC, VERSION, len(payload)) + payload
 
 
 @pytest.mark.parametrize("lie", sorted(SCRIPTS))

@@ -1,11 +1,9 @@
 """The federated run end to end: a real server and real clients on 127.0.0.1."""
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
-from processes import ROOT, start_server
+from processes import ROOT, run_blockchain_cli, start_server
 
 from chain_store import load_chain
 from dataset import load_dataset
@@ -18,22 +16,13 @@ def client_args(name: str, port: int, tmp_path: Path, *extra: str) -> list:
     return ["--port", port, "--replica", tmp_path / f"{name}.jsonl", *extra]
 
 
-def verify_cli(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "blockchain.py"), "verify", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def check_finished_run(tmp_path: Path, server, clients) -> None:
     for program in [server, *clients]:
         assert program.finish() == 0, program.output
     chain_path = tmp_path / "chain.jsonl"
     blocks = load_chain(chain_path).blocks
     assert len(blocks) == ROUNDS + 1
-    result = verify_cli(chain_path)
+    result = run_blockchain_cli("verify", chain_path)
     assert result.returncode == 0 and result.stdout.strip() == f"valid: {ROUNDS + 1} blocks"
     assert server.output.rstrip().endswith(f"valid: {ROUNDS + 1} blocks")
     for name in ("cli1", "cli2"):
@@ -90,7 +79,7 @@ def test_a_client_that_dies_mid_run_is_reported_and_the_chain_stays_valid(progra
     assert survivor.finish() == 1
     assert "run stopped: cli2 disconnected" in survivor.output
     chain_path = tmp_path / "chain.jsonl"
-    result = verify_cli(chain_path)
+    result = run_blockchain_cli("verify", chain_path)
     assert result.returncode == 0, result.stdout
     blocks = load_chain(chain_path).blocks
     assert 3 <= len(blocks) <= 4  # genesis and the rounds finished before the kill
@@ -175,6 +164,6 @@ def test_a_full_disk_stops_the_run_cleanly_and_keeps_every_written_block(program
     assert "Traceback" not in server.output
     for client in clients:
         assert client.finish() == 1
-    result = verify_cli(tmp_path / "chain.jsonl")
+    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
     assert result.returncode == 0, result.stdout + result.stderr
     assert 1 <= len(load_chain(tmp_path / "chain.jsonl").blocks) < 6

@@ -4,12 +4,11 @@ nothing they carry runs, the server keeps serving or stops cleanly, and the chai
 import os
 import pickle
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from processes import ROOT, start_server
+from processes import ROOT, run_blockchain_cli, start_server
+from wire_helpers import Exploit, frame
 
 from dataset import load_dataset
 from protocol import HEADER, MAGIC, VERSION, receive_message, send_message
@@ -17,22 +16,10 @@ from protocol import HEADER, MAGIC, VERSION, receive_message, send_message
 FEATURES = list(load_dataset(ROOT / "data" / "client1.csv").feature_names)
 
 
-class Exploit:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.path}",)
-
-
 def connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.settimeout(30)
     return sock
-
-
-def frame(payload: bytes) -> bytes:
-    return HEADER.pack(MAGIC, VERSION, len(payload)) + payload
 
 
 def test_bad_frames_are_refused_and_the_run_goes_on(programs, tmp_path):
@@ -42,7 +29,11 @@ def test_bad_frames_are_refused_and_the_run_goes_on(programs, tmp_path):
         "garbage": (b"GET / HTTP/1.1\r\n\r\n", "not a frame of this protocol"),
         "oversized": (HEADER.pack(MAGIC, VERSION, 2**31), "over the limit"),
         "exploit": (
-            frame(pickle.dumps({"type": "register", "name": Exploit(str(target))}, protocol=5)),
+            frame(
+                pickle.dumps(
+                    {"type": "register", "name": Exploit(os.system, f"touch {target}")}, protocol=5
+                )
+            ),
             "posix.system, which is not allowed",
         ),
         "unknown type": (frame(pickle.dumps({"type": "hello"}, protocol=5)), "unknown message"),
@@ -139,10 +130,7 @@ def test_a_bad_update_stops_the_run_cleanly_with_its_reason(
     assert "run stopped: " in server.output and expected in server.output
     assert "Traceback" not in server.output
     assert honest.finish() == 1
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "blockchain.py"), "verify", str(tmp_path / "chain.jsonl")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
     assert result.returncode == 0 and result.stdout.strip() == "valid: 1 blocks"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from wire_helpers import Exploit, frame
 
 from protocol import (
     HEADER,
@@ -36,10 +37,6 @@ def pair():
     yield a, b
     a.close()
     b.close()
-
-
-def frame(payload: bytes, *, magic: bytes = MAGIC, version: int = VERSION) -> bytes:
-    return HEADER.pack(magic, version, len(payload)) + payload
 
 
 def update(**changes) -> dict:
@@ -117,16 +114,6 @@ def test_bad_frames_are_refused(pair, data, expected):
     a.sendall(data)
     with pytest.raises(ProtocolError, match=expected):
         receive_message(b)
-
-
-class Exploit:
-    """Pickles as a call to FUNCTION(*ARGS): what an attacker would put in a frame."""
-
-    def __init__(self, function, *args):
-        self.function, self.args = function, args
-
-    def __reduce__(self):
-        return self.function, self.args
 
 
 def exploits(target: str) -> list:

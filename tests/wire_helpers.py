@@ -1,0 +1,18 @@
+"""Hand-made frames and hostile pickles, for the tests that play a bad peer."""
+
+from protocol import HEADER, MAGIC, VERSION
+
+
+def frame(payload: bytes, *, magic: bytes = MAGIC, version: int = VERSION) -> bytes:
+    """PAYLOAD behind a frame header, as send_message would write it (or with a bad header)."""
+    return HEADER.pack(magic, version, len(payload)) + payload
+
+
+class Exploit:
+    """Pickles as a call to FUNCTION(*ARGS): what an attacker would put in a frame."""
+
+    def __init__(self, function, *args) -> None:
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
