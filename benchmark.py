@@ -21,9 +21,10 @@ import numpy as np
 
 from block import mine
 from dataset import load_dataset
+from federated_server import DEFAULT_ROUNDS
 from local_training import LocalProblem, train_locally
 from model import LinearModel, fit_lstsq, mse
-from simulation import DEFAULT_ROUNDS, simulate
+from simulation import simulate
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"

@@ -23,8 +23,8 @@ def seconds(text: str) -> float:
     return value
 
 
-def at_least(low: int, high: int = 2**63 - 1):
-    """An integer in LOW..HIGH."""
+def integer_in(low: int, high: int = 2**63 - 1):
+    """An argument type for an integer in LOW..HIGH."""
 
     def parse(text: str) -> int:
         value = _integer(text)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from chain_store import load_chain
-from cli_types import at_least
+from cli_types import integer_in
 from dataset import load_dataset
 from model import fit_lstsq, mse
 
@@ -76,9 +76,9 @@ def compare_with_central(chain_path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=at_least(1), default=None, help="default: the server's")
+    parser.add_argument("--rounds", type=integer_in(1), default=None, help="default: the server's")
     parser.add_argument(
-        "--difficulty", type=at_least(0, 64), default=None, help="default: the server's"
+        "--difficulty", type=integer_in(0, 64), default=None, help="default: the server's"
     )
     args = parser.parse_args(argv)
     started = time.monotonic()

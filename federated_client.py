@@ -16,7 +16,7 @@ from pathlib import Path
 from block import Block, ClientUpdate
 from blockchain import ChainError, verify_genesis, verify_next
 from chain_store import ChainWriter, block_from_json
-from cli_types import at_least, port, seconds
+from cli_types import integer_in, port, seconds
 from dataset import DEFAULT_TARGET, DataError, Dataset, load_dataset
 from local_training import (
     DEFAULT_GENERATIONS,
@@ -244,17 +244,17 @@ def main(
     )
     parser.add_argument("--target", default=DEFAULT_TARGET, help="the column to predict")
     parser.add_argument(
-        "--seed", type=at_least(0), default=None,
+        "--seed", type=integer_in(0), default=None,
         help="the local search's seed (%(default)s: the run's, sent by the server)",
     )  # fmt: skip
     parser.add_argument(
         "--generations",
-        type=at_least(1),
+        type=integer_in(1),
         default=DEFAULT_GENERATIONS,
         help="GA generations per round",
     )
     parser.add_argument(
-        "--population", type=at_least(4), default=DEFAULT_POPULATION, help="GA population size"
+        "--population", type=integer_in(4), default=DEFAULT_POPULATION, help="GA population size"
     )
     parser.add_argument(
         "--replica", type=Path, default=None,
@@ -269,7 +269,7 @@ def main(
         help="the longest wait for the server's next message",
     )  # fmt: skip
     parser.add_argument(
-        "--max-frame-bytes", type=at_least(1024, 2**32 - 1), default=DEFAULT_MAX_FRAME_BYTES,
+        "--max-frame-bytes", type=integer_in(1024, 2**32 - 1), default=DEFAULT_MAX_FRAME_BYTES,
         help="refuse any message longer than this",
     )  # fmt: skip
     args = parser.parse_args(argv)

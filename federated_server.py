@@ -1,9 +1,9 @@
 """The server's side of a federated run: admit the clients, then round by round send the global
 model, collect the clients' trained models, average them, and append the round to the chain.
 
-One thread and a selector. The server only ever reads what has already arrived and assembles
-frames itself, so a peer that is silent, slow or stuck half-way through a message holds up nobody,
-and every wait has a deadline.
+One thread and a selector. The server only ever reads what has already arrived and lets the
+protocol assemble frames, so a peer that is silent, slow or stuck half-way through a message holds
+up nobody, and every wait has a deadline.
 """
 
 import contextlib
@@ -20,38 +20,24 @@ from blockchain import make_genesis, make_round_block
 from chain_store import ChainWriter, block_to_json
 from dataset import Dataset
 from model import LinearModel, mse
-from protocol import (
-    DEFAULT_MAX_FRAME_BYTES,
-    FrameReader,
-    ProtocolError,
-    printable,
-    send_message,
-)
+from protocol import DEFAULT_MAX_FRAME_BYTES, FrameReader, ProtocolError, printable, send_message
 
-REGISTER_TIMEOUT_S = 10.0  # a newcomer must have registered this long after connecting
+DEFAULT_ROUNDS = 5
+DEFAULT_RUN_SEED = 0
+DEFAULT_ROUND_TIMEOUT_S = 60.0
+DEFAULT_JOIN_TIMEOUT_S = 120.0
+DEFAULT_REGISTER_TIMEOUT_S = 10.0  # a newcomer must have registered this long after connecting
 SEND_TIMEOUT_S = 10.0  # a peer that will not take a message in this long is gone
 MAX_WAITING = 32  # newcomers not yet registered; more are turned away at once
-RECEIVE_BYTES = 1 << 16
 
 
 class RunAborted(RuntimeError):
     """The run cannot go on; the message names the client, or the stage, and why."""
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    n_clients: int
-    rounds: int
-    difficulty: int
-    seed: int
-    round_timeout_s: float
-    join_timeout_s: float
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-
-
 @dataclass
 class _Connection:
-    """A peer's socket, what it has sent so far, and (once registered) who it is."""
+    """A peer's socket, the messages it has sent so far, and (once registered) who it is."""
 
     sock: socket.socket
     address: str
@@ -64,36 +50,48 @@ class _Connection:
 
 def run_federation(
     listener: socket.socket,
-    settings: RunSettings,
+    *,
     chain_path: Path,
     test_data: Dataset | None,
     say: Callable[[str], None],
+    n_clients: int,
+    rounds: int = DEFAULT_ROUNDS,
+    difficulty_bits: int,
+    seed: int = DEFAULT_RUN_SEED,
+    round_timeout_s: float = DEFAULT_ROUND_TIMEOUT_S,
+    join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S,
+    register_timeout_s: float = DEFAULT_REGISTER_TIMEOUT_S,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> list[Block]:
     """Admit the clients and run every round; return the chain. Raises RunAborted on failure."""
-    server = _Server(listener, settings, say)
+    server = _Server(listener, say, max_frame_bytes=max_frame_bytes)
     try:
-        peers = server.admit(test_data.feature_names if test_data else None)
-        chain = [
-            make_genesis(
-                initial_model=LinearModel.zeros(len(server.feature_names)),
-                feature_names=server.feature_names,
-                difficulty=settings.difficulty,
-            )
-        ]
+        feature_names = test_data.feature_names if test_data else ()
+        peers = server.admit(
+            n_clients,
+            feature_names,
+            join_timeout_s=join_timeout_s,
+            register_timeout_s=register_timeout_s,
+        )
+        genesis = make_genesis(
+            initial_model=LinearModel.zeros(len(server.feature_names)),
+            feature_names=server.feature_names,
+            difficulty=difficulty_bits,
+        )
+        chain = [genesis]
         # The file is made only now, so a run that never starts leaves nothing in the way.
         try:
             writer = ChainWriter(chain_path)
         except OSError as error:
             raise RunAborted(f"cannot make the chain file: {error}") from None
         with writer:
-            server.append(writer, chain[0])
-            genesis_json = block_to_json(chain[0])
+            server.append(writer, genesis)
+            welcome = {"type": "welcome", "genesis": block_to_json(genesis), "seed": seed}
             for peer in peers:
-                welcome = {"type": "welcome", "genesis": genesis_json, "rounds": settings.rounds}
-                server.send(peer, {**welcome, "seed": settings.seed})
-            say(f"genesis block mined (hash {chain[0].hash[:16]}…); {settings.rounds} rounds to go")
-            for index in range(1, settings.rounds + 1):
-                chain.append(server.run_round(index, chain[-1], writer, test_data))
+                server.send(peer, {**welcome, "rounds": rounds})
+            say(f"genesis block mined (hash {genesis.hash[:16]}…); {rounds} rounds to go")
+            for index in range(1, rounds + 1):
+                chain.append(server.run_round(index, chain[-1], writer, test_data, round_timeout_s))
         for peer in peers:
             server.send(peer, {"type": "done", "blocks": len(chain)})
         return chain
@@ -105,10 +103,10 @@ def run_federation(
 
 
 class _Server:
-    def __init__(self, listener: socket.socket, settings: RunSettings, say: Callable) -> None:
+    def __init__(self, listener: socket.socket, say: Callable, *, max_frame_bytes: int) -> None:
         self.listener = listener
-        self.settings = settings
         self.say = say
+        self.max_frame_bytes = max_frame_bytes
         self.peers: list[_Connection] = []
         self.waiting: list[_Connection] = []
         self.feature_names: tuple[str, ...] = ()
@@ -117,62 +115,69 @@ class _Server:
 
     # --- admission ---------------------------------------------------------------------------
 
-    def admit(self, feature_names: tuple[str, ...] | None) -> list[_Connection]:
-        """Wait for the clients to register; refuse (and keep waiting past) any bad newcomer."""
-        self.feature_names = feature_names or ()
-        deadline = time.monotonic() + self.settings.join_timeout_s
-        while len(self.peers) < self.settings.n_clients:
-            expiries = [c.connected_at + REGISTER_TIMEOUT_S for c in self.waiting]
-            try:
-                ready = self._ready_before(min([deadline, *expiries]), stop_at=deadline)
-            except TimeoutError:
-                raise RunAborted(
-                    f"only {len(self.peers)} of {self.settings.n_clients} clients joined within "
-                    f"{self.settings.join_timeout_s:g} s"
-                ) from None
+    def admit(
+        self,
+        n_clients: int,
+        feature_names: tuple[str, ...],
+        *,
+        join_timeout_s: float,
+        register_timeout_s: float,
+    ) -> list[_Connection]:
+        """Wait for N_CLIENTS to register; refuse (and keep waiting past) any bad newcomer."""
+        self.feature_names = feature_names
+        deadline = time.monotonic() + join_timeout_s
+        while True:
+            if len(self.peers) == n_clients:
+                # One last look without waiting: a client that left at the last moment must
+                # not be counted into a run it will never take part in.
+                ready = self._ready(time.monotonic())
+                if not ready:
+                    break
+            else:
+                expiries = [c.connected_at + register_timeout_s for c in self.waiting]
+                if time.monotonic() >= deadline:
+                    raise RunAborted(
+                        f"only {len(self.peers)} of {n_clients} clients joined within "
+                        f"{join_timeout_s:g} s"
+                    )
+                ready = self._ready(min([deadline, *expiries]))
             for connection in ready:
                 if connection is None:
                     self._accept_newcomer()
                 elif connection in self.waiting:
-                    self._hear_newcomer(connection)
+                    self._hear_newcomer(connection, n_clients)
                 else:
-                    self._hear_early_peer(connection)
-            self._expire_newcomers()
+                    self._hear_early_peer(connection, feature_names)
+            self._expire_newcomers(register_timeout_s)
         for connection in list(self.waiting):
-            self._turn_away(connection, f"the run is full ({self.settings.n_clients} clients)")
+            self._turn_away(connection, f"the run is full ({n_clients} clients)")
         self.peers.sort(key=lambda p: p.name)  # the order every round hashes and averages in
         return self.peers
 
     def _accept_newcomer(self) -> None:
-        try:
-            sock, (host, port, *_) = self.listener.accept()
-        except OSError as error:  # out of file descriptors, say: the others go on
-            self.say(f"could not accept a connection: {error}")
-            time.sleep(0.1)  # the pending connection stays readable; do not spin on it
+        connection = self._accept()
+        if connection is None:
             return
-        sock.settimeout(SEND_TIMEOUT_S)
-        connection = _Connection(
-            sock, f"{host}:{port}", FrameReader(self.settings.max_frame_bytes), time.monotonic()
-        )
         if len(self.waiting) >= MAX_WAITING:
             self._refuse(connection, "too many connections are waiting to register")
             return
         self.waiting.append(connection)
-        self.selector.register(sock, selectors.EVENT_READ, data=connection)
+        self.selector.register(connection.sock, selectors.EVENT_READ, data=connection)
 
-    def _hear_newcomer(self, connection: _Connection) -> None:
+    def _hear_newcomer(self, connection: _Connection, n_clients: int) -> None:
         try:
-            if not self._receive(connection):
-                self._drop(connection, "it closed the connection before registering")
-                return
+            messages = connection.reader.receive(connection.sock)
         except ProtocolError as error:
             self._turn_away(connection, str(error))
             return
+        if messages is None:
+            self._drop(connection, "it closed the connection before registering")
+            return
+        connection.inbox += messages
         if not connection.inbox:
             return  # part of a frame; the rest may follow
-        message = connection.inbox.pop(0)
         try:
-            self._check_registration(connection, message)
+            self._check_registration(connection, n_clients)
         except _Refusal as error:
             self._turn_away(connection, str(error))
             return
@@ -180,29 +185,17 @@ class _Server:
         self.peers.append(connection)
         self.say(
             f"{connection.name} joined from {connection.address} with {connection.n_samples} "
-            f"rows ({len(self.peers)} of {self.settings.n_clients})"
+            f"rows ({len(self.peers)} of {n_clients})"
         )
 
-    def _hear_early_peer(self, peer: _Connection) -> None:
-        # A client that has joined has nothing to say until the first round: if its socket
-        # stirs, it has left (and its name is free again, for a restart) or broken the protocol.
-        try:
-            still_there = self._receive(peer)
-        except ProtocolError:
-            still_there = True
-        self.selector.unregister(peer.sock)
-        self.peers.remove(peer)
-        if still_there:
-            self._refuse(peer, "a client may not speak before the run begins")
-        else:
-            self.say(f"{peer.name} left before the run began ({len(self.peers)} joined)")
-            peer.sock.close()
-
-    def _check_registration(self, connection: _Connection, message: dict) -> None:
+    def _check_registration(self, connection: _Connection, n_clients: int) -> None:
+        message = connection.inbox.pop(0)
         if message["type"] != "register":
             raise _Refusal(f"expected a register message first, not {message['type']!r}")
         if connection.inbox:
             raise _Refusal("sent more than its registration before the run began")
+        if len(self.peers) >= n_clients:
+            raise _Refusal(f"the run is full ({n_clients} clients)")
         name, features = message["name"], tuple(message["feature_names"])
         if any(p.name == name for p in self.peers):
             raise _Refusal(f"a client named {name!r} has already joined")
@@ -214,31 +207,57 @@ class _Server:
         self.feature_names = features
         connection.name, connection.n_samples = name, message["n_samples"]
 
-    def _expire_newcomers(self) -> None:
+    def _hear_early_peer(self, peer: _Connection, feature_names: tuple[str, ...]) -> None:
+        # A client that has joined has nothing to say until the first round: if its socket
+        # stirs, it has left (and its name is free again, for a restart) or broken the protocol.
+        try:
+            still_there = peer.reader.receive(peer.sock) is not None
+        except ProtocolError:
+            still_there = True
+        self.selector.unregister(peer.sock)
+        self.peers.remove(peer)
+        if not self.peers:
+            self.feature_names = feature_names  # the first client to come sets them afresh
+        if still_there:
+            self._refuse(peer, "a client may not speak before the run begins")
+        else:
+            self.say(f"{peer.name} left before the run began ({len(self.peers)} joined)")
+            peer.sock.close()
+
+    def _expire_newcomers(self, register_timeout_s: float) -> None:
         now = time.monotonic()
         for connection in list(self.waiting):
-            if now - connection.connected_at >= REGISTER_TIMEOUT_S:
-                self._turn_away(connection, f"no registration within {REGISTER_TIMEOUT_S:g} s")
+            if now - connection.connected_at >= register_timeout_s:
+                self._turn_away(connection, f"no registration within {register_timeout_s:g} s")
 
     # --- rounds ------------------------------------------------------------------------------
 
     def run_round(
-        self, index: int, previous: Block, writer: ChainWriter, test_data: Dataset | None
+        self,
+        index: int,
+        previous: Block,
+        writer: ChainWriter,
+        test_data: Dataset | None,
+        timeout_s: float,
     ) -> Block:
         started = time.monotonic()
-        global_model = previous.server_model
-        train = {"type": "train", "round": index, "weights": global_model.weights.copy()}
+        model = previous.server_model
+        train = {
+            "type": "train",
+            "round": index,
+            "weights": model.weights.copy(),
+            "bias": model.bias,
+        }
         for peer in self.peers:
-            self.send(peer, {**train, "bias": global_model.bias})
-        received = self._collect_updates(index, started + self.settings.round_timeout_s)
+            self.send(peer, train)
+        received = self._collect_updates(index, started + timeout_s, timeout_s)
         mining_started = time.monotonic()
         # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
         block = make_round_block(previous, {p.name: received[p.name][0] for p in self.peers})
         mining_s = time.monotonic() - mining_started
         self.append(writer, block)
-        block_json = block_to_json(block)
         for peer in self.peers:
-            self.send(peer, {"type": "block", "block": block_json})
+            self.send(peer, {"type": "block", "block": block_to_json(block)})
         round_s = time.monotonic() - started
         parts = [f"round {index}"]
         for peer in self.peers:
@@ -255,30 +274,29 @@ class _Server:
         self.say(" | ".join(parts))
         return block
 
-    def _collect_updates(self, index: int, deadline: float) -> dict[str, tuple[ClientUpdate, dict]]:
+    def _collect_updates(
+        self, index: int, deadline: float, timeout_s: float
+    ) -> dict[str, tuple[ClientUpdate, dict]]:
         received: dict[str, tuple[ClientUpdate, dict]] = {}
         while len(received) < len(self.peers):
-            try:
-                ready = self._ready_before(deadline, stop_at=deadline)
-            except TimeoutError:
-                late = [p.name for p in self.peers if p.name not in received]
-                raise RunAborted(
-                    f"{', '.join(late)} sent no update for round {index} within "
-                    f"{self.settings.round_timeout_s:g} s"
-                ) from None
-            for peer in ready:
+            if time.monotonic() >= deadline:
+                late = ", ".join(p.name for p in self.peers if p.name not in received)
+                raise RunAborted(f"{late} sent no update for round {index} within {timeout_s:g} s")
+            for peer in self._ready(deadline):
                 if peer is None:
-                    self._accept_during_run()
+                    if connection := self._accept():
+                        self._refuse(connection, "a run is in progress with all its clients")
                     continue
                 try:
-                    if not self._receive(peer):
-                        raise RunAborted(f"{peer.name} disconnected")
+                    messages = peer.reader.receive(peer.sock)
                 except ProtocolError as error:
                     raise RunAborted(f"{peer.name} sent a bad frame: {error}") from None
-                while peer.inbox:
+                if messages is None:
+                    raise RunAborted(f"{peer.name} disconnected")
+                for message in messages:
                     if peer.name in received:
                         raise RunAborted(f"{peer.name} sent a second message in round {index}")
-                    received[peer.name] = self._check_update(peer, peer.inbox.pop(0), index)
+                    received[peer.name] = self._check_update(peer, message, index)
         return received
 
     def _check_update(self, peer: _Connection, message: dict, index: int) -> tuple:
@@ -298,45 +316,23 @@ class _Server:
         model = LinearModel(message["weights"], message["bias"])
         return ClientUpdate(model, peer.n_samples), message["metrics"]
 
-    def _accept_during_run(self) -> None:
-        try:
-            sock, (host, port, *_) = self.listener.accept()
-        except OSError as error:
-            self.say(f"could not accept a connection: {error}")
-            time.sleep(0.1)
-            return
-        sock.settimeout(SEND_TIMEOUT_S)
-        connection = _Connection(sock, f"{host}:{port}", FrameReader(), time.monotonic())
-        self._refuse(connection, "a run is in progress with all its clients")
-
-    def append(self, writer: ChainWriter, block: Block) -> None:
-        try:
-            writer.append(block)
-        except OSError as error:  # a full disk, say: every block before this one is safe
-            raise RunAborted(
-                f"cannot write block {block.index} to {writer.path}: {error}"
-            ) from None
-
     # --- plumbing ----------------------------------------------------------------------------
 
-    def _ready_before(self, wake_at: float, *, stop_at: float) -> list[_Connection | None]:
-        """The connections with bytes to read (None: the listener), waiting until WAKE_AT at
-        the latest; TimeoutError once STOP_AT has passed."""
-        now = time.monotonic()
-        if now >= stop_at:
-            raise TimeoutError
-        return [key.data for key, _ in self.selector.select(max(0.0, wake_at - now))]
+    def _ready(self, wake_at: float) -> list[_Connection | None]:
+        """The connections with bytes to read (None: the listener), waiting until WAKE_AT."""
+        timeout = max(0.0, wake_at - time.monotonic())
+        return [key.data for key, _ in self.selector.select(timeout)]
 
-    def _receive(self, connection: _Connection) -> bool:
-        """Read what has arrived into the connection's inbox; False if the peer has closed."""
+    def _accept(self) -> _Connection | None:
         try:
-            data = connection.sock.recv(RECEIVE_BYTES)
-        except OSError:
-            return False
-        if not data:
-            return False
-        connection.inbox += connection.reader.feed(data)
-        return True
+            sock, (host, port, *_) = self.listener.accept()
+        except OSError as error:  # out of file descriptors, say: the others go on
+            self.say(f"could not accept a connection: {error}")
+            time.sleep(0.1)  # the pending connection stays readable; do not spin on it
+            return None
+        sock.settimeout(SEND_TIMEOUT_S)
+        reader = FrameReader(self.max_frame_bytes)
+        return _Connection(sock, f"{host}:{port}", reader, time.monotonic())
 
     def send(self, peer: _Connection, message: dict) -> None:
         try:
@@ -346,6 +342,12 @@ class _Server:
             raise RunAborted(f"{peer.name} disconnected: {reason}") from None
         except ProtocolError as error:  # a message this server cannot put on the wire
             raise RunAborted(f"cannot send {message['type']!r} to {peer.name}: {error}") from None
+
+    def append(self, writer: ChainWriter, block: Block) -> None:
+        try:
+            writer.append(block)
+        except OSError as error:  # a full disk, say: every block before this one is safe
+            raise RunAborted(f"cannot write block {block.index}: {error}") from None
 
     def _turn_away(self, connection: _Connection, reason: str) -> None:
         self.selector.unregister(connection.sock)
@@ -365,8 +367,8 @@ class _Server:
         connection.sock.close()
 
     def abort(self, reason: str) -> None:
+        message = {"type": "refused", "reason": printable(f"run stopped: {reason}")}
         for peer in self.peers:
-            message = {"type": "refused", "reason": printable(f"run stopped: {reason}")}
             _send_quietly(peer.sock, message)
 
     def close(self) -> None:

@@ -8,19 +8,25 @@ from pathlib import Path
 
 from blockchain import report_chain
 from chain_store import ChainFileError, load_chain
-from cli_types import at_least, port, seconds
-from dataset import DataError, load_dataset
-from federated_server import SEND_TIMEOUT_S, RunAborted, RunSettings, run_federation
+from cli_types import integer_in, port, seconds
+from dataset import DEFAULT_TARGET, DataError, load_dataset
+from federated_server import (
+    DEFAULT_JOIN_TIMEOUT_S,
+    DEFAULT_REGISTER_TIMEOUT_S,
+    DEFAULT_ROUND_TIMEOUT_S,
+    DEFAULT_ROUNDS,
+    DEFAULT_RUN_SEED,
+    SEND_TIMEOUT_S,
+    RunAborted,
+    run_federation,
+)
 from protocol import DEFAULT_HOST, DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
-from simulation import DEFAULT_ROUNDS, DEFAULT_RUN_SEED
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CLIENTS = 2
 DEFAULT_DIFFICULTY_BITS = 18  # about a quarter of a second of mining a block here
-DEFAULT_CHAIN = "chain.jsonl"
+DEFAULT_CHAIN = Path("chain.jsonl")
 DEFAULT_TEST = HERE / "data" / "test.csv"
-DEFAULT_ROUND_TIMEOUT_S = 60.0
-DEFAULT_JOIN_TIMEOUT_S = 120.0
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -31,40 +37,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "and records every round on a proof-of-work chain.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
-    parser.add_argument("--port", type=port, default=DEFAULT_PORT, help="0 picks a free port")
-    parser.add_argument(
-        "--clients", type=at_least(1), default=DEFAULT_CLIENTS, help="clients per run"
-    )
-    parser.add_argument(
-        "--rounds", type=at_least(1), default=DEFAULT_ROUNDS, help="training rounds"
-    )
-    parser.add_argument(
-        "--difficulty",
-        type=at_least(0, 64),
-        default=DEFAULT_DIFFICULTY_BITS,
-        help="proof of work, in bits",
-    )
-    parser.add_argument("--chain", type=Path, default=Path(DEFAULT_CHAIN), help="new chain file")
-    parser.add_argument(
-        "--test",
-        default=str(DEFAULT_TEST),
-        help="held-out CSV to score each round on ('' for none)",
-    )
-    parser.add_argument("--target", default="charges", help="target column of the --test file")
-    parser.add_argument("--seed", type=at_least(0), default=DEFAULT_RUN_SEED, help="the run's seed")
-    parser.add_argument(
-        "--round-timeout-s", type=seconds, default=DEFAULT_ROUND_TIMEOUT_S,
-        help="how long to wait for every client's update in a round",
-    )  # fmt: skip
-    parser.add_argument(
-        "--join-timeout-s", type=seconds, default=DEFAULT_JOIN_TIMEOUT_S,
-        help="how long to wait for the clients to join",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-frame-bytes", type=at_least(1024, 2**32 - 1), default=DEFAULT_MAX_FRAME_BYTES,
-        help="refuse any message longer than this",
-    )  # fmt: skip
+    flag = parser.add_argument
+    flag("--host", default=DEFAULT_HOST, help="address to listen on")
+    flag("--port", type=port, default=DEFAULT_PORT, help="0 picks a free port")
+    flag("--clients", type=integer_in(1), default=DEFAULT_CLIENTS, help="clients per run")
+    flag("--rounds", type=integer_in(1), default=DEFAULT_ROUNDS, help="training rounds")
+    flag("--difficulty", type=integer_in(0, 64), default=DEFAULT_DIFFICULTY_BITS,
+         help="proof of work, in leading zero bits")  # fmt: skip
+    flag("--chain", type=Path, default=DEFAULT_CHAIN, help="the chain file; must not exist")
+    flag("--test", default=str(DEFAULT_TEST), help="held-out CSV to score rounds on ('' for none)")
+    flag("--target", default=DEFAULT_TARGET, help="target column of the --test file")
+    flag("--seed", type=integer_in(0), default=DEFAULT_RUN_SEED, help="the run's seed")
+    flag("--round-timeout-s", type=seconds, default=DEFAULT_ROUND_TIMEOUT_S,
+         help="how long to wait for every client's update in a round")  # fmt: skip
+    flag("--join-timeout-s", type=seconds, default=DEFAULT_JOIN_TIMEOUT_S,
+         help="how long to wait for the clients to join")  # fmt: skip
+    flag("--register-timeout-s", type=seconds, default=DEFAULT_REGISTER_TIMEOUT_S,
+         help="how long a new connection may take to register")  # fmt: skip
+    flag("--max-frame-bytes", type=integer_in(1024, 2**32 - 1), default=DEFAULT_MAX_FRAME_BYTES,
+         help="refuse any message longer than this")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -83,15 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {args.chain} already exists; move it away or choose another --chain",
               file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
-    settings = RunSettings(
-        n_clients=args.clients,
-        rounds=args.rounds,
-        difficulty=args.difficulty,
-        seed=args.seed,
-        round_timeout_s=args.round_timeout_s,
-        join_timeout_s=args.join_timeout_s,
-        max_frame_bytes=args.max_frame_bytes,
-    )
     try:
         listener = socket.create_server((args.host, args.port), backlog=16)
     except OSError as error:
@@ -99,16 +81,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     listener.settimeout(SEND_TIMEOUT_S)  # accept() is only called once one is waiting
     with listener:
-        host, port = listener.getsockname()[:2]
-        say(f"listening on {host}:{port}")  # first line: tests and demo.py read the port
+        host, port_number = listener.getsockname()[:2]
+        say(f"listening on {host}:{port_number}")  # first line: tests and demo.py read the port
         try:
-            run_federation(listener, settings, args.chain, test_data, say)
+            run_federation(
+                listener,
+                chain_path=args.chain,
+                test_data=test_data,
+                say=say,
+                n_clients=args.clients,
+                rounds=args.rounds,
+                difficulty_bits=args.difficulty,
+                seed=args.seed,
+                round_timeout_s=args.round_timeout_s,
+                join_timeout_s=args.join_timeout_s,
+                register_timeout_s=args.register_timeout_s,
+                max_frame_bytes=args.max_frame_bytes,
+            )
         except RunAborted as error:
             say(f"run stopped: {error}")
             show_stored_chain(args.chain, say)
-            return EXIT_RUN_FAILED
-        except FileExistsError as error:  # made by someone else since the check above
-            say(f"run stopped: {error}")
             return EXIT_RUN_FAILED
         except KeyboardInterrupt:
             say("interrupted; the chain file holds every block finished so far")

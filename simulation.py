@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dataset import Dataset
+from federated_server import DEFAULT_ROUNDS, DEFAULT_RUN_SEED
 from local_training import (
     DEFAULT_GENERATIONS,
     DEFAULT_POPULATION,
@@ -17,9 +18,6 @@ from local_training import (
     train_locally,
 )
 from model import LinearModel, fedavg
-
-DEFAULT_ROUNDS = 5
-DEFAULT_RUN_SEED = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,125 @@
+"""Unpickle bytes from a peer without letting them run anything: the restricted unpickler.
+
+A pickle is a small program; loaded carelessly it can call any function (os.system, say). Here
+its opcodes are read first, and it may name only the two functions a protocol-5 pickle of a plain
+numeric NumPy array needs. Also the helpers that show peer-sent values safely in messages.
+"""
+
+import io
+import pickle
+import pickletools
+from collections.abc import Callable
+
+import numpy as np
+
+
+class RefusedPickle(ValueError):
+    """Bytes that are not a pickle of plain data, with what is wrong."""
+
+
+def load_restricted(payload: bytes) -> object:
+    """Unpickle PAYLOAD, admitting only what messages need; refuse anything else unrun."""
+    _check_opcodes(payload)
+    try:
+        return _RestrictedUnpickler(io.BytesIO(payload)).load()
+    except RefusedPickle:
+        raise
+    except Exception as error:  # a malformed pickle can fail in many ways; all mean "bad frame"
+        reason = printable(str(error))
+        raise RefusedPickle(f"payload is not a valid message pickle ({reason})") from None
+
+
+def describe(value: object) -> str:
+    """A short, safe description of a value a peer sent, for an error message."""
+    # Never repr() what a peer built: it may be huge, deeply nested, or slow to print.
+    if isinstance(value, str):
+        return printable(repr(value[:40]) + ("…" if len(value) > 40 else ""))
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**18 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """TEXT made safe to print and send on: control characters escaped, length capped."""
+    # Peers choose what goes into error messages; none of it may move a terminal's cursor.
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return shown + ("…" if len(text) > limit else "")
+
+
+def _check_opcodes(payload: bytes) -> None:
+    # Read before anything is built. Besides naming globals (checked in find_class), a pickle
+    # can share one object many times through its memo, so 200 bytes can unfold into a
+    # structure of 2**40 parts; a message shares at most a few, so memo reads are capped.
+    memo_reads = 0
+    try:
+        for opcode, _, _ in pickletools.genops(payload):
+            if opcode.name in _MEMO_READS:
+                memo_reads += 1
+                if memo_reads > MAX_MEMO_READS:
+                    raise RefusedPickle("payload shares objects more than a message needs")
+            elif opcode.name not in _ALLOWED_OPCODES:
+                raise RefusedPickle(f"payload uses pickle opcode {opcode.name}, not allowed")
+    except RefusedPickle:
+        raise
+    except Exception as error:  # genops rejects a malformed stream in several ways
+        reason = printable(str(error))
+        raise RefusedPickle(f"payload is not a valid message pickle ({reason})") from None
+
+
+MAX_MEMO_READS = 16
+_MEMO_READS = {"GET", "BINGET", "LONG_BINGET"}
+_ALLOWED_OPCODES = {
+    # framing and containers
+    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "EMPTY_DICT", "DICT", "SETITEM",
+    "SETITEMS", "EMPTY_LIST", "LIST", "APPEND", "APPENDS", "EMPTY_TUPLE", "TUPLE", "TUPLE1",
+    "TUPLE2", "TUPLE3", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT",
+    # scalars, text and bytes
+    "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1",
+    "LONG4", "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE",
+    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES",
+    "BINBYTES8", "BYTEARRAY8",
+    # NumPy arrays: a named global (find_class decides which), called, then given its state
+    "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD",
+}  # fmt: skip
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Callable:
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            where = printable(f"{module}.{name}")
+            raise RefusedPickle(f"payload refers to {where}, which is not allowed")
+        return allowed
+
+    def persistent_load(self, pid: object) -> object:
+        raise RefusedPickle("payload uses persistent ids, which are not allowed")
+
+
+def _numeric_dtype(spec: object, align: object = False, copy: object = False) -> np.dtype:
+    if not isinstance(spec, str) or spec not in _NUMERIC_DTYPES or not {align, copy} <= {0, 1}:
+        raise RefusedPickle(f"payload asks for dtype {describe(spec)}; only plain numbers allowed")
+    # copy=True, as pickle asks, matters: the state applied next must not touch NumPy's own.
+    return np.dtype(spec, align=bool(align), copy=bool(copy))
+
+
+def _frombuffer(buffer: bytes, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
+    # The pickle may have applied state of its choosing to the dtype; rebuild a clean one.
+    if not isinstance(dtype, np.dtype) or dtype.names is not None or dtype.subdtype is not None:
+        raise RefusedPickle("payload holds an array that is not plain numbers")
+    clean = np.dtype(dtype.str)
+    if clean.str[1:] not in _NUMERIC_DTYPES:
+        raise RefusedPickle(f"payload holds an array of {printable(clean.str)}, not plain numbers")
+    return np.frombuffer(buffer, dtype=clean).reshape(shape, order=order).copy()
+
+
+_NUMERIC_DTYPES = {"f8", "f4", "i8", "i4", "u8", "u4"}  # also what dtype.str ends with
+
+# What pickle protocol 5 writes for a NumPy array: a dtype and a buffer. Nothing else is named.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Callable] = {
+    ("numpy", "dtype"): _numeric_dtype,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+}

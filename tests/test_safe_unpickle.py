@@ -1,0 +1,69 @@
+"""The restricted unpickler on its own: plain data loads; anything that could run, or unfold into
+something huge, is refused before it is built."""
+
+import os
+import pickle
+import pickletools
+
+import numpy as np
+import pytest
+from wire_helpers import Exploit
+
+from safe_unpickle import MAX_MEMO_READS, RefusedPickle, describe, load_restricted
+from safe_unpickle import _frombuffer as array_from_buffer  # the unpickler's array maker
+
+
+def test_plain_data_and_numeric_arrays_load():
+    data = {"a": [1, 2.5, "x", None, True, b"raw"], "w": np.arange(4.0)}
+    loaded = load_restricted(pickle.dumps(data, protocol=5))
+    assert loaded["a"] == data["a"]
+    assert loaded["w"].tobytes() == data["w"].tobytes()
+
+
+def test_a_dtype_given_fields_by_the_pickle_is_not_trusted():
+    # What a crafted BUILD could do to the dtype before the array is made from it.
+    with pytest.raises(RefusedPickle, match="not plain numbers"):
+        array_from_buffer(bytes(8), np.dtype([("a", "<f8")]), (1,), "C")
+
+
+def test_a_pickle_sharing_one_object_many_times_is_refused_before_it_is_built():
+    # Each level holds the one below twice, through the memo: 40 levels would be 2**40 parts.
+    nested: list = []
+    for _ in range(40):
+        nested = [nested, nested]
+    payload = pickle.dumps(nested, protocol=5)
+    reads = sum(op.name.endswith("GET") for op, _, _ in pickletools.genops(payload))
+    assert reads > MAX_MEMO_READS
+    with pytest.raises(RefusedPickle, match="shares objects"):
+        load_restricted(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"(i__main__\nThing\n.",  # INST: build an instance of a named class
+        b"\x80\x02c__builtin__\nobject\n)\x81.",  # NEWOBJ
+        b"\x80\x02\x82\x01.",  # EXT1: the copyreg extension registry
+        b"P1\n.",  # PERSID
+    ],
+)
+def test_opcodes_messages_never_use_are_refused(payload):
+    with pytest.raises(RefusedPickle, match="not allowed"):
+        load_restricted(payload)
+
+
+def test_huge_or_deep_values_are_described_briefly():
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert describe(deep) == "a list"
+    assert describe(10**5000) == "an integer of 16610 bits"
+    assert describe("\x1b[2J" + "x" * 100).startswith("'\\x1b[2J")
+    assert len(describe("x" * 10_000)) < 60
+
+
+def test_exploits_are_refused_naming_what_they_wanted(tmp_path):
+    target = tmp_path / "pwned"
+    with pytest.raises(RefusedPickle, match=r"posix\.system, which is not allowed"):
+        load_restricted(pickle.dumps(Exploit(os.system, f"touch {target}"), protocol=5))
+    assert not target.exists()
