@@ -62,8 +62,7 @@ class Block:
         _check_hex("previous_hash", self.previous_hash)
         _check_int("difficulty", self.difficulty, 0, MAX_DIFFICULTY_BITS)
         _check_names("feature_names", self.feature_names)
-        if not isinstance(self.aggregation, str):
-            raise TypeError("aggregation must be a string")
+        _check_names("aggregation", (self.aggregation,))
         _check_names("cli", self.cli)
         if not isinstance(self.client_model, dict) or set(self.client_model) != set(self.cli):
             raise ValueError("cli must name exactly the clients in client_model")

@@ -8,7 +8,7 @@ import argparse
 import itertools
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import NoReturn
 
@@ -24,6 +24,7 @@ from block import (
     seal,
 )
 from chain_store import ChainFileError, load_chain
+from cli_types import integer_in
 from model import LinearModel, fedavg
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
@@ -75,13 +76,25 @@ def make_round_block(previous: Block, updates: dict[str, ClientUpdate]) -> Block
     return seal(block)
 
 
-def verify_chain(blocks: Sequence[Block]) -> None:
+def verify_chain(blocks: Sequence[Block], *, min_difficulty: int = 0) -> None:
     """Raise ChainError naming the first block that is wrong; return if the chain is valid."""
     if not blocks:
         raise ChainError(0, "the chain is empty: no genesis block")
     verify_genesis(blocks[0])
+    # Anyone can re-mine a forged chain at difficulty 0; a verifier says what work it expects.
+    if blocks[0].difficulty < min_difficulty:
+        raise ChainError(
+            0, f"difficulty {blocks[0].difficulty} is below the required {min_difficulty}"
+        )
+    sample_counts: dict[str, int] = {}
     for previous, block in itertools.pairwise(blocks):
-        verify_next(previous, block, genesis=blocks[0])
+        verify_next(previous, block, genesis=blocks[0], sample_counts=sample_counts)
+        sample_counts |= sample_counts_of(block)
+
+
+def sample_counts_of(block: Block) -> dict[str, int]:
+    """Each contributing client's row count in BLOCK."""
+    return {name: block.client_model[name].n_samples for name in block.cli}
 
 
 def verify_genesis(genesis: Block) -> None:
@@ -109,8 +122,11 @@ def verify_genesis_fields(genesis: Block) -> None:
     _verify_model_sizes(0, genesis)
 
 
-def verify_next(previous: Block, block: Block, *, genesis: Block) -> None:
-    """Check that BLOCK is a valid successor of PREVIOUS in the chain that GENESIS starts."""
+def verify_next(
+    previous: Block, block: Block, *, genesis: Block, sample_counts: Mapping[str, int]
+) -> None:
+    """Check that BLOCK is a valid successor of PREVIOUS in the chain that GENESIS starts;
+    SAMPLE_COUNTS holds each client's row count as the chain so far first recorded it."""
 
     position = previous.index + 1  # named by where it sits, even if its index field lies
 
@@ -136,10 +152,10 @@ def verify_next(previous: Block, block: Block, *, genesis: Block) -> None:
         fail(f"aggregation {block.aggregation!r} differs from the genesis's")
     if not block.cli:
         fail("a round block must hold at least one client model")
-    for name in block.cli:
-        before = previous.client_model.get(name)
-        if before and before.n_samples != block.client_model[name].n_samples:
-            fail(f"{name}'s n_samples changed from block {previous.index}'s {before.n_samples}")
+    for name, n_samples in sample_counts_of(block).items():
+        # A client's rows are fixed for a run; a changed count would reweigh the average.
+        if sample_counts.get(name, n_samples) != n_samples:
+            fail(f"{name}'s n_samples changed from {sample_counts[name]} earlier in the chain")
     _verify_model_sizes(position, block)
     try:
         average = fedavg(block.updates_in_order())
@@ -181,7 +197,8 @@ def format_block(block: Block) -> str:
         weights += f"  … (+{len(pairs) - SHOWN_WEIGHTS} more)"
     return "\n".join(
         [
-            f"block {block.index} ({kind})  {when}  nonce {block.nonce}  hash {block.hash[:16]}…",
+            f"block {block.index} ({kind})  {when}  difficulty {block.difficulty}  "
+            f"nonce {block.nonce}  hash {block.hash[:16]}…",
             f"  clients: {clients or 'none'}",
             f"  server model: bias={block.server_model.bias:.4g}  {weights}",
         ]
@@ -189,14 +206,18 @@ def format_block(block: Block) -> str:
 
 
 def report_chain(
-    blocks: Sequence[Block], say: Callable[[str], None], *, show_blocks: bool = True
+    blocks: Sequence[Block],
+    say: Callable[[str], None],
+    *,
+    show_blocks: bool = True,
+    min_difficulty: int = 0,
 ) -> bool:
     """Print the blocks (if asked) and the verification result; return whether it is valid."""
     if show_blocks:
         for block in blocks:
             say(format_block(block))
     try:
-        verify_chain(blocks)
+        verify_chain(blocks, min_difficulty=min_difficulty)
     except ChainError as error:
         say(f"invalid: {error}")
         return False
@@ -208,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="blockchain.py", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["show", "verify"])
     parser.add_argument("path", help="a chain file (JSON Lines)")
+    parser.add_argument(
+        "--min-difficulty", type=integer_in(0, 64), default=0,
+        help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         loaded = load_chain(args.path)
@@ -219,7 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNREADABLE
     if loaded.dropped_tail:
         print(f"warning: {args.path}: {loaded.dropped_tail}", file=sys.stderr)
-    valid = report_chain(loaded.blocks, print, show_blocks=args.command == "show")
+    valid = report_chain(
+        loaded.blocks,
+        print,
+        show_blocks=args.command == "show",
+        min_difficulty=args.min_difficulty,
+    )
     return EXIT_OK if valid else EXIT_INVALID
 
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from federated_client import main
+from client import main
 
 if __name__ == "__main__":
     data = Path(__file__).resolve().parent / "data" / "client1.csv"

@@ -6,43 +6,27 @@ last block, its hash and work are right, this client's update is in it exactly a
 global model is the FedAvg of the client models it records.
 """
 
-import argparse
 import socket
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from block import Block, ClientUpdate
-from blockchain import ChainError, verify_genesis, verify_next
+from blockchain import ChainError, sample_counts_of, verify_genesis, verify_next
 from chain_store import ChainWriter, block_from_json
-from cli_types import integer_in, port, seconds
-from dataset import DEFAULT_TARGET, DataError, Dataset, load_dataset
+from dataset import Dataset
 from local_training import (
-    DEFAULT_GENERATIONS,
-    DEFAULT_POPULATION,
     LocalProblem,
     derive_seed,
     train_locally,
 )
 from model import LinearModel, mse
-from protocol import (
-    DEFAULT_HOST,
-    DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_PORT,
-    ConnectionClosed,
-    ProtocolError,
-    receive_message,
-    send_message,
-    validate_message,
-)
+from protocol import ProtocolError, receive_message, send_message, validate_message
 
-HERE = Path(__file__).resolve().parent
 DEFAULT_CONNECT_TIMEOUT_S = 10.0  # the window in which the three programs may start in any order
 DEFAULT_TIMEOUT_S = 300.0  # the longest wait for the server's next message
 DEFAULT_REPLICA_DIR = Path("replicas")
 RETRY_INTERVAL_S = 0.2
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class ClientFailed(RuntimeError):
@@ -71,6 +55,7 @@ class FederatedClient:
         self.say = say
         self.chain: list[Block] = []
         self.rounds = 0  # as the server announced it
+        self.sample_counts: dict[str, int] = {}  # each client's rows, as the chain recorded them
         self.sent: tuple[int, ClientUpdate] | None = None  # the update awaiting its block
 
     def registration(self) -> dict:
@@ -128,7 +113,11 @@ class FederatedClient:
             writer = ChainWriter(path)
         except OSError as error:
             raise ClientFailed(f"cannot make the replica {path}: {error}") from None
-        self._append(writer, genesis)
+        try:
+            self._append(writer, genesis)
+        except ClientFailed:
+            writer.close()
+            raise
         self.say(f"joined; genesis {genesis.hash[:16]}… verified; replica in {path}")
         return writer
 
@@ -158,7 +147,7 @@ class FederatedClient:
             f"round {index}: trained in {train_s:.2f} s, local MSE {before:.4f} -> {after:.4f}"
         )
         # Only the model, the row count and two numbers about it leave this process.
-        return {
+        update = {
             "type": "update",
             "round": index,
             "weights": trained.weights.copy(),
@@ -166,11 +155,18 @@ class FederatedClient:
             "n_samples": self.data.n_samples,
             "metrics": {"local_mse": after, "train_s": train_s},
         }
+        try:
+            validate_message(update)  # our own fault, if it fails: say so, not "the server's"
+        except ProtocolError as error:
+            raise ClientFailed(f"our round {index} update cannot be sent: {error}") from None
+        return update
 
     def _accept_block(self, text: str, writer: ChainWriter) -> None:
         block = self._parse_block(text)
         try:
-            verify_next(self.chain[-1], block, genesis=self.chain[0])
+            verify_next(
+                self.chain[-1], block, genesis=self.chain[0], sample_counts=self.sample_counts
+            )
         except ChainError as error:
             raise ClientFailed(f"the server's block does not verify: {error}") from None
         if self.sent is None or block.index != self.sent[0]:
@@ -178,6 +174,7 @@ class FederatedClient:
         if block.client_model.get(self.name) != self.sent[1]:
             raise ClientFailed(f"block {block.index} does not hold our update as we sent it")
         self._append(writer, block)
+        self.sample_counts |= sample_counts_of(block)
         self.sent = None
         others = ", ".join(c for c in block.cli if c != self.name) or "no other client"
         self.say(
@@ -219,107 +216,10 @@ def connect(host: str, port: int, *, within_s: float, timeout_s: float) -> socke
         return sock
 
 
-def _prepare_replica(replica: Path | None) -> None:
+def prepare_replica(replica: Path | None) -> None:
+    """Refuse an existing replica and make its folder now, before joining a run."""
     if replica is not None and replica.exists():
         raise FileExistsError(f"{replica} already exists; choose another --replica")
     (replica.parent if replica is not None else DEFAULT_REPLICA_DIR).mkdir(
         parents=True, exist_ok=True
     )
-
-
-def main(
-    argv: Sequence[str] | None = None, *, default_name: str = "", default_data: str = ""
-) -> int:
-    parser = argparse.ArgumentParser(
-        description="A federated client: trains on its own rows, sends only its model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--host", default=DEFAULT_HOST, help="the server's address")
-    parser.add_argument("--port", type=port, default=DEFAULT_PORT, help="the server's port")
-    parser.add_argument(
-        "--name", default=default_name, required=not default_name, help="this client's name"
-    )
-    parser.add_argument(
-        "--data", default=default_data, required=not default_data, help="this client's CSV rows"
-    )
-    parser.add_argument("--target", default=DEFAULT_TARGET, help="the column to predict")
-    parser.add_argument(
-        "--seed", type=integer_in(0), default=None,
-        help="the local search's seed (%(default)s: the run's, sent by the server)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--generations",
-        type=integer_in(1),
-        default=DEFAULT_GENERATIONS,
-        help="GA generations per round",
-    )
-    parser.add_argument(
-        "--population", type=integer_in(4), default=DEFAULT_POPULATION, help="GA population size"
-    )
-    parser.add_argument(
-        "--replica", type=Path, default=None,
-        help="this client's copy of the chain (%(default)s: replicas/NAME-GENESISHASH.jsonl)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--connect-timeout-s", type=seconds, default=DEFAULT_CONNECT_TIMEOUT_S,
-        help="keep retrying the connection this long",
-    )  # fmt: skip
-    parser.add_argument(
-        "--timeout-s", type=seconds, default=DEFAULT_TIMEOUT_S,
-        help="the longest wait for the server's next message",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-frame-bytes", type=integer_in(1024, 2**32 - 1), default=DEFAULT_MAX_FRAME_BYTES,
-        help="refuse any message longer than this",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-
-    name = args.name
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-
-    try:
-        data = load_dataset(args.data, target=args.target)
-        client = FederatedClient(
-            name=name,
-            data=data,
-            seed=args.seed,
-            generations=args.generations,
-            population=args.population,
-            replica=args.replica,
-            say=say,
-        )
-        # Whatever would fail after joining, and so end the run for everyone, is checked first.
-        validate_message(client.registration())
-        _prepare_replica(args.replica)
-    except (DataError, ValueError, OSError) as error:  # ValueError: values too large to use
-        print(f"error: {name}: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        sock = connect(
-            args.host, args.port, within_s=args.connect_timeout_s, timeout_s=args.timeout_s
-        )
-        with sock:
-            say(f"{name}: connected to {args.host}:{args.port} with {data.n_samples} rows")
-            client.run(sock, args.max_frame_bytes)
-    except ClientFailed as error:
-        print(f"error: {name}: {error}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    except ProtocolError as error:
-        print(f"error: {name}: the server broke the protocol: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except ConnectionClosed:
-        print(f"error: {name}: the server closed the connection mid-run", file=sys.stderr)
-        return EXIT_FAILED
-    except FileExistsError as error:
-        print(f"error: {name}: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as error:
-        reason = "timed out" if isinstance(error, TimeoutError) else str(error)
-        print(f"error: {name}: connection to the server failed: {reason}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"error: {name}: interrupted", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK

@@ -35,6 +35,10 @@ class RunAborted(RuntimeError):
     """The run cannot go on; the message names the client, or the stage, and why."""
 
 
+class ChainUnavailable(RunAborted):
+    """The chain file could not be made, so there is no chain of this run to show."""
+
+
 @dataclass
 class _Connection:
     """A peer's socket, the messages it has sent so far, and (once registered) who it is."""
@@ -83,7 +87,7 @@ def run_federation(
         try:
             writer = ChainWriter(chain_path)
         except OSError as error:
-            raise RunAborted(f"cannot make the chain file: {error}") from None
+            raise ChainUnavailable(f"cannot make the chain file {chain_path}: {error}") from None
         with writer:
             server.append(writer, genesis)
             welcome = {"type": "welcome", "genesis": block_to_json(genesis), "seed": seed}
@@ -263,11 +267,11 @@ class _Server:
         for peer in self.peers:
             metrics = received[peer.name][1]  # reported by the client; shown, never trusted
             parts.append(
-                f"{peer.name} local MSE {metrics.get('local_mse', math.nan):.4f} "
+                f"{peer.name} local MSE {metrics.get('local_mse', math.nan):.4g} "
                 f"(trained in {1000 * metrics.get('train_s', math.nan):.1f} ms)"
             )
         if test_data:
-            parts.append(f"global test MSE {mse(block.server_model, test_data.X, test_data.y):.4f}")
+            parts.append(f"global test MSE {mse(block.server_model, test_data.X, test_data.y):.4g}")
         parts.append(f"nonce {block.nonce} mined in {1000 * mining_s:.1f} ms")
         parts.append(f"round {1000 * round_s:.1f} ms")
         parts.append(f"hash {block.hash[:16]}…")

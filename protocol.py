@@ -22,7 +22,8 @@ DEFAULT_PORT = 10000
 MAGIC = b"FLBM"
 VERSION = 1
 HEADER = struct.Struct(">4sBI")
-DEFAULT_MAX_FRAME_BYTES = 1 << 20  # a block of 2 clients' 10,000-feature models, as JSON, fits
+# A block as JSON takes about 25 bytes a weight: 16 MiB holds 10,000-feature models of 60 clients.
+DEFAULT_MAX_FRAME_BYTES = 1 << 24
 MAX_NAME_CHARS = 64  # client and feature names; dataset.py holds columns to the same
 MAX_FEATURES = 10_000
 MAX_TEXT_CHARS = 1 << 26  # a block as JSON, or a reason; in practice the frame limit binds first

@@ -21,7 +21,7 @@ def load_restricted(payload: bytes) -> object:
     """Unpickle PAYLOAD, admitting only what messages need; refuse anything else unrun."""
     _check_opcodes(payload)
     try:
-        return _RestrictedUnpickler(io.BytesIO(payload)).load()
+        return _unwrap(_RestrictedUnpickler(io.BytesIO(payload)).load())
     except RefusedPickle:
         raise
     except Exception as error:  # a malformed pickle can fail in many ways; all mean "bad frame"
@@ -76,7 +76,10 @@ _ALLOWED_OPCODES = {
     # framing and containers
     "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "EMPTY_DICT", "DICT", "SETITEM",
     "SETITEMS", "EMPTY_LIST", "LIST", "APPEND", "APPENDS", "EMPTY_TUPLE", "TUPLE", "TUPLE1",
-    "TUPLE2", "TUPLE3", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT",
+    "TUPLE2", "TUPLE3",
+    # MEMOIZE numbers entries in order; PUT and its kin name any index, and the unpickler grows
+    # its memo to fit: five bytes could ask for gigabytes. Protocol 5 never writes them.
+    "MEMOIZE",
     # scalars, text and bytes
     "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1",
     "LONG4", "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE",
@@ -99,21 +102,67 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise RefusedPickle("payload uses persistent ids, which are not allowed")
 
 
-def _numeric_dtype(spec: object, align: object = False, copy: object = False) -> np.dtype:
+class _DtypeRequest:
+    """Stands in for numpy.dtype while unpickling. The pickle's BUILD hands it the dtype's state
+    as data to check, so no state of the peer's choosing ever reaches a real NumPy object."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.byteorder = "="
+
+    def __setstate__(self, state: object) -> None:
+        # NumPy writes a plain number type's state as (3, byteorder, None, None, None, -1, -1, 0).
+        plain = (
+            isinstance(state, tuple)
+            and len(state) == 8
+            and state[0] == 3
+            and state[1] in ("<", ">", "|", "=")
+            and all(part is None for part in state[2:5])
+            and state[5:] == (-1, -1, 0)
+        )
+        if not plain:
+            raise RefusedPickle("payload gives a dtype a state that is not a plain number's")
+        self.byteorder = state[1]
+
+    def dtype(self) -> np.dtype:
+        base = np.dtype(self.spec)
+        return base.newbyteorder(self.byteorder) if self.byteorder in "<>" else base
+
+
+class _MadeArray:
+    """An array made while unpickling. A later BUILD on it is refused instead of being passed
+    to ndarray.__setstate__; load_restricted unwraps it once the whole pickle has loaded."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __setstate__(self, state: object) -> None:
+        raise RefusedPickle("payload tries to change an array after making it")
+
+
+def _numeric_dtype(spec: object, align: object = False, copy: object = False) -> _DtypeRequest:
     if not isinstance(spec, str) or spec not in _NUMERIC_DTYPES or not {align, copy} <= {0, 1}:
         raise RefusedPickle(f"payload asks for dtype {describe(spec)}; only plain numbers allowed")
-    # copy=True, as pickle asks, matters: the state applied next must not touch NumPy's own.
-    return np.dtype(spec, align=bool(align), copy=bool(copy))
+    return _DtypeRequest(spec)
 
 
-def _frombuffer(buffer: bytes, dtype: np.dtype, shape: tuple, order: str) -> np.ndarray:
-    # The pickle may have applied state of its choosing to the dtype; rebuild a clean one.
-    if not isinstance(dtype, np.dtype) or dtype.names is not None or dtype.subdtype is not None:
+def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> _MadeArray:
+    if not isinstance(dtype, _DtypeRequest) or not isinstance(buffer, bytes | bytearray):
         raise RefusedPickle("payload holds an array that is not plain numbers")
-    clean = np.dtype(dtype.str)
-    if clean.str[1:] not in _NUMERIC_DTYPES:
-        raise RefusedPickle(f"payload holds an array of {printable(clean.str)}, not plain numbers")
-    return np.frombuffer(buffer, dtype=clean).reshape(shape, order=order).copy()
+    array = np.frombuffer(buffer, dtype=dtype.dtype()).reshape(shape, order=order).copy()
+    return _MadeArray(array)
+
+
+def _unwrap(value: object) -> object:
+    # Messages carry arrays as the values of their top-level dict; nothing deeper is unwrapped,
+    # and a wrapper left anywhere else fails the message's schema.
+    if isinstance(value, _MadeArray):
+        return value.array
+    if isinstance(value, dict):
+        return {key: v.array if isinstance(v, _MadeArray) else v for key, v in value.items()}
+    return value
 
 
 _NUMERIC_DTYPES = {"f8", "f4", "i8", "i4", "u8", "u4"}  # also what dtype.str ends with

@@ -17,6 +17,7 @@ from federated_server import (
     DEFAULT_ROUNDS,
     DEFAULT_RUN_SEED,
     SEND_TIMEOUT_S,
+    ChainUnavailable,
     RunAborted,
     run_federation,
 )
@@ -70,9 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    if args.chain.exists():  # checked now to fail fast; the file is made only at genesis
+    # Checked now, to fail before any client joins; the file itself is made at genesis.
+    if args.chain.exists():
         print(f"error: {args.chain} already exists; move it away or choose another --chain",
               file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    try:
+        args.chain.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"error: cannot make a folder for {args.chain}: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:
         listener = socket.create_server((args.host, args.port), backlog=16)
@@ -98,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 register_timeout_s=args.register_timeout_s,
                 max_frame_bytes=args.max_frame_bytes,
             )
+        except ChainUnavailable as error:
+            say(f"run stopped: {error}")
+            return EXIT_RUN_FAILED
         except RunAborted as error:
             say(f"run stopped: {error}")
             show_stored_chain(args.chain, say)
@@ -118,6 +128,9 @@ def show_stored_chain(path: Path, say: Callable[[str], None]) -> bool:
         return False
     except ChainFileError as error:
         say(f"invalid: {error}")
+        return False
+    except OSError as error:
+        say(f"cannot read {path}: {error}")
         return False
     say(f"the chain, from {path}:")
     if loaded.dropped_tail:

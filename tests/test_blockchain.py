@@ -13,7 +13,7 @@ import pytest
 from chain_helpers import DIFFICULTY, build_chain
 
 from block import ClientUpdate, body_digest, compute_hash, meets_difficulty, mine, seal
-from blockchain import ChainError, verify_chain
+from blockchain import ChainError, make_round_block, verify_chain
 from chain_store import ChainFileError, block_to_json, load_chain
 from model import LinearModel, fedavg
 
@@ -232,3 +232,14 @@ def test_a_block_whose_average_overflows_is_named_not_a_crash():
     )
     with pytest.raises(ChainError, match="block 1: the client models cannot be averaged"):
         verify_chain([blocks[0], block])
+
+
+def test_a_sample_count_inflated_after_a_skipped_block_is_still_caught():
+    blocks = build_chain(rounds=1)
+    only_cli1 = {"cli1": blocks[1].client_model["cli1"]}
+    blocks.append(make_round_block(blocks[1], only_cli1))  # cli2 sits this round out
+    inflated = dict(blocks[1].client_model)
+    inflated["cli2"] = ClientUpdate(inflated["cli2"].model, inflated["cli2"].n_samples * 100)
+    blocks.append(make_round_block(blocks[2], inflated))
+    with pytest.raises(ChainError, match="block 3: cli2's n_samples changed from 97"):
+        verify_chain(blocks)

@@ -100,6 +100,7 @@ def record_of(block) -> dict:
         (lambda t: t.replace('"index":0,', ""), "lacks index"),
         (lambda t: t.replace('"index":0,', '"index":0,"index":0,'), "repeats a key"),
         (lambda t: t.replace('"difficulty":8', '"difficulty":true'), "integer"),
+        (lambda t: t.replace('"fedavg"', '"\\ud800"'), "printable"),
     ],
 )
 def test_reading_is_strict(text_change, expected):
@@ -163,3 +164,11 @@ def test_a_last_line_that_is_not_a_cut_off_block_is_damage_not_a_tear(tmp_path, 
     result = run_blockchain_cli("verify", path)
     assert result.returncode == 1 and "block 2" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_verify_can_require_a_minimum_difficulty(tmp_path):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))  # mined at 8 bits
+    assert run_blockchain_cli("verify", path, "--min-difficulty", "8").returncode == 0
+    result = run_blockchain_cli("verify", path, "--min-difficulty", "9")
+    assert result.returncode == 1
+    assert result.stdout.strip() == "invalid: block 0: difficulty 8 is below the required 9"

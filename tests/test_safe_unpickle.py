@@ -67,3 +67,33 @@ def test_exploits_are_refused_naming_what_they_wanted(tmp_path):
     with pytest.raises(RefusedPickle, match=r"posix\.system, which is not allowed"):
         load_restricted(pickle.dumps(Exploit(os.system, f"touch {target}"), protocol=5))
     assert not target.exists()
+
+
+def unframed(payload: bytes) -> bytes:
+    """PAYLOAD without its FRAME opcode, so bytes can be spliced in by hand."""
+    assert payload[2] == 0x95  # PROTO 5, then FRAME and its 8-byte length
+    return payload[:2] + payload[11:]
+
+
+ARRAY_PICKLE = unframed(pickle.dumps(np.arange(3.0), protocol=5))
+
+
+def test_a_hand_spliced_array_pickle_still_loads():
+    assert load_restricted(ARRAY_PICKLE).tobytes() == np.arange(3.0).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        # A dtype state with its flags set ("holds objects"): NumPy would trust it.
+        (ARRAY_PICKLE.replace(b"K\x00t", b"K\x01t"), "not a plain number's"),
+        (ARRAY_PICKLE.replace(b"\x8c\x01<", b"\x8c\x01X"), "not a plain number's"),
+        # A second BUILD, on the array just made: ndarray.__setstate__ must never see it.
+        (ARRAY_PICKLE[:-1] + b"}b.", "change an array after making it"),
+        # LONG_BINPUT at index 2**28: the memo would grow to gigabytes.
+        (b"\x80\x05Nr" + (2**28).to_bytes(4, "little") + b"0}.", "LONG_BINPUT, not allowed"),
+    ],
+)
+def test_state_and_memo_tricks_are_refused(payload, expected):
+    with pytest.raises(RefusedPickle, match=expected):
+        load_restricted(payload)
