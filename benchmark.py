@@ -10,8 +10,6 @@ import hashlib
 import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -21,6 +19,7 @@ import numpy as np
 
 from block import mine
 from dataset import load_dataset
+from demo import start
 from federated_server import DEFAULT_ROUNDS
 from local_training import LocalProblem, train_locally
 from model import LinearModel, fit_lstsq, mse
@@ -92,13 +91,13 @@ def mining_rate(repeats: int = 9) -> None:
 def network_overhead(rounds: int = 8) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         chain = Path(scratch) / "chain.jsonl"
-        server = _start("server.py", "--port", "0", "--rounds", str(rounds), "--chain", str(chain))
+        server = start("server.py", "--port", "0", "--rounds", str(rounds), "--chain", str(chain))
         clients = []
         try:
             port = server.stdout.readline().rsplit(":", 1)[1].strip()
             for i in (1, 2):
                 replica = str(Path(scratch) / f"cli{i}.jsonl")
-                clients.append(_start(f"client{i}.py", "--port", port, "--replica", replica))
+                clients.append(start(f"client{i}.py", "--port", port, "--replica", replica))
             output, _ = server.communicate(timeout=300)
         finally:
             for process in [server, *clients]:
@@ -120,16 +119,6 @@ def network_overhead(rounds: int = 8) -> None:
     print(f"  per round: {', '.join(f'{ms:.1f}' for ms in overheads)} ms")
     print(f"  median overhead: {statistics.median(overheads):.1f} ms of a median round of "
           f"{statistics.median(round_times):.1f} ms")  # fmt: skip
-
-
-def _start(script: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-u", str(HERE / script), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=HERE,
-    )
 
 
 SECTIONS = {

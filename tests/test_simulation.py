@@ -17,8 +17,8 @@ def test_default_rounds_reach_the_pooled_lstsq_mse_within_a_tenth_of_a_percent()
     y = np.concatenate([d.y for d in datasets.values()])
     history = simulate(datasets)
     assert len(history) == DEFAULT_ROUNDS
-    ratio = mse(history[-1].global_model, X, y) / mse(fit_lstsq(X, y), X, y)
-    assert ratio <= 1.001
-    # Rounds only help: each client starts from the global model and never ends worse on its rows.
-    pooled = [mse(r.global_model, X, y) for r in history]
-    assert pooled[-1] <= pooled[0]
+    reference = mse(fit_lstsq(X, y), X, y)
+    ratios = [mse(r.global_model, X, y) / reference for r in history]
+    assert ratios[-1] <= 1.001
+    # And no later round undoes that: every round from the first stays within the goal.
+    assert max(ratios) <= 1.001
