@@ -145,11 +145,17 @@ def _looks_torn(tail: bytes) -> bool:
     if not (tail.startswith(opening) or opening.startswith(tail)):
         return False
     try:
-        json.loads(tail)
+        text = tail.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.reason != "unexpected end of data":
+            return False  # bad bytes in the middle, not a cut
+        text = tail[: error.start].decode("utf-8")  # the cut split a character: drop its start
+    try:
+        json.loads(text)
     except json.JSONDecodeError as error:
-        # Cut short, JSON fails for want of what should follow; "Extra data" means the
-        # object ended and something else was written after it: damage, not a tear.
-        return not error.msg.startswith("Extra data")
+        # Cut short, JSON fails for want of what should follow: at the very end, or in a
+        # string left open. Anywhere else, the line was damaged, not cut.
+        return error.msg.startswith("Unterminated string") or error.pos >= len(text) - 3
     except (ValueError, RecursionError):
         return False
     return False

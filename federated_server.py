@@ -130,20 +130,24 @@ class _Server:
         """Wait for N_CLIENTS to register; refuse (and keep waiting past) any bad newcomer."""
         self.feature_names = feature_names
         deadline = time.monotonic() + join_timeout_s
+        final_pass = False
         while True:
-            if len(self.peers) == n_clients:
-                # One last look without waiting: a client that left at the last moment must
-                # not be counted into a run it will never take part in.
+            full, expired = len(self.peers) == n_clients, time.monotonic() >= deadline
+            if final_pass and full:
+                break
+            if final_pass and expired:
+                raise RunAborted(
+                    f"only {len(self.peers)} of {n_clients} clients joined within "
+                    f"{join_timeout_s:g} s"
+                )
+            # When full or out of time, one pass without waiting decides: a client that left
+            # at the last moment must not be counted in, and what has already arrived may yet
+            # complete the run. One pass only, so arrivals cannot put the decision off.
+            final_pass = full or expired
+            if final_pass:
                 ready = self._ready(time.monotonic())
-                if not ready:
-                    break
             else:
                 expiries = [c.connected_at + register_timeout_s for c in self.waiting]
-                if time.monotonic() >= deadline:
-                    raise RunAborted(
-                        f"only {len(self.peers)} of {n_clients} clients joined within "
-                        f"{join_timeout_s:g} s"
-                    )
                 ready = self._ready(min([deadline, *expiries]))
             for connection in ready:
                 if connection is None:
@@ -282,11 +286,16 @@ class _Server:
         self, index: int, deadline: float, timeout_s: float
     ) -> dict[str, tuple[ClientUpdate, dict]]:
         received: dict[str, tuple[ClientUpdate, dict]] = {}
+        final_pass = False
         while len(received) < len(self.peers):
-            if time.monotonic() >= deadline:
+            expired = time.monotonic() >= deadline
+            if expired and final_pass:
                 late = ", ".join(p.name for p in self.peers if p.name not in received)
                 raise RunAborted(f"{late} sent no update for round {index} within {timeout_s:g} s")
-            for peer in self._ready(deadline):
+            # Past the deadline, one more pass without waiting reads what has already
+            # arrived, so a peer is never blamed for time another peer's message took.
+            final_pass = expired
+            for peer in self._ready(time.monotonic() if expired else deadline):
                 if peer is None:
                     if connection := self._accept():
                         self._refuse(connection, "a run is in progress with all its clients")

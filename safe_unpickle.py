@@ -51,16 +51,20 @@ def printable(text: str, limit: int = 300) -> str:
 
 
 def _check_opcodes(payload: bytes) -> None:
-    # Read before anything is built. Besides naming globals (checked in find_class), a pickle
-    # can share one object many times through its memo, so 200 bytes can unfold into a
-    # structure of 2**40 parts; a message shares at most a few, so memo reads are capped.
-    memo_reads = 0
+    # Read before anything is built. Besides naming globals (checked in find_class), a small
+    # pickle can still cost a lot to build: shared objects (memo reads) can unfold into 2**40
+    # parts; tuples nested 300,000 deep overflow the C stack when hashed as a dict key; many
+    # big ints or floats with one hash make a dict quadratic. A message needs few of each.
+    counts = dict.fromkeys(_OPCODE_LIMITS, 0)
     try:
-        for opcode, _, _ in pickletools.genops(payload):
-            if opcode.name in _MEMO_READS:
-                memo_reads += 1
-                if memo_reads > MAX_MEMO_READS:
-                    raise RefusedPickle("payload shares objects more than a message needs")
+        for number, (opcode, _, _) in enumerate(pickletools.genops(payload)):
+            if number >= MAX_OPCODES:
+                raise RefusedPickle(f"payload has over {MAX_OPCODES} pickle opcodes")
+            kind = _LIMITED_KIND.get(opcode.name)
+            if kind is not None:
+                counts[kind] += 1
+                if counts[kind] > _OPCODE_LIMITS[kind]:
+                    raise RefusedPickle(f"payload has more {kind} than a message needs")
             elif opcode.name not in _ALLOWED_OPCODES:
                 raise RefusedPickle(f"payload uses pickle opcode {opcode.name}, not allowed")
     except RefusedPickle:
@@ -70,19 +74,25 @@ def _check_opcodes(payload: bytes) -> None:
         raise RefusedPickle(f"payload is not a valid message pickle ({reason})") from None
 
 
+MAX_OPCODES = 100_000  # a registration naming 10,000 features takes about 20,000
 MAX_MEMO_READS = 16
-_MEMO_READS = {"GET", "BINGET", "LONG_BINGET"}
+_OPCODE_LIMITS = {"memo reads": MAX_MEMO_READS, "tuples": 16, "big integers": 8, "floats": 64}
+_LIMITED_KIND = {
+    **dict.fromkeys(["GET", "BINGET", "LONG_BINGET"], "memo reads"),
+    **dict.fromkeys(["EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"], "tuples"),
+    **dict.fromkeys(["INT", "LONG", "LONG1", "LONG4"], "big integers"),
+    **dict.fromkeys(["FLOAT", "BINFLOAT"], "floats"),
+}
 _ALLOWED_OPCODES = {
     # framing and containers
-    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "EMPTY_DICT", "DICT", "SETITEM",
-    "SETITEMS", "EMPTY_LIST", "LIST", "APPEND", "APPENDS", "EMPTY_TUPLE", "TUPLE", "TUPLE1",
-    "TUPLE2", "TUPLE3",
+    "PROTO", "FRAME", "STOP", "MARK", "EMPTY_DICT", "DICT", "SETITEM", "SETITEMS",
+    "EMPTY_LIST", "LIST", "APPEND", "APPENDS",
     # MEMOIZE numbers entries in order; PUT and its kin name any index, and the unpickler grows
     # its memo to fit: five bytes could ask for gigabytes. Protocol 5 never writes them.
     "MEMOIZE",
     # scalars, text and bytes
-    "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1",
-    "LONG4", "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE",
+    "NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2",
+    "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE",
     "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES",
     "BINBYTES8", "BYTEARRAY8",
     # NumPy arrays: a named global (find_class decides which), called, then given its state
@@ -92,11 +102,26 @@ _ALLOWED_OPCODES = {
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Callable:
-        allowed = _ALLOWED_GLOBALS.get((module, name))
-        if allowed is None:
+        make = _ALLOWED_GLOBALS.get((module, name))
+        if make is None:
             where = printable(f"{module}.{name}")
             raise RefusedPickle(f"payload refers to {where}, which is not allowed")
-        return allowed
+        return _Named(make)  # a fresh stand-in: a BUILD on it cannot touch a real function
+
+
+class _Named:
+    """What a pickle gets for a global it may name: callable, and closed to any state."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable) -> None:
+        self.make = make
+
+    def __call__(self, *args: object) -> object:
+        return self.make(*args)
+
+    def __setstate__(self, state: object) -> None:
+        raise RefusedPickle("payload tries to change a function it named")
 
     def persistent_load(self, pid: object) -> object:
         raise RefusedPickle("payload uses persistent ids, which are not allowed")

@@ -172,3 +172,24 @@ def test_verify_can_require_a_minimum_difficulty(tmp_path):
     result = run_blockchain_cli("verify", path, "--min-difficulty", "9")
     assert result.returncode == 1
     assert result.stdout.strip() == "invalid: block 0: difficulty 8 is below the required 9"
+
+
+def test_a_tear_inside_a_multibyte_character_is_still_a_tear(tmp_path):
+    genesis = make_genesis(initial_model=LinearModel.zeros(1), feature_names=["é"], difficulty=4)
+    block = make_round_block(genesis, {"clié": ClientUpdate(LinearModel([1.0], 0.0), 3)})
+    path = write_chain(tmp_path / "chain.jsonl", [genesis, block])
+    data = path.read_bytes()
+    cut = data.rindex("clié".encode()) + len("cli") + 1  # between the two bytes of "é"
+    path.write_bytes(data[:cut])
+    loaded = load_chain(path)
+    assert len(loaded.blocks) == 1 and "line 2" in loaded.dropped_tail
+
+
+def test_a_whole_last_line_damaged_in_the_middle_is_not_taken_for_a_tear(tmp_path):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))
+    data = bytearray(path.read_bytes()[:-1])  # no newline at the end, as after a crash
+    middle = data.rindex(b'"timestamp":') + len(b'"timestamp":') + 3
+    data[middle : middle + 1] = b"Z"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChainFileError, match=r"line 2 \(block 1\)"):
+        load_chain(path)

@@ -34,7 +34,7 @@ def test_a_pickle_sharing_one_object_many_times_is_refused_before_it_is_built():
     payload = pickle.dumps(nested, protocol=5)
     reads = sum(op.name.endswith("GET") for op, _, _ in pickletools.genops(payload))
     assert reads > MAX_MEMO_READS
-    with pytest.raises(RefusedPickle, match="shares objects"):
+    with pytest.raises(RefusedPickle, match="more memo reads than a message needs"):
         load_restricted(payload)
 
 
@@ -96,4 +96,32 @@ def test_a_hand_spliced_array_pickle_still_loads():
 )
 def test_state_and_memo_tricks_are_refused(payload, expected):
     with pytest.raises(RefusedPickle, match=expected):
+        load_restricted(payload)
+
+
+COLLIDING_INT_ITEMS = b"".join(
+    b"\x8a\x09" + (i * (2**61 - 1)).to_bytes(9, "little") + b"N" for i in range(1, 10)
+)  # LONG1 keys i * (2**61 - 1), each with value None: every key has the same hash
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        # Tuples nested 300,000 deep as a dict key: hashing it would overflow the C stack.
+        (b"\x80\x05})" + b"\x85" * 300_000 + b"K\x01s.", "more tuples"),
+        # Big integers that all hash alike, as dict keys: building the dict would be quadratic.
+        (b"\x80\x05}(" + COLLIDING_INT_ITEMS + b"u.", "more big integers"),
+        # Millions of empty lists: cheap to send, costly to build.
+        (b"\x80\x05(" + b"]" * 200_000 + b"l.", "over 100000 pickle opcodes"),
+    ],
+)
+def test_pickles_that_are_small_but_costly_to_build_are_refused(payload, expected):
+    with pytest.raises(RefusedPickle, match=expected):
+        load_restricted(payload)
+
+
+def test_a_named_function_cannot_be_given_state():
+    # GLOBAL numpy.dtype, then BUILD with a dict: on the real function it would set attributes.
+    payload = b"\x80\x05cnumpy\ndtype\n}(\x8c\x0c__qualname__\x8c\x05pwnedub."
+    with pytest.raises(RefusedPickle, match="change a function it named"):
         load_restricted(payload)
