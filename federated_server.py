@@ -158,7 +158,7 @@ class _Server:
                     self._hear_early_peer(connection, feature_names)
             self._expire_newcomers(register_timeout_s)
         for connection in list(self.waiting):
-            self._turn_away(connection, f"the run is full ({n_clients} clients)")
+            self._turn_away(connection, _full(n_clients))
         self.peers.sort(key=lambda p: p.name)  # the order every round hashes and averages in
         return self.peers
 
@@ -203,7 +203,7 @@ class _Server:
         if connection.inbox:
             raise _Refusal("sent more than its registration before the run began")
         if len(self.peers) >= n_clients:
-            raise _Refusal(f"the run is full ({n_clients} clients)")
+            raise _Refusal(_full(n_clients))
         name, features = message["name"], tuple(message["feature_names"])
         if any(p.name == name for p in self.peers):
             raise _Refusal(f"a client named {name!r} has already joined")
@@ -388,6 +388,10 @@ class _Server:
         for connection in [*self.peers, *self.waiting]:
             connection.sock.close()
         self.selector.close()
+
+
+def _full(n_clients: int) -> str:
+    return f"the run is full ({n_clients} client{'s' if n_clients != 1 else ''})"
 
 
 class _Refusal(Exception):
