@@ -264,8 +264,9 @@ class _Server:
         block = make_round_block(previous, {p.name: received[p.name][0] for p in self.peers})
         mining_s = time.monotonic() - mining_started
         self.append(writer, block)
+        announcement = {"type": "block", "block": block_to_json(block)}
         for peer in self.peers:
-            self.send(peer, {"type": "block", "block": block_to_json(block)})
+            self.send(peer, announcement)
         round_s = time.monotonic() - started
         parts = [f"round {index}"]
         for peer in self.peers:

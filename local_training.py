@@ -86,9 +86,10 @@ def train_locally(
     if generations < 1 or population < 4:
         raise ValueError("local training needs at least 1 generation and a population of 4")
     start = problem.to_genes(received)
-    if not np.isfinite(problem.standardised_mse(start[None, :])[0]):
+    start_mse = float(problem.standardised_mse(start[None, :])[0])
+    if not np.isfinite(start_mse):
         raise ValueError("the received model is too large to evaluate on these rows")
-    initial = _initial_population(problem, start, population, seed)
+    initial = _initial_population(start, start_mse, population, seed)
     ga = pygad.GA(
         num_generations=generations,
         num_parents_mating=population // 2,
@@ -119,13 +120,11 @@ def _nonzero(scale: np.ndarray) -> np.ndarray:
     return np.where(scale > 0, scale, 1.0)
 
 
-def _initial_population(
-    problem: LocalProblem, start: np.ndarray, size: int, seed: int
-) -> np.ndarray:
+def _initial_population(start: np.ndarray, start_mse: float, size: int, seed: int) -> np.ndarray:
     # Spread the first generation as far as the received model's error suggests it is from a
     # good fit: an untrained model is far off, a well-trained one needs only fine steps.
     rng = np.random.default_rng([seed, 1])
-    spread = float(np.sqrt(max(problem.standardised_mse(start[None, :])[0], 1e-12)))
+    spread = float(np.sqrt(max(start_mse, 1e-12)))
     population = start + spread * rng.standard_normal((size, start.size))
     population[0] = start
     return population

@@ -123,9 +123,6 @@ class _Named:
     def __setstate__(self, state: object) -> None:
         raise RefusedPickle("payload tries to change a function it named")
 
-    def persistent_load(self, pid: object) -> object:
-        raise RefusedPickle("payload uses persistent ids, which are not allowed")
-
 
 class _DtypeRequest:
     """Stands in for numpy.dtype while unpickling. The pickle's BUILD hands it the dtype's state
