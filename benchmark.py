@@ -17,29 +17,28 @@ from pathlib import Path
 
 import numpy as np
 
-from block import mine
-from dataset import load_dataset
-from demo import start
-from federated_server import DEFAULT_ROUNDS
-from local_training import LocalProblem, train_locally
-from model import LinearModel, fit_lstsq, mse
-from simulation import simulate
+from fedchain import settings
+from fedchain.cli.programs import start_client, start_server
+from fedchain.learning.dataset import load_dataset
+from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
+from fedchain.learning.local_training import LocalProblem, train_locally
+from fedchain.learning.simulation import simulate
+from fedchain.ledger.mining import mine
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE / "data"
 ROUND_LINE = re.compile(r"^round \d+ \|")
 MINING_DIFFICULTY = 18  # about 260,000 tries a block: long enough to time, short to wait for
 
 
 def quality() -> None:
-    datasets = {f"cli{i}": load_dataset(DATA / f"client{i}.csv") for i in (1, 2)}
+    datasets = {f"cli{i}": load_dataset(settings.bundled_data(f"client{i}.csv")) for i in (1, 2)}
     X = np.vstack([d.X for d in datasets.values()])
     y = np.concatenate([d.y for d in datasets.values()])
     reference = mse(fit_lstsq(X, y), X, y)
     started = time.perf_counter()
     history = simulate(datasets)
     elapsed = time.perf_counter() - started
-    print(f"quality: pooled-rows MSE of the global model / lstsq MSE, {DEFAULT_ROUNDS} rounds")
+    print(f"quality: pooled-rows MSE of the global model / lstsq MSE, {settings.ROUNDS} rounds")
     for r in history:
         print(f"  round {r.index}: {mse(r.global_model, X, y) / reference:.6f}")
     per_client_round = elapsed / (len(history) * len(datasets))
@@ -47,7 +46,7 @@ def quality() -> None:
 
 
 def training_cost_by_rows() -> None:
-    data = load_dataset(DATA / "client1.csv")
+    data = load_dataset(settings.bundled_data("client1.csv"))
     start = LinearModel.zeros(data.X.shape[1])
     problems = {
         copies: LocalProblem.from_data(np.tile(data.X, (copies, 1)), np.tile(data.y, copies))
@@ -91,13 +90,19 @@ def mining_rate(repeats: int = 9) -> None:
 def network_overhead(rounds: int = 8) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         chain = Path(scratch) / "chain.jsonl"
-        server = start("server.py", "--port", "0", "--rounds", str(rounds), "--chain", str(chain))
+        server, port, _ = start_server(
+            "--port", "0", "--rounds", str(rounds), "--chain", str(chain), cwd=HERE
+        )
         clients = []
         try:
-            port = server.stdout.readline().rsplit(":", 1)[1].strip()
             for i in (1, 2):
                 replica = str(Path(scratch) / f"cli{i}.jsonl")
-                clients.append(start(f"client{i}.py", "--port", port, "--replica", replica))
+                data = settings.bundled_data(f"client{i}.csv")
+                clients.append(
+                    start_client(
+                        f"cli{i}", data, "--port", str(port), "--replica", replica, cwd=HERE
+                    )
+                )
             output, _ = server.communicate(timeout=300)
         finally:
             for process in [server, *clients]:

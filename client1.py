@@ -1,9 +1,15 @@
 """Client 1: `python client1.py` in a terminal of its own. `--help` lists the flags."""
 
-from pathlib import Path
+from collections.abc import Sequence
 
-from client import main
+from fedchain import settings
+from fedchain.cli import client
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    data = settings.bundled_data("client1.csv")
+    return client.main(argv, default_name="cli1", default_data=str(data))
+
 
 if __name__ == "__main__":
-    data = Path(__file__).resolve().parent / "data" / "client1.csv"
-    raise SystemExit(main(default_name="cli1", default_data=str(data)))
+    raise SystemExit(main())

@@ -7,7 +7,6 @@ compares with least squares fitted on the pooled rows.
 
 import argparse
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -16,26 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from chain_store import load_chain
-from cli_types import integer_in
-from dataset import load_dataset
-from model import fit_lstsq, mse
+from fedchain.cli.arguments import integer_in
+from fedchain.cli.programs import start_client, start_server
+from fedchain.learning.dataset import load_dataset
+from fedchain.learning.linear_model import fit_lstsq, mse
+from fedchain.ledger.store import load_chain
+from fedchain.settings import bundled_data
 
 HERE = Path(__file__).resolve().parent
-CLIENTS = {"cli1": "client1.py", "cli2": "client2.py"}
+CLIENTS = {"cli1": bundled_data("client1.csv"), "cli2": bundled_data("client2.csv")}
 RUN_TIMEOUT_S = 300.0
 _print_lock = threading.Lock()
-
-
-def start(script: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-u", str(HERE / script), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        cwd=HERE,
-    )
 
 
 def relay(label: str, process: subprocess.Popen) -> threading.Thread:
@@ -55,8 +45,8 @@ def show(line: str) -> None:
 
 def compare_with_central(chain_path: Path) -> None:
     final = load_chain(chain_path).blocks[-1]
-    clients = [load_dataset(HERE / "data" / f"client{i}.csv") for i in (1, 2)]
-    test = load_dataset(HERE / "data" / "test.csv")
+    clients = [load_dataset(path) for path in CLIENTS.values()]
+    test = load_dataset(bundled_data("test.csv"))
     X = np.vstack([c.X for c in clients])
     y = np.concatenate([c.y for c in clients])
     central = fit_lstsq(X, y)  # what pooling everyone's rows would give: the privacy cost avoided
@@ -93,18 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     processes: dict[str, subprocess.Popen] = {}
     try:
-        processes["server"] = server = start("server.py", *server_args)
-        first = server.stdout.readline()
+        server, port, first = start_server(*server_args, cwd=HERE)
+        processes["server"] = server
         show(f"[server] {first.rstrip()}")
-        if not first.startswith("listening on "):
+        if port is None:
             relay("server", server).join(timeout=5)
             show("demo: the server did not start")
             return 1
-        port = first.rsplit(":", 1)[1].strip()
         relays = [relay("server", server)]
-        for name, script in CLIENTS.items():
+        for name, data in CLIENTS.items():
             replica = run_dir / f"{name}.jsonl"
-            processes[name] = start(script, "--port", port, "--replica", str(replica))
+            processes[name] = start_client(
+                name, data, "--port", str(port), "--replica", str(replica), cwd=HERE
+            )
             relays.append(relay(name, processes[name]))
         deadline = time.monotonic() + RUN_TIMEOUT_S
         codes = {

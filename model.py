@@ -1,105 +1,33 @@
-"""The linear-regression model y ≈ X·w + b, its quality measures, and federated averaging.
+"""The model, for a person opening this file: linear regression y ≈ X·w + b, with w and b in the
+data's own units, trained by each client with a PyGAD search on its own rows and averaged by the
+server with FedAvg (McMahan et al. 2017), weighted by each client's row count.
 
-Weights and bias are always in the data's own units, so a model read off the chain can be used
-directly on raw rows. How a client searches for them is in local_training.py.
+In Python:
+
+    from model import LinearModel, fedavg, fit_lstsq, mse, r2
+    a, b = LinearModel([1.0, 2.0], 0.5), LinearModel([3.0, 0.0], 1.5)
+    fedavg([(a, 100), (b, 300)])          # LinearModel(weights=[2.5, 0.5], bias=1.25)
+
+From a shell, the global model a chain holds (the chain is verified first):
+
+    python model.py chain.jsonl [--round N]
+
+Where each piece lives: fedchain/learning/linear_model.py (the model and its measures),
+aggregation.py (FedAvg), local_training.py (the PyGAD search), dataset.py (reading a CSV).
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
+from fedchain.cli import model
+from fedchain.learning.aggregation import fedavg
+from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse, r2
 
-
-@dataclass(frozen=True, eq=False)
-class LinearModel:
-    weights: np.ndarray  # (n_features,), float64, read-only
-    bias: float
-
-    def __post_init__(self) -> None:
-        weights = np.asarray(self.weights)
-        if weights.dtype.kind not in "fiu":
-            raise TypeError(f"weights must be numbers, not {weights.dtype}")
-        if weights.ndim != 1 or weights.size == 0:
-            raise ValueError(f"weights must be a non-empty vector, not shape {weights.shape}")
-        weights = weights.astype(np.float64)  # always a private copy
-        if not np.all(np.isfinite(weights)):
-            raise ValueError("weights must be finite numbers (no NaN or infinity)")
-        weights.flags.writeable = False
-        if isinstance(self.bias, bool) or not isinstance(self.bias, int | float | np.number):
-            raise TypeError(f"bias must be a number, not {type(self.bias).__name__}")
-        bias = float(self.bias)
-        if not np.isfinite(bias):
-            raise ValueError("bias must be a finite number (no NaN or infinity)")
-        object.__setattr__(self, "weights", weights)
-        object.__setattr__(self, "bias", bias)
-
-    @classmethod
-    def zeros(cls, n_features: int) -> "LinearModel":
-        return cls(np.zeros(n_features), 0.0)
-
-    @property
-    def n_features(self) -> int:
-        return self.weights.size
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return X @ self.weights + self.bias
-
-    def __eq__(self, other: object) -> bool:
-        """Equal means the same bits, as the chain compares them (so 0.0 != -0.0 here)."""
-        if not isinstance(other, LinearModel):
-            return NotImplemented
-        return (
-            self.weights.tobytes() == other.weights.tobytes()
-            and np.float64(self.bias).tobytes() == np.float64(other.bias).tobytes()
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.weights.tobytes(), self.bias))
+__all__ = ["LinearModel", "fedavg", "fit_lstsq", "main", "mse", "r2"]
 
 
-def mse(model: LinearModel, X: np.ndarray, y: np.ndarray) -> float:
-    """Mean squared error of MODEL on the rows X, y."""
-    residual = model.predict(X) - y
-    return float(residual @ residual) / len(y)
+def main(argv: Sequence[str] | None = None) -> int:
+    return model.main(argv)
 
 
-def r2(model: LinearModel, X: np.ndarray, y: np.ndarray) -> float:
-    """Coefficient of determination: 1 - MSE / variance of y."""
-    return 1.0 - mse(model, X, y) / float(np.var(y))
-
-
-def fit_lstsq(X: np.ndarray, y: np.ndarray) -> LinearModel:
-    """Fit by ordinary least squares: the reference every search is measured against."""
-    A = np.hstack([X, np.ones((len(X), 1))])
-    theta = np.linalg.lstsq(A, y, rcond=None)[0]
-    return LinearModel(theta[:-1], theta[-1])
-
-
-def fedavg(updates: Sequence[tuple[LinearModel, int]]) -> LinearModel:
-    """Average models weighted by their sample counts, summed in the order given."""
-    # Federated averaging (McMahan et al. 2017, "Communication-Efficient Learning of Deep
-    # Networks from Decentralized Data"): weighting by n_samples makes the average what a
-    # single model trained on the pooled rows would lean towards. The explicit loop fixes the
-    # order of the float additions, so the server and every verifier get the same bits.
-    if not updates:
-        raise ValueError("fedavg needs at least one client model")
-    n_features = updates[0][0].n_features
-    total = 0
-    weight_sum = np.zeros(n_features)
-    bias_sum = 0.0
-    with np.errstate(over="ignore"):  # overflow is checked once, below, with a clear message
-        for model, n_samples in updates:
-            if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer):
-                raise TypeError(f"a sample count must be an integer, not {n_samples!r}")
-            if n_samples <= 0:
-                raise ValueError(f"a sample count must be positive, not {n_samples}")
-            if model.n_features != n_features:
-                raise ValueError(
-                    f"models differ in feature count ({model.n_features} != {n_features})"
-                )
-            total += int(n_samples)
-            weight_sum = weight_sum + float(n_samples) * model.weights
-            bias_sum = bias_sum + float(n_samples) * model.bias
-    if not (np.all(np.isfinite(weight_sum)) and np.isfinite(bias_sum)):
-        raise ValueError("the client models are too large to average in float64 (overflow)")
-    return LinearModel(weight_sum / float(total), bias_sum / float(total))
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from block import ClientUpdate
-from blockchain import make_genesis, make_round_block
-from model import LinearModel
+from fedchain.learning.linear_model import LinearModel
+from fedchain.ledger.block import ClientUpdate
+from fedchain.ledger.chain import make_genesis, make_round_block
 
 FEATURES = ("age", "bmi", "smoker")
 DIFFICULTY = 8

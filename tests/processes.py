@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fedchain.cli.console import port_from_listening_line
+
 ROOT = Path(__file__).resolve().parent.parent
 WAIT_S = 60.0  # a watchdog for every wait: a hang fails the test instead of stalling the suite
 
@@ -80,8 +82,8 @@ def start_server(start, tmp_path: Path, *args: str) -> tuple[Program, int]:
     server = start(
         "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "8", *args
     )
-    port = int(server.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$", timeout_s=30).group(1))
-    return server, port
+    first = server.wait_for(r"^listening on ", timeout_s=30).string
+    return server, port_from_listening_line(first)
 
 
 def run_blockchain_cli(*args) -> subprocess.CompletedProcess:

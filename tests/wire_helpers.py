@@ -1,11 +1,19 @@
 """Hand-made frames and hostile pickles, for the tests that play a bad peer."""
 
-from protocol import HEADER, MAGIC, VERSION
+import socket
+
+from fedchain.settings import MAX_FRAME_BYTES
+from fedchain.wire.frames import HEADER, MAGIC, VERSION, receive_message
 
 
 def frame(payload: bytes, *, magic: bytes = MAGIC, version: int = VERSION) -> bytes:
     """PAYLOAD behind a frame header, as send_message would write it (or with a bad header)."""
     return HEADER.pack(magic, version, len(payload)) + payload
+
+
+def receive(sock: socket.socket) -> dict:
+    """One message from SOCK, under the programs' default frame limit."""
+    return receive_message(sock, max_frame_bytes=MAX_FRAME_BYTES)
 
 
 class Exploit:

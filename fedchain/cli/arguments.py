@@ -1,0 +1,63 @@
+"""Argument types and flags the command lines share, so a bad flag is refused with a usage
+message and every program spells the common flags the same way."""
+
+import argparse
+import math
+
+from fedchain import settings
+from fedchain.checks import MAX_INT, check_name
+
+
+def port(text: str) -> int:
+    """A TCP port, 0..65535 (0: let the system pick a free one)."""
+    return integer_in(0, 65535)(text)
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
+    return value
+
+
+def integer_in(low: int, high: int = MAX_INT):
+    """An argument type for an integer in LOW..HIGH."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
+        return value
+
+    return parse
+
+
+def name(text: str) -> str:
+    """A client's name, held to the same rule as on the wire and the chain."""
+    try:
+        return check_name(text, "a client's name")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_connection_flags(parser: argparse.ArgumentParser, *, listening: bool) -> None:
+    """--host, --port and --max-frame-bytes, worded for the server (LISTENING) or a client."""
+    parser.add_argument(
+        "--host", default=settings.HOST,
+        help="address to listen on" if listening else "the server's address",
+    )  # fmt: skip
+    parser.add_argument(
+        "--port", type=port, default=settings.PORT,
+        help="0 picks a free port" if listening else "the server's port",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-frame-bytes", type=integer_in(1024, 2**32 - 1), default=settings.MAX_FRAME_BYTES,
+        help="refuse any message longer than this",
+    )  # fmt: skip

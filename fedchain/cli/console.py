@@ -1,0 +1,22 @@
+"""What the programs print for people, and the one line other programs read back: the server's
+first line names the port it listens on, so a test or the demo can start it on port 0."""
+
+import re
+
+_LISTENING = re.compile(r"^listening on (?P<host>\S+):(?P<port>\d+)$")
+
+
+def say(line: str) -> None:
+    """Print LINE for the person at the terminal, at once (they may be watching a long run)."""
+    print(line, flush=True)
+
+
+def listening_line(host: str, port: int) -> str:
+    """The server's first line."""
+    return f"listening on {host}:{port}"
+
+
+def port_from_listening_line(line: str) -> int | None:
+    """The port in the server's first line, or None if LINE is not that line."""
+    match = _LISTENING.match(line.strip())
+    return int(match["port"]) if match else None

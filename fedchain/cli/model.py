@@ -1,0 +1,49 @@
+"""`python model.py CHAIN [--round N]`: the global model a verified chain holds, for a person."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fedchain.cli.arguments import integer_in
+from fedchain.cli.console import say
+from fedchain.ledger.chain import verify_chain
+from fedchain.ledger.store import ChainFileError, load_chain
+from fedchain.ledger.verification import ChainError
+
+EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="model.py",
+        description="Print the global model of a chain's round (default: the last), "
+        "after verifying the chain.",
+    )
+    parser.add_argument("chain", help="a chain file (JSON Lines)")
+    parser.add_argument("--round", type=integer_in(0), default=None, help="which round's model")
+    args = parser.parse_args(argv)
+    try:
+        blocks = load_chain(args.chain).blocks
+        verify_chain(blocks)
+    except (ChainFileError, ChainError) as error:
+        print(f"error: {args.chain} does not verify: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as error:
+        print(f"error: cannot read {args.chain}: {error.strerror}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    index = len(blocks) - 1 if args.round is None else args.round
+    if index >= len(blocks):
+        print(f"error: {args.chain} has rounds 0..{len(blocks) - 1}, not {index}", file=sys.stderr)
+        return EXIT_INVALID
+    block = blocks[index]
+    model = block.server_model
+    say(f"global model of round {index} (block hash {block.hash[:16]}…), y = X·w + b:")
+    width = max(len(name) for name in block.feature_names)
+    for name, weight in zip(block.feature_names, model.weights, strict=True):
+        say(f"  {name:<{width}}  {weight:+.6g}")
+    say(f"  {'(bias)':<{width}}  {model.bias:+.6g}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The model and its training: linear regression, local PyGAD search, aggregation, data."""

@@ -1,0 +1,150 @@
+"""Load one client's rows from a CSV file: the target column is y, every other column a feature.
+
+pandas parses the file. When it cannot, or a cell is not a finite number, the file is read once
+more cell by cell to say exactly where: every refusal names the file, and the line and column where
+that helps, because the person reading it has to find the bad cell in a file only they can see.
+"""
+
+import csv
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedchain import settings
+from fedchain.checks import check_name
+
+
+class DataError(ValueError):
+    """A data file that cannot be used, with a message that says where and why."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    feature_names: tuple[str, ...]
+    X: np.ndarray  # (n_samples, n_features), float64
+    y: np.ndarray  # (n_samples,), float64
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.y)
+
+    def in_order(self, feature_names: Sequence[str]) -> "Dataset":
+        """The same rows with the columns in FEATURE_NAMES' order (matched by name)."""
+        if difference := column_difference(feature_names, self.feature_names):
+            raise DataError(f"the columns differ from {list(feature_names)}: {difference}")
+        order = [self.feature_names.index(name) for name in feature_names]
+        return Dataset(tuple(feature_names), self.X[:, order], self.y)
+
+
+def column_difference(expected: Sequence[str], actual: Sequence[str]) -> str:
+    """What ACTUAL lacks and has besides EXPECTED, in words; empty if they hold the same names."""
+    missing = [name for name in expected if name not in actual]
+    extra = [name for name in actual if name not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(map(repr, missing[:10]))}")
+    if extra:
+        parts.append(f"extra {', '.join(map(repr, extra[:10]))}")
+    return "; ".join(parts)
+
+
+def load_dataset(path: str | Path, *, target: str = settings.TARGET) -> Dataset:
+    """Read PATH, split off the TARGET column, and check that every cell is a finite number."""
+    path = Path(path)
+    header = _check_header(path, _read_header(path), target)
+    values = _parse_with_pandas(path, len(header))
+    if values is None:
+        _locate_fault(path, header)  # raises, naming the line and column
+    if len(values) == 0:
+        raise DataError(f"{path}: the file has a header but no rows")
+    if len(values) == 1:
+        raise DataError(f"{path}: only one row; a linear model needs at least two")
+    target_index = header.index(target)
+    feature_names = tuple(c for c in header if c != target)
+    X = np.delete(values, target_index, axis=1)
+    y = values[:, target_index].copy()
+    return Dataset(feature_names=feature_names, X=X, y=y)
+
+
+def _read_header(path: Path) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            for row in csv.reader(file):
+                if row:  # blank lines carry nothing
+                    return row
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such data file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a data file") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a readable CSV file ({error})") from None
+    raise DataError(f"{path}: the file is empty (no header, no rows)")
+
+
+def _check_header(path: Path, columns: list[str], target: str) -> list[str]:
+    if target not in columns:
+        raise DataError(f"{path}: no target column {target!r} (columns: {', '.join(columns)})")
+    for column in columns:
+        if not column.strip():
+            raise DataError(f"{path}: a column has no name in the header")
+        try:
+            check_name(column, "column")  # names travel to the server and onto the chain
+        except ValueError as error:
+            raise DataError(f"{path}: {error}") from None
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise DataError(f"{path}: column {repeated[0]!r} appears more than once in the header")
+    if len(columns) < 2:
+        raise DataError(f"{path}: no feature columns besides the target {target!r}")
+    return columns
+
+
+def _parse_with_pandas(path: Path, n_columns: int) -> np.ndarray | None:
+    """Every cell as float64, or None if anything is off (then the slow pass says what)."""
+    try:
+        with warnings.catch_warnings():
+            # pandas only warns when a row's cell count differs from the header's; refuse it.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(path, dtype=np.float64, index_col=False, encoding="utf-8-sig")
+    except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError):
+        return None
+    values = table.to_numpy(dtype=np.float64)
+    if values.shape[1] != n_columns or not np.all(np.isfinite(values)):
+        return None  # a short row (NaN), an empty cell, 'nan' or 'inf' written out
+    return values
+
+
+def _locate_fault(path: Path, header: list[str]) -> None:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file)
+            rows = (row for row in reader if row)  # blank lines carry nothing
+            next(rows)  # the header, already checked
+            for row in rows:
+                line = reader.line_num  # the file's own line number, blank lines counted
+                if len(row) != len(header):
+                    raise DataError(
+                        f"{path}: line {line} has {len(row)} cells, the header {len(header)}"
+                    )
+                for name, cell in zip(header, row, strict=True):
+                    _parse_cell(f"{path}: line {line}, column {name!r}", cell)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a readable CSV file ({error})") from None
+    raise DataError(f"{path}: pandas cannot read it as a table of numbers")
+
+
+def _parse_cell(where: str, cell: str) -> float:
+    if not cell.strip():
+        raise DataError(f"{where}: empty cell")
+    try:
+        value = float(cell)
+    except ValueError:
+        raise DataError(f"{where}: {cell[:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: {cell[:40]!r} is not a finite number")
+    return value

@@ -1,0 +1,52 @@
+"""Federated rounds in one process, without sockets or a chain.
+
+Both the networked run and this one train each client with the same seed and average in the same
+order (clients sorted by name), so for the same inputs they give bit-identical models; the tests
+and the benchmark lean on that.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fedchain import settings
+from fedchain.learning.aggregation import fedavg
+from fedchain.learning.dataset import Dataset
+from fedchain.learning.linear_model import LinearModel
+from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
+
+
+@dataclass(frozen=True)
+class SimulatedRound:
+    index: int
+    client_models: dict[str, LinearModel]
+    global_model: LinearModel
+
+
+def simulate(
+    datasets: Mapping[str, Dataset],
+    *,
+    rounds: int = settings.ROUNDS,
+    run_seed: int = settings.RUN_SEED,
+    generations: int = settings.GENERATIONS,
+    population: int = settings.POPULATION,
+) -> list[SimulatedRound]:
+    """Run ROUNDS of train-locally-then-FedAvg from a zero model; return every round."""
+    names = sorted(datasets)
+    problems = {name: LocalProblem.from_data(datasets[name].X, datasets[name].y) for name in names}
+    n_features = datasets[names[0]].X.shape[1]
+    global_model = LinearModel.zeros(n_features)
+    history = []
+    for index in range(1, rounds + 1):
+        client_models = {
+            name: train_locally(
+                problems[name],
+                global_model,
+                seed=derive_seed(run_seed, name, index),
+                generations=generations,
+                population=population,
+            )
+            for name in names
+        }
+        global_model = fedavg([(client_models[n], datasets[n].n_samples) for n in names])
+        history.append(SimulatedRound(index, client_models, global_model))
+    return history

@@ -1,0 +1,1 @@
+"""The chain: blocks, their canonical bytes and mining, chain files, verification, reports."""

@@ -1,0 +1,218 @@
+"""Keep a chain on disk as JSON Lines: one block a line, appended and fsync'ed one block at a time.
+
+JSON is only the storage format; what the hash covers is the binary encoding in block.py. Reading
+is strict (exact keys, floats written as floats, no NaN), because a value that parses loosely could
+hash the same as the value that was written while reading differently to a person.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedchain.learning.linear_model import LinearModel
+from fedchain.ledger.block import Block, ClientUpdate
+
+_BLOCK_KEYS = {
+    "version", "index", "timestamp", "previous_hash", "difficulty", "feature_names",
+    "aggregation", "cli", "client_model", "server_model", "nonce", "hash",
+}  # fmt: skip
+
+
+class ChainFileError(ValueError):
+    """A chain file that cannot be read, naming the line (block) and what is wrong."""
+
+
+@dataclass(frozen=True)
+class LoadedChain:
+    blocks: list[Block]
+    dropped_tail: str | None  # what was cut off a torn last line, or None if the file was whole
+
+
+def block_to_json(block: Block) -> str:
+    """One line of JSON (no newline) holding every field of BLOCK."""
+    record = {
+        "version": block.version,
+        "index": block.index,
+        "timestamp": block.timestamp,
+        "previous_hash": block.previous_hash,
+        "difficulty": block.difficulty,
+        "feature_names": list(block.feature_names),
+        "aggregation": block.aggregation,
+        "cli": list(block.cli),
+        "client_model": {
+            name: {**_model_to_record(u.model), "n_samples": u.n_samples}
+            for name, u in ((name, block.client_model[name]) for name in block.cli)
+        },
+        "server_model": _model_to_record(block.server_model),
+        "nonce": block.nonce,
+        "hash": block.hash,
+    }
+    # repr-style floats round-trip exactly; allow_nan=False is a second guard behind LinearModel.
+    return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def block_from_json(line: str) -> Block:
+    """Parse one line written by block_to_json; raise ValueError or TypeError naming the fault."""
+    try:
+        record = json.loads(
+            line, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_nan
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply to be a block") from None
+    _expect_keys("block", record, _BLOCK_KEYS)
+    client_model = {}
+    for name, entry in _typed("client_model", record["client_model"], dict).items():
+        _expect_keys(f"client_model[{name!r}]", entry, {"weights", "bias", "n_samples"})
+        client_model[name] = ClientUpdate(
+            _model_from_record(f"client_model[{name!r}]", entry), entry["n_samples"]
+        )
+    server = _typed("server_model", record["server_model"], dict)
+    _expect_keys("server_model", server, {"weights", "bias"})
+    return Block(
+        version=record["version"],
+        index=record["index"],
+        timestamp=_typed("timestamp", record["timestamp"], float),
+        previous_hash=record["previous_hash"],
+        difficulty=record["difficulty"],
+        feature_names=tuple(_typed("feature_names", record["feature_names"], list)),
+        aggregation=record["aggregation"],
+        cli=tuple(_typed("cli", record["cli"], list)),
+        client_model=client_model,
+        server_model=_model_from_record("server_model", server),
+        nonce=record["nonce"],
+        hash=_typed("hash", record["hash"], str),
+    )
+
+
+class ChainWriter:
+    """Appends blocks to a new chain file, each one on disk before append() returns."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # O_EXCL: a run never writes over a chain that is already there.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+            self._fd = os.open(self.path, flags, 0o644)
+        except FileExistsError:
+            raise FileExistsError(
+                f"{self.path} already exists; move it away or choose another file"
+            ) from None
+        _fsync_directory(self.path.parent)
+
+    def append(self, block: Block) -> None:
+        # One line per block, then fsync: after a crash the file holds whole blocks and at
+        # most one torn last line, which load_chain recognises and drops.
+        data = memoryview((block_to_json(block) + "\n").encode("utf-8"))
+        while data:  # unbuffered: a failed write leaves nothing behind to fail again on close
+            data = data[os.write(self._fd, data) :]
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "ChainWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def load_chain(path: str | Path) -> LoadedChain:
+    """Read every block of PATH; a torn last line is dropped and reported, other damage raised."""
+    path = Path(path)
+    data = path.read_bytes()  # OSError (a missing file, say) is the caller's to report
+    lines = data.split(b"\n")
+    tail = lines.pop()  # the bytes after the last newline: empty if the file ends cleanly
+    blocks = [_parse_line(path, number, raw) for number, raw in enumerate(lines, start=1)]
+    dropped = None
+    if tail:
+        number = len(lines) + 1
+        if _looks_torn(tail):
+            # A crash mid-append leaves a prefix of the last line and no newline after it.
+            dropped = f"line {number}: {len(tail)} bytes of an unfinished block dropped"
+        else:
+            blocks.append(_parse_line(path, number, tail))  # whole, or damaged: either is said
+    return LoadedChain(blocks, dropped)
+
+
+def _looks_torn(tail: bytes) -> bool:
+    """True if TAIL is the start of a block line cut short, not a whole line or other bytes."""
+    opening = b'{"version":'
+    if not (tail.startswith(opening) or opening.startswith(tail)):
+        return False
+    try:
+        text = tail.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.reason != "unexpected end of data":
+            return False  # bad bytes in the middle, not a cut
+        text = tail[: error.start].decode("utf-8")  # the cut split a character: drop its start
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        # Cut short, JSON fails for want of what should follow: at the very end, or in a
+        # string left open. Anywhere else, the line was damaged, not cut.
+        return error.msg.startswith("Unterminated string") or error.pos >= len(text) - 3
+    except (ValueError, RecursionError):
+        return False
+    return False
+
+
+def _parse_line(path: Path, number: int, raw: bytes) -> Block:
+    try:
+        return block_from_json(raw.decode("utf-8"))
+    except RecursionError:
+        raise ChainFileError(
+            f"{path}: line {number} (block {number - 1}): nested too deeply"
+        ) from None
+    except (ValueError, TypeError) as error:
+        raise ChainFileError(f"{path}: line {number} (block {number - 1}): {error}") from None
+
+
+def _model_to_record(model: LinearModel) -> dict:
+    return {"weights": [float(w) for w in model.weights], "bias": model.bias}
+
+
+def _model_from_record(where: str, record: dict) -> LinearModel:
+    weights = _typed(f"{where}.weights", record["weights"], list)
+    for w in weights:
+        _typed(f"{where}.weights", w, float)
+    return LinearModel(weights, _typed(f"{where}.bias", record["bias"], float))
+
+
+def _typed(where: str, value: object, kind: type) -> object:
+    if type(value) is not kind:
+        raise TypeError(f"{where} must be a JSON {kind.__name__}, not {value!r}")
+    return value
+
+
+def _expect_keys(where: str, record: object, keys: set[str]) -> None:
+    if not isinstance(record, dict):
+        raise TypeError(f"{where} must be a JSON object")
+    if missing := keys - record.keys():
+        raise ValueError(f"{where} lacks {', '.join(sorted(missing))}")
+    if extra := record.keys() - keys:
+        raise ValueError(f"{where} has unknown field(s) {', '.join(sorted(extra))}")
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        raise ValueError("a JSON object repeats a key")
+    return record
+
+
+def _refuse_nan(constant: str) -> float:
+    raise ValueError(f"{constant} is not a finite number")
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The new file's name is only durable once its directory entry is.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

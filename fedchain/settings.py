@@ -1,0 +1,43 @@
+"""The run's defaults, in one place: the command lines, the server, the clients and the simulation
+all start from these, so the three-terminal run, the demo and the tests agree without repeating.
+"""
+
+from pathlib import Path
+
+# Where a run happens.
+HOST = "127.0.0.1"  # loopback: nothing outside this machine can reach the server by default
+PORT = 10000
+
+# The run itself.
+CLIENTS = 2
+ROUNDS = 5
+RUN_SEED = 0
+DIFFICULTY_BITS = 18  # about a quarter of a second of mining a block here
+TARGET = "charges"  # the bundled data's target column: ln(yearly medical charges)
+
+# Local training (a client's own settings; they do not change what a verifier checks).
+GENERATIONS = 150
+POPULATION = 40
+
+# Waits. Every one is bounded; the flag that sets each is named where it runs out.
+ROUND_TIMEOUT_S = 60.0  # the server's wait for every client's update in a round
+JOIN_TIMEOUT_S = 120.0  # the server's wait for its clients to join
+REGISTER_TIMEOUT_S = 10.0  # how long a new connection may take to register
+CONNECT_TIMEOUT_S = 10.0  # a client's window to find the server: the programs start in any order
+CLIENT_TIMEOUT_S = 300.0  # a client's longest wait for the server's next message
+SEND_TIMEOUT_S = 10.0  # a peer that will not take a message in this long is gone
+
+# A block as JSON takes about 25 bytes a weight: 16 MiB holds 10,000-feature models of 60 clients.
+MAX_FRAME_BYTES = 1 << 24
+
+# Files.
+CHAIN_PATH = Path("chain.jsonl")
+REPLICA_DIR = Path("replicas")
+
+
+def bundled_data(name: str) -> Path:
+    """A file of the bundled data set: inside the package once installed, else the checkout's
+    data/ folder (a missing file is left for the loader to report)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "bundled_data" / name
+    return installed if installed.is_file() else package.parent / "data" / name

@@ -1,0 +1,1 @@
+"""The bytes between server and clients: frames, the restricted unpickler, message schemas."""

@@ -1,0 +1,114 @@
+"""The messages of a run and their schemas: what each type carries, checked field by field.
+
+Client -> server: register, update. Server -> client: welcome, train, block, done, refused.
+A refusal names the field and never echoes more of what the peer sent than a short, escaped
+description.
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+
+from fedchain.checks import (
+    MAX_FEATURES,
+    MAX_INT,
+    MAX_MAGNITUDE,
+    check_int,
+    check_magnitude,
+    check_name,
+    check_names,
+    describe,
+    printable,
+)
+
+MAX_TEXT_CHARS = 1 << 26  # a block as JSON, or a reason; in practice the frame limit binds first
+MAX_METRICS = 16
+
+
+class ProtocolError(ValueError):
+    """A frame or message that breaks the protocol, with what was wrong."""
+
+
+def _feature_names(value: object, what: str) -> tuple:
+    if not isinstance(value, list):
+        raise TypeError(f"{what} must be a list, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{what} must name at least one feature")
+    return check_names(value, what)
+
+
+def _integer(low: int) -> Callable[[object, str], int]:
+    def check(value: object, what: str) -> int:
+        return check_int(value, low, MAX_INT, what)
+
+    return check
+
+
+def _weights(value: object, what: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype != np.float64:
+        raise TypeError(f"{what} must be a NumPy float64 array")
+    if value.ndim != 1 or not 0 < value.size <= MAX_FEATURES:
+        raise ValueError(f"{what} must be a vector of 1..{MAX_FEATURES} numbers, not {value.shape}")
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{what} holds NaN or infinity")
+    if np.max(np.abs(value)) > MAX_MAGNITUDE:
+        raise ValueError(f"{what} holds a number larger than {MAX_MAGNITUDE:g}")
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"{what} must be a string of at most {MAX_TEXT_CHARS} characters")
+    if not value.isprintable():
+        raise ValueError(f"{what} must be printable text on one line")
+    return value
+
+
+def _metrics(value: object, what: str) -> dict:
+    if not isinstance(value, dict) or len(value) > MAX_METRICS:
+        raise ValueError(f"{what} must be a dict of at most {MAX_METRICS} named numbers")
+    for key, number in value.items():
+        check_name(key, f"a name in {what}")
+        check_magnitude(number, f"a number in {what}")
+    return value
+
+
+_count, _round, _seed = _integer(1), _integer(1), _integer(0)
+
+# Each check takes the value and how to name it in a refusal ("update message: weights").
+SCHEMAS: dict[str, dict[str, Callable[[object, str], object]]] = {
+    "register": {"name": check_name, "feature_names": _feature_names, "n_samples": _count},
+    "welcome": {"genesis": _text, "seed": _seed, "rounds": _count},
+    "train": {"round": _round, "weights": _weights, "bias": check_magnitude},
+    "update": {
+        "round": _round,
+        "weights": _weights,
+        "bias": check_magnitude,
+        "n_samples": _count,
+        "metrics": _metrics,
+    },
+    "block": {"block": _text},
+    "done": {"blocks": _count},
+    "refused": {"reason": _text},
+}
+
+
+def validate_message(message: object) -> None:
+    """Raise ProtocolError unless MESSAGE is a dict of a known type with exactly its fields."""
+    if not isinstance(message, dict):
+        raise ProtocolError(f"a message must be a dict, not {type(message).__name__}")
+    kind = message.get("type")
+    schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise ProtocolError(f"unknown message type {describe(kind)}")
+    fields = set(message) - {"type"}
+    if missing := set(schema) - fields:
+        raise ProtocolError(f"{kind} message lacks {', '.join(sorted(missing))}")
+    if extra := fields - set(schema):
+        names = ", ".join(sorted(describe(name) for name in extra)[:5])
+        raise ProtocolError(f"{kind} message has unknown field(s) {printable(names)}")
+    for field, check in schema.items():
+        try:
+            check(message[field], f"{kind} message: {field}")
+        except (TypeError, ValueError) as error:
+            raise ProtocolError(str(error)) from None

@@ -1,0 +1,188 @@
+"""The federated run end to end: a real server and real clients on 127.0.0.1."""
+
+import socket
+from pathlib import Path
+
+from processes import ROOT, run_blockchain_cli, start_server
+
+from fedchain.learning.dataset import load_dataset
+from fedchain.learning.simulation import simulate
+from fedchain.ledger.store import load_chain
+
+ROUNDS = 3
+
+
+def client_args(name: str, port: int, tmp_path: Path, *extra: str) -> list:
+    return ["--port", port, "--replica", tmp_path / f"{name}.jsonl", *extra]
+
+
+def check_finished_run(tmp_path: Path, server, clients) -> None:
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+    chain_path = tmp_path / "chain.jsonl"
+    blocks = load_chain(chain_path).blocks
+    assert len(blocks) == ROUNDS + 1
+    result = run_blockchain_cli("verify", chain_path)
+    assert result.returncode == 0 and result.stdout.strip() == f"valid: {ROUNDS + 1} blocks"
+    assert server.output.rstrip().endswith(f"valid: {ROUNDS + 1} blocks")
+    for name in ("cli1", "cli2"):
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == chain_path.read_bytes()
+
+
+def test_a_networked_run_gives_the_simulated_models_and_identical_replicas(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", ROUNDS, "--seed", "7")
+    clients = [
+        programs("client1.py", *client_args("cli1", port, tmp_path)),
+        programs("client2.py", *client_args("cli2", port, tmp_path)),
+    ]
+    check_finished_run(tmp_path, server, clients)
+    blocks = load_chain(tmp_path / "chain.jsonl").blocks
+    datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
+    simulated = simulate(datasets, rounds=ROUNDS, run_seed=7)  # the clients took it from the server
+    for block, expected in zip(blocks[1:], simulated, strict=True):
+        assert block.cli == ("cli1", "cli2")
+        assert block.server_model == expected.global_model  # bit for bit
+        for name in block.cli:
+            assert block.client_model[name].model == expected.client_models[name]
+    assert "global test MSE" in server.output
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_clients_started_before_the_server_wait_for_it(programs, tmp_path):
+    port = free_port()  # the clients must be told a port before the server exists
+    clients = [
+        programs("client1.py", *client_args("cli1", port, tmp_path)),
+        programs("client2.py", *client_args("cli2", port, tmp_path)),
+    ]
+    server = programs(
+        "server.py", "--port", port, "--chain", tmp_path / "chain.jsonl",
+        "--difficulty", "8", "--rounds", ROUNDS,
+    )  # fmt: skip
+    server.wait_for(f"listening on 127.0.0.1:{port}")
+    check_finished_run(tmp_path, server, clients)
+
+
+def test_a_client_that_dies_mid_run_is_reported_and_the_chain_stays_valid(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "50")
+    survivor = programs("client1.py", *client_args("cli1", port, tmp_path))
+    victim = programs("client2.py", *client_args("cli2", port, tmp_path))
+    victim.wait_for(r"^block 2 verified")
+    victim.kill()
+    assert server.finish() == 1
+    assert "run stopped: cli2 disconnected" in server.output
+    assert "Traceback" not in server.output
+    assert survivor.finish() == 1
+    assert "run stopped: cli2 disconnected" in survivor.output
+    chain_path = tmp_path / "chain.jsonl"
+    result = run_blockchain_cli("verify", chain_path)
+    assert result.returncode == 0, result.stdout
+    blocks = load_chain(chain_path).blocks
+    assert 3 <= len(blocks) < 51  # genesis and the rounds finished before the kill
+    assert server.output.rstrip().endswith(f"valid: {len(blocks)} blocks")
+
+
+def test_the_server_refuses_a_second_client_with_the_same_name(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    first = programs("client1.py", *client_args("cli1", port, tmp_path))
+    server.wait_for("cli1 joined")
+    impostor = programs("client2.py", *client_args("x", port, tmp_path), "--name", "cli1")
+    assert impostor.finish() == 1
+    assert "a client named 'cli1' has already joined" in impostor.output
+    second = programs("client2.py", *client_args("cli2", port, tmp_path))
+    for program in (server, first, second):
+        assert program.finish() == 0, program.output
+
+
+def test_a_client_with_other_features_is_refused(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    odd = tmp_path / "odd.csv"
+    odd.write_text("age,height,charges\n30,170,9.1\n40,180,9.5\n")
+    stranger = programs("client1.py", *client_args("odd", port, tmp_path), "--name", "odd",
+                        "--data", odd)  # fmt: skip
+    assert stranger.finish() == 1
+    assert "odd's columns differ from the run's: missing 'bmi'" in stranger.output
+    assert "; extra 'height'" in stranger.output
+    server.wait_for("refused")
+    server.kill()
+
+
+def test_a_client_with_a_bad_data_file_says_so_and_exits(programs, tmp_path):
+    broken = tmp_path / "broken.csv"
+    broken.write_text("age,charges\n30,x\n31,2\n")
+    client = programs("client1.py", "--port", "9", "--data", broken)
+    assert client.finish() == 2
+    assert "line 2, column 'charges': 'x' is not a number" in client.output
+
+
+def test_the_server_will_not_overwrite_an_existing_chain(programs, tmp_path):
+    chain = tmp_path / "chain.jsonl"
+    chain.write_text("precious\n")
+    server = programs("server.py", "--port", "0", "--chain", chain)
+    assert server.finish() == 2
+    assert "already exists" in server.output
+    assert chain.read_text() == "precious\n"
+
+
+def test_a_run_nobody_joins_ends_on_time_and_leaves_no_chain_file(programs, tmp_path):
+    server, _ = start_server(programs, tmp_path, "--join-timeout-s", "1")
+    assert server.finish() == 1
+    assert "run stopped: only 0 of 2 clients joined within 1 s" in server.output
+    assert not (tmp_path / "chain.jsonl").exists()  # so the same command can simply be rerun
+
+
+def test_a_client_that_leaves_before_the_run_can_come_back(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    first_try = programs("client1.py", *client_args("cli1-first", port, tmp_path), "--name", "cli1")
+    server.wait_for("cli1 joined")
+    first_try.kill()
+    server.wait_for("cli1 left before the run began")
+    clients = [
+        programs("client1.py", *client_args("cli1", port, tmp_path)),
+        programs("client2.py", *client_args("cli2", port, tmp_path)),
+    ]
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_keeps_every_written_block(programs, tmp_path):
+    # The genesis and a round block fit in 3,000 bytes; the next write fails as on a full disk.
+    server = programs(
+        "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "8",
+        "--rounds", "5", max_file_bytes=3000,
+    )  # fmt: skip
+    port = int(server.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$").group(1))
+    clients = [
+        programs("client1.py", *client_args("cli1", port, tmp_path)),
+        programs("client2.py", *client_args("cli2", port, tmp_path)),
+    ]
+    assert server.finish() == 1
+    assert "run stopped: cannot write block" in server.output
+    assert "Traceback" not in server.output
+    for client in clients:
+        assert client.finish() == 1
+    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 1 <= len(load_chain(tmp_path / "chain.jsonl").blocks) < 6
+
+
+def test_a_client_whose_own_model_is_too_large_to_send_says_it_is_its_fault(programs, tmp_path):
+    huge = tmp_path / "huge.csv"
+    huge.write_text("x,charges\n1,5e120\n2,7e120\n3,6e120\n")
+    server, port = start_server(programs, tmp_path, "--clients", "1", "--test", "")
+    client = programs("client1.py", *client_args("cli1", port, tmp_path), "--data", huge)
+    assert client.finish() == 1
+    assert "our round 1 update cannot be sent" in client.output
+    assert "broke the protocol" not in client.output
+    assert server.finish() == 1 and "cli1 disconnected" in server.output
+
+
+def test_a_chain_path_that_cannot_be_made_is_refused_at_start(programs, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    server = programs("server.py", "--port", "0", "--chain", tmp_path / "a-file" / "chain.jsonl")
+    assert server.finish() == 2
+    assert "cannot make a folder for" in server.output

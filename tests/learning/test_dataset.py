@@ -1,0 +1,109 @@
+"""The CSV loader: the bundled files load, and every bad file is refused naming file and cell."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from processes import ROOT
+
+from fedchain.learning.dataset import DataError, load_dataset
+
+DATA = ROOT / "data"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rows.csv"
+    path.write_text(text)
+    return path
+
+
+def test_bundled_client_files_load_with_features_in_file_order():
+    data = load_dataset(DATA / "client1.csv")
+    assert data.feature_names[:2] == ("age", "bmi")
+    assert "charges" not in data.feature_names
+    assert data.X.shape == (535, 12) and data.y.shape == (535,)
+    assert data.X.dtype == np.float64
+    assert data.y[0] == pytest.approx(9.734176431773115)
+
+
+def test_split_is_disjoint_and_covers_every_row():
+    def rows(name):
+        return (DATA / name).read_text().splitlines()[1:]
+
+    parts = [rows(n) for n in ("client1.csv", "client2.csv", "test.csv")]
+    assert sorted(parts[0] + parts[1] + parts[2]) == sorted(rows("insurance.csv"))
+    assert len(parts[2]) == round(0.2 * len(rows("insurance.csv")))
+
+
+def test_other_target_column(tmp_path):
+    data = load_dataset(write(tmp_path, "a,b,y\n1,2,3\n4,5,6\n"), target="a")
+    assert data.feature_names == ("b", "y")
+    assert list(data.y) == [1.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a,b\n1,2\n3,4\n", "no target column 'charges'"),
+        ("a,charges\n1,x\n3,4\n", "line 2, column 'charges': 'x' is not a number"),
+        ("a,charges\n1,2\n,4\n", "line 3, column 'a': empty cell"),
+        ("a,charges\n1,2\n3\n", "line 3 has 1 cells, the header 2"),
+        ("a,charges\n1,nan\n3,4\n", "'nan' is not a finite number"),
+        ("a,charges\n", "no rows"),
+        ("a,charges\n1,2\n", "only one row"),
+        ("", "empty"),
+        ("charges\n1\n2\n", "no feature columns"),
+        ("a,a,charges\n1,2,3\n4,5,6\n", "'a' appears more than once"),
+        (" a,charges\n1,2\n3,4\n", "' a' must be printable, with no spaces around it"),
+        ("a\tb,charges\n1,2\n3,4\n", "'a\\tb' must be printable"),
+        ("x" * 65 + ",charges\n1,2\n3,4\n", "must be 1..64 characters"),
+        ("a,charges\n1,2\n3,4,5\n", "line 3 has 3 cells"),
+        # Lines are the file's own, blank lines counted, so the cell can be found in an editor.
+        ("a,charges\n\n1,2\n\n\n3,x\n", "line 6, column 'charges': 'x' is not a number"),
+        ("\na,charges\n1,2\n3,inf\n", "line 4, column 'charges': 'inf' is not a finite"),
+    ],
+)
+def test_bad_files_are_refused_with_a_clear_error(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(DataError) as caught:
+        load_dataset(path)
+    assert expected in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="no such data file"):
+        load_dataset(tmp_path / "absent.csv")
+
+
+def test_file_that_is_not_text_is_refused(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"a,charges\n1,2\n3,\xff\n")
+    with pytest.raises(DataError, match="not a readable CSV file"):
+        load_dataset(path)
+
+
+def test_columns_are_matched_by_name_not_position(tmp_path):
+    ordered = load_dataset(write(tmp_path, "a,b,charges\n1,2,3\n4,5,6\n"))
+    (tmp_path / "shuffled.csv").write_text("charges,b,a\n3,2,1\n6,5,4\n")
+    shuffled = load_dataset(tmp_path / "shuffled.csv")
+    assert shuffled.feature_names == ("b", "a")
+    aligned = shuffled.in_order(ordered.feature_names)
+    assert aligned.feature_names == ("a", "b")
+    assert np.array_equal(aligned.X, ordered.X) and np.array_equal(aligned.y, ordered.y)
+
+
+def test_a_missing_or_extra_column_is_named(tmp_path):
+    data = load_dataset(write(tmp_path, "a,height,charges\n1,2,3\n4,5,6\n"))
+    with pytest.raises(DataError) as caught:
+        data.in_order(("a", "bmi"))
+    assert "missing 'bmi'; extra 'height'" in str(caught.value)
+
+
+def test_a_wide_file_loads_exactly(tmp_path):
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(50, 300))
+    names = [f"f{i}" for i in range(299)] + ["charges"]
+    lines = [",".join(names)] + [",".join(repr(float(v)) for v in row) for row in values]
+    data = load_dataset(write(tmp_path, "\n".join(lines) + "\n"))
+    assert np.array_equal(data.X, values[:, :-1]) and np.array_equal(data.y, values[:, -1])

@@ -1,0 +1,202 @@
+"""Chain files: exact round trips, crash recovery of a torn last line, and strict reading."""
+
+import json
+from pathlib import Path
+
+import pytest
+from chain_helpers import build_chain
+from processes import run_blockchain_cli
+
+from fedchain.learning.linear_model import LinearModel
+from fedchain.ledger.block import ClientUpdate
+from fedchain.ledger.chain import make_genesis, make_round_block, verify_chain
+from fedchain.ledger.mining import seal
+from fedchain.ledger.store import (
+    ChainFileError,
+    ChainWriter,
+    block_from_json,
+    block_to_json,
+    load_chain,
+)
+
+
+def write_chain(path: Path, blocks: list) -> Path:
+    with ChainWriter(path) as writer:
+        for block in blocks:
+            writer.append(block)
+    return path
+
+
+def test_blocks_round_trip_exactly(tmp_path):
+    blocks = build_chain()
+    loaded = load_chain(write_chain(tmp_path / "chain.jsonl", blocks))
+    assert loaded.dropped_tail is None
+    assert [block_to_json(b) for b in loaded.blocks] == [block_to_json(b) for b in blocks]
+    verify_chain(loaded.blocks)
+
+
+def test_awkward_floats_survive_storage(tmp_path):
+    awkward = [-0.0, 5e-324, 1.7976931348623157e300, 0.1, 1 / 3]
+    genesis = make_genesis(
+        initial_model=LinearModel(awkward, -0.0), feature_names=list("abcde"), difficulty=4
+    )
+    update = ClientUpdate(LinearModel(awkward[::-1], 1e-300), 3)
+    blocks = [genesis, make_round_block(genesis, {"x": update})]
+    loaded = load_chain(write_chain(tmp_path / "chain.jsonl", blocks)).blocks
+    assert loaded[0].server_model == genesis.server_model  # bit for bit: -0.0 stays -0.0
+    assert loaded[1].client_model["x"].model == update.model
+    verify_chain(loaded)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 40, -2])
+def test_a_torn_last_line_is_dropped_and_reported(tmp_path, cut):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain())
+    data = path.read_bytes()
+    last_line = len(data.splitlines()[-1]) + 1
+    keep = len(data) - last_line + (cut if cut > 0 else last_line + cut)
+    path.write_bytes(data[:keep])  # a crash part way through writing the last block
+    loaded = load_chain(path)
+    assert len(loaded.blocks) == 3
+    assert "line 4" in loaded.dropped_tail
+    verify_chain(loaded.blocks)
+    result = run_blockchain_cli("verify", path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == "valid: 3 blocks"
+    assert "unfinished block dropped" in result.stderr
+
+
+def test_a_whole_last_block_without_its_newline_is_kept(tmp_path):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain())
+    path.write_bytes(path.read_bytes()[:-1])
+    loaded = load_chain(path)
+    assert len(loaded.blocks) == 4 and loaded.dropped_tail is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda line: line[: len(line) // 2],  # torn, but not at the end
+        lambda line: b"garbage",
+        lambda line: b"",
+        lambda line: line.replace(b'"nonce":', b'"nonce":"').replace(b',"hash"', b'","hash"'),
+    ],
+)
+def test_damage_before_the_last_line_is_refused_naming_the_block(tmp_path, damage):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain())
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = damage(lines[1])
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(ChainFileError, match=r"line 2 \(block 1\)"):
+        load_chain(path)
+    result = run_blockchain_cli("verify", path)
+    assert result.returncode == 1
+    assert "block 1" in result.stdout
+
+
+def record_of(block) -> dict:
+    return json.loads(block_to_json(block))
+
+
+@pytest.mark.parametrize(
+    ("text_change", "expected"),
+    [
+        (lambda t: t.replace('"bias":0.0', '"bias":0'), "must be a JSON float"),
+        (lambda t: t.replace('"bias":0.0', '"bias":NaN'), "NaN is not a finite number"),
+        (lambda t: t.replace('"bias":0.0', '"bias":1e999'), "finite"),
+        (lambda t: t.replace('"nonce":', '"extra":1,"nonce":'), "unknown field(s) extra"),
+        (lambda t: t.replace('"index":0,', ""), "lacks index"),
+        (lambda t: t.replace('"index":0,', '"index":0,"index":0,'), "repeats a key"),
+        (lambda t: t.replace('"difficulty":8', '"difficulty":true'), "integer"),
+        (lambda t: t.replace('"fedavg"', '"\\ud800"'), "printable"),
+    ],
+)
+def test_reading_is_strict(text_change, expected):
+    text = block_to_json(build_chain(rounds=0)[0])
+    changed = text_change(text)
+    assert changed != text
+    with pytest.raises((ValueError, TypeError)) as caught:
+        block_from_json(changed)
+    assert expected in str(caught.value)
+
+
+def test_a_writer_never_overwrites_an_existing_chain(tmp_path):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="already exists"):
+        ChainWriter(path)
+    assert path.read_bytes() == before
+
+
+def test_show_prints_each_block_for_a_person(tmp_path):
+    blocks = build_chain(rounds=2)
+    path = write_chain(tmp_path / "chain.jsonl", blocks)
+    result = run_blockchain_cli("show", path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "block 0 (genesis)" in out and "block 2 (round)" in out
+    assert "cli1 (535 rows), cli2 (97 rows)" in out
+    assert f"nonce {blocks[2].nonce}" in out and blocks[2].hash[:16] in out
+    assert "server model: bias=" in out and "age=" in out
+    assert out.strip().endswith("valid: 3 blocks")
+
+
+def test_cli_reports_tampering_and_unreadable_files(tmp_path):
+    blocks = build_chain()
+    blocks[2] = seal(
+        blocks[2].__class__(**{**blocks[2].__dict__, "timestamp": blocks[2].timestamp + 1})
+    )
+    path = write_chain(tmp_path / "chain.jsonl", blocks)
+    result = run_blockchain_cli("verify", path)
+    assert result.returncode == 1
+    assert result.stdout.startswith("invalid: block 3: previous_hash")
+    missing = run_blockchain_cli("verify", tmp_path / "absent.jsonl")
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'{"totally": "not a block"}',
+        b"[" * 200_000,
+        b"garbage",
+        b'{"version":1}',
+        b'{"version":1}HELLO',
+    ],
+)
+def test_a_last_line_that_is_not_a_cut_off_block_is_damage_not_a_tear(tmp_path, tail):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))
+    path.write_bytes(path.read_bytes() + tail)
+    with pytest.raises(ChainFileError, match=r"line 3 \(block 2\)"):
+        load_chain(path)
+    result = run_blockchain_cli("verify", path)
+    assert result.returncode == 1 and "block 2" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_verify_can_require_a_minimum_difficulty(tmp_path):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))  # mined at 8 bits
+    assert run_blockchain_cli("verify", path, "--min-difficulty", "8").returncode == 0
+    result = run_blockchain_cli("verify", path, "--min-difficulty", "9")
+    assert result.returncode == 1
+    assert result.stdout.strip() == "invalid: block 0: difficulty 8 is below the required 9"
+
+
+def test_a_tear_inside_a_multibyte_character_is_still_a_tear(tmp_path):
+    genesis = make_genesis(initial_model=LinearModel.zeros(1), feature_names=["é"], difficulty=4)
+    block = make_round_block(genesis, {"clié": ClientUpdate(LinearModel([1.0], 0.0), 3)})
+    path = write_chain(tmp_path / "chain.jsonl", [genesis, block])
+    data = path.read_bytes()
+    cut = data.rindex("clié".encode()) + len("cli") + 1  # between the two bytes of "é"
+    path.write_bytes(data[:cut])
+    loaded = load_chain(path)
+    assert len(loaded.blocks) == 1 and "line 2" in loaded.dropped_tail
+
+
+def test_a_whole_last_line_damaged_in_the_middle_is_not_taken_for_a_tear(tmp_path):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))
+    data = bytearray(path.read_bytes()[:-1])  # no newline at the end, as after a crash
+    middle = data.rindex(b'"timestamp":') + len(b'"timestamp":') + 3
+    data[middle : middle + 1] = b"Z"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChainFileError, match=r"line 2 \(block 1\)"):
+        load_chain(path)
