@@ -148,3 +148,22 @@ def _parse_cell(where: str, cell: str) -> float:
     if not math.isfinite(value):
         raise DataError(f"{where}: {cell[:40]!r} is not a finite number")
     return value
+
+
+def save_dataset(
+    data: Dataset,
+    path: str | Path,
+    *,
+    target: str = settings.TARGET,
+    significant_digits: int = 17,
+) -> None:
+    """Write DATA to PATH as load_dataset reads it: the features, then the TARGET column.
+
+    17 significant digits read back as the same bits; fewer round the values, as measured data
+    usually is, for a smaller file.
+    """
+    header = ",".join([*data.feature_names, target])
+    values = np.column_stack([data.X, data.y])
+    np.savetxt(
+        path, values, fmt=f"%.{significant_digits}g", delimiter=",", header=header, comments=""
+    )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from processes import ROOT
 
-from fedchain.learning.dataset import DataError, load_dataset
+from fedchain.learning.dataset import DataError, load_dataset, save_dataset
 
 DATA = ROOT / "data"
 
@@ -107,3 +107,11 @@ def test_a_wide_file_loads_exactly(tmp_path):
     lines = [",".join(names)] + [",".join(repr(float(v)) for v in row) for row in values]
     data = load_dataset(write(tmp_path, "\n".join(lines) + "\n"))
     assert np.array_equal(data.X, values[:, :-1]) and np.array_equal(data.y, values[:, -1])
+
+
+def test_a_saved_dataset_loads_back_bit_for_bit(tmp_path):
+    data = load_dataset(DATA / "client1.csv")
+    save_dataset(data, tmp_path / "copy.csv")
+    again = load_dataset(tmp_path / "copy.csv")
+    assert again.feature_names == data.feature_names
+    assert np.array_equal(again.X, data.X) and np.array_equal(again.y, data.y)
