@@ -16,8 +16,8 @@ DIFFICULTY_BITS = 18  # about a quarter of a second of mining a block here
 TARGET = "charges"  # the bundled data's target column: ln(yearly medical charges)
 
 # Local training (a client's own settings; they do not change what a verifier checks).
-GENERATIONS = 150
-POPULATION = 40
+GENERATIONS = 300
+POPULATION = 24
 
 # Waits. Every one is bounded; the flag that sets each is named where it runs out.
 ROUND_TIMEOUT_S = 60.0  # the server's wait for every client's update in a round

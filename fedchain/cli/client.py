@@ -34,7 +34,8 @@ def parse_args(
     flag("--seed", type=integer_in(0), default=None,
          help="the local search's seed (%(default)s: the run's, sent by the server)")  # fmt: skip
     flag("--generations", type=integer_in(1), default=settings.GENERATIONS,
-         help="GA generations per round")  # fmt: skip
+         help="most GA generations a round, per block of up to 64 genes "
+              "(the search stops sooner once converged)")  # fmt: skip
     flag("--population", type=integer_in(4), default=settings.POPULATION,
          help="GA population size")  # fmt: skip
     flag("--replica", type=Path, default=None,

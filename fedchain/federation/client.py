@@ -14,8 +14,13 @@ from pathlib import Path
 
 from fedchain import settings
 from fedchain.learning.dataset import DataError, Dataset
-from fedchain.learning.linear_model import LinearModel, mse
-from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
+from fedchain.learning.linear_model import LinearModel
+from fedchain.learning.local_training import (
+    LocalProblem,
+    derive_seed,
+    proximal_weight,
+    train_and_score,
+)
 from fedchain.ledger.block import Block, ClientUpdate
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.store import ChainWriter, block_from_json
@@ -152,18 +157,18 @@ class FederatedClient:
             raise ClientFailed(f"the global model for round {index} is not the one on the chain")
         started = time.perf_counter()
         try:
-            trained = train_locally(
+            result = train_and_score(
                 self.problem,
                 received,
                 seed=derive_seed(self.seed, self.name, index),
                 generations=self.generations,
                 population=self.population,
+                proximal=proximal_weight(index),
             )
         except ValueError as error:
             raise ClientFailed(f"cannot train round {index}'s global model: {error}") from None
         train_s = time.perf_counter() - started
-        before = mse(received, self.data.X, self.data.y)
-        after = mse(trained, self.data.X, self.data.y)
+        trained, before, after = result.model, result.received_mse, result.trained_mse
         self.say(
             f"round {index}: trained in {train_s:.2f} s, local MSE {before:.4f} -> {after:.4f}"
         )

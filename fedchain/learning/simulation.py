@@ -5,14 +5,22 @@ order (clients sorted by name), so for the same inputs they give bit-identical m
 and the benchmark lean on that.
 """
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from fedchain import settings
 from fedchain.learning.aggregation import fedavg
 from fedchain.learning.dataset import Dataset
 from fedchain.learning.linear_model import LinearModel
-from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
+from fedchain.learning.local_training import (
+    LocalProblem,
+    derive_seed,
+    proximal_weight,
+    train_locally,
+)
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,7 @@ class SimulatedRound:
     index: int
     client_models: dict[str, LinearModel]
     global_model: LinearModel
+    train_s: dict[str, float]  # each client's local training time, as the network run reports
 
 
 def simulate(
@@ -37,16 +46,27 @@ def simulate(
     global_model = LinearModel.zeros(n_features)
     history = []
     for index in range(1, rounds + 1):
-        client_models = {
-            name: train_locally(
+        client_models, train_s = {}, {}
+        for name in names:
+            started = time.perf_counter()
+            client_models[name] = train_locally(
                 problems[name],
                 global_model,
                 seed=derive_seed(run_seed, name, index),
                 generations=generations,
                 population=population,
+                proximal=proximal_weight(index),
             )
-            for name in names
-        }
+            train_s[name] = time.perf_counter() - started
         global_model = fedavg([(client_models[n], datasets[n].n_samples) for n in names])
-        history.append(SimulatedRound(index, client_models, global_model))
+        history.append(SimulatedRound(index, client_models, global_model, train_s))
     return history
+
+
+def split_rows(data: Dataset, n_clients: int) -> dict[str, Dataset]:
+    """DATA's rows in N_CLIENTS consecutive shards of near-equal size, named cli01, cli02, ..."""
+    width = len(str(n_clients))
+    return {
+        f"cli{i + 1:0{width}d}": Dataset(data.feature_names, data.X[rows], data.y[rows])
+        for i, rows in enumerate(np.array_split(np.arange(data.n_samples), n_clients))
+    }
