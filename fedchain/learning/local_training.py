@@ -52,8 +52,11 @@ class LocalProblem:
 
     @classmethod
     def from_data(cls, X: np.ndarray, y: np.ndarray) -> "LocalProblem":
-        X = np.asarray(X, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
+        # Row-major, whatever the caller holds (pandas hands over columns): numpy sums a column
+        # of a column-major array in an order that depends on where it sits in memory, and the
+        # networked client must get the same bits as the simulation.
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        y = np.ascontiguousarray(y, dtype=np.float64)
         n = len(y)
         seen = ~np.equal(X, X[0]).all(axis=0)
         # Equal columns are one column to these rows: the search moves their weights together,
