@@ -246,6 +246,7 @@ def connect(host: str, port: int, *, within_s: float, timeout_s: float) -> socke
             time.sleep(RETRY_INTERVAL_S)
             continue
         sock.settimeout(timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each message is one sendall
         return sock
 
 
