@@ -23,7 +23,9 @@ from fedchain.learning.linear_model import LinearModel, mse
 RANK_TOLERANCE = 1e-10
 # Stop once the estimated excess MSE left is below this fraction of the excess that sampling noise
 # puts into even an exact fit of the client's rows (MSE x (rank + 1) / rows): searching further
-# than the rows can tell buys nothing.
+# than the rows can tell buys nothing. (A block judges by the MSE with the other blocks as they
+# stand, which in round 1 is still above the final one: its first blocks stop a little early,
+# and the next rounds, which start near the fit, make up for it.)
 TOLERANCE = 3e-3
 PROXIMAL_WEIGHT = 1.0  # from round 2, in units of the client's standardised curvature
 BLOCK_GENES = 64  # the most genes one PyGAD run searches; PyGAD's bookkeeping costs per gene
@@ -240,7 +242,8 @@ class _Whitening:
             c = (self.received.bias + w @ p.x_mean - p.y_mean) / p.y_scale
             offset = p.t_square - 2.0 * (p.moment @ v) + (p.curvature * v) @ v
             gradient = np.append((p.curvature * v - p.moment) * self.stretch, 0.0)
-        if not (np.isfinite(offset + c * c) and np.all(np.isfinite(gradient))):
+            finite = np.isfinite(offset + c * c) and np.all(np.isfinite(gradient))
+        if not finite:
             raise ValueError("the received model is too large to evaluate on these rows")
         return _Bowl(float(offset), gradient, np.append(np.zeros(p.rank), c))
 

@@ -178,3 +178,12 @@ def test_the_rows_memory_layout_does_not_change_a_bit():
         assert np.array_equal(getattr(by_rows, field), getattr(by_columns, field))
     start = LinearModel.zeros(12)
     assert train_locally(by_rows, start, seed=3) == train_locally(by_columns, start, seed=3)
+
+
+def test_rows_that_see_no_column_fit_only_the_intercept():
+    X = np.tile([1.0, -2.0, 0.5], (40, 1))
+    y = np.random.default_rng(0).normal(3.0, 1.0, 40)
+    received = LinearModel(np.array([0.3, -0.0, 7.0]), 0.0)
+    trained = train_locally(LocalProblem.from_data(X, y), received, seed=0)
+    assert trained.weights.tobytes() == received.weights.tobytes()
+    assert mse(trained, X, y) == pytest.approx(np.var(y), rel=1e-6)
