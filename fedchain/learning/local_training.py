@@ -170,7 +170,8 @@ def train_and_score(
     whitening = _Whitening(problem, received, 1.0 / np.sqrt(problem.curvature + proximal))
     bowl = whitening.bowl()
     genes = bowl.start.copy()
-    # The noise floor of the client's own exact fit, per gene: what a search need not beat.
+    # Sampling noise puts MSE x genes / rows into even an exact fit; a block of genes may stop
+    # at TOLERANCE of its share of that.
     tolerance_per_gene = tolerance / len(problem.y)
     # A whitened bowl is a sum of independent one-gene bowls, so blocks of genes can be searched
     # one after another (cooperative coevolution, Potter and De Jong 1994) at no loss, and short
