@@ -29,25 +29,42 @@ GENESIS = make_genesis(
 
 
 class FakeServer:
-    """Serves one client with SCRIPT(conn) after reading its registration, on a free port."""
+    """Serves one client with SCRIPT(conn) after reading its registration, on a free port.
+
+    The script runs in a thread, where a failed assertion would go unseen: finish() re-raises
+    it in the test."""
 
     def __init__(self, script) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(30)
         self.port = self.listener.getsockname()[1]
         self.script = script
+        self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
-        with self.listener, contextlib.suppress(OSError, ConnectionClosed):
-            conn, _ = self.listener.accept()
-            with conn:  # the client hangs up as soon as it refuses: that ends the script
-                conn.settimeout(30)
-                assert receive(conn)["type"] == "register"
-                self.script(conn)
-                with contextlib.suppress(TimeoutError):
-                    conn.recv(1)  # wait for the client to close
+        try:
+            with (
+                self.listener,
+                contextlib.suppress(ConnectionClosed, ConnectionResetError, BrokenPipeError),
+            ):
+                conn, _ = self.listener.accept()
+                with conn:  # the client hangs up as soon as it refuses: that ends the script
+                    conn.settimeout(30)
+                    assert receive(conn)["type"] == "register"
+                    self.script(conn)
+                    with contextlib.suppress(TimeoutError):
+                        conn.recv(1)  # wait for the client to close
+        except BaseException as error:  # handed to the test's thread by finish()
+            self.failure = error
+
+    def finish(self) -> None:
+        """Wait for the script to end; raise whatever failed in it."""
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "the fake server's script did not end"
+        if self.failure is not None:
+            raise self.failure
 
 
 def welcome(conn, genesis=GENESIS) -> None:
@@ -142,7 +159,7 @@ def test_the_client_refuses_a_lying_server(programs, tmp_path, lie):
     assert expected in client.output
     assert "Traceback" not in client.output
     assert not (tmp_path / "pwned-by-fake-server").exists()
-    server.thread.join(timeout=30)
+    server.finish()
 
 
 def test_a_server_that_trickles_a_message_cannot_hold_the_client_past_its_timeout(
@@ -161,3 +178,4 @@ def test_a_server_that_trickles_a_message_cannot_hold_the_client_past_its_timeou
     )  # fmt: skip
     assert client.finish(timeout_s=20) == 1
     assert "no word from the server within 3 s (--timeout-s)" in client.output
+    server.finish()

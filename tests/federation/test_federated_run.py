@@ -1,5 +1,6 @@
 """The federated run end to end: a real server and real clients on 127.0.0.1."""
 
+import contextlib
 import socket
 from pathlib import Path
 
@@ -47,23 +48,28 @@ def test_a_networked_run_gives_the_simulated_models_and_identical_replicas(progr
     assert "global test MSE" in server.output
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@contextlib.contextmanager
+def reserved_port():
+    """A loopback port held for the server until it listens: bound here with SO_REUSEADDR but
+    never listening, so clients are refused (and retry) while no other program can take it;
+    the server's own bind, also with SO_REUSEADDR, shares it."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
 
 
 def test_clients_started_before_the_server_wait_for_it(programs, tmp_path):
-    port = free_port()  # the clients must be told a port before the server exists
-    clients = [
-        programs("client1.py", *client_args("cli1", port, tmp_path)),
-        programs("client2.py", *client_args("cli2", port, tmp_path)),
-    ]
-    server = programs(
-        "server.py", "--port", port, "--chain", tmp_path / "chain.jsonl",
-        "--difficulty", "8", "--rounds", ROUNDS,
-    )  # fmt: skip
-    server.wait_for(f"listening on 127.0.0.1:{port}")
+    with reserved_port() as port:  # the clients must be told a port before the server exists
+        clients = [
+            programs("client1.py", *client_args("cli1", port, tmp_path)),
+            programs("client2.py", *client_args("cli2", port, tmp_path)),
+        ]
+        server = programs(
+            "server.py", "--port", port, "--chain", tmp_path / "chain.jsonl",
+            "--difficulty", "8", "--rounds", ROUNDS,
+        )  # fmt: skip
+        server.wait_for(f"listening on 127.0.0.1:{port}")
     check_finished_run(tmp_path, server, clients)
 
 

@@ -30,14 +30,24 @@ def test_mined_blocks_meet_their_target_and_the_chain_verifies():
     assert blocks[0].cli == () and blocks[1].cli == ("cli1", "cli2")
 
 
-@pytest.mark.parametrize("difficulty", [0, 1, 12])
+@pytest.mark.parametrize("difficulty", [0, 1, 12, 17])
 def test_mining_finds_the_first_nonce_that_meets_the_target(difficulty):
     digest = bytes(range(32))
     nonce, hash_hex = mine(digest, difficulty)
-    assert meets_difficulty(hash_hex, difficulty)
+    assert hash_hex == compute_hash_for(digest, nonce)
+    assert int(hash_hex, 16) < 2 ** (256 - difficulty)
+    # Every earlier nonce misses the target; at 17 bits the search crosses the miner's
+    # 65,536-nonce boundary, where it moves to the next prepared hash state.
     for earlier in range(nonce):
-        other = compute_hash_for(digest, earlier)
-        assert not meets_difficulty(other, difficulty)
+        assert int(compute_hash_for(digest, earlier), 16) >= 2 ** (256 - difficulty)
+    assert (nonce == 0) == (difficulty == 0)
+
+
+def test_meets_difficulty_reads_the_hash_as_a_256_bit_number():
+    assert meets_difficulty("0" * 4 + "f" * 60, 16)
+    assert not meets_difficulty("0" * 3 + "1" + "f" * 60, 16)
+    assert meets_difficulty("0" * 3 + "1" + "f" * 60, 15)
+    assert meets_difficulty("f" * 64, 0)
 
 
 def compute_hash_for(digest: bytes, nonce: int) -> str:
