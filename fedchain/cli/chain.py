@@ -17,9 +17,7 @@ EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="blockchain.py", description="Show or verify a chain file of a federated run."
-    )
+    parser = argparse.ArgumentParser(description="Show or verify a chain file of a federated run.")
     parser.add_argument("command", choices=["show", "verify"])
     parser.add_argument("path", help="a chain file (JSON Lines)")
     parser.add_argument(

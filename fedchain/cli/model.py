@@ -15,7 +15,6 @@ EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="model.py",
         description="Print the global model of a chain's round (default: the last), "
         "after verifying the chain.",
     )

@@ -19,7 +19,6 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="server.py",
         description="The federated server: averages the clients' models, round by round, "
         "and records every round on a proof-of-work chain.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
