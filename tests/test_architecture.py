@@ -17,9 +17,10 @@ ALLOWED = {
     "settings": set(),
     "learning": {"checks", "settings"},
     "wire": {"checks"},  # the protocol holds no command-line defaults
-    "ledger": {"checks", "learning"},
-    "federation": {"checks", "settings", "learning", "ledger", "wire"},
-    "cli": {"checks", "settings", "learning", "ledger", "wire", "federation"},
+    "trust": {"checks", "settings"},
+    "ledger": {"checks", "learning", "trust"},
+    "federation": {"checks", "settings", "learning", "ledger", "wire", "trust"},
+    "cli": {"checks", "settings", "learning", "ledger", "wire", "trust", "federation"},
 }
 
 

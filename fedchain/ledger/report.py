@@ -1,10 +1,11 @@
 """A chain shown to a person: a few lines a block, and the verdict of verification."""
 
+import enum
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from fedchain.ledger.block import Block
-from fedchain.ledger.chain import verify_chain
+from fedchain.ledger.chain import Chain, verify_chain
 from fedchain.ledger.verification import ChainError
 
 SHOWN_WEIGHTS = 16  # per block; a wide model would otherwise bury the rest
@@ -32,21 +33,52 @@ def format_block(block: Block) -> str:
     )
 
 
+class Verdict(enum.Enum):
+    VALID = "valid"  # and, for a signed chain, complete: every planned round and the closing
+    INCOMPLETE = "incomplete"  # valid so far, but the run it records did not finish
+    INVALID = "invalid"
+
+
 def report_chain(
     blocks: Sequence[Block],
     say: Callable[[str], None],
     *,
     show_blocks: bool = True,
     min_difficulty: int = 0,
-) -> bool:
-    """Print the blocks (if asked) and the verification result; return whether it is valid."""
+) -> Verdict:
+    """Print the blocks (if asked), who signed and attested each, and the verdict."""
     if show_blocks:
         for block in blocks:
             say(format_block(block))
     try:
-        verify_chain(blocks, min_difficulty=min_difficulty)
+        chain = verify_chain(blocks, min_difficulty=min_difficulty)
     except ChainError as error:
         say(f"invalid: {error}")
-        return False
-    say(f"valid: {len(blocks)} blocks")
-    return True
+        return Verdict.INVALID
+    count = f"{len(blocks)} block{'s' if len(blocks) != 1 else ''}"
+    if not chain.genesis.signed:
+        say(f"valid: {count} (format 1: unsigned, so no contribution is attributable)")
+        return Verdict.VALID
+    for block in chain.blocks:
+        say(describe_signatures(chain, block))
+    planned, done = chain.planned_rounds, chain.rounds_done
+    if not chain.closed:
+        say(f"incomplete: {count} verify, but the run planned {planned} rounds and holds {done}")
+        return Verdict.INCOMPLETE
+    say(f"valid: {count}; the run is complete ({done} of {planned} rounds)")
+    return Verdict.VALID
+
+
+def describe_signatures(chain: Chain, block: Block) -> str:
+    """One line: who signed BLOCK's contents, and which clients attested it afterwards."""
+    if block.index == 0:
+        what = f"genesis, signed by the server {block.run.server_key[:16]}…, admits "
+        what += ", ".join(sorted(block.run.participants))
+    elif block.cli:
+        what = "updates signed by " + ", ".join(block.cli)
+    else:
+        what = "closes the run"
+    attesters = chain.attesters(block.index)
+    if attesters:
+        return f"block {block.index}: {what}; attested by {', '.join(attesters)}"
+    return f"block {block.index}: {what}" + ("" if chain.closed else "; not attested yet")

@@ -11,12 +11,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import Block, ClientUpdate
+from fedchain.ledger.block import (
+    FORMAT_SIGNED,
+    Block,
+    ClientUpdate,
+    RunRecord,
+    TrainingSettings,
+)
 
 _BLOCK_KEYS = {
     "version", "index", "timestamp", "previous_hash", "difficulty", "feature_names",
     "aggregation", "cli", "client_model", "server_model", "nonce", "hash",
 }  # fmt: skip
+_SIGNED_BLOCK_KEYS = _BLOCK_KEYS | {"run", "attestations", "server_signature"}
+_UPDATE_KEYS = {"weights", "bias", "n_samples"}
+_SIGNED_UPDATE_KEYS = _UPDATE_KEYS | {"training", "signature"}
+_TRAINING_KEYS = {"seed", "generations", "population"}
+_RUN_KEYS = {"rounds", "seed", "server_key", "participants"}
 
 
 class ChainFileError(ValueError):
@@ -40,14 +51,19 @@ def block_to_json(block: Block) -> str:
         "feature_names": list(block.feature_names),
         "aggregation": block.aggregation,
         "cli": list(block.cli),
-        "client_model": {
-            name: {**_model_to_record(u.model), "n_samples": u.n_samples}
-            for name, u in ((name, block.client_model[name]) for name in block.cli)
-        },
+        "client_model": {name: _update_to_record(block.client_model[name]) for name in block.cli},
         "server_model": _model_to_record(block.server_model),
         "nonce": block.nonce,
         "hash": block.hash,
     }
+    if block.signed:
+        run = block.run
+        record["run"] = None if run is None else {
+            "rounds": run.rounds, "seed": run.seed, "server_key": run.server_key,
+            "participants": dict(sorted(run.participants.items())),
+        }  # fmt: skip
+        record["attestations"] = dict(sorted(block.attestations.items()))
+        record["server_signature"] = block.server_signature
     # repr-style floats round-trip exactly; allow_nan=False is a second guard behind LinearModel.
     return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
@@ -60,15 +76,21 @@ def block_from_json(line: str) -> Block:
         )
     except RecursionError:
         raise ValueError("nested too deeply to be a block") from None
-    _expect_keys("block", record, _BLOCK_KEYS)
-    client_model = {}
-    for name, entry in _typed("client_model", record["client_model"], dict).items():
-        _expect_keys(f"client_model[{name!r}]", entry, {"weights", "bias", "n_samples"})
-        client_model[name] = ClientUpdate(
-            _model_from_record(f"client_model[{name!r}]", entry), entry["n_samples"]
-        )
+    if not isinstance(record, dict):
+        raise TypeError("a block must be a JSON object")
+    signed = record.get("version") == FORMAT_SIGNED
+    _expect_keys("block", record, _SIGNED_BLOCK_KEYS if signed else _BLOCK_KEYS)
+    client_model = {
+        name: _update_from_record(f"client_model[{name!r}]", entry, signed)
+        for name, entry in _typed("client_model", record["client_model"], dict).items()
+    }
     server = _typed("server_model", record["server_model"], dict)
     _expect_keys("server_model", server, {"weights", "bias"})
+    extra = {}
+    if signed:
+        extra["run"] = None if record["run"] is None else _run_from_record(record["run"])
+        extra["attestations"] = _typed("attestations", record["attestations"], dict)
+        extra["server_signature"] = _typed("server_signature", record["server_signature"], str)
     return Block(
         version=record["version"],
         index=record["index"],
@@ -82,6 +104,44 @@ def block_from_json(line: str) -> Block:
         server_model=_model_from_record("server_model", server),
         nonce=record["nonce"],
         hash=_typed("hash", record["hash"], str),
+        **extra,
+    )
+
+
+def _update_to_record(update: ClientUpdate) -> dict:
+    record = {**_model_to_record(update.model), "n_samples": update.n_samples}
+    if update.signed:
+        training = update.training
+        record["training"] = {
+            "seed": training.seed, "generations": training.generations,
+            "population": training.population,
+        }  # fmt: skip
+        record["signature"] = update.signature
+    return record
+
+
+def _update_from_record(where: str, entry: object, signed: bool) -> ClientUpdate:
+    _expect_keys(where, entry, _SIGNED_UPDATE_KEYS if signed else _UPDATE_KEYS)
+    model = _model_from_record(where, entry)
+    if not signed:
+        return ClientUpdate(model, entry["n_samples"])
+    training = entry["training"]
+    _expect_keys(f"{where}.training", training, _TRAINING_KEYS)
+    return ClientUpdate(
+        model,
+        entry["n_samples"],
+        training=TrainingSettings(**training),
+        signature=_typed(f"{where}.signature", entry["signature"], str),
+    )
+
+
+def _run_from_record(record: object) -> RunRecord:
+    _expect_keys("run", record, _RUN_KEYS)
+    return RunRecord(
+        rounds=record["rounds"],
+        seed=record["seed"],
+        server_key=_typed("run.server_key", record["server_key"], str),
+        participants=_typed("run.participants", record["participants"], dict),
     )
 
 

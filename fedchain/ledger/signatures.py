@@ -1,0 +1,56 @@
+"""What each participant signs, as fixed bytes, and the signing and checking of it.
+
+Every message starts with its own domain tag, so a signature made for one purpose (an update, an
+attestation, a block) can never pass as another; and each binds the chain's genesis and the round,
+so a signed update replayed into another round, another chain or under another name fails.
+"""
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedchain.ledger.block import Block, ClientUpdate
+from fedchain.ledger.encoding import U64, pack_hex, pack_model, pack_string
+from fedchain.trust.keys import sign, verify_signature
+
+
+def update_message(
+    *, genesis_hash: str, index: int, previous_hash: str, name: str, update: ClientUpdate
+) -> bytes:
+    """The bytes a client signs for its update to round INDEX."""
+    training = update.training
+    return b"".join(
+        [
+            b"fedchain update v2\0",
+            pack_hex(genesis_hash),
+            U64.pack(index),
+            pack_hex(previous_hash),
+            pack_string(name),
+            U64.pack(update.n_samples),
+            pack_model(update.model),
+            U64.pack(training.seed),
+            U64.pack(training.generations),
+            U64.pack(training.population),
+        ]
+    )
+
+
+def attestation_message(*, genesis_hash: str, block: Block) -> bytes:
+    """The bytes a client signs to say it has verified BLOCK."""
+    return b"".join(
+        [b"fedchain attestation v2\0", pack_hex(genesis_hash), U64.pack(block.index),
+         pack_hex(block.hash)]
+    )  # fmt: skip
+
+
+def block_message(block_hash: str) -> bytes:
+    """The bytes the server signs for a block: its hash, which covers everything else."""
+    return b"fedchain block v2\0" + pack_hex(block_hash)
+
+
+def sign_hex(key: Ed25519PrivateKey, message: bytes) -> str:
+    """KEY's signature over MESSAGE, as it is stored: 128 hex digits."""
+    return sign(key, message).hex()
+
+
+def signature_holds(public_key: str, signature: str, message: bytes) -> bool:
+    """True if SIGNATURE (hex) is PUBLIC_KEY's over MESSAGE."""
+    return verify_signature(public_key, bytes.fromhex(signature), message)
