@@ -17,7 +17,7 @@ ALLOWED = {
     "settings": set(),
     "learning": {"checks", "settings"},
     "wire": {"checks"},  # the protocol holds no command-line defaults
-    "trust": {"checks", "settings"},
+    "trust": {"checks", "settings"},  # keys, TLS and logins know nothing of models or chains
     "ledger": {"checks", "learning", "trust"},
     "federation": {"checks", "settings", "learning", "ledger", "wire", "trust"},
     "cli": {"checks", "settings", "learning", "ledger", "wire", "trust", "federation"},
