@@ -13,6 +13,9 @@ from fedchain.federation.server import ChainUnavailable, FederationServer, RunAb
 from fedchain.learning.dataset import DataError, load_dataset
 from fedchain.ledger.report import report_chain
 from fedchain.ledger.store import ChainFileError, load_chain
+from fedchain.trust.authorized import load_authorized_keys
+from fedchain.trust.errors import TrustError
+from fedchain.trust.keys import load_or_create_key, public_hex
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -40,11 +43,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
          help="how long to wait for the clients to join")  # fmt: skip
     flag("--register-timeout-s", type=seconds, default=settings.REGISTER_TIMEOUT_S,
          help="how long a new connection may take to register")  # fmt: skip
+    flag("--key", type=Path, default=settings.SERVER_KEY_PATH,
+         help="the server's Ed25519 key; made on first run, private to its owner")  # fmt: skip
+    flag("--show-key", action="store_true", help="print the public key as 64 hex digits, exit")
+    flag("--authorized-keys", type=Path, default=None,
+         help="who may join: one 'NAME HEX' a line (default: open enrolment)")  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        key, created = load_or_create_key(args.key)
+        authorized = load_authorized_keys(args.authorized_keys) if args.authorized_keys else None
+    except (TrustError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.show_key:
+        say(public_hex(key))
+        return EXIT_OK
     try:
         test_data = load_dataset(args.test, target=args.target) if args.test else None
     except DataError as error:
@@ -69,7 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with listener:
         host, port_number = listener.getsockname()[:2]
         say(listening_line(host, port_number))  # first: tests and demo.py read the port from it
-        server = FederationServer(listener, args.chain, say)
+        made = "made now in" if created else "from"
+        say(f"server key {public_hex(key)} ({made} {args.key})")
+        server = FederationServer(listener, args.chain, say, key=key)
+        server.authorized_keys = authorized
         server.n_clients = args.clients
         server.rounds = args.rounds
         server.difficulty_bits = args.difficulty

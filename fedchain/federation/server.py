@@ -1,27 +1,40 @@
 """The server's side of a federated run: admit the clients, then round by round send the global
 model, collect the clients' trained models, average them, and append the round to the chain.
 
-One thread and a selector. The server only ever reads what has already arrived and lets the
-protocol assemble frames, so a peer that is silent, slow or stuck half-way through a message holds
-up nobody, and every wait has a deadline.
+One thread and a selector. Every connection is TLS 1.3 with a certificate made from the server's
+key; a client proves its own key by signing a fresh challenge. The server only ever reads what has
+already arrived (the handshake included) and lets the protocol assemble frames, so a peer that is
+silent, slow or stuck half-way through a message holds up nobody, and every wait has a deadline.
 """
 
 import contextlib
 import math
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedchain import settings
 from fedchain.checks import printable
 from fedchain.learning.dataset import Dataset, column_difference
 from fedchain.learning.linear_model import LinearModel, mse
-from fedchain.ledger.block import Block, ClientUpdate
-from fedchain.ledger.chain import Chain, make_genesis, make_round_block
+from fedchain.ledger.block import Block, ClientUpdate, RunRecord, TrainingSettings
+from fedchain.ledger.chain import Chain, make_closing_block, make_genesis, make_round_block
+from fedchain.ledger.signatures import (
+    attestation_message,
+    signature_holds,
+    update_message,
+)
 from fedchain.ledger.store import ChainWriter, block_to_json
+from fedchain.ledger.verification import ChainError
+from fedchain.trust.handshake import new_challenge, verify_login
+from fedchain.trust.keys import public_hex
+from fedchain.trust.tls import server_context
 from fedchain.wire.frames import FrameReader, send_message
 from fedchain.wire.messages import ProtocolError
 
@@ -40,11 +53,13 @@ class ChainUnavailable(RunAborted):
 class _Connection:
     """A peer's socket, the messages it has sent so far, and (once registered) who it is."""
 
-    sock: socket.socket
+    sock: ssl.SSLSocket  # non-blocking, but for the moments a message is sent
     address: str
     reader: FrameReader
     connected_at: float
+    challenge: bytes = b""  # sent once the TLS handshake is done; empty until then
     name: str = ""
+    public_key: str = ""
     n_samples: int = 0
     inbox: list[dict] = field(default_factory=list)
 
@@ -66,16 +81,28 @@ class FederationServer:
     # The features a run expects, in the order its weights take. Empty: the first client to
     # join sets them (taken from test_data when that is given).
     feature_names: tuple[str, ...] = ()
+    # Who may join: name -> public key. None: open enrolment, where any key may join and each
+    # name stays bound to the first key it joined with.
+    authorized_keys: dict[str, str] | None = None
 
     def __init__(
-        self, listener: socket.socket, chain_path: Path, say: Callable[[str], None]
+        self,
+        listener: socket.socket,
+        chain_path: Path,
+        say: Callable[[str], None],
+        *,
+        key: Ed25519PrivateKey,
     ) -> None:
         self.listener = listener
         self.chain_path = chain_path
         self.say = say
+        self.key = key
+        self.public_key = public_hex(key)
+        self.tls = server_context(key)
         self.peers: list[_Connection] = []
         self.waiting: list[_Connection] = []
         self.run_features: tuple[str, ...] = ()  # fixed for the run once known
+        self.bound_keys: dict[str, str] = {}  # open enrolment: each name's first key
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, data=None)
 
@@ -83,10 +110,13 @@ class FederationServer:
         """Admit the clients and run every round; return the chain. Raises RunAborted."""
         try:
             self._admit()
+            participants = {peer.name: peer.public_key for peer in self.peers}
             genesis = make_genesis(
                 initial_model=LinearModel.zeros(len(self.run_features)),
                 feature_names=self.run_features,
                 difficulty=self.difficulty_bits,
+                run=RunRecord(self.rounds, self.seed, self.public_key, participants),
+                server_key=self.key,
             )
             # The file is made only now, so a run that never starts leaves nothing in the way.
             try:
@@ -105,6 +135,7 @@ class FederationServer:
                 )
                 for index in range(1, self.rounds + 1):
                     self._run_round(index, chain)
+                self._close_run(chain)
             for peer in self.peers:
                 self.send(peer, {"type": "done", "blocks": len(chain.blocks)})
             return chain.blocks
@@ -149,10 +180,17 @@ class FederationServer:
         """Wait for n_clients to register; refuse (and keep waiting past) any bad newcomer."""
         if self.feature_names:
             self._fix_features(self.feature_names, "the test data")
+        if self.authorized_keys is None:
+            self.say(
+                "open enrolment: any key may join (--authorized-keys limits who may); "
+                "each name stays bound to the key it first joins with"
+            )
 
         def handle(connection: _Connection | None) -> None:
             if connection is None:
                 self._accept_newcomer()
+            elif not connection.challenge:
+                self._shake_hands(connection)
             elif connection in self.waiting:
                 self._hear_newcomer(connection)
             else:
@@ -190,6 +228,26 @@ class FederationServer:
         self.waiting.append(connection)
         self.selector.register(connection.sock, selectors.EVENT_READ, data=connection)
 
+    def _shake_hands(self, connection: _Connection) -> None:
+        """Take the TLS handshake one step further; once done, send the login challenge."""
+        try:
+            connection.sock.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # the peer's next flight has not arrived yet
+        except (ssl.SSLError, OSError) as error:
+            reason = getattr(error, "reason", None) or str(error) or type(error).__name__
+            self._drop(connection, f"no TLS 1.3 handshake ({reason})")
+            return
+        connection.challenge = new_challenge()
+        try:
+            self._send_now(
+                connection.sock, {"type": "challenge", "challenge": connection.challenge}
+            )
+        except OSError as error:
+            self._drop(connection, f"it left during the login ({error})")
+            return
+        self._hear_newcomer(connection)  # the registration may already wait inside TLS
+
     def _hear_newcomer(self, connection: _Connection) -> None:
         try:
             messages = connection.reader.receive(connection.sock)
@@ -223,14 +281,36 @@ class FederationServer:
         if len(self.peers) >= self.n_clients:
             raise _Refusal(self._full())
         name, features = message["name"], tuple(message["feature_names"])
+        key = message["public_key"]
+        # The login signs this connection's challenge and this server's key: a recorded login
+        # cannot be replayed here, nor one made for another server relayed to this one.
+        if not verify_login(key, message["login_signature"], self.public_key,
+                            connection.challenge, name):  # fmt: skip
+            raise _Refusal(f"{name}'s login signature does not verify for key {key[:16]}…")
+        if self.authorized_keys is not None:
+            if name not in self.authorized_keys:
+                raise _Refusal(f"{name!r} is not in the authorized keys")
+            if self.authorized_keys[name] != key:
+                raise _Refusal(
+                    f"{name}'s key {key[:16]}… is not the one authorized for that name "
+                    f"({self.authorized_keys[name][:16]}…)"
+                )
+        elif self.bound_keys.get(name, key) != key:
+            raise _Refusal(
+                f"{name!r} first joined with key {self.bound_keys[name][:16]}…, not {key[:16]}…"
+            )
         if any(p.name == name for p in self.peers):
             raise _Refusal(f"a client named {name!r} has already joined")
+        if any(p.public_key == key for p in self.peers):
+            raise _Refusal(f"the key {key[:16]}… has already joined under another name")
         # Columns are matched by name: a client may hold them in any order.
         if self.run_features and (difference := column_difference(self.run_features, features)):
             raise _Refusal(f"{name}'s columns differ from the run's: {difference}")
         if not self.run_features:
             self._fix_features(features, name)
+        self.bound_keys.setdefault(name, key)
         connection.name, connection.n_samples = name, message["n_samples"]
+        connection.public_key = key
 
     def _hear_early_peer(self, peer: _Connection) -> None:
         # A client that has joined has nothing to say until the first round: if its socket
@@ -280,22 +360,21 @@ class FederationServer:
         }
         for peer in self.peers:
             self.send(peer, train)
-        received = self._collect_updates(index, started + self.round_timeout_s)
+        received = self._collect(index, "update", chain, started + self.round_timeout_s)
         mining_started = time.monotonic()
         # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
-        block = make_round_block(chain.last, {p.name: received[p.name][0] for p in self.peers})
+        block = make_round_block(
+            chain.last,
+            {p.name: received[p.name][0] for p in self.peers},
+            attestations={p.name: received[p.name][1] for p in self.peers},
+            server_key=self.key,
+        )
         mining_s = time.monotonic() - mining_started
-        try:
-            chain.append(block)
-        except OSError as error:  # a full disk, say: every block before this one is safe
-            raise RunAborted(f"cannot write block {block.index}: {error}") from None
-        announcement = {"type": "block", "block": block_to_json(block)}
-        for peer in self.peers:
-            self.send(peer, announcement)
+        self._append(chain, block)
         round_s = time.monotonic() - started
         parts = [f"round {index}"]
         for peer in self.peers:
-            metrics = received[peer.name][1]  # reported by the client; shown, never trusted
+            metrics = received[peer.name][2]  # reported by the client; shown, never trusted
             parts.append(
                 f"{peer.name} local MSE {metrics.get('local_mse', math.nan):.4g} "
                 f"(trained in {1000 * metrics.get('train_s', math.nan):.1f} ms)"
@@ -308,13 +387,42 @@ class FederationServer:
         parts.append(f"hash {block.hash[:16]}…")
         self.say(" | ".join(parts))
 
-    def _collect_updates(self, index: int, deadline: float) -> dict[str, tuple[ClientUpdate, dict]]:
-        received: dict[str, tuple[ClientUpdate, dict]] = {}
+    def _close_run(self, chain: Chain) -> None:
+        """Collect every client's attestation of the last round and seal them in a closing
+        block, so the last round, like every other, is checked by the clients."""
+        index = self.rounds + 1
+        for peer in self.peers:
+            self.send(peer, {"type": "close", "round": index})
+        deadline = time.monotonic() + self.round_timeout_s
+        received = self._collect(index, "attest", chain, deadline)
+        attestations = {name: attestation for name, (_, attestation, _) in received.items()}
+        block = make_closing_block(chain.last, attestations=attestations, server_key=self.key)
+        self._append(chain, block)
+        self.say(f"closing block mined: {len(attestations)} clients attest the last round")
+
+    def _append(self, chain: Chain, block: Block) -> None:
+        """Verify and write BLOCK, then announce it to every client."""
+        try:
+            chain.append(block)
+        except OSError as error:  # a full disk, say: every block before this one is safe
+            raise RunAborted(f"cannot write block {block.index}: {error}") from None
+        except ChainError as error:  # a bug of ours, never a peer's doing: say so and stop
+            raise RunAborted(f"the server made a block that does not verify: {error}") from None
+        announcement = {"type": "block", "block": block_to_json(block)}
+        for peer in self.peers:
+            self.send(peer, announcement)
+
+    def _collect(
+        self, index: int, kind: str, chain: Chain, deadline: float
+    ) -> dict[str, tuple[ClientUpdate | None, str, dict]]:
+        """Each client's KIND message for round INDEX, checked: its update (None for an
+        attestation alone), its attestation of the last block, and its metrics."""
+        received: dict[str, tuple[ClientUpdate | None, str, dict]] = {}
 
         def handle(peer: _Connection | None) -> None:
             if peer is None:
                 if connection := self._accept():
-                    self._refuse(connection, "a run is in progress with all its clients")
+                    self._refuse_now(connection, "a run is in progress with all its clients")
                 return
             try:
                 messages = peer.reader.receive(peer.sock)
@@ -325,23 +433,33 @@ class FederationServer:
             for message in messages:
                 if peer.name in received:
                     raise RunAborted(f"{peer.name} sent a second message in round {index}")
-                received[peer.name] = self._check_update(peer, message, index)
+                received[peer.name] = self._check_message(peer, message, kind, index, chain)
 
         # Past the deadline, the last look reads what has already arrived, so a peer is never
         # blamed for time another peer's message took.
         if not self._serve_until(deadline, lambda: len(received) == len(self.peers), handle):
             late = ", ".join(p.name for p in self.peers if p.name not in received)
             raise RunAborted(
-                f"{late} sent no update for round {index} within {self.round_timeout_s:g} s "
+                f"{late} sent no {kind} for round {index} within {self.round_timeout_s:g} s "
                 "(--round-timeout-s)"
             )
         return received
 
-    def _check_update(self, peer: _Connection, message: dict, index: int) -> tuple:
-        if message["type"] != "update":
-            raise RunAborted(f"{peer.name} sent {message['type']!r} instead of its update")
+    def _check_message(
+        self, peer: _Connection, message: dict, kind: str, index: int, chain: Chain
+    ) -> tuple[ClientUpdate | None, str, dict]:
+        if message["type"] != kind:
+            raise RunAborted(f"{peer.name} sent {message['type']!r} instead of its {kind}")
         if message["round"] != index:
-            raise RunAborted(f"{peer.name} sent round {message['round']}'s update in round {index}")
+            raise RunAborted(f"{peer.name} sent round {message['round']}'s {kind} in round {index}")
+        attestation = message["attestation"].hex()
+        attested = attestation_message(genesis_hash=chain.genesis.hash, block=chain.last)
+        if not signature_holds(peer.public_key, attestation, attested):
+            raise RunAborted(
+                f"{peer.name}'s attestation of block {chain.last.index} does not verify"
+            )
+        if kind == "attest":
+            return None, attestation, {}
         if message["n_samples"] != peer.n_samples:
             raise RunAborted(
                 f"{peer.name} claims {message['n_samples']} rows, but registered {peer.n_samples}"
@@ -351,8 +469,27 @@ class FederationServer:
                 f"{peer.name} sent {message['weights'].size} weights for "
                 f"{len(self.run_features)} features"
             )
-        model = LinearModel(message["weights"], message["bias"])
-        return ClientUpdate(model, peer.n_samples), message["metrics"]
+        update = ClientUpdate(
+            LinearModel(message["weights"], message["bias"]),
+            peer.n_samples,
+            training=TrainingSettings(
+                message["seed"], message["generations"], message["population"]
+            ),
+            signature=message["signature"].hex(),
+        )
+        signed = update_message(
+            genesis_hash=chain.genesis.hash,
+            index=index,
+            previous_hash=chain.last.hash,
+            name=peer.name,
+            update=update,
+        )
+        if not signature_holds(peer.public_key, update.signature, signed):
+            raise RunAborted(
+                f"{peer.name}'s update for round {index} is not signed by its key "
+                "(replayed from another round or chain, or forged)"
+            )
+        return update, attestation, message["metrics"]
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -363,13 +500,24 @@ class FederationServer:
             self.say(f"could not accept a connection: {error}")
             time.sleep(0.1)  # the pending connection stays readable; do not spin on it
             return None
-        sock.settimeout(self.send_timeout_s)
+        # Non-blocking, handshake included: a peer that never finishes it holds up nobody.
+        sock.setblocking(False)
+        tls = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         reader = FrameReader(self.max_frame_bytes)
-        return _Connection(sock, f"{host}:{port}", reader, time.monotonic())
+        return _Connection(tls, f"{host}:{port}", reader, time.monotonic())
+
+    def _send_now(self, sock: ssl.SSLSocket, message: dict) -> None:
+        """Send MESSAGE whole, waiting at most send_timeout_s for the peer to take it."""
+        sock.settimeout(self.send_timeout_s)
+        try:
+            send_message(sock, message)
+        finally:
+            with contextlib.suppress(OSError):
+                sock.setblocking(False)
 
     def send(self, peer: _Connection, message: dict) -> None:
         try:
-            send_message(peer.sock, message)
+            self._send_now(peer.sock, message)
         except OSError as error:
             reason = str(error) or type(error).__name__
             raise RunAborted(f"{peer.name} disconnected: {reason}") from None
@@ -384,7 +532,14 @@ class FederationServer:
     def _refuse(self, connection: _Connection, reason: str) -> None:
         reason = printable(reason)
         self.say(f"refused {connection.address}: {reason}")
-        _send_quietly(connection.sock, {"type": "refused", "reason": reason})
+        if connection.challenge:  # past the handshake, so the peer can read why
+            with contextlib.suppress(OSError, ProtocolError):
+                self._send_now(connection.sock, {"type": "refused", "reason": reason})
+        connection.sock.close()
+
+    def _refuse_now(self, connection: _Connection, reason: str) -> None:
+        # A newcomer during a run: its handshake is not waited for; it is told by closing.
+        self.say(f"refused {connection.address}: {reason}")
         connection.sock.close()
 
     def _drop(self, connection: _Connection, reason: str) -> None:
@@ -396,7 +551,8 @@ class FederationServer:
     def _abort(self, reason: str) -> None:
         message = {"type": "refused", "reason": printable(f"run stopped: {reason}")}
         for peer in self.peers:
-            _send_quietly(peer.sock, message)
+            with contextlib.suppress(OSError, ProtocolError):
+                self._send_now(peer.sock, message)
 
     def _close(self) -> None:
         for connection in [*self.peers, *self.waiting]:
@@ -406,9 +562,3 @@ class FederationServer:
 
 class _Refusal(Exception):
     """A registration the server turns down, with the reason sent to that client."""
-
-
-def _send_quietly(sock: socket.socket, message: dict) -> None:
-    # A courtesy to a peer that is being turned away or told the run stopped; it may be gone.
-    with contextlib.suppress(OSError):
-        send_message(sock, message)

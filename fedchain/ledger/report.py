@@ -17,7 +17,7 @@ def format_block(block: Block) -> str:
         when = datetime.fromtimestamp(block.timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (OverflowError, ValueError, OSError):  # shown as it is; verification judges it
         when = f"timestamp {block.timestamp!r}"
-    kind = "genesis" if block.index == 0 else "round"
+    kind = "genesis" if block.index == 0 else "round" if block.cli else "closing"
     clients = ", ".join(f"{c} ({block.client_model[c].n_samples} rows)" for c in block.cli)
     pairs = list(zip(block.feature_names, block.server_model.weights, strict=False))
     weights = "  ".join(f"{name}={w:.4g}" for name, w in pairs[:SHOWN_WEIGHTS])

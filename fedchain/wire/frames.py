@@ -10,6 +10,7 @@ the only module that reads or writes a socket's bytes.
 
 import pickle
 import socket
+import ssl
 import struct
 import time
 
@@ -79,12 +80,22 @@ class FrameReader:
         return messages
 
     def receive(self, sock: socket.socket) -> list[dict] | None:
-        """Read what SOCK has ready (call when it is readable); None once the peer has closed."""
-        try:
-            data = sock.recv(_RECEIVE_BYTES)
-        except OSError:  # reset by the peer, say: as good as closed
-            return None
-        return self.feed(data) if data else None
+        """Read what SOCK has ready (call when it is readable, in non-blocking mode); return the
+        messages now complete, or None once the peer has closed."""
+        messages: list[dict] = []
+        while True:
+            try:
+                data = sock.recv(_RECEIVE_BYTES)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return messages  # a TLS record not yet whole: the rest comes with a later read
+            except OSError:  # reset by the peer, say: as good as closed
+                return messages or None
+            if not data:
+                return messages or None  # the close is seen again on the next read
+            messages += self.feed(data)
+            # TLS may hold decrypted bytes the socket's readiness no longer shows: take them now.
+            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                return messages
 
 
 def decode_payload(payload: bytes) -> dict:
