@@ -6,6 +6,7 @@ from pathlib import Path
 
 from processes import ROOT, run_blockchain_cli, start_server
 
+from fedchain.cli.console import port_from_listening_line
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.store import load_chain
@@ -22,10 +23,14 @@ def check_finished_run(tmp_path: Path, server, clients) -> None:
         assert program.finish() == 0, program.output
     chain_path = tmp_path / "chain.jsonl"
     blocks = load_chain(chain_path).blocks
-    assert len(blocks) == ROUNDS + 1
+    assert len(blocks) == ROUNDS + 2  # the genesis, the rounds, the closing block
+    complete = f"valid: {ROUNDS + 2} blocks; the run is complete ({ROUNDS} of {ROUNDS} rounds)"
     result = run_blockchain_cli("verify", chain_path)
-    assert result.returncode == 0 and result.stdout.strip() == f"valid: {ROUNDS + 1} blocks"
-    assert server.output.rstrip().endswith(f"valid: {ROUNDS + 1} blocks")
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == complete
+    for index in range(ROUNDS + 1):  # every block but the closing one, attested by both
+        assert f"block {index}: " in result.stdout
+    assert result.stdout.count("attested by cli1, cli2") == ROUNDS + 1
+    assert server.output.rstrip().endswith(complete)
     for name in ("cli1", "cli2"):
         assert (tmp_path / f"{name}.jsonl").read_bytes() == chain_path.read_bytes()
 
@@ -40,7 +45,7 @@ def test_a_networked_run_gives_the_simulated_models_and_identical_replicas(progr
     blocks = load_chain(tmp_path / "chain.jsonl").blocks
     datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
     simulated = simulate(datasets, rounds=ROUNDS, run_seed=7)  # the clients took it from the server
-    for block, expected in zip(blocks[1:], simulated, strict=True):
+    for block, expected in zip(blocks[1:-1], simulated, strict=True):
         assert block.cli == ("cli1", "cli2")
         assert block.server_model == expected.global_model  # bit for bit
         for name in block.cli:
@@ -86,10 +91,11 @@ def test_a_client_that_dies_mid_run_is_reported_and_the_chain_stays_valid(progra
     assert "run stopped: cli2 disconnected" in survivor.output
     chain_path = tmp_path / "chain.jsonl"
     result = run_blockchain_cli("verify", chain_path)
-    assert result.returncode == 0, result.stdout
+    assert result.returncode == 3, result.stdout  # every block valid, the run unfinished
     blocks = load_chain(chain_path).blocks
     assert 3 <= len(blocks) < 51  # genesis and the rounds finished before the kill
-    assert server.output.rstrip().endswith(f"valid: {len(blocks)} blocks")
+    unfinished = f"incomplete: {len(blocks)} blocks verify, but the run planned 50 rounds"
+    assert server.output.splitlines()[-1].startswith(unfinished)
 
 
 def test_the_server_refuses_a_second_client_with_the_same_name(programs, tmp_path):
@@ -161,7 +167,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_keeps_every_written_block(program
         "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "8",
         "--rounds", "5", max_file_bytes=3000,
     )  # fmt: skip
-    port = int(server.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$").group(1))
+    port = port_from_listening_line(server.wait_for(r"^listening on ").string)
     clients = [
         programs("client1.py", *client_args("cli1", port, tmp_path)),
         programs("client2.py", *client_args("cli2", port, tmp_path)),
@@ -172,7 +178,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_keeps_every_written_block(program
     for client in clients:
         assert client.finish() == 1
     result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 3, result.stdout + result.stderr  # valid, but unfinished
     assert 1 <= len(load_chain(tmp_path / "chain.jsonl").blocks) < 6
 
 
