@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from fedchain.cli.arguments import integer_in
 from fedchain.cli.console import say
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.report import report_chain
 from fedchain.ledger.store import ChainFileError, load_chain
 
@@ -21,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["show", "verify"])
     parser.add_argument("path", help="a chain file (JSON Lines)")
     parser.add_argument(
-        "--min-difficulty", type=integer_in(0, 64), default=0,
+        "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
         help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
     )  # fmt: skip
     args = parser.parse_args(argv)

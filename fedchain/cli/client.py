@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.arguments import add_connection_flags, integer_in, name, seconds
+from fedchain.cli.arguments import add_connection_flags, client_name, integer_in, seconds
 from fedchain.cli.console import say
 from fedchain.federation.client import ClientFailed, FederatedClient, connect, prepare_replica
 from fedchain.learning.dataset import DataError, load_dataset
@@ -26,7 +26,7 @@ def parse_args(
     )
     add_connection_flags(parser, listening=False)
     flag = parser.add_argument
-    flag("--name", type=name, default=default_name or None, required=not default_name,
+    flag("--name", type=client_name, default=default_name or None, required=not default_name,
          help="this client's name")  # fmt: skip
     flag("--data", default=default_data or None, required=not default_data,
          help="this client's CSV rows")  # fmt: skip

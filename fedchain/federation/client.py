@@ -103,7 +103,7 @@ class FederatedClient:
                 elif kind == "block":
                     self._accept_block(message["block"])
                 else:
-                    self._finish(message, writer)
+                    self._finish(message)
             return self.chain.blocks
         finally:
             if writer is not None:
@@ -208,7 +208,7 @@ class FederatedClient:
             f"FedAvg checks out (hash {block.hash[:16]}…)"
         )
 
-    def _finish(self, message: dict, writer: ChainWriter) -> None:
+    def _finish(self, message: dict) -> None:
         held = len(self.chain.blocks)
         if message["blocks"] != held or held != self.rounds + 1:
             raise ClientFailed(
@@ -216,7 +216,7 @@ class FederatedClient:
                 "with a chain we do not hold"
             )
         self.stage = Stage.DONE
-        self.say(f"run complete: {held} blocks verified, in {writer.path}")
+        self.say(f"run complete: {held} blocks verified, in {self.chain.store.path}")
 
     @staticmethod
     def _parse_block(text: str) -> Block:

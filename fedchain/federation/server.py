@@ -63,8 +63,8 @@ class FederationServer:
     send_timeout_s: float = settings.SEND_TIMEOUT_S
     max_frame_bytes: int = settings.MAX_FRAME_BYTES
     test_data: Dataset | None = None  # held-out rows each global model is scored on
-    # The features a run expects, in the order its weights take. Empty: the first client to
-    # join sets them (taken from test_data when that is given).
+    # The features a run expects, in the order its weights take. Empty: test_data's columns if
+    # it is given, else the first client to join sets them.
     feature_names: tuple[str, ...] = ()
 
     def __init__(
@@ -97,9 +97,10 @@ class FederationServer:
                 ) from None
             with writer:
                 chain = self._start_chain(genesis, writer)
-                welcome = {"type": "welcome", "genesis": block_to_json(genesis), "seed": self.seed}
+                welcome = {"type": "welcome", "genesis": block_to_json(genesis),
+                           "seed": self.seed, "rounds": self.rounds}  # fmt: skip
                 for peer in self.peers:
-                    self.send(peer, {**welcome, "rounds": self.rounds})
+                    self.send(peer, welcome)
                 self.say(
                     f"genesis block mined (hash {genesis.hash[:16]}…); {self.rounds} rounds to go"
                 )
@@ -148,6 +149,9 @@ class FederationServer:
     def _admit(self) -> None:
         """Wait for n_clients to register; refuse (and keep waiting past) any bad newcomer."""
         if self.feature_names:
+            self._fix_features(self.feature_names, "the server's setting")
+        elif self.test_data is not None:
+            self.feature_names = self.test_data.feature_names
             self._fix_features(self.feature_names, "the test data")
 
         def handle(connection: _Connection | None) -> None:
@@ -363,13 +367,22 @@ class FederationServer:
             self.say(f"could not accept a connection: {error}")
             time.sleep(0.1)  # the pending connection stays readable; do not spin on it
             return None
-        sock.settimeout(self.send_timeout_s)
+        sock.setblocking(False)  # reads take only what has arrived; see _send_now for sends
         reader = FrameReader(self.max_frame_bytes)
         return _Connection(sock, f"{host}:{port}", reader, time.monotonic())
 
+    def _send_now(self, sock: socket.socket, message: dict) -> None:
+        """Send MESSAGE whole, waiting at most send_timeout_s for the peer to take it."""
+        sock.settimeout(self.send_timeout_s)
+        try:
+            send_message(sock, message)
+        finally:
+            with contextlib.suppress(OSError):
+                sock.setblocking(False)
+
     def send(self, peer: _Connection, message: dict) -> None:
         try:
-            send_message(peer.sock, message)
+            self._send_now(peer.sock, message)
         except OSError as error:
             reason = str(error) or type(error).__name__
             raise RunAborted(f"{peer.name} disconnected: {reason}") from None
@@ -384,7 +397,8 @@ class FederationServer:
     def _refuse(self, connection: _Connection, reason: str) -> None:
         reason = printable(reason)
         self.say(f"refused {connection.address}: {reason}")
-        _send_quietly(connection.sock, {"type": "refused", "reason": reason})
+        with contextlib.suppress(OSError, ProtocolError):  # a courtesy: it may be gone
+            self._send_now(connection.sock, {"type": "refused", "reason": reason})
         connection.sock.close()
 
     def _drop(self, connection: _Connection, reason: str) -> None:
@@ -396,7 +410,8 @@ class FederationServer:
     def _abort(self, reason: str) -> None:
         message = {"type": "refused", "reason": printable(f"run stopped: {reason}")}
         for peer in self.peers:
-            _send_quietly(peer.sock, message)
+            with contextlib.suppress(OSError, ProtocolError):
+                self._send_now(peer.sock, message)
 
     def _close(self) -> None:
         for connection in [*self.peers, *self.waiting]:
@@ -406,9 +421,3 @@ class FederationServer:
 
 class _Refusal(Exception):
     """A registration the server turns down, with the reason sent to that client."""
-
-
-def _send_quietly(sock: socket.socket, message: dict) -> None:
-    # A courtesy to a peer that is being turned away or told the run stopped; it may be gone.
-    with contextlib.suppress(OSError):
-        send_message(sock, message)
