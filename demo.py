@@ -19,6 +19,7 @@ from fedchain.cli.arguments import integer_in
 from fedchain.cli.programs import start_client, start_server
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.linear_model import fit_lstsq, mse
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.store import load_chain
 from fedchain.settings import bundled_data
 
@@ -68,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo.py", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=integer_in(1), default=None, help="default: the server's")
     parser.add_argument(
-        "--difficulty", type=integer_in(0, 64), default=None, help="default: the server's"
+        "--difficulty",
+        type=integer_in(0, MAX_DIFFICULTY_BITS),
+        default=None,
+        help="default: the server's",
     )
     args = parser.parse_args(argv)
     started = time.monotonic()

@@ -56,7 +56,7 @@ def test_imports_point_down(path):
     assert reached <= ALLOWED[part], f"{relative} imports {sorted(reached - ALLOWED[part])}"
 
 
-def test_the_simulation_and_the_ledger_stand_without_the_federation():
+def test_the_simulation_stands_without_the_federation_and_the_ledger():
     simulation = fedchain_imports(PACKAGE / "learning" / "simulation.py")
     assert not {m for m in simulation if part_of(m) in {"federation", "cli", "ledger"}}
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from fedchain.cli.arguments import integer_in
 from fedchain.cli.console import say
-from fedchain.ledger.block import Block
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS, Block
 from fedchain.ledger.compare import compare_chains
 from fedchain.ledger.report import Verdict, report_chain
 from fedchain.ledger.store import ChainFileError, load_chain
@@ -31,7 +31,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("path", help="a chain file (JSON Lines)")
         command.add_argument(
-            "--min-difficulty", type=integer_in(0, 64), default=0,
+            "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
             help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
         )  # fmt: skip
     compare = commands.add_parser(

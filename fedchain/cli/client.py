@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.arguments import add_connection_flags, integer_in, name, seconds
+from fedchain.cli.arguments import add_connection_flags, client_name, integer_in, seconds
 from fedchain.cli.console import say
 from fedchain.federation.client import (
     ClientFailed,
@@ -42,7 +42,7 @@ def parse_args(
     )
     add_connection_flags(parser, listening=False)
     flag = parser.add_argument
-    flag("--name", type=name, default=default_name or None, required=not default_name,
+    flag("--name", type=client_name, default=default_name or None, required=not default_name,
          help="this client's name")  # fmt: skip
     flag("--data", default=default_data or None, help="this client's CSV rows (required)")
     flag("--target", default=settings.TARGET, help="the column to predict")

@@ -11,6 +11,7 @@ from fedchain.cli.arguments import add_connection_flags, integer_in, seconds
 from fedchain.cli.console import listening_line, say
 from fedchain.federation.server import ChainUnavailable, FederationServer, RunAborted
 from fedchain.learning.dataset import DataError, load_dataset
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.report import report_chain
 from fedchain.ledger.store import ChainFileError, load_chain
 from fedchain.trust.authorized import load_authorized_keys
@@ -30,7 +31,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag = parser.add_argument
     flag("--clients", type=integer_in(1), default=settings.CLIENTS, help="clients per run")
     flag("--rounds", type=integer_in(1), default=settings.ROUNDS, help="training rounds")
-    flag("--difficulty", type=integer_in(0, 64), default=settings.DIFFICULTY_BITS,
+    flag("--difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=settings.DIFFICULTY_BITS,
          help="proof of work, in leading zero bits")  # fmt: skip
     flag("--chain", type=Path, default=settings.CHAIN_PATH, help="the chain file; must not exist")
     flag("--test", default=str(settings.bundled_data("test.csv")),
@@ -98,9 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.join_timeout_s = args.join_timeout_s
         server.register_timeout_s = args.register_timeout_s
         server.max_frame_bytes = args.max_frame_bytes
-        if test_data is not None:
-            server.test_data = test_data
-            server.feature_names = test_data.feature_names
+        server.test_data = test_data
         try:
             server.run()
         except ChainUnavailable as error:

@@ -134,7 +134,7 @@ class FederatedClient:
                 elif kind == "block":
                     self._accept_block(message["block"])
                 else:
-                    self._finish(message, writer)
+                    self._finish(message)
             return self.chain.blocks
         finally:
             if writer is not None:
@@ -288,7 +288,7 @@ class FederatedClient:
             f"FedAvg and every signature check out (hash {block.hash[:16]}…)"
         )
 
-    def _finish(self, message: dict, writer: ChainWriter) -> None:
+    def _finish(self, message: dict) -> None:
         held = len(self.chain.blocks)
         if message["blocks"] != held or not self.chain.closed:
             raise ClientFailed(
@@ -296,7 +296,7 @@ class FederatedClient:
                 "rounds, with a chain we do not hold"
             )
         self.stage = Stage.DONE
-        self.say(f"run complete: {held} blocks verified, in {writer.path}")
+        self.say(f"run complete: {held} blocks verified, in {self.chain.store.path}")
 
     @staticmethod
     def _parse_block(text: str) -> Block:

@@ -78,8 +78,8 @@ class FederationServer:
     send_timeout_s: float = settings.SEND_TIMEOUT_S
     max_frame_bytes: int = settings.MAX_FRAME_BYTES
     test_data: Dataset | None = None  # held-out rows each global model is scored on
-    # The features a run expects, in the order its weights take. Empty: the first client to
-    # join sets them (taken from test_data when that is given).
+    # The features a run expects, in the order its weights take. Empty: test_data's columns if
+    # it is given, else the first client to join sets them.
     feature_names: tuple[str, ...] = ()
     # Who may join: name -> public key. None: open enrolment, where any key may join and each
     # name stays bound to the first key it joined with.
@@ -127,9 +127,10 @@ class FederationServer:
                 ) from None
             with writer:
                 chain = self._start_chain(genesis, writer)
-                welcome = {"type": "welcome", "genesis": block_to_json(genesis), "seed": self.seed}
+                welcome = {"type": "welcome", "genesis": block_to_json(genesis),
+                           "seed": self.seed, "rounds": self.rounds}  # fmt: skip
                 for peer in self.peers:
-                    self.send(peer, {**welcome, "rounds": self.rounds})
+                    self.send(peer, welcome)
                 self.say(
                     f"genesis block mined (hash {genesis.hash[:16]}…); {self.rounds} rounds to go"
                 )
@@ -179,6 +180,9 @@ class FederationServer:
     def _admit(self) -> None:
         """Wait for n_clients to register; refuse (and keep waiting past) any bad newcomer."""
         if self.feature_names:
+            self._fix_features(self.feature_names, "the server's setting")
+        elif self.test_data is not None:
+            self.feature_names = self.test_data.feature_names
             self._fix_features(self.feature_names, "the test data")
         if self.authorized_keys is None:
             self.say(
@@ -500,7 +504,8 @@ class FederationServer:
             self.say(f"could not accept a connection: {error}")
             time.sleep(0.1)  # the pending connection stays readable; do not spin on it
             return None
-        # Non-blocking, handshake included: a peer that never finishes it holds up nobody.
+        # Non-blocking, handshake included: reads take only what has arrived, so a peer that
+        # never finishes its handshake or a frame holds up nobody (see _send_now for sends).
         sock.setblocking(False)
         tls = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         reader = FrameReader(self.max_frame_bytes)

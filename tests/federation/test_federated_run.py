@@ -53,6 +53,27 @@ def test_a_networked_run_gives_the_simulated_models_and_identical_replicas(progr
     assert "global test MSE" in server.output
 
 
+def test_a_client_with_its_columns_in_another_order_joins_with_the_same_models(programs, tmp_path):
+    lines = (ROOT / "data" / "client2.csv").read_text().splitlines()
+    reversed_rows = [",".join(line.split(",")[::-1]) for line in lines]
+    (tmp_path / "reversed.csv").write_text("\n".join(reversed_rows) + "\n")
+    server, port = start_server(programs, tmp_path, "--rounds", "2", "--seed", "7")
+    clients = [
+        programs("client1.py", *client_args("cli1", port, tmp_path)),
+        programs("client.py", *client_args("cli2", port, tmp_path), "--name", "cli2",
+                 "--data", tmp_path / "reversed.csv"),
+    ]  # fmt: skip
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+    datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
+    simulated = simulate(datasets, rounds=2, run_seed=7)
+    blocks = load_chain(tmp_path / "chain.jsonl").blocks
+    for block, expected in zip(blocks[1:], simulated, strict=True):
+        # Weights in the run's column order, bit for bit as if the file had that order.
+        assert block.client_model["cli2"].model == expected.client_models["cli2"]
+        assert block.server_model == expected.global_model
+
+
 @contextlib.contextmanager
 def reserved_port():
     """A loopback port held for the server until it listens: bound here with SO_REUSEADDR but

@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -217,11 +218,30 @@ def test_the_frame_reader_refuses_an_oversized_frame_from_its_header_alone():
 
 def test_the_frame_reader_reads_what_a_socket_has_and_sees_it_close(pair):
     a, b = pair
+    b.setblocking(False)  # as the server's sockets are: a read takes only what has arrived
     reader = FrameReader(MAX_FRAME_BYTES)
     data = frame(pickle.dumps(update(), protocol=5))
     a.sendall(data[:5])
     assert reader.receive(b) == []
     a.sendall(data[5:])
     assert [m["type"] for m in reader.receive(b)] == ["update"]
+    a.close()
+    assert reader.receive(b) is None
+
+
+def test_a_reader_takes_everything_that_has_arrived_in_one_call(pair):
+    # A server deciding at a deadline must see a large update that is already in the buffer.
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    big = update(weights=np.arange(9000, dtype=np.float64))
+    send_message(a, big)
+    send_message(a, big)
+    b.setblocking(False)
+    reader = FrameReader(MAX_FRAME_BYTES)
+    time.sleep(0.2)  # both frames are in b's buffer: over 140 KB, more than one recv's worth
+    messages = reader.receive(b)
+    assert len(messages) == 2 and np.array_equal(messages[1]["weights"], big["weights"])
+    assert reader.receive(b) == []  # nothing more yet, and no blocking
     a.close()
     assert reader.receive(b) is None
