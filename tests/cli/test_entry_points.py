@@ -55,13 +55,13 @@ def test_the_demo_runs_the_federation_and_ends_with_the_comparison():
     result = run_script("demo.py", "--rounds", "2", "--difficulty", "8")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "[server] valid: 3 blocks" in out
+    assert "[server] valid: 4 blocks; the run is complete (2 of 2 rounds)" in out
     assert "cli1's replica is the server's chain, byte for byte" in out
     assert "cli2's replica is the server's chain, byte for byte" in out
     ratio = float(re.search(r"federated / central MSE on the pooled client rows: ([\d.]+)", out)[1])
     assert 1.0 <= ratio <= 1.001
     chain = ROOT / re.search(r"the chain is (\S+)$", out.rstrip())[1]
     try:
-        assert len(load_chain(chain).blocks) == 3
+        assert len(load_chain(chain).blocks) == 4  # the genesis, two rounds, the closing block
     finally:
         shutil.rmtree(chain.parent)  # the demo keeps its run folder for a person; a test does not

@@ -68,7 +68,7 @@ def test_a_client_with_its_columns_in_another_order_joins_with_the_same_models(p
     datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
     simulated = simulate(datasets, rounds=2, run_seed=7)
     blocks = load_chain(tmp_path / "chain.jsonl").blocks
-    for block, expected in zip(blocks[1:], simulated, strict=True):
+    for block, expected in zip(blocks[1:-1], simulated, strict=True):
         # Weights in the run's column order, bit for bit as if the file had that order.
         assert block.client_model["cli2"].model == expected.client_models["cli2"]
         assert block.server_model == expected.global_model

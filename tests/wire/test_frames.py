@@ -39,6 +39,12 @@ def pair():
     b.close()
 
 
+def register(**changes) -> dict:
+    message = {"type": "register", "name": "a", "feature_names": ["x"], "n_samples": 1,
+               "public_key": "ab" * 32, "login_signature": bytes(64)}  # fmt: skip
+    return {**message, **changes}
+
+
 def update(**changes) -> dict:
     message = {
         "type": "update",
@@ -47,6 +53,11 @@ def update(**changes) -> dict:
         "bias": 7.0,
         "n_samples": 535,
         "metrics": {"local_mse": 0.19, "train_s": 0.1},
+        "seed": 0,
+        "generations": 150,
+        "population": 40,
+        "signature": bytes(64),
+        "attestation": bytes(64),
     }
     message.update(changes)
     return message
@@ -174,11 +185,13 @@ def test_arrays_of_anything_but_plain_numbers_are_refused(array):
         (update(n_samples=True), "n_samples must be a positive integer"),
         (update(round=0), "round must be a positive integer"),
         (update(metrics={"x": float("nan")}), "metrics"),
-        ({"type": "register", "name": "", "feature_names": ["a"], "n_samples": 1}, "name"),
-        (
-            {"type": "register", "name": "a", "feature_names": ["x", "x"], "n_samples": 1},
-            "repeated",
-        ),
+        (register(name=""), "register message: name must be 1..64 characters"),
+        (register(feature_names=["x", "x"]), "feature_names has a repeated name, 'x'"),
+        (register(public_key="AB" * 32), "public_key must be 64 lowercase hex digits"),
+        (register(login_signature=bytes(63)), "login_signature must be 64 bytes"),
+        (update(signature=b"x" * 65), "update message: signature must be 64 bytes"),
+        (update(attestation="ab" * 64), "attestation must be 64 bytes"),
+        ({"type": "challenge", "challenge": bytes(31)}, "challenge must be 32 bytes"),
     ],
 )
 def test_malformed_messages_are_refused_naming_the_fault(pair, message, expected):
