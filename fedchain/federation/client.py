@@ -22,7 +22,7 @@ from fedchain.learning.linear_model import LinearModel, mse
 from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
 from fedchain.ledger.block import Block, ClientUpdate, TrainingSettings
 from fedchain.ledger.chain import Chain
-from fedchain.ledger.signatures import attestation_message, update_message
+from fedchain.ledger.signatures import attestation_message, sign_hex, update_message
 from fedchain.ledger.store import ChainWriter, block_from_json
 from fedchain.ledger.verification import ChainError, verify_genesis
 from fedchain.trust.errors import TrustError
@@ -219,7 +219,7 @@ class FederatedClient:
             name=self.name,
             update=unsigned,
         )
-        signature = sign(self.key, signed)
+        signature = sign_hex(self.key, signed)  # remembered: checking it in the block is free
         # Only the model, the row count, how it trained, two numbers about it and signatures
         # leave this process.
         update = {
@@ -232,23 +232,22 @@ class FederatedClient:
             "seed": training.seed,
             "generations": training.generations,
             "population": training.population,
-            "signature": signature,
+            "signature": bytes.fromhex(signature),
             "attestation": self._attestation_of_last(),
         }
         try:
             validate_message(update)  # our own fault, if it fails: say so, not "the server's"
         except ProtocolError as error:
             raise ClientFailed(f"our round {index} update cannot be sent: {error}") from None
-        self.sent = ClientUpdate(trained, self.data.n_samples, training, signature.hex())
+        self.sent = ClientUpdate(trained, self.data.n_samples, training, signature)
         self.stage = Stage.AWAITING_BLOCK
         return update
 
     def _attestation_of_last(self) -> bytes:
         """Our signature over the last block we verified, which the next block records."""
         message = attestation_message(genesis_hash=self.chain.genesis.hash, block=self.chain.last)
-        signature = sign(self.key, message)
-        self.attestation = signature.hex()
-        return signature
+        self.attestation = sign_hex(self.key, message)
+        return bytes.fromhex(self.attestation)
 
     def _attest_last(self, message: dict) -> dict:
         index = message["round"]

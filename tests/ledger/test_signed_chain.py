@@ -24,8 +24,10 @@ from fedchain.learning.aggregation import fedavg
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.chain import make_closing_block, make_round_block, verify_chain
 from fedchain.ledger.compare import compare_chains
+from fedchain.ledger.signatures import sign_hex, signature_holds
 from fedchain.ledger.store import ChainWriter, load_chain
 from fedchain.ledger.verification import MAX_CLOCK_AHEAD_S, ChainError
+from fedchain.trust.keys import public_hex, sign
 
 FORMAT_1_CHAIN = ROOT / "tests" / "fixtures" / "format1-chain.jsonl"  # written by the first release
 
@@ -185,3 +187,18 @@ def test_compare_without_a_proof():
 def test_keys_in_the_helpers_are_distinct():
     keys = {k.public_key().public_bytes_raw() for k in [SERVER_KEY, *CLIENT_KEYS.values()]}
     assert len(keys) == 3
+
+
+def test_a_remembered_check_still_refuses_anything_else():
+    # signatures.py remembers signatures that held (and those it made) to spare checking them
+    # twice in a round; a changed signature, key or message must still be checked and fail.
+    key, other = fixed_key("memo"), fixed_key("memo, other")
+    message = b"an update"
+    signature = sign_hex(key, message)
+    assert signature_holds(public_hex(key), signature, message)
+    assert not signature_holds(public_hex(other), signature, message)
+    assert not signature_holds(public_hex(key), signature, message + b"!")
+    flipped = ("0" if signature[0] != "0" else "1") + signature[1:]
+    assert not signature_holds(public_hex(key), flipped, message)
+    foreign = sign(other, message).hex()  # made elsewhere: checked, then remembered
+    assert signature_holds(public_hex(other), foreign, message)
