@@ -78,8 +78,11 @@ def next_round(genesis: Block, previous: Block, rng, clients=CLIENTS) -> Block:
         )
         for name, n in clients.items()
     }
-    attestations = attest(genesis, previous) if previous.index > 0 else {}
-    return make_round_block(previous, updates, attestations=attestations, server_key=SERVER_KEY)
+    attestations = attest(genesis, previous, tuple(clients)) if previous.index > 0 else {}
+    missing = {name: "sat this round out" for name in CLIENTS if name not in clients}
+    return make_round_block(
+        previous, updates, attestations=attestations, server_key=SERVER_KEY, missing=missing
+    )
 
 
 def build_chain(rounds: int = 3, seed: int = 0, *, closed: bool = False) -> list[Block]:

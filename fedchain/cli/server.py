@@ -30,6 +30,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_connection_flags(parser, listening=True)
     flag = parser.add_argument
     flag("--clients", type=integer_in(1), default=settings.CLIENTS, help="clients per run")
+    flag("--min-clients", type=integer_in(1), default=None,
+         help="the fewest clients a round may go on with; one that drops out, times out or "
+         "sends a bad update is left out (default: all of --clients)")  # fmt: skip
     flag("--rounds", type=integer_in(1), default=settings.ROUNDS, help="training rounds")
     flag("--difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=settings.DIFFICULTY_BITS,
          help="proof of work, in leading zero bits")  # fmt: skip
@@ -54,6 +57,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.min_clients is not None and args.min_clients > args.clients:
+        print(f"error: --min-clients {args.min_clients} is more than --clients {args.clients}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
     try:
         key, created = load_or_create_key(args.key)
         authorized = load_authorized_keys(args.authorized_keys) if args.authorized_keys else None
@@ -92,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = FederationServer(listener, args.chain, say, key=key)
         server.authorized_keys = authorized
         server.n_clients = args.clients
+        server.min_clients = args.min_clients
         server.rounds = args.rounds
         server.difficulty_bits = args.difficulty
         server.seed = args.seed

@@ -282,9 +282,10 @@ class FederatedClient:
             )
             return
         others = ", ".join(c for c in block.cli if c != self.name) or "no other client"
+        gone = f"; missing: {', '.join(block.missing)}" if block.missing else ""
         self.say(
-            f"block {block.index} verified: our signed update is in it as sent, with {others}; "
-            f"FedAvg and every signature check out (hash {block.hash[:16]}…)"
+            f"block {block.index} verified: our signed update is in it as sent, with {others}"
+            f"{gone}; FedAvg and every signature check out (hash {block.hash[:16]}…)"
         )
 
     def _finish(self, message: dict) -> None:

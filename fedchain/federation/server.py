@@ -23,7 +23,13 @@ from fedchain import settings
 from fedchain.checks import printable
 from fedchain.learning.dataset import Dataset, column_difference
 from fedchain.learning.linear_model import LinearModel, mse
-from fedchain.ledger.block import Block, ClientUpdate, RunRecord, TrainingSettings
+from fedchain.ledger.block import (
+    MAX_REASON_CHARS,
+    Block,
+    ClientUpdate,
+    RunRecord,
+    TrainingSettings,
+)
 from fedchain.ledger.chain import Chain, make_closing_block, make_genesis, make_round_block
 from fedchain.ledger.signatures import (
     attestation_message,
@@ -77,6 +83,8 @@ class FederationServer:
     register_timeout_s: float = settings.REGISTER_TIMEOUT_S
     send_timeout_s: float = settings.SEND_TIMEOUT_S
     max_frame_bytes: int = settings.MAX_FRAME_BYTES
+    # A round needs this many clients' updates; fewer, and the run stops. None: all of them.
+    min_clients: int | None = None
     test_data: Dataset | None = None  # held-out rows each global model is scored on
     # The features a run expects, in the order its weights take. Empty: test_data's columns if
     # it is given, else the first client to join sets them.
@@ -103,11 +111,14 @@ class FederationServer:
         self.waiting: list[_Connection] = []
         self.run_features: tuple[str, ...] = ()  # fixed for the run once known
         self.bound_keys: dict[str, str] = {}  # open enrolment: each name's first key
+        self.absent: dict[str, str] = {}  # clients left out of the run, and why
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, data=None)
 
     def run(self) -> list[Block]:
         """Admit the clients and run every round; return the chain. Raises RunAborted."""
+        if self.min_clients is None:
+            self.min_clients = self.n_clients
         try:
             self._admit()
             participants = {peer.name: peer.public_key for peer in self.peers}
@@ -129,16 +140,14 @@ class FederationServer:
                 chain = self._start_chain(genesis, writer)
                 welcome = {"type": "welcome", "genesis": block_to_json(genesis),
                            "seed": self.seed, "rounds": self.rounds}  # fmt: skip
-                for peer in self.peers:
-                    self.send(peer, welcome)
+                self.send_to_all(welcome, index=1)
                 self.say(
                     f"genesis block mined (hash {genesis.hash[:16]}…); {self.rounds} rounds to go"
                 )
                 for index in range(1, self.rounds + 1):
                     self._run_round(index, chain)
                 self._close_run(chain)
-            for peer in self.peers:
-                self.send(peer, {"type": "done", "blocks": len(chain.blocks)})
+            self.send_to_all({"type": "done", "blocks": len(chain.blocks)}, index=self.rounds + 1)
             return chain.blocks
         except RunAborted as error:
             self._abort(str(error))
@@ -362,9 +371,14 @@ class FederationServer:
             "weights": model.weights.copy(),
             "bias": model.bias,
         }
-        for peer in self.peers:
-            self.send(peer, train)
+        self.send_to_all(train, index)
         received = self._collect(index, "update", chain, started + self.round_timeout_s)
+        if len(received) < self.min_clients:
+            reasons = "; ".join(f"{name} {why}" for name, why in self.absent.items())
+            raise RunAborted(
+                f"round {index} cannot go on with {len(received)} of the {self.min_clients} "
+                f"clients it needs (--min-clients): {reasons}"
+            )
         mining_started = time.monotonic()
         # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
         block = make_round_block(
@@ -372,6 +386,7 @@ class FederationServer:
             {p.name: received[p.name][0] for p in self.peers},
             attestations={p.name: received[p.name][1] for p in self.peers},
             server_key=self.key,
+            missing=self.absent,
         )
         mining_s = time.monotonic() - mining_started
         self._append(chain, block)
@@ -395,12 +410,13 @@ class FederationServer:
         """Collect every client's attestation of the last round and seal them in a closing
         block, so the last round, like every other, is checked by the clients."""
         index = self.rounds + 1
-        for peer in self.peers:
-            self.send(peer, {"type": "close", "round": index})
+        self.send_to_all({"type": "close", "round": index}, index)
         deadline = time.monotonic() + self.round_timeout_s
         received = self._collect(index, "attest", chain, deadline)
         attestations = {name: attestation for name, (_, attestation, _) in received.items()}
-        block = make_closing_block(chain.last, attestations=attestations, server_key=self.key)
+        block = make_closing_block(
+            chain.last, attestations=attestations, server_key=self.key, missing=self.absent
+        )
         self._append(chain, block)
         self.say(f"closing block mined: {len(attestations)} clients attest the last round")
 
@@ -412,15 +428,15 @@ class FederationServer:
             raise RunAborted(f"cannot write block {block.index}: {error}") from None
         except ChainError as error:  # a bug of ours, never a peer's doing: say so and stop
             raise RunAborted(f"the server made a block that does not verify: {error}") from None
-        announcement = {"type": "block", "block": block_to_json(block)}
-        for peer in self.peers:
-            self.send(peer, announcement)
+        self.send_to_all({"type": "block", "block": block_to_json(block)}, block.index + 1)
 
     def _collect(
         self, index: int, kind: str, chain: Chain, deadline: float
     ) -> dict[str, tuple[ClientUpdate | None, str, dict]]:
         """Each client's KIND message for round INDEX, checked: its update (None for an
-        attestation alone), its attestation of the last block, and its metrics."""
+        attestation alone), its attestation of the last block, and its metrics. A client that
+        disconnects, sends something bad or nothing in time is left out of the run, its reason
+        recorded in absent, and the others go on."""
         received: dict[str, tuple[ClientUpdate | None, str, dict]] = {}
 
         def handle(peer: _Connection | None) -> None:
@@ -428,50 +444,63 @@ class FederationServer:
                 if connection := self._accept():
                     self._refuse_now(connection, "a run is in progress with all its clients")
                 return
+            if peer not in self.peers:
+                return  # left out earlier in this same pass
             try:
                 messages = peer.reader.receive(peer.sock)
             except ProtocolError as error:
-                raise RunAborted(f"{peer.name} sent a bad frame: {error}") from None
+                self._leave_out(peer, index, f"sent a bad frame: {error}")
+                return
             if messages is None:
-                raise RunAborted(f"{peer.name} disconnected")
-            for message in messages:
-                if peer.name in received:
-                    raise RunAborted(f"{peer.name} sent a second message in round {index}")
-                received[peer.name] = self._check_message(peer, message, kind, index, chain)
+                self._leave_out(peer, index, "disconnected")  # noticed at once, not at the deadline
+                return
+            try:
+                for message in messages:
+                    if peer.name in received:
+                        raise _Refusal(f"sent a second message in round {index}")
+                    received[peer.name] = self._check_message(peer, message, kind, index, chain)
+            except _Refusal as refusal:
+                received.pop(peer.name, None)
+                self._leave_out(peer, index, str(refusal))
 
         # Past the deadline, the last look reads what has already arrived, so a peer is never
         # blamed for time another peer's message took.
-        if not self._serve_until(deadline, lambda: len(received) == len(self.peers), handle):
-            late = ", ".join(p.name for p in self.peers if p.name not in received)
-            raise RunAborted(
-                f"{late} sent no {kind} for round {index} within {self.round_timeout_s:g} s "
-                "(--round-timeout-s)"
-            )
+        every_peer = lambda: all(p.name in received for p in self.peers)  # noqa: E731
+        if not self._serve_until(deadline, every_peer, handle):
+            for peer in [p for p in self.peers if p.name not in received]:
+                why = f"sent no {kind} within {self.round_timeout_s:g} s (--round-timeout-s)"
+                self._leave_out(peer, index, why)
         return received
+
+    def _leave_out(self, peer: _Connection, index: int, reason: str) -> None:
+        """Take PEER out of the run for REASON, tell it why, and record it for every block."""
+        self.absent[peer.name] = printable(f"{reason} (round {index})", limit=MAX_REASON_CHARS - 2)
+        self.say(f"{peer.name} is left out of the run: {reason}")
+        self.selector.unregister(peer.sock)
+        self.peers.remove(peer)
+        with contextlib.suppress(OSError, ProtocolError):
+            self._send_now(peer.sock, {"type": "refused", "reason": f"left out: {reason}"})
+        peer.sock.close()
 
     def _check_message(
         self, peer: _Connection, message: dict, kind: str, index: int, chain: Chain
     ) -> tuple[ClientUpdate | None, str, dict]:
+        """The parts of a client's message, or _Refusal saying what is wrong with it."""
         if message["type"] != kind:
-            raise RunAborted(f"{peer.name} sent {message['type']!r} instead of its {kind}")
+            raise _Refusal(f"sent {message['type']!r} instead of its {kind}")
         if message["round"] != index:
-            raise RunAborted(f"{peer.name} sent round {message['round']}'s {kind} in round {index}")
+            raise _Refusal(f"sent round {message['round']}'s {kind} in round {index}")
         attestation = message["attestation"].hex()
         attested = attestation_message(genesis_hash=chain.genesis.hash, block=chain.last)
         if not signature_holds(peer.public_key, attestation, attested):
-            raise RunAborted(
-                f"{peer.name}'s attestation of block {chain.last.index} does not verify"
-            )
+            raise _Refusal(f"sent an attestation of block {chain.last.index} that does not verify")
         if kind == "attest":
             return None, attestation, {}
         if message["n_samples"] != peer.n_samples:
-            raise RunAborted(
-                f"{peer.name} claims {message['n_samples']} rows, but registered {peer.n_samples}"
-            )
+            raise _Refusal(f"claims {message['n_samples']} rows, but registered {peer.n_samples}")
         if message["weights"].size != len(self.run_features):
-            raise RunAborted(
-                f"{peer.name} sent {message['weights'].size} weights for "
-                f"{len(self.run_features)} features"
+            raise _Refusal(
+                f"sent {message['weights'].size} weights for {len(self.run_features)} features"
             )
         update = ClientUpdate(
             LinearModel(message["weights"], message["bias"]),
@@ -489,8 +518,8 @@ class FederationServer:
             update=update,
         )
         if not signature_holds(peer.public_key, update.signature, signed):
-            raise RunAborted(
-                f"{peer.name}'s update for round {index} is not signed by its key "
+            raise _Refusal(
+                f"sent an update for round {index} not signed by its key "
                 "(replayed from another round or chain, or forged)"
             )
         return update, attestation, message["metrics"]
@@ -520,14 +549,15 @@ class FederationServer:
             with contextlib.suppress(OSError):
                 sock.setblocking(False)
 
-    def send(self, peer: _Connection, message: dict) -> None:
-        try:
-            self._send_now(peer.sock, message)
-        except OSError as error:
-            reason = str(error) or type(error).__name__
-            raise RunAborted(f"{peer.name} disconnected: {reason}") from None
-        except ProtocolError as error:  # a message this server cannot put on the wire
-            raise RunAborted(f"cannot send {message['type']!r} to {peer.name}: {error}") from None
+    def send_to_all(self, message: dict, index: int) -> None:
+        """Send MESSAGE to every client in the run; one that cannot take it is left out."""
+        for peer in list(self.peers):
+            try:
+                self._send_now(peer.sock, message)
+            except OSError as error:
+                self._leave_out(peer, index, f"disconnected ({error or type(error).__name__})")
+            except ProtocolError as error:  # a message this server cannot put on the wire
+                raise RunAborted(f"cannot send {message['type']!r}: {error}") from None
 
     def _turn_away(self, connection: _Connection, reason: str) -> None:
         self.selector.unregister(connection.sock)

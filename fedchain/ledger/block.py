@@ -34,6 +34,7 @@ KNOWN_AGGREGATIONS = (AGGREGATION_FEDAVG,)
 ZERO_HASH = "0" * 64
 MAX_DIFFICULTY_BITS = 64  # far beyond what anyone mines on a CPU; keeps the target in range
 HASH_HEX, KEY_HEX, SIGNATURE_HEX = 64, 64, 128  # lengths in hex digits
+MAX_REASON_CHARS = 300
 _MAGIC = b"FLBC"
 _U16_MAX = 2**16 - 1
 _HEX_DIGITS = "0123456789abcdef"
@@ -116,6 +117,9 @@ class Block:
     run: RunRecord | None = None  # format 2, genesis only
     # Format 2: clients' signatures over the previous block's hash, sent with their updates.
     attestations: dict[str, str] = field(default_factory=dict)
+    # Format 2: the participants that did not contribute to this block, and why (disconnected,
+    # timed out, refused: reason), so the chain records who was there.
+    missing: dict[str, str] = field(default_factory=dict)
     server_signature: str = ""  # format 2: over the hash, so not under it
 
     def __post_init__(self) -> None:
@@ -152,6 +156,14 @@ class Block:
         check_names(tuple(self.attestations), "attestations")
         for name, signature in self.attestations.items():
             check_hex(f"{name}'s attestation", signature, SIGNATURE_HEX)
+        if not isinstance(self.missing, dict):
+            raise TypeError("missing must map names to reasons")
+        check_names(tuple(self.missing), "missing")
+        for name, reason in self.missing.items():
+            if not isinstance(reason, str) or not 0 < len(reason) <= MAX_REASON_CHARS:
+                raise ValueError(f"{name}'s reason for missing must be 1..{MAX_REASON_CHARS} chars")
+            if not reason.isprintable():
+                raise ValueError(f"{name}'s reason for missing must be printable")
         if self.server_signature:
             check_hex("server_signature", self.server_signature, SIGNATURE_HEX)
         if signed:
@@ -163,6 +175,7 @@ class Block:
         elif (
             self.run
             or self.attestations
+            or self.missing
             or self.server_signature
             or any(update.training or update.signature for update in self.client_model.values())
         ):
@@ -209,6 +222,9 @@ def body_digest(block: Block) -> bytes:
         parts.append(U32.pack(len(block.attestations)))
         for name in sorted(block.attestations):
             parts += [pack_string(name), pack_hex(block.attestations[name])]
+        parts.append(U32.pack(len(block.missing)))
+        for name in sorted(block.missing):
+            parts += [pack_string(name), pack_string(block.missing[name])]
         parts.append(U8.pack(block.run is not None))
         if block.run is not None:
             run = block.run

@@ -130,9 +130,10 @@ def make_round_block(
     *,
     attestations: Mapping[str, str],
     server_key: Ed25519PrivateKey,
+    missing: Mapping[str, str] | None = None,
 ) -> Block:
     """Mine and sign the block after PREVIOUS: the clients' signed updates (in dict order),
-    their FedAvg, and the clients' attestations of PREVIOUS."""
+    their FedAvg, the clients' attestations of PREVIOUS, and who is MISSING and why."""
     cli = tuple(updates)
     block = _successor(
         previous,
@@ -140,12 +141,17 @@ def make_round_block(
         client_model=dict(updates),
         server_model=fedavg([(updates[c].model, updates[c].n_samples) for c in cli]),
         attestations=dict(sorted(attestations.items())),
+        missing=dict(sorted((missing or {}).items())),
     )
     return _seal_and_sign(block, server_key)
 
 
 def make_closing_block(
-    previous: Block, *, attestations: Mapping[str, str], server_key: Ed25519PrivateKey
+    previous: Block,
+    *,
+    attestations: Mapping[str, str],
+    server_key: Ed25519PrivateKey,
+    missing: Mapping[str, str] | None = None,
 ) -> Block:
     """Mine and sign the block that ends a run: no model update, only the clients'
     attestations of the last round, so that round is checked by the clients too."""
@@ -155,6 +161,7 @@ def make_closing_block(
         client_model={},
         server_model=previous.server_model,
         attestations=dict(sorted(attestations.items())),
+        missing=dict(sorted((missing or {}).items())),
     )
     return _seal_and_sign(block, server_key)
 

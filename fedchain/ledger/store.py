@@ -23,7 +23,7 @@ _BLOCK_KEYS = {
     "version", "index", "timestamp", "previous_hash", "difficulty", "feature_names",
     "aggregation", "cli", "client_model", "server_model", "nonce", "hash",
 }  # fmt: skip
-_SIGNED_BLOCK_KEYS = _BLOCK_KEYS | {"run", "attestations", "server_signature"}
+_SIGNED_BLOCK_KEYS = _BLOCK_KEYS | {"run", "attestations", "missing", "server_signature"}
 _UPDATE_KEYS = {"weights", "bias", "n_samples"}
 _SIGNED_UPDATE_KEYS = _UPDATE_KEYS | {"training", "signature"}
 _TRAINING_KEYS = {"seed", "generations", "population"}
@@ -63,6 +63,7 @@ def block_to_json(block: Block) -> str:
             "participants": dict(sorted(run.participants.items())),
         }  # fmt: skip
         record["attestations"] = dict(sorted(block.attestations.items()))
+        record["missing"] = dict(sorted(block.missing.items()))
         record["server_signature"] = block.server_signature
     # repr-style floats round-trip exactly; allow_nan=False is a second guard behind LinearModel.
     return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
@@ -90,6 +91,7 @@ def block_from_json(line: str) -> Block:
     if signed:
         extra["run"] = None if record["run"] is None else _run_from_record(record["run"])
         extra["attestations"] = _typed("attestations", record["attestations"], dict)
+        extra["missing"] = _typed("missing", record["missing"], dict)
         extra["server_signature"] = _typed("server_signature", record["server_signature"], str)
     return Block(
         version=record["version"],

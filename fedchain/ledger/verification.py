@@ -134,7 +134,7 @@ def verify_next(
 def _verify_contributors(position: int, previous: Block, block: Block, genesis: Block) -> None:
     """Every update and attestation in BLOCK is signed by a participant the genesis admitted."""
     participants = genesis.run.participants
-    for name in [*block.cli, *block.attestations]:
+    for name in [*block.cli, *block.attestations, *block.missing]:
         if name not in participants:
             raise ChainError(position, f"{name} is not a participant admitted in the genesis")
     for name in block.cli:
@@ -153,6 +153,16 @@ def _verify_contributors(position: int, previous: Block, block: Block, genesis: 
             raise ChainError(
                 position, f"{name}'s attestation of block {previous.index} does not verify"
             )
+    # Every participant is accounted for: it contributed (or, closing, attested), or is missing.
+    present = set(block.cli if block.cli else block.attestations)
+    if present & set(block.missing):
+        both = ", ".join(sorted(present & set(block.missing)))
+        raise ChainError(position, f"{both} both took part and is recorded missing")
+    if unaccounted := set(participants) - present - set(block.missing):
+        names = ", ".join(sorted(unaccounted))
+        raise ChainError(position, f"{names} neither took part nor is recorded missing")
+    if set(block.attestations) - set(block.cli) and block.cli:
+        raise ChainError(position, "an attestation comes from a client with no update here")
 
 
 def _verify_server_signature(position: int, block: Block, genesis: Block) -> None:

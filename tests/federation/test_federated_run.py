@@ -106,10 +106,11 @@ def test_a_client_that_dies_mid_run_is_reported_and_the_chain_stays_valid(progra
     victim.wait_for(r"^block 2 verified")
     victim.kill()
     assert server.finish() == 1
-    assert "run stopped: cli2 disconnected" in server.output
+    stopped = "cannot go on with 1 of the 2 clients it needs (--min-clients): cli2 disconnected"
+    assert stopped in server.output
     assert "Traceback" not in server.output
     assert survivor.finish() == 1
-    assert "run stopped: cli2 disconnected" in survivor.output
+    assert stopped in survivor.output
     chain_path = tmp_path / "chain.jsonl"
     result = run_blockchain_cli("verify", chain_path)
     assert result.returncode == 3, result.stdout  # every block valid, the run unfinished
@@ -117,6 +118,22 @@ def test_a_client_that_dies_mid_run_is_reported_and_the_chain_stays_valid(progra
     assert 3 <= len(blocks) < 51  # genesis and the rounds finished before the kill
     unfinished = f"incomplete: {len(blocks)} blocks verify, but the run planned 50 rounds"
     assert server.output.splitlines()[-1].startswith(unfinished)
+
+
+def test_with_a_quorum_the_run_goes_on_without_a_client_that_dies(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "4", "--min-clients", "1")
+    survivor = programs("client1.py", *client_args("cli1", port, tmp_path))
+    victim = programs("client2.py", *client_args("cli2", port, tmp_path))
+    victim.wait_for(r"^block 1 verified")
+    victim.kill()
+    assert server.finish() == 0, server.output
+    assert survivor.finish() == 0, survivor.output
+    assert "cli2 is left out of the run: disconnected" in server.output
+    blocks = load_chain(tmp_path / "chain.jsonl").blocks
+    assert len(blocks) == 6 and blocks[1].cli == ("cli1", "cli2")
+    assert blocks[-2].cli == ("cli1",) and blocks[-2].missing["cli2"].startswith("disconnected")
+    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
+    assert result.returncode == 0 and "the run is complete (4 of 4 rounds)" in result.stdout
 
 
 def test_the_server_refuses_a_second_client_with_the_same_name(programs, tmp_path):

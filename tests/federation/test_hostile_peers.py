@@ -136,44 +136,48 @@ def update_with(client: RawClient, sent: dict | None = None, **signing) -> bytes
     return frame(pickle.dumps({**client.update(**signing), **(sent or {})}, protocol=5))
 
 
+NOT_SIGNED = (
+    "sent an update for round 1 not signed by its key (replayed from another round or chain, "
+    "or forged)"
+)
 BAD_UPDATES = {
     "3 weights": (
         lambda c: update_with(c, {"weights": np.zeros(3)}),
-        "cli2 sent 3 weights for 12 features",
+        "sent 3 weights for 12 features",
     ),
     "NaN": (
         lambda c: update_with(c, {"weights": np.full(12, np.nan)}),
-        "cli2 sent a bad frame: update message: weights holds NaN or infinity",
+        "sent a bad frame: update message: weights holds NaN or infinity",
     ),
     "no rows": (
         lambda c: update_with(c, {"n_samples": 0}),
-        "cli2 sent a bad frame: update message: n_samples must be a positive integer, not 0",
+        "sent a bad frame: update message: n_samples must be a positive integer, not 0",
     ),
     "more rows": (
         lambda c: update_with(c, {"n_samples": 10**6}),
-        "cli2 claims 1000000 rows, but registered 535",
+        "claims 1000000 rows, but registered 535",
     ),
     "huge": (
         lambda c: update_with(c, {"weights": np.full(12, 1e300)}),
-        "cli2 sent a bad frame: update message: weights holds a number larger than 1e+100",
+        "sent a bad frame: update message: weights holds a number larger than 1e+100",
     ),
     "signed by another key": (
         lambda c: update_with(c, key=fixed_key("another")),
-        "cli2's update for round 1 is not signed by its key",
+        NOT_SIGNED,
     ),
     "replayed from another round": (
         lambda c: update_with(c, index=2),
-        "cli2's update for round 1 is not signed by its key",
+        NOT_SIGNED,
     ),
     "replayed from another chain": (
         lambda c: update_with(c, genesis=replace(c.genesis, hash="ab" * 32)),
-        "cli2's update for round 1 is not signed by its key",
+        NOT_SIGNED,
     ),
     "forged attestation": (
         lambda c: update_with(c, {"attestation": bytes(64)}),
-        "cli2's attestation of block 0 does not verify",
+        "sent an attestation of block 0 that does not verify",
     ),
-    "silent": (None, "cli2 sent no update for round 1 within 3 s (--round-timeout-s)"),
+    "silent": (None, "sent no update within 3 s (--round-timeout-s)"),
 }
 
 
@@ -189,9 +193,13 @@ def test_a_bad_update_stops_the_run_cleanly_with_its_reason(programs, tmp_path, 
             suspect.sock.sendall(make(suspect))
         assert server.finish() == 1, server.output
         reply, told = receive(suspect.sock), receive(honest.sock)
-    assert reply["type"] == "refused" and reply["reason"].startswith(f"run stopped: {expected}")
-    assert told == reply  # the honest client is told why the run stopped, too
-    assert f"run stopped: {expected}" in server.output
+    assert reply == {"type": "refused", "reason": f"left out: {expected}"}
+    # The honest client is told why the run stopped: too few clients are left for the round.
+    assert told["type"] == "refused" and told["reason"].startswith(
+        "run stopped: round 1 cannot go on with 1 of the 2 clients it needs (--min-clients): "
+        f"cli2 {expected} (round 1)"
+    )
+    assert f"cli2 is left out of the run: {expected}" in server.output
     assert "Traceback" not in server.output
     result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
     assert result.returncode == 3 and "incomplete: 1 block verify" in result.stdout
@@ -282,3 +290,26 @@ def test_a_newcomer_during_the_run_is_refused_and_the_run_goes_on(programs, tmp_
             assert receive(client.sock) == {"type": "done", "blocks": 3}
     assert server.finish() == 0, server.output
     assert server.output.rstrip().endswith("valid: 3 blocks; the run is complete (1 of 1 rounds)")
+
+
+@pytest.mark.parametrize("bad", ["replayed from another round", "signed by another key", "silent"])
+def test_with_a_quorum_a_bad_client_is_left_out_and_the_run_goes_on(programs, tmp_path, bad):
+    make, expected = BAD_UPDATES[bad]
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "--min-clients", "1",
+                                "--round-timeout-s", "3")  # fmt: skip
+    honest, suspect = join_raw_clients(port, "cli1", "cli2")
+    with honest, suspect:
+        honest.send(honest.update())
+        if make is not None:
+            suspect.sock.sendall(make(suspect))
+        block = honest.hear_block()
+        assert block.cli == ("cli1",)
+        assert block.missing == {"cli2": f"{expected} (round 1)"}  # under the hash, signed
+        assert receive(honest.sock) == {"type": "close", "round": 2}
+        honest.send({"type": "attest", "round": 2, "attestation": honest.attestation()})
+        closing = honest.hear_block()
+        assert closing.attestations.keys() == {"cli1"} and "cli2" in closing.missing
+        assert receive(honest.sock) == {"type": "done", "blocks": 3}
+    assert server.finish() == 0, server.output
+    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
+    assert result.returncode == 0, result.stdout

@@ -202,3 +202,23 @@ def test_a_remembered_check_still_refuses_anything_else():
     assert not signature_holds(public_hex(key), flipped, message)
     foreign = sign(other, message).hex()  # made elsewhere: checked, then remembered
     assert signature_holds(public_hex(other), foreign, message)
+
+
+def test_every_participant_is_accounted_for_in_every_block():
+    rng = np.random.default_rng(2)
+    genesis = genesis_for(2)
+    alone = next_round(genesis, genesis, rng, {"cli1": 535})  # cli2 recorded missing
+    assert alone.missing == {"cli2": "sat this round out"}
+    verify_chain([genesis, alone])
+    unaccounted = reseal(alone, missing={})
+    with pytest.raises(ChainError, match="block 1: cli2 neither took part nor is recorded"):
+        verify_chain([genesis, unaccounted])
+    stranger = reseal(alone, missing={"cli2": "gone", "cli9": "gone"})
+    with pytest.raises(ChainError, match="block 1: cli9 is not a participant"):
+        verify_chain([genesis, stranger])
+    both = next_round(genesis, genesis, rng)
+    with pytest.raises(ChainError, match="block 1: cli1 both took part and is recorded missing"):
+        verify_chain([genesis, reseal(both, missing={"cli1": "gone"})])
+    # The reason is under the hash: changing it breaks the block.
+    with pytest.raises(ChainError, match="block 1: hash does not match"):
+        verify_chain([genesis, replace(alone, missing={"cli2": "something else"})])

@@ -45,7 +45,10 @@ def test_awkward_floats_survive_storage(tmp_path):
     awkward = [-0.0, 5e-324, 1.7976931348623157e300, 0.1, 1 / 3]
     genesis = genesis_for(1, features=tuple("abcde"), initial=LinearModel(awkward, -0.0))
     update = signed_update(genesis, genesis, "cli1", LinearModel(awkward[::-1], 1e-300), 3)
-    block = make_round_block(genesis, {"cli1": update}, attestations={}, server_key=SERVER_KEY)
+    block = make_round_block(
+        genesis, {"cli1": update}, attestations={}, server_key=SERVER_KEY,
+        missing={"cli2": "timed out (after 60 s)"},
+    )  # fmt: skip
     blocks = [genesis, block]
     loaded = load_chain(write_chain(tmp_path / "chain.jsonl", blocks)).blocks
     assert loaded[0].server_model == genesis.server_model  # bit for bit: -0.0 stays -0.0
