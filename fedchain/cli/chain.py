@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from fedchain.cli.arguments import integer_in
-from fedchain.cli.console import say
+from fedchain.cli.console import say, shown
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS, Block
 from fedchain.ledger.compare import compare_chains
 from fedchain.ledger.report import Verdict, report_chain
@@ -68,7 +68,7 @@ def _load(path: str) -> list[Block] | int:
     try:
         loaded = load_chain(path)
     except ChainFileError as error:
-        say(f"invalid: {error}")
+        say(f"invalid: {shown(error)}")
         return EXIT_INVALID
     except OSError as error:
         print(f"error: cannot read {path}: {error.strerror}", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fedchain import settings
 from fedchain.cli.arguments import add_connection_flags, client_name, integer_in, seconds
-from fedchain.cli.console import say
+from fedchain.cli.console import say, shown
 from fedchain.federation.client import (
     ClientFailed,
     FederatedClient,
@@ -83,7 +83,7 @@ def main(
     try:
         key, created = load_or_create_key(key_path)
     except (TrustError, OSError) as error:
-        print(f"error: {name}: {error}", file=sys.stderr)
+        print(f"error: {name}: {shown(error)}", file=sys.stderr)
         return EXIT_USAGE
     if args.show_key:
         say(public_hex(key))
@@ -107,7 +107,7 @@ def main(
         validate_message(client.registration())
         prepare_replica(args.replica)
     except (DataError, ValueError, OSError) as error:  # ValueError: values too large to use
-        print(f"error: {name}: {error}", file=sys.stderr)
+        print(f"error: {name}: {shown(error)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         sock, server_key = open_channel(
@@ -124,10 +124,10 @@ def main(
                 f"{data.n_samples} rows")  # fmt: skip
             client.run(sock, args.max_frame_bytes, server_key)
     except ClientFailed as error:
-        print(f"error: {name}: {error}", file=sys.stderr, flush=True)
+        print(f"error: {name}: {shown(error)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except ProtocolError as error:
-        print(f"error: {name}: the server broke the protocol: {error}", file=sys.stderr)
+        print(f"error: {name}: the server broke the protocol: {shown(error)}", file=sys.stderr)
         return EXIT_FAILED
     except ConnectionClosed:
         print(f"error: {name}: the server closed the connection mid-run", file=sys.stderr)

@@ -5,7 +5,7 @@ import sys
 from collections.abc import Sequence
 
 from fedchain.cli.arguments import integer_in
-from fedchain.cli.console import say
+from fedchain.cli.console import say, shown
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.chain import verify_chain
 from fedchain.ledger.store import ChainFileError, load_chain
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         blocks = load_chain(args.chain).blocks
         verify_chain(blocks, min_difficulty=args.min_difficulty)
     except (ChainFileError, ChainError) as error:
-        print(f"error: {args.chain} does not verify: {error}", file=sys.stderr)
+        print(f"error: {args.chain} does not verify: {shown(error)}", file=sys.stderr)
         return EXIT_INVALID
     except OSError as error:
         print(f"error: cannot read {args.chain}: {error.strerror}", file=sys.stderr)

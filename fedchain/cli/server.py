@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fedchain import settings
 from fedchain.cli.arguments import add_connection_flags, integer_in, seconds
-from fedchain.cli.console import listening_line, say
+from fedchain.cli.console import listening_line, say, shown
 from fedchain.federation.server import ChainUnavailable, FederationServer, RunAborted
 from fedchain.learning.dataset import DataError, load_dataset
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
@@ -133,7 +133,7 @@ def show_stored_chain(path: Path, say: Callable[[str], None]) -> bool:
         say("no block was written")
         return False
     except ChainFileError as error:
-        say(f"invalid: {error}")
+        say(f"invalid: {shown(error)}")
         return False
     except OSError as error:
         say(f"cannot read {path}: {error}")

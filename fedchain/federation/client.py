@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import settings
+from fedchain.checks import printable
 from fedchain.learning.dataset import DataError, Dataset
 from fedchain.learning.linear_model import LinearModel, mse
 from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
@@ -116,7 +117,7 @@ class FederatedClient:
                 message = receive_message(sock, max_frame_bytes=max_frame_bytes)
                 kind = message["type"]
                 if kind == "refused":
-                    raise ClientFailed(f"the server refused: {message['reason']}")
+                    raise ClientFailed(f"the server refused: {printable(message['reason'])}")
                 if kind not in _EXPECTED[self.stage]:
                     raise ClientFailed(
                         f"the server sent a {kind!r} message while this client was "

@@ -5,11 +5,13 @@ is strict (exact keys, floats written as floats, no NaN), because a value that p
 hash the same as the value that was written while reading differently to a person.
 """
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedchain.checks import describe
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
     FORMAT_SIGNED,
@@ -153,23 +155,41 @@ class ChainWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL: a run never writes over a chain that is already there.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
-            self._fd = os.open(self.path, flags, 0o644)
-        except FileExistsError:
-            raise FileExistsError(
-                f"{self.path} already exists; move it away or choose another file"
-            ) from None
-        _fsync_directory(self.path.parent)
+        if self.path.exists():  # a run never writes over a chain that is already there
+            raise FileExistsError(_exists(self.path))
+        self._fd = -1  # the file is made with its first block
 
     def append(self, block: Block) -> None:
         # One line per block, then fsync: after a crash the file holds whole blocks and at
         # most one torn last line, which load_chain recognises and drops.
-        data = memoryview((block_to_json(block) + "\n").encode("utf-8"))
-        while data:  # unbuffered: a failed write leaves nothing behind to fail again on close
-            data = data[os.write(self._fd, data) :]
+        line = (block_to_json(block) + "\n").encode("utf-8")
+        if self._fd < 0:
+            self._fd = self._create_with(line)
+            return
+        _write_all(self._fd, line)
         os.fsync(self._fd)
+
+    def _create_with(self, first_line: bytes) -> int:
+        # The file appears whole, holding its first block, or not at all: written under a
+        # temporary name, synced, then linked into place, so a crash never leaves an empty or
+        # half-made chain file to be refused as already there.
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, first_line)
+            os.fsync(fd)
+            try:
+                os.link(temporary, self.path)  # fails if the name was taken meanwhile
+            except FileExistsError:
+                raise FileExistsError(_exists(self.path)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        _fsync_directory(self.path.parent)
+        return fd  # still open on the file, at its end
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -181,6 +201,16 @@ class ChainWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _exists(path: Path) -> str:
+    return f"{path} already exists; move it away or choose another file"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # unbuffered: a failed write leaves nothing behind to fail again on close
+        view = view[os.write(fd, view) :]
 
 
 def load_chain(path: str | Path) -> LoadedChain:
@@ -247,7 +277,7 @@ def _model_from_record(where: str, record: dict) -> LinearModel:
 
 def _typed(where: str, value: object, kind: type) -> object:
     if type(value) is not kind:
-        raise TypeError(f"{where} must be a JSON {kind.__name__}, not {value!r}")
+        raise TypeError(f"{where} must be a JSON {kind.__name__}, not {describe(value)}")
     return value
 
 
@@ -257,7 +287,9 @@ def _expect_keys(where: str, record: object, keys: set[str]) -> None:
     if missing := keys - record.keys():
         raise ValueError(f"{where} lacks {', '.join(sorted(missing))}")
     if extra := record.keys() - keys:
-        raise ValueError(f"{where} has unknown field(s) {', '.join(sorted(extra))}")
+        # Whoever wrote the file chose these names: show a few, short and escaped.
+        shown = ", ".join(describe(name) for name in sorted(extra)[:5])
+        raise ValueError(f"{where} has unknown field(s) {shown}")
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:

@@ -276,6 +276,10 @@ SCRIPTS = {
         lambda s: send_message(s.conn, {"type": "refused", "reason": "no room"}),
         "the server refused: no room",
     ),
+    "a refusal of four megabytes": (
+        lambda s: send_message(s.conn, {"type": "refused", "reason": "x" * (1 << 22)}),
+        "the server refused: xxxx",
+    ),
 }
 # How many blocks each lie leaves in the client's replica: what it had verified before.
 KEPT_BLOCKS = {"rewritten history": 2}
@@ -296,6 +300,7 @@ def test_the_client_refuses_a_lying_server(programs, tmp_path, lie):
     assert client.finish() == 1, client.output
     assert expected in client.output
     assert "Traceback" not in client.output
+    assert len(client.output) < 5000  # what a server sends is echoed short, never in full
     assert not (tmp_path / "pwned-by-fake-server").exists()
     server.finish()
     replica = tmp_path / "cli1.jsonl"

@@ -113,7 +113,7 @@ def record_of(block) -> dict:
         (lambda t: t.replace('"bias":0.0', '"bias":0'), "must be a JSON float"),
         (lambda t: t.replace('"bias":0.0', '"bias":NaN'), "NaN is not a finite number"),
         (lambda t: t.replace('"bias":0.0', '"bias":1e999'), "finite"),
-        (lambda t: t.replace('"nonce":', '"extra":1,"nonce":'), "unknown field(s) extra"),
+        (lambda t: t.replace('"nonce":', '"extra":1,"nonce":'), "unknown field(s) 'extra'"),
         (lambda t: t.replace('"index":0,', ""), "lacks index"),
         (lambda t: t.replace('"index":0,', '"index":0,"index":0,'), "repeats a key"),
         (lambda t: t.replace('"difficulty":8', '"difficulty":true'), "integer"),
@@ -214,3 +214,39 @@ def test_a_whole_last_line_damaged_in_the_middle_is_not_taken_for_a_tear(tmp_pat
     path.write_bytes(bytes(data))
     with pytest.raises(ChainFileError, match=r"line 2 \(block 1\)"):
         load_chain(path)
+
+
+def test_a_chain_file_appears_only_with_its_first_block(tmp_path):
+    # A crash between making the file and writing the genesis must not leave an empty file
+    # that a restart would refuse as "already exists": the file appears whole or not at all.
+    path = tmp_path / "chain.jsonl"
+    blocks = build_chain(rounds=1)
+    writer = ChainWriter(path)
+    assert not path.exists()
+    writer.append(blocks[0])
+    assert path.read_text().count("\n") == 1
+    writer.append(blocks[1])
+    writer.close()
+    assert [b.hash for b in load_chain(path).blocks] == [b.hash for b in blocks]
+    assert [p.name for p in tmp_path.iterdir()] == ["chain.jsonl"]  # no temporary left
+
+
+def test_a_chain_file_made_by_someone_else_meanwhile_is_never_overwritten(tmp_path):
+    path = tmp_path / "chain.jsonl"
+    writer = ChainWriter(path)
+    path.write_text("precious\n")  # another program took the name after we checked
+    with pytest.raises(FileExistsError, match="already exists"):
+        writer.append(build_chain(rounds=1)[0])
+    assert path.read_text() == "precious\n"
+    with pytest.raises(FileExistsError):
+        ChainWriter(path)
+
+
+def test_what_a_crafted_file_holds_is_echoed_short(tmp_path):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))
+    record = json.loads(path.read_text().splitlines()[0])
+    record["x" * 1_000_000] = 1
+    path.write_text(json.dumps(record) + "\n")
+    result = run_blockchain_cli("verify", path)
+    assert result.returncode == 1 and "unknown field(s)" in result.stdout
+    assert len(result.stdout) < 2000
