@@ -34,6 +34,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
             help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
         )  # fmt: skip
+        command.add_argument(
+            "--require-signed", action="store_true",
+            help="refuse an unsigned (format-1) chain: anyone can re-mine one",
+        )  # fmt: skip
     compare = commands.add_parser(
         "compare", help="where two copies part; exit 0 if one extends the other, 4 if they "
         "part, 5 if the server signed both versions (proof of equivocation)",
@@ -58,8 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(blocks, int):
         return blocks
     verdict = report_chain(
-        blocks, say, show_blocks=args.command == "show", min_difficulty=args.min_difficulty
-    )
+        blocks, say, show_blocks=args.command == "show", min_difficulty=args.min_difficulty,
+        require_signed=args.require_signed,
+    )  # fmt: skip
     return {Verdict.VALID: EXIT_OK, Verdict.INCOMPLETE: EXIT_INCOMPLETE}.get(verdict, EXIT_INVALID)
 
 

@@ -126,7 +126,9 @@ class FederationServer:
                 initial_model=LinearModel.zeros(len(self.run_features)),
                 feature_names=self.run_features,
                 difficulty=self.difficulty_bits,
-                run=RunRecord(self.rounds, self.seed, self.public_key, participants),
+                run=RunRecord(
+                    self.rounds, self.seed, self.public_key, participants, self.min_clients
+                ),
                 server_key=self.key,
             )
             # The file is made only now, so a run that never starts leaves nothing in the way.
@@ -470,7 +472,10 @@ class FederationServer:
             for peer in [p for p in self.peers if p.name not in received]:
                 why = f"sent no {kind} within {self.round_timeout_s:g} s (--round-timeout-s)"
                 self._leave_out(peer, index, why)
-        return received
+        # A client that left after its message arrived is out, with what it sent: the block
+        # must never count a client it also records as missing.
+        staying = {peer.name for peer in self.peers}
+        return {name: parts for name, parts in received.items() if name in staying}
 
     def _leave_out(self, peer: _Connection, index: int, reason: str) -> None:
         """Take PEER out of the run for REASON, tell it why, and record it for every block."""
@@ -536,7 +541,12 @@ class FederationServer:
         # Non-blocking, handshake included: reads take only what has arrived, so a peer that
         # never finishes its handshake or a frame holds up nobody (see _send_now for sends).
         sock.setblocking(False)
-        tls = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as error:  # reset before it was ever served: nothing to say to it
+            self.say(f"dropped {host}:{port}: {error or type(error).__name__}")
+            sock.close()
+            return None
         reader = FrameReader(self.max_frame_bytes)
         return _Connection(tls, f"{host}:{port}", reader, time.monotonic())
 

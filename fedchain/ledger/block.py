@@ -62,9 +62,11 @@ class RunRecord:
     seed: int
     server_key: str  # the server's Ed25519 public key, 64 hex digits
     participants: dict[str, str]  # each admitted client's name and public key
+    min_clients: int = 1  # the fewest contributions a round block may hold (the quorum)
 
     def __post_init__(self) -> None:
         check_int(self.rounds, 1, MAX_INT, "rounds")
+        check_int(self.min_clients, 1, MAX_INT, "min_clients")
         check_int(self.seed, 0, MAX_INT, "the run's seed")
         check_hex("server_key", self.server_key, KEY_HEX)
         if not isinstance(self.participants, dict):
@@ -229,6 +231,7 @@ def body_digest(block: Block) -> bytes:
         if block.run is not None:
             run = block.run
             parts += [U64.pack(run.rounds), U64.pack(run.seed), pack_hex(run.server_key)]
+            parts.append(U64.pack(run.min_clients))
             parts.append(U32.pack(len(run.participants)))
             for name in sorted(run.participants):
                 parts += [pack_string(name), pack_hex(run.participants[name])]

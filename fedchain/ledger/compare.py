@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedchain.ledger.block import Block, compute_hash
+from fedchain.ledger.chain import verify_chain
 from fedchain.ledger.signatures import block_message, signature_holds
+from fedchain.ledger.verification import ChainError
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ def compare_chains(a: Sequence[Block], b: Sequence[Block]) -> Comparison:
     """Find where A and B part and judge the two blocks there."""
     for index, (block_a, block_b) in enumerate(zip(a, b, strict=False)):
         if block_a.hash != block_b.hash:
-            return _judge(index, a[0], block_a, block_b)
+            return _judge(index, a[:index], block_a, block_b)
     if len(a) == len(b):
         return Comparison(None, False, f"the copies are the same {len(a)} blocks")
     shorter, longer = sorted((len(a), len(b)))
@@ -33,9 +35,22 @@ def compare_chains(a: Sequence[Block], b: Sequence[Block]) -> Comparison:
     )
 
 
-def _judge(index: int, genesis: Block, block_a: Block, block_b: Block) -> Comparison:
+def _judge(index: int, shared: Sequence[Block], block_a: Block, block_b: Block) -> Comparison:
     if index == 0:
         return Comparison(0, False, "the copies start from different genesis blocks: two runs")
+    try:  # a proof stands on a shared history that verifies, whatever came after it
+        verify_chain(shared)
+    except ChainError as error:
+        return Comparison(index, False, f"the blocks both copies hold do not verify: {error}")
+    genesis, before = shared[0], shared[-1]
+    if not block_a.previous_hash == block_b.previous_hash == before.hash:
+        # A block that does not follow the shared history belongs to some other chain (another
+        # run signed with the same key, say): it proves nothing about this one.
+        return Comparison(
+            index, False,
+            f"the copies part at block {index}, but not both blocks there follow block "
+            f"{before.index}; that is no proof against the server",
+        )  # fmt: skip
     server_key = genesis.run.server_key if genesis.signed else None
     signed = [_signed_by(server_key, block) for block in (block_a, block_b)]
     if all(signed) and block_a.index == block_b.index == index:

@@ -45,6 +45,7 @@ def report_chain(
     *,
     show_blocks: bool = True,
     min_difficulty: int = 0,
+    require_signed: bool = False,
 ) -> Verdict:
     """Print the blocks (if asked), who signed and attested each, and the verdict."""
     if show_blocks:
@@ -57,6 +58,9 @@ def report_chain(
         return Verdict.INVALID
     count = f"{len(blocks)} block{'s' if len(blocks) != 1 else ''}"
     if not chain.genesis.signed:
+        if require_signed:
+            say("invalid: block 0: the chain is unsigned (format 1), and signatures are required")
+            return Verdict.INVALID
         say(f"valid: {count} (format 1: unsigned, so no contribution is attributable)")
         return Verdict.VALID
     for block in chain.blocks:
@@ -78,6 +82,8 @@ def describe_signatures(chain: Chain, block: Block) -> str:
         what = "updates signed by " + ", ".join(block.cli)
     else:
         what = "closes the run"
+    if block.missing:  # the reasons are the server's word, signed by it
+        what += "; missing: " + ", ".join(f"{n} ({why})" for n, why in block.missing.items())
     attesters = chain.attesters(block.index)
     if attesters:
         return f"block {block.index}: {what}; attested by {', '.join(attesters)}"

@@ -29,7 +29,7 @@ _SIGNED_BLOCK_KEYS = _BLOCK_KEYS | {"run", "attestations", "missing", "server_si
 _UPDATE_KEYS = {"weights", "bias", "n_samples"}
 _SIGNED_UPDATE_KEYS = _UPDATE_KEYS | {"training", "signature"}
 _TRAINING_KEYS = {"seed", "generations", "population"}
-_RUN_KEYS = {"rounds", "seed", "server_key", "participants"}
+_RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
 
 
 class ChainFileError(ValueError):
@@ -63,6 +63,7 @@ def block_to_json(block: Block) -> str:
         record["run"] = None if run is None else {
             "rounds": run.rounds, "seed": run.seed, "server_key": run.server_key,
             "participants": dict(sorted(run.participants.items())),
+            "min_clients": run.min_clients,
         }  # fmt: skip
         record["attestations"] = dict(sorted(block.attestations.items()))
         record["missing"] = dict(sorted(block.missing.items()))
@@ -146,6 +147,7 @@ def _run_from_record(record: object) -> RunRecord:
         seed=record["seed"],
         server_key=_typed("run.server_key", record["server_key"], str),
         participants=_typed("run.participants", record["participants"], dict),
+        min_clients=record["min_clients"],
     )
 
 

@@ -60,14 +60,16 @@ def verify_genesis_fields(genesis: Block) -> None:
         fail("the first block must be the genesis block, index 0")
     if genesis.previous_hash != ZERO_HASH:
         fail("the genesis block must have an all-zero previous_hash")
-    if genesis.cli or genesis.attestations:
-        fail("the genesis block must have no client models or attestations")
+    if genesis.cli or genesis.attestations or genesis.missing:
+        fail("the genesis block must have no client models, attestations or missing clients")
     if genesis.aggregation not in KNOWN_AGGREGATIONS:
         fail(f"unknown aggregation rule {genesis.aggregation!r}")
     if not genesis.feature_names:
         fail("the genesis block must name the features")
     if genesis.signed and not genesis.run.participants:
         fail("the genesis block admits no clients")
+    if genesis.signed and genesis.run.min_clients > len(genesis.run.participants):
+        fail(f"min_clients {genesis.run.min_clients} is more than the clients it admits")
     _verify_model_sizes(0, genesis)
 
 
@@ -118,6 +120,9 @@ def verify_next(
         return
     if not block.cli:
         fail("a round block must hold at least one client model")
+    if genesis.signed and len(block.cli) < genesis.run.min_clients:
+        fail(f"{len(block.cli)} clients took part, fewer than the run's min_clients "
+             f"{genesis.run.min_clients}")  # fmt: skip
     for name, n_samples in block.sample_counts().items():
         # A client's rows are fixed for a run; a changed count would reweigh the average.
         if sample_counts.get(name, n_samples) != n_samples:

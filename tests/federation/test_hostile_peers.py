@@ -4,7 +4,9 @@ valid."""
 
 import os
 import pickle
+import socket
 import ssl
+import struct
 from dataclasses import replace
 
 import numpy as np
@@ -313,3 +315,72 @@ def test_with_a_quorum_a_bad_client_is_left_out_and_the_run_goes_on(programs, tm
     assert server.finish() == 0, server.output
     result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
     assert result.returncode == 0, result.stdout
+
+
+def reset_connection(port: int) -> None:
+    """Connect and reset at once (SO_LINGER 0): the server meets a socket already dead."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_connections_reset_before_and_during_the_run_harm_nobody(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "2")
+    for _ in range(20):
+        reset_connection(port)
+    clients = run_two_clients(programs, tmp_path, port)
+    clients[0].wait_for(r"^block 1 verified")
+    for _ in range(20):
+        reset_connection(port)
+    finish_cleanly(server, clients, rounds=2)
+
+
+@pytest.mark.parametrize("min_clients", ["1", "2"])
+def test_a_client_that_leaves_right_after_its_update_is_not_counted(programs, tmp_path,
+                                                                    min_clients):  # fmt: skip
+    server, port = start_server(programs, tmp_path, "--rounds", "1",
+                                "--min-clients", min_clients)  # fmt: skip
+    honest, leaver = join_raw_clients(port, "cli1", "cli2")
+    with honest:
+        with leaver:
+            leaver.send(leaver.update())  # and its close follows in the same breath
+        honest.send(honest.update())
+        if min_clients == "2":
+            assert server.finish() == 1, server.output
+            assert "round 1 cannot go on with 1 of the 2 clients" in server.output
+            assert "Traceback" not in server.output
+            return
+        block = honest.hear_block()
+        assert block.cli == ("cli1",) and block.missing == {"cli2": "disconnected (round 1)"}
+
+
+def test_a_client_that_leaves_after_its_closing_attestation_does_not_stop_the_run(
+    programs, tmp_path
+):
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "--min-clients", "1")
+    clients = join_raw_clients(port, "cli1", "cli2")
+    for client in clients:
+        client.send(client.update())
+    for client in clients:
+        client.hear_block()
+        assert receive(client.sock) == {"type": "close", "round": 2}
+    for client in clients:
+        client.send({"type": "attest", "round": 2, "attestation": client.attestation()})
+    clients[1].sock.close()
+    closing = clients[0].hear_block()
+    assert "cli1" in closing.attestations
+    assert set(closing.attestations) | set(closing.missing) == {"cli1", "cli2"}
+    assert not set(closing.attestations) & set(closing.missing)
+    clients[0].sock.close()
+    assert server.finish() == 0, server.output
+
+
+def test_every_client_leaving_ends_the_run_cleanly(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "2", "--min-clients", "1")
+    clients = join_raw_clients(port, "cli1", "cli2")
+    for client in clients:
+        client.send(client.update())
+        client.sock.close()
+    assert server.finish() == 1, server.output
+    assert "round 1 cannot go on with 0 of the 1 clients" in server.output
+    assert "Traceback" not in server.output

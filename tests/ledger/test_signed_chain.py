@@ -16,13 +16,19 @@ from chain_helpers import (
     genesis_for,
     next_round,
     reseal,
+    run_record,
     signed_update,
 )
 from processes import ROOT, run_blockchain_cli
 
 from fedchain.learning.aggregation import fedavg
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.chain import make_closing_block, make_round_block, verify_chain
+from fedchain.ledger.chain import (
+    make_closing_block,
+    make_genesis,
+    make_round_block,
+    verify_chain,
+)
 from fedchain.ledger.compare import compare_chains
 from fedchain.ledger.signatures import sign_hex, signature_holds
 from fedchain.ledger.store import ChainWriter, load_chain
@@ -222,3 +228,43 @@ def test_every_participant_is_accounted_for_in_every_block():
     # The reason is under the hash: changing it breaks the block.
     with pytest.raises(ChainError, match="block 1: hash does not match"):
         verify_chain([genesis, replace(alone, missing={"cli2": "something else"})])
+
+
+def test_verify_can_require_a_signed_chain():
+    result = run_blockchain_cli("verify", FORMAT_1_CHAIN, "--require-signed")
+    assert result.returncode == 1
+    assert result.stdout.strip() == (
+        "invalid: block 0: the chain is unsigned (format 1), and signatures are required"
+    )
+
+
+def test_compare_finds_no_proof_in_two_runs_signed_with_one_key():
+    # The server's key outlives a run: block 1 of another run is signed by it too, but it
+    # follows another genesis, so it proves nothing against this run.
+    first, second = build_chain(rounds=1), build_chain(rounds=1, seed=4)
+    assert first[0].hash != second[0].hash
+    mixed = [first[0], second[1]]
+    comparison = compare_chains(first, mixed)
+    assert comparison.index == 1 and not comparison.equivocation
+    assert "not both blocks there follow block 0" in comparison.summary
+
+
+def test_the_genesis_fixes_the_quorum_and_every_round_meets_it():
+    genesis = make_genesis(
+        initial_model=LinearModel.zeros(3), feature_names=("age", "bmi", "smoker"), difficulty=8,
+        run=replace(run_record(2), min_clients=2), server_key=SERVER_KEY,
+    )  # fmt: skip
+    rng = np.random.default_rng(8)
+    verify_chain([genesis, next_round(genesis, genesis, rng)])
+    alone = next_round(genesis, genesis, rng, {"cli1": 535})
+    with pytest.raises(ChainError, match="block 1: 1 clients took part, fewer than the run's"):
+        verify_chain([genesis, alone])
+    with pytest.raises(ValueError):
+        replace(run_record(2), min_clients=0)
+    with pytest.raises(ChainError, match="block 0: min_clients 3 is more than"):
+        make_genesis(
+            initial_model=LinearModel.zeros(3), feature_names=("a", "b", "c"), difficulty=8,
+            run=replace(run_record(2), min_clients=3), server_key=SERVER_KEY,
+        )  # fmt: skip
+    with pytest.raises(ChainError, match="block 0: the genesis block must have no client"):
+        verify_chain([reseal(genesis, missing={"cli1": "made up"})])
