@@ -325,14 +325,24 @@ def reset_connection(port: int) -> None:
 
 
 def test_connections_reset_before_and_during_the_run_harm_nobody(programs, tmp_path):
-    server, port = start_server(programs, tmp_path, "--rounds", "2")
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
     for _ in range(20):
         reset_connection(port)
-    clients = run_two_clients(programs, tmp_path, port)
-    clients[0].wait_for(r"^block 1 verified")
-    for _ in range(20):
+    clients = join_raw_clients(port, "cli1", "cli2")  # the server is still there
+    for _ in range(20):  # and round 1 is open until the clients answer
         reset_connection(port)
-    finish_cleanly(server, clients, rounds=2)
+    for client in clients:
+        client.send(client.update())
+    for client in clients:
+        client.hear_block()
+        assert receive(client.sock) == {"type": "close", "round": 2}
+        client.send({"type": "attest", "round": 2, "attestation": client.attestation()})
+    for client in clients:
+        client.hear_block()
+        assert receive(client.sock) == {"type": "done", "blocks": 3}
+        client.sock.close()
+    assert server.finish() == 0, server.output
+    assert "Traceback" not in server.output
 
 
 @pytest.mark.parametrize("min_clients", ["1", "2"])
