@@ -19,6 +19,7 @@ from fedchain.cli.arguments import integer_in
 from fedchain.cli.programs import start_client, start_server
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.linear_model import fit_lstsq, mse
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.store import load_chain
 from fedchain.settings import bundled_data
 
@@ -44,7 +45,7 @@ def show(line: str) -> None:
 
 
 def compare_with_central(chain_path: Path) -> None:
-    final = load_chain(chain_path).blocks[-1]
+    final = [block for block in load_chain(chain_path).blocks if block.cli][-1]  # the last round
     clients = [load_dataset(path) for path in CLIENTS.values()]
     test = load_dataset(bundled_data("test.csv"))
     X = np.vstack([c.X for c in clients])
@@ -52,7 +53,7 @@ def compare_with_central(chain_path: Path) -> None:
     central = fit_lstsq(X, y)  # what pooling everyone's rows would give: the privacy cost avoided
     federated = final.server_model
     train_ratio = mse(federated, X, y) / mse(central, X, y)
-    show(f"{'':34}{f'federated (block {final.index})':>22}{'central lstsq':>16}")
+    show(f"{'':34}{f'federated (round {final.index})':>22}{'central lstsq':>16}")
     for label, rows_X, rows_y in (
         ("held-out test rows", test.X, test.y),
         ("pooled client rows", X, y),
@@ -68,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo.py", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=integer_in(1), default=None, help="default: the server's")
     parser.add_argument(
-        "--difficulty", type=integer_in(0, 64), default=None, help="default: the server's"
+        "--difficulty",
+        type=integer_in(0, MAX_DIFFICULTY_BITS),
+        default=None,
+        help="default: the server's",
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -76,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Named by the time, and unique even when two demos start in the same second.
     run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("demo-%Y%m%d-%H%M%S-"), dir=HERE / "runs"))
     chain_path = run_dir / "chain.jsonl"
-    server_args = ["--port", "0", "--chain", str(chain_path)]
+    # The run's keys live in its folder too: each demo is a run of its own, with new keys.
+    keys = run_dir / "keys"
+    server_args = ["--port", "0", "--chain", str(chain_path), "--key", str(keys / "server.key")]
     for flag, value in (("--rounds", args.rounds), ("--difficulty", args.difficulty)):
         if value is not None:
             server_args += [flag, str(value)]
@@ -94,8 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, data in CLIENTS.items():
             replica = run_dir / f"{name}.jsonl"
             processes[name] = start_client(
-                name, data, "--port", str(port), "--replica", str(replica), cwd=HERE
-            )
+                name, data, "--port", str(port), "--replica", str(replica),
+                "--key", str(keys / f"{name}.key"), "--known-servers", str(keys / "known_servers"),
+                cwd=HERE,
+            )  # fmt: skip
             relays.append(relay(name, processes[name]))
         deadline = time.monotonic() + RUN_TIMEOUT_S
         codes = {

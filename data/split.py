@@ -3,6 +3,8 @@
 Run from anywhere: `python data/split.py`. The same seed gives the same files, byte for byte.
 """
 
+import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,8 @@ TEST_FRACTION = 0.2
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     table = pd.read_csv(HERE / "insurance.csv", dtype=str, keep_default_na=False)
     rng = np.random.default_rng(SEED)
     n_test = round(TEST_FRACTION * len(table))

@@ -13,6 +13,8 @@ CLIENTS = 2
 ROUNDS = 5
 RUN_SEED = 0
 DIFFICULTY_BITS = 18  # about a quarter of a second of mining a block here
+# A client refuses a run mined at less: at 0 bits anyone re-mines a forged history in no time.
+MIN_DIFFICULTY_BITS = 8
 TARGET = "charges"  # the bundled data's target column: ln(yearly medical charges)
 
 # Local training (a client's own settings; they do not change what a verifier checks).
@@ -33,6 +35,9 @@ MAX_FRAME_BYTES = 1 << 24
 # Files.
 CHAIN_PATH = Path("chain.jsonl")
 REPLICA_DIR = Path("replicas")
+KEY_DIR = Path("keys")  # keys/server.key, keys/NAME.key: made on first run, private to the owner
+SERVER_KEY_PATH = KEY_DIR / "server.key"
+KNOWN_SERVERS_PATH = KEY_DIR / "known_servers"
 
 
 def bundled_data(name: str) -> Path:

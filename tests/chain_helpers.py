@@ -1,28 +1,106 @@
-"""Small real chains for the ledger tests, mined at a low difficulty so they build quickly."""
+"""Small real chains for the ledger tests, signed with fixed keys and mined at a low difficulty
+so they build quickly."""
+
+import hashlib
+from dataclasses import replace
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import ClientUpdate
-from fedchain.ledger.chain import make_genesis, make_round_block
+from fedchain.ledger.block import Block, ClientUpdate, RunRecord, TrainingSettings
+from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_block
+from fedchain.ledger.mining import seal
+from fedchain.ledger.signatures import (
+    attestation_message,
+    block_message,
+    sign_hex,
+    update_message,
+)
+from fedchain.trust.keys import public_hex
 
 FEATURES = ("age", "bmi", "smoker")
 DIFFICULTY = 8
+CLIENTS = {"cli1": 535, "cli2": 97}
+TRAINING = TrainingSettings(seed=7, generations=150, population=40)
 
 
-def build_chain(rounds: int = 3, seed: int = 0) -> list:
-    rng = np.random.default_rng(seed)
-    blocks = [
-        make_genesis(
-            initial_model=LinearModel.zeros(len(FEATURES)),
-            feature_names=FEATURES,
-            difficulty=DIFFICULTY,
+def fixed_key(label: str) -> Ed25519PrivateKey:
+    """A key that is the same in every test run, so failures reproduce."""
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(label.encode()).digest())
+
+
+SERVER_KEY = fixed_key("server")
+CLIENT_KEYS = {name: fixed_key(name) for name in CLIENTS}
+
+
+def run_record(rounds: int, clients=CLIENT_KEYS) -> RunRecord:
+    participants = {name: public_hex(key) for name, key in clients.items()}
+    return RunRecord(rounds, 0, public_hex(SERVER_KEY), participants)
+
+
+def genesis_for(rounds: int, features=FEATURES, initial=None) -> Block:
+    return make_genesis(
+        initial_model=initial or LinearModel.zeros(len(features)),
+        feature_names=features,
+        difficulty=DIFFICULTY,
+        run=run_record(rounds),
+        server_key=SERVER_KEY,
+    )
+
+
+def signed_update(
+    genesis: Block, previous: Block, name: str, model: LinearModel, n_samples: int,
+    key: Ed25519PrivateKey | None = None, index: int | None = None,
+) -> ClientUpdate:  # fmt: skip
+    """NAME's update for the round after PREVIOUS, signed as a real client signs it."""
+    unsigned = ClientUpdate(model, n_samples, training=TRAINING)
+    message = update_message(
+        genesis_hash=genesis.hash,
+        index=previous.index + 1 if index is None else index,
+        previous_hash=previous.hash,
+        name=name,
+        update=unsigned,
+    )
+    signature = sign_hex(key or CLIENT_KEYS[name], message)
+    return ClientUpdate(model, n_samples, training=TRAINING, signature=signature)
+
+
+def attest(genesis: Block, block: Block, names=tuple(CLIENTS)) -> dict[str, str]:
+    message = attestation_message(genesis_hash=genesis.hash, block=block)
+    return {name: sign_hex(CLIENT_KEYS[name], message) for name in names}
+
+
+def next_round(genesis: Block, previous: Block, rng, clients=CLIENTS) -> Block:
+    updates = {
+        name: signed_update(
+            genesis, previous, name, LinearModel(rng.normal(size=len(FEATURES)), rng.normal()), n
         )
-    ]
+        for name, n in clients.items()
+    }
+    attestations = attest(genesis, previous, tuple(clients)) if previous.index > 0 else {}
+    missing = {name: "sat this round out" for name in CLIENTS if name not in clients}
+    return make_round_block(
+        previous, updates, attestations=attestations, server_key=SERVER_KEY, missing=missing
+    )
+
+
+def build_chain(rounds: int = 3, seed: int = 0, *, closed: bool = False) -> list[Block]:
+    """A valid signed chain of ROUNDS rounds (and its closing block, if CLOSED)."""
+    rng = np.random.default_rng(seed)
+    blocks = [genesis_for(rounds)]
     for _ in range(rounds):
-        updates = {
-            name: ClientUpdate(LinearModel(rng.normal(size=len(FEATURES)), rng.normal()), n)
-            for name, n in (("cli1", 535), ("cli2", 97))
-        }
-        blocks.append(make_round_block(blocks[-1], updates))
+        blocks.append(next_round(blocks[0], blocks[-1], rng))
+    if closed:
+        attestations = attest(blocks[0], blocks[-1])
+        blocks.append(
+            make_closing_block(blocks[-1], attestations=attestations, server_key=SERVER_KEY)
+        )
     return blocks
+
+
+def reseal(block: Block, **changes) -> Block:
+    """BLOCK with CHANGES, mined and signed again by the server: what a lying server can do."""
+    changed = replace(block, **changes)
+    sealed = seal(changed)
+    return replace(sealed, server_signature=sign_hex(SERVER_KEY, block_message(sealed.hash)))

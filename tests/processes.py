@@ -86,11 +86,17 @@ def start_server(start, tmp_path: Path, *args: str) -> tuple[Program, int]:
     return server, port_from_listening_line(first)
 
 
-def run_blockchain_cli(*args) -> subprocess.CompletedProcess:
-    """Run `python blockchain.py ARGS...` to completion and return what it printed."""
+def run_script(script: str, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS...` to completion and return what it printed."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "blockchain.py"), *map(str, args)],
+        [sys.executable, str(ROOT / script), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=WAIT_S,
+        cwd=cwd,
     )
+
+
+def run_blockchain_cli(*args) -> subprocess.CompletedProcess:
+    """Run `python blockchain.py ARGS...` to completion and return what it printed."""
+    return run_script("blockchain.py", *args)

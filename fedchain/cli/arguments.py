@@ -5,7 +5,8 @@ import argparse
 import math
 
 from fedchain import settings
-from fedchain.checks import MAX_INT, check_name
+from fedchain.checks import MAX_INT, check_int, check_name
+from fedchain.wire.frames import MAX_FRAME_LIMIT
 
 
 def port(text: str) -> int:
@@ -29,17 +30,16 @@ def integer_in(low: int, high: int = MAX_INT):
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
-        return value
+            return check_int(int(text), low, high, "it")
+        except ValueError as error:
+            whole = text.strip().lstrip("+-").isdigit()
+            reason = str(error).removeprefix("it ") if whole else f"{text!r} is not a whole number"
+            raise argparse.ArgumentTypeError(reason) from None
 
     return parse
 
 
-def name(text: str) -> str:
+def client_name(text: str) -> str:
     """A client's name, held to the same rule as on the wire and the chain."""
     try:
         return check_name(text, "a client's name")
@@ -58,6 +58,7 @@ def add_connection_flags(parser: argparse.ArgumentParser, *, listening: bool) ->
         help="0 picks a free port" if listening else "the server's port",
     )  # fmt: skip
     parser.add_argument(
-        "--max-frame-bytes", type=integer_in(1024, 2**32 - 1), default=settings.MAX_FRAME_BYTES,
+        "--max-frame-bytes", type=integer_in(1024, MAX_FRAME_LIMIT),
+        default=settings.MAX_FRAME_BYTES,
         help="refuse any message longer than this",
     )  # fmt: skip

@@ -7,14 +7,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.arguments import add_connection_flags, integer_in, name, seconds
-from fedchain.cli.console import say
-from fedchain.federation.client import ClientFailed, FederatedClient, connect, prepare_replica
+from fedchain.cli.arguments import add_connection_flags, client_name, integer_in, seconds
+from fedchain.cli.console import say, shown
+from fedchain.federation.client import (
+    ClientFailed,
+    FederatedClient,
+    open_channel,
+    prepare_replica,
+)
 from fedchain.learning.dataset import DataError, load_dataset
+from fedchain.trust.errors import TrustError
+from fedchain.trust.keys import check_public_hex, load_or_create_key, public_hex
+from fedchain.trust.known_servers import KnownServers
 from fedchain.wire.frames import ConnectionClosed
 from fedchain.wire.messages import ProtocolError, validate_message
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def public_key(text: str) -> str:
+    """A public key flag: 64 hex digits."""
+    try:
+        return check_public_hex(text, "--server-key")
+    except (TrustError, TypeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_args(
@@ -26,10 +42,9 @@ def parse_args(
     )
     add_connection_flags(parser, listening=False)
     flag = parser.add_argument
-    flag("--name", type=name, default=default_name or None, required=not default_name,
+    flag("--name", type=client_name, default=default_name or None, required=not default_name,
          help="this client's name")  # fmt: skip
-    flag("--data", default=default_data or None, required=not default_data,
-         help="this client's CSV rows")  # fmt: skip
+    flag("--data", default=default_data or None, help="this client's CSV rows (required)")
     flag("--target", default=settings.TARGET, help="the column to predict")
     flag("--seed", type=integer_in(0), default=None,
          help="the local search's seed (%(default)s: the run's, sent by the server)")  # fmt: skip
@@ -44,7 +59,19 @@ def parse_args(
          help="keep retrying the connection this long")  # fmt: skip
     flag("--timeout-s", type=seconds, default=settings.CLIENT_TIMEOUT_S,
          help="the longest wait for the server's next message")  # fmt: skip
-    return parser.parse_args(argv)
+    flag("--key", type=Path, default=None,
+         help="this client's Ed25519 key (default: keys/NAME.key); made on first run")  # fmt: skip
+    flag("--show-key", action="store_true", help="print the public key as 64 hex digits, exit")
+    flag("--server-key", type=public_key, default=None,
+         help="the server's public key (64 hex digits); default: trust on first use")  # fmt: skip
+    flag("--known-servers", type=Path, default=settings.KNOWN_SERVERS_PATH,
+         help="server keys trusted on first use, as SSH's known_hosts")  # fmt: skip
+    flag("--min-difficulty", type=integer_in(0, 64), default=settings.MIN_DIFFICULTY_BITS,
+         help="refuse a run whose chain is mined at fewer bits")  # fmt: skip
+    args = parser.parse_args(argv)
+    if not args.data and not args.show_key:
+        parser.error("the following arguments are required: --data")
+    return args
 
 
 def main(
@@ -53,6 +80,17 @@ def main(
     """Run one client; DEFAULT_NAME and DEFAULT_DATA are what client1.py and client2.py set."""
     args = parse_args(argv, default_name=default_name, default_data=default_data)
     name = args.name  # every error says which client, for a terminal that shows several
+    key_path = args.key or settings.KEY_DIR / f"{name}.key"
+    try:
+        key, created = load_or_create_key(key_path)
+    except (TrustError, OSError) as error:
+        print(f"error: {name}: {shown(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.show_key:
+        say(public_hex(key))
+        return EXIT_OK
+    if created:
+        say(f"{name}: made a new key {public_hex(key)} in {key_path}")
     try:
         data = load_dataset(args.data, target=args.target)
         client = FederatedClient(
@@ -63,25 +101,34 @@ def main(
             population=args.population,
             replica=args.replica,
             say=say,
+            key=key,
+            min_difficulty=args.min_difficulty,
         )
         # Whatever would fail after joining, and so end the run for everyone, is checked first.
         validate_message(client.registration())
         prepare_replica(args.replica)
     except (DataError, ValueError, OSError) as error:  # ValueError: values too large to use
-        print(f"error: {name}: {error}", file=sys.stderr)
+        print(f"error: {name}: {shown(error)}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        sock = connect(
-            args.host, args.port, within_s=args.connect_timeout_s, timeout_s=args.timeout_s
+        sock, server_key = open_channel(
+            args.host,
+            args.port,
+            within_s=args.connect_timeout_s,
+            timeout_s=args.timeout_s,
+            server_key=args.server_key,
+            known_servers=KnownServers(args.known_servers),
+            say=say,
         )
         with sock:
-            say(f"{name}: connected to {args.host}:{args.port} with {data.n_samples} rows")
-            client.run(sock, args.max_frame_bytes)
+            say(f"{name}: connected to {args.host}:{args.port} over TLS 1.3 with "
+                f"{data.n_samples} rows")  # fmt: skip
+            client.run(sock, args.max_frame_bytes, server_key)
     except ClientFailed as error:
-        print(f"error: {name}: {error}", file=sys.stderr, flush=True)
+        print(f"error: {name}: {shown(error)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except ProtocolError as error:
-        print(f"error: {name}: the server broke the protocol: {error}", file=sys.stderr)
+        print(f"error: {name}: the server broke the protocol: {shown(error)}", file=sys.stderr)
         return EXIT_FAILED
     except ConnectionClosed:
         print(f"error: {name}: the server closed the connection mid-run", file=sys.stderr)

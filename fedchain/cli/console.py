@@ -3,6 +3,10 @@ first line names the port it listens on, so a test or the demo can start it on p
 
 import re
 
+from fedchain.checks import printable
+
+MAX_SHOWN_CHARS = 1000  # an error line: enough for two keys and a path, not a peer's megabytes
+
 _LISTENING = re.compile(r"^listening on (?P<host>\S+):(?P<port>\d+)$")
 
 
@@ -20,3 +24,8 @@ def port_from_listening_line(line: str) -> int | None:
     """The port in the server's first line, or None if LINE is not that line."""
     match = _LISTENING.match(line.strip())
     return int(match["port"]) if match else None
+
+
+def shown(error: BaseException) -> str:
+    """An error as one bounded, escaped line: its text may quote what a peer or a file held."""
+    return printable(str(error), limit=MAX_SHOWN_CHARS)

@@ -5,7 +5,8 @@ import sys
 from collections.abc import Sequence
 
 from fedchain.cli.arguments import integer_in
-from fedchain.cli.console import say
+from fedchain.cli.console import say, shown
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.chain import verify_chain
 from fedchain.ledger.store import ChainFileError, load_chain
 from fedchain.ledger.verification import ChainError
@@ -15,18 +16,21 @@ EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="model.py",
         description="Print the global model of a chain's round (default: the last), "
         "after verifying the chain.",
     )
     parser.add_argument("chain", help="a chain file (JSON Lines)")
     parser.add_argument("--round", type=integer_in(0), default=None, help="which round's model")
+    parser.add_argument(
+        "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
+        help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         blocks = load_chain(args.chain).blocks
-        verify_chain(blocks)
+        verify_chain(blocks, min_difficulty=args.min_difficulty)
     except (ChainFileError, ChainError) as error:
-        print(f"error: {args.chain} does not verify: {error}", file=sys.stderr)
+        print(f"error: {args.chain} does not verify: {shown(error)}", file=sys.stderr)
         return EXIT_INVALID
     except OSError as error:
         print(f"error: cannot read {args.chain}: {error.strerror}", file=sys.stderr)

@@ -8,18 +8,21 @@ from pathlib import Path
 
 from fedchain import settings
 from fedchain.cli.arguments import add_connection_flags, integer_in, seconds
-from fedchain.cli.console import listening_line, say
+from fedchain.cli.console import listening_line, say, shown
 from fedchain.federation.server import ChainUnavailable, FederationServer, RunAborted
 from fedchain.learning.dataset import DataError, load_dataset
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.report import report_chain
 from fedchain.ledger.store import ChainFileError, load_chain
+from fedchain.trust.authorized import load_authorized_keys
+from fedchain.trust.errors import TrustError
+from fedchain.trust.keys import load_or_create_key, public_hex
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="server.py",
         description="The federated server: averages the clients' models, round by round, "
         "and records every round on a proof-of-work chain.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -27,8 +30,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_connection_flags(parser, listening=True)
     flag = parser.add_argument
     flag("--clients", type=integer_in(1), default=settings.CLIENTS, help="clients per run")
+    flag("--min-clients", type=integer_in(1), default=None,
+         help="the fewest clients a round may go on with; one that drops out, times out or "
+         "sends a bad update is left out (default: all of --clients)")  # fmt: skip
     flag("--rounds", type=integer_in(1), default=settings.ROUNDS, help="training rounds")
-    flag("--difficulty", type=integer_in(0, 64), default=settings.DIFFICULTY_BITS,
+    flag("--difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=settings.DIFFICULTY_BITS,
          help="proof of work, in leading zero bits")  # fmt: skip
     flag("--chain", type=Path, default=settings.CHAIN_PATH, help="the chain file; must not exist")
     flag("--test", default=str(settings.bundled_data("test.csv")),
@@ -41,11 +47,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
          help="how long to wait for the clients to join")  # fmt: skip
     flag("--register-timeout-s", type=seconds, default=settings.REGISTER_TIMEOUT_S,
          help="how long a new connection may take to register")  # fmt: skip
+    flag("--key", type=Path, default=settings.SERVER_KEY_PATH,
+         help="the server's Ed25519 key; made on first run, private to its owner")  # fmt: skip
+    flag("--show-key", action="store_true", help="print the public key as 64 hex digits, exit")
+    flag("--authorized-keys", type=Path, default=None,
+         help="who may join: one 'NAME HEX' a line (default: open enrolment)")  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.min_clients is not None and args.min_clients > args.clients:
+        print(f"error: --min-clients {args.min_clients} is more than --clients {args.clients}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    try:
+        key, created = load_or_create_key(args.key)
+        authorized = load_authorized_keys(args.authorized_keys) if args.authorized_keys else None
+    except (TrustError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.show_key:
+        say(public_hex(key))
+        return EXIT_OK
     try:
         test_data = load_dataset(args.test, target=args.target) if args.test else None
     except DataError as error:
@@ -70,8 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with listener:
         host, port_number = listener.getsockname()[:2]
         say(listening_line(host, port_number))  # first: tests and demo.py read the port from it
-        server = FederationServer(listener, args.chain, say)
+        made = "made now in" if created else "from"
+        say(f"server key {public_hex(key)} ({made} {args.key})")
+        server = FederationServer(listener, args.chain, say, key=key)
+        server.authorized_keys = authorized
         server.n_clients = args.clients
+        server.min_clients = args.min_clients
         server.rounds = args.rounds
         server.difficulty_bits = args.difficulty
         server.seed = args.seed
@@ -79,9 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.join_timeout_s = args.join_timeout_s
         server.register_timeout_s = args.register_timeout_s
         server.max_frame_bytes = args.max_frame_bytes
-        if test_data is not None:
-            server.test_data = test_data
-            server.feature_names = test_data.feature_names
+        server.test_data = test_data
         try:
             server.run()
         except ChainUnavailable as error:
@@ -107,7 +133,7 @@ def show_stored_chain(path: Path, say: Callable[[str], None]) -> bool:
         say("no block was written")
         return False
     except ChainFileError as error:
-        say(f"invalid: {error}")
+        say(f"invalid: {shown(error)}")
         return False
     except OSError as error:
         say(f"cannot read {path}: {error}")

@@ -1,18 +1,23 @@
 """A client's side of a federated run: train the global model on rows that never leave this
 process, send back only the weights, and keep a verified replica of the chain.
 
-Every block the server sends is checked before its model is trusted: it links to this replica's
-last block, its hash and work are right, this client's update is in it exactly as sent, and its
-global model is the FedAvg of the client models it records.
+The channel is TLS 1.3, and the server's key is pinned (given, or trusted on first use). Every
+block the server sends is checked before its model is trusted: it links to this replica's last
+block, its hash, work and signatures are right, this client's signed update and attestation are
+in it exactly as sent, and its global model is the FedAvg of the client models it records.
 """
 
 import enum
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedchain import settings
+from fedchain.checks import printable
 from fedchain.learning.dataset import DataError, Dataset
 from fedchain.learning.linear_model import LinearModel
 from fedchain.learning.local_training import (
@@ -21,10 +26,16 @@ from fedchain.learning.local_training import (
     proximal_weight,
     train_and_score,
 )
-from fedchain.ledger.block import Block, ClientUpdate
+from fedchain.ledger.block import Block, ClientUpdate, TrainingSettings
 from fedchain.ledger.chain import Chain
+from fedchain.ledger.signatures import attestation_message, sign_hex, update_message
 from fedchain.ledger.store import ChainWriter, block_from_json
 from fedchain.ledger.verification import ChainError, verify_genesis
+from fedchain.trust.errors import TrustError
+from fedchain.trust.handshake import login_message
+from fedchain.trust.keys import public_hex, sign
+from fedchain.trust.known_servers import KnownServers
+from fedchain.trust.tls import client_context, peer_public_hex
 from fedchain.wire.frames import receive_message, send_message
 from fedchain.wire.messages import ProtocolError, validate_message
 
@@ -38,16 +49,20 @@ class ClientFailed(RuntimeError):
 class Stage(enum.Enum):
     """Where a client is in a run, and so which message it may take next."""
 
+    LOGGING_IN = "waiting for the login challenge"
     JOINING = "waiting to be welcomed"
     READY = "waiting for the next round"
     AWAITING_BLOCK = "waiting for the block of the round it trained"
+    AWAITING_CLOSE = "waiting for the block that closes the run"
     DONE = "finished"
 
 
 _EXPECTED = {
+    Stage.LOGGING_IN: {"challenge"},
     Stage.JOINING: {"welcome"},
-    Stage.READY: {"train", "done"},
+    Stage.READY: {"train", "close", "done"},
     Stage.AWAITING_BLOCK: {"block"},
+    Stage.AWAITING_CLOSE: {"block"},
     Stage.DONE: set(),
 }
 
@@ -63,8 +78,14 @@ class FederatedClient:
         population: int,
         replica: Path | None,
         say: Callable[[str], None],
+        key: Ed25519PrivateKey,
+        min_difficulty: int = settings.MIN_DIFFICULTY_BITS,
     ) -> None:
         self.name = name
+        self.key = key
+        self.public_key = public_hex(key)
+        self.min_difficulty = min_difficulty
+        self.server_key = ""  # pinned when the channel is opened
         self.data = data
         # Built now as well as after the welcome, so rows too large to use fail before joining.
         self.problem = LocalProblem.from_data(data.X, data.y)
@@ -73,42 +94,53 @@ class FederatedClient:
         self.population = population
         self.replica = replica
         self.say = say
-        self.stage = Stage.JOINING
+        self.stage = Stage.LOGGING_IN
         self.chain: Chain | None = None
-        self.rounds = 0  # as the server announced it
-        self.sent: tuple[int, ClientUpdate] | None = None  # the update awaiting its block
+        self.rounds = 0  # as the genesis planned it
+        self.sent: ClientUpdate | None = None  # the update awaiting its block
+        self.attestation = ""  # what we sent with it: our signature of the last block
 
-    def registration(self) -> dict:
+    def registration(self, challenge: bytes = bytes(32)) -> dict:
+        """Our registration, signing the server's CHALLENGE for this connection."""
+        login = login_message(self.server_key or "0" * 64, challenge, self.name)
         return {
             "type": "register",
             "name": self.name,
             "feature_names": list(self.data.feature_names),
             "n_samples": self.data.n_samples,
+            "public_key": self.public_key,
+            "login_signature": sign(self.key, login),
         }
 
-    def run(self, sock: socket.socket, max_frame_bytes: int) -> list[Block]:
-        """Take part in one run over SOCK; return the verified chain."""
-        send_message(sock, self.registration())
+    def run(self, sock: ssl.SSLSocket, max_frame_bytes: int, server_key: str) -> list[Block]:
+        """Take part in one run over SOCK, whose server holds SERVER_KEY (pinned when the
+        channel was opened); return the verified chain."""
+        self.server_key = server_key
         writer = None
         try:
             while self.stage is not Stage.DONE:
                 message = receive_message(sock, max_frame_bytes=max_frame_bytes)
                 kind = message["type"]
                 if kind == "refused":
-                    raise ClientFailed(f"the server refused: {message['reason']}")
+                    raise ClientFailed(f"the server refused: {printable(message['reason'])}")
                 if kind not in _EXPECTED[self.stage]:
                     raise ClientFailed(
                         f"the server sent a {kind!r} message while this client was "
                         f"{self.stage.value}"
                     )
-                if kind == "welcome":
+                if kind == "challenge":
+                    send_message(sock, self.registration(message["challenge"]))
+                    self.stage = Stage.JOINING
+                elif kind == "welcome":
                     writer = self._accept_genesis(message)
                 elif kind == "train":
                     send_message(sock, self._train(message))
+                elif kind == "close":
+                    send_message(sock, self._attest_last(message))
                 elif kind == "block":
                     self._accept_block(message["block"])
                 else:
-                    self._finish(message, writer)
+                    self._finish(message)
             return self.chain.blocks
         finally:
             if writer is not None:
@@ -117,9 +149,21 @@ class FederatedClient:
     def _accept_genesis(self, message: dict) -> ChainWriter:
         genesis = self._parse_block(message["genesis"])
         try:
-            verify_genesis(genesis)
+            verify_genesis(genesis, min_difficulty=self.min_difficulty)
         except ChainError as error:
             raise ClientFailed(f"the server's genesis block is invalid: {error}") from None
+        if not genesis.signed:
+            raise ClientFailed("the server's genesis block is unsigned (format 1)")
+        run = genesis.run
+        if run.server_key != self.server_key:
+            raise ClientFailed(
+                f"the genesis names server key {run.server_key}, not the key of the server we "
+                f"are talking to, {self.server_key}"
+            )
+        if run.participants.get(self.name) != self.public_key:
+            raise ClientFailed("the genesis does not admit this client with its own key")
+        if run.rounds != message["rounds"] or run.seed != message["seed"]:
+            raise ClientFailed("the welcome's rounds or seed differ from the genesis's")
         try:
             # Columns are matched by name: the model's weights follow the run's order.
             self.data = self.data.in_order(genesis.feature_names)
@@ -130,14 +174,14 @@ class FederatedClient:
         self.problem = LocalProblem.from_data(self.data.X, self.data.y)
         if self.seed is None:
             self.seed = message["seed"]
-        self.rounds = message["rounds"]
+        self.rounds = run.rounds
         path = self.replica or settings.REPLICA_DIR / f"{self.name}-{genesis.hash[:12]}.jsonl"
         try:
             writer = ChainWriter(path)
         except OSError as error:
             raise ClientFailed(f"cannot make the replica {path}: {error}") from None
         try:
-            self.chain = Chain(genesis, store=writer)
+            self.chain = Chain(genesis, store=writer, min_difficulty=self.min_difficulty)
         except ChainError as error:
             writer.close()
             raise ClientFailed(f"the server's genesis block is invalid: {error}") from None
@@ -172,7 +216,18 @@ class FederatedClient:
         self.say(
             f"round {index}: trained in {train_s:.2f} s, local MSE {before:.4f} -> {after:.4f}"
         )
-        # Only the model, the row count and two numbers about it leave this process.
+        training = TrainingSettings(self.seed, self.generations, self.population)
+        unsigned = ClientUpdate(trained, self.data.n_samples, training=training)
+        signed = update_message(
+            genesis_hash=self.chain.genesis.hash,
+            index=index,
+            previous_hash=self.chain.last.hash,
+            name=self.name,
+            update=unsigned,
+        )
+        signature = sign_hex(self.key, signed)  # remembered: checking it in the block is free
+        # Only the model, the row count, how it trained, two numbers about it and signatures
+        # leave this process.
         update = {
             "type": "update",
             "round": index,
@@ -180,23 +235,43 @@ class FederatedClient:
             "bias": trained.bias,
             "n_samples": self.data.n_samples,
             "metrics": {"local_mse": after, "train_s": train_s},
+            "seed": training.seed,
+            "generations": training.generations,
+            "population": training.population,
+            "signature": bytes.fromhex(signature),
+            "attestation": self._attestation_of_last(),
         }
         try:
             validate_message(update)  # our own fault, if it fails: say so, not "the server's"
         except ProtocolError as error:
             raise ClientFailed(f"our round {index} update cannot be sent: {error}") from None
-        self.sent = (index, ClientUpdate(trained, self.data.n_samples))
+        self.sent = ClientUpdate(trained, self.data.n_samples, training, signature)
         self.stage = Stage.AWAITING_BLOCK
         return update
 
+    def _attestation_of_last(self) -> bytes:
+        """Our signature over the last block we verified, which the next block records."""
+        message = attestation_message(genesis_hash=self.chain.genesis.hash, block=self.chain.last)
+        self.attestation = sign_hex(self.key, message)
+        return bytes.fromhex(self.attestation)
+
+    def _attest_last(self, message: dict) -> dict:
+        index = message["round"]
+        if index != self.rounds + 1 or self.chain.last.index != self.rounds:
+            raise ClientFailed(f"the server asked to close the run at block {index} out of turn")
+        self.stage = Stage.AWAITING_CLOSE
+        return {"type": "attest", "round": index, "attestation": self._attestation_of_last()}
+
     def _accept_block(self, text: str) -> None:
         block = self._parse_block(text)
-        index, update = self.sent
-        # Judged before it is appended: the replica must never hold a block without our update.
+        index = self.chain.last.index + 1
+        # Judged before it is appended: the replica never holds a block without what we sent.
         if block.index != index:
-            raise ClientFailed(f"block {block.index} arrived for a round we did not train")
-        if block.client_model.get(self.name) != update:
+            raise ClientFailed(f"block {block.index} arrived where block {index} was due")
+        if self.stage is Stage.AWAITING_BLOCK and block.client_model.get(self.name) != self.sent:
             raise ClientFailed(f"block {block.index} does not hold our update as we sent it")
+        if block.attestations.get(self.name) != self.attestation:
+            raise ClientFailed(f"block {block.index} does not hold our attestation as we sent it")
         try:
             self.chain.append(block)
         except ChainError as error:
@@ -207,21 +282,27 @@ class FederatedClient:
             ) from None
         self.sent = None
         self.stage = Stage.READY
+        if not block.cli:
+            self.say(
+                f"block {block.index} closes the run: attested by {', '.join(block.attestations)}"
+            )
+            return
         others = ", ".join(c for c in block.cli if c != self.name) or "no other client"
+        gone = f"; missing: {', '.join(block.missing)}" if block.missing else ""
         self.say(
-            f"block {block.index} verified: our update is in it as sent, with {others}; "
-            f"FedAvg checks out (hash {block.hash[:16]}…)"
+            f"block {block.index} verified: our signed update is in it as sent, with {others}"
+            f"{gone}; FedAvg and every signature check out (hash {block.hash[:16]}…)"
         )
 
-    def _finish(self, message: dict, writer: ChainWriter) -> None:
+    def _finish(self, message: dict) -> None:
         held = len(self.chain.blocks)
-        if message["blocks"] != held or held != self.rounds + 1:
+        if message["blocks"] != held or not self.chain.closed:
             raise ClientFailed(
-                f"the server ended the run after {held - 1} of {self.rounds} rounds, "
-                "with a chain we do not hold"
+                f"the server ended the run after {self.chain.rounds_done} of {self.rounds} "
+                "rounds, with a chain we do not hold"
             )
         self.stage = Stage.DONE
-        self.say(f"run complete: {held} blocks verified, in {writer.path}")
+        self.say(f"run complete: {held} blocks verified, in {self.chain.store.path}")
 
     @staticmethod
     def _parse_block(text: str) -> Block:
@@ -231,8 +312,48 @@ class FederatedClient:
             raise ClientFailed(f"the server sent a malformed block: {error}") from None
 
 
-def connect(host: str, port: int, *, within_s: float, timeout_s: float) -> socket.socket:
-    """Connect to the server, retrying until WITHIN_S has passed, so start order is free."""
+def open_channel(
+    host: str,
+    port: int,
+    *,
+    within_s: float,
+    timeout_s: float,
+    server_key: str | None,
+    known_servers: KnownServers,
+    say: Callable[[str], None],
+) -> tuple[ssl.SSLSocket, str]:
+    """Connect over TLS 1.3, retrying until WITHIN_S has passed (so start order is free), and
+    check the server's key: SERVER_KEY if given, else the one KNOWN_SERVERS holds for this
+    address, else trust it on first use and remember it. Return the socket and the key."""
+    sock = _connect(host, port, within_s=within_s, timeout_s=timeout_s)
+    try:
+        tls = client_context().wrap_socket(sock)
+    except (ssl.SSLError, OSError) as error:
+        sock.close()
+        raise ClientFailed(f"{host}:{port} did not complete a TLS 1.3 handshake: {error}") from None
+    try:
+        presented = peer_public_hex(tls)
+        address = f"{host}:{port}"
+        if server_key is not None:
+            if presented != server_key:
+                raise ClientFailed(
+                    f"the server at {address} presents key {presented}, not the pinned "
+                    f"--server-key {server_key}"
+                )
+        elif not known_servers.check(address, presented):
+            known_servers.remember(address, presented)
+            say(f"trusting server {address} on first use: key {presented} "
+                f"(recorded in {known_servers.path})")  # fmt: skip
+    except TrustError as error:  # ServerKeyChanged names both keys and the line to remove
+        tls.close()
+        raise ClientFailed(str(error)) from None
+    except ClientFailed:
+        tls.close()
+        raise
+    return tls, presented
+
+
+def _connect(host: str, port: int, *, within_s: float, timeout_s: float) -> socket.socket:
     deadline = time.monotonic() + within_s
     while True:
         try:

@@ -7,6 +7,7 @@ that helps, because the person reading it has to find the bad cell in a file onl
 
 import csv
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,12 @@ class DataError(ValueError):
     """A data file that cannot be used, with a message that says where and why."""
 
 
+# What pandas reads as a number: plain decimal notation. Python's float() also takes '1_000' and
+# other scripts' digits, which pandas refuses; the fault finder must refuse what pandas does.
+_NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
+_NON_FINITE = re.compile(r"\s*[+-]?(nan|inf|infinity)\s*", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class Dataset:
     feature_names: tuple[str, ...]
@@ -36,7 +43,7 @@ class Dataset:
     def in_order(self, feature_names: Sequence[str]) -> "Dataset":
         """The same rows with the columns in FEATURE_NAMES' order (matched by name)."""
         if difference := column_difference(feature_names, self.feature_names):
-            raise DataError(f"the columns differ from {list(feature_names)}: {difference}")
+            raise DataError(f"the columns differ from the run's: {difference}")
         order = [self.feature_names.index(name) for name in feature_names]
         return Dataset(tuple(feature_names), self.X[:, order], self.y)
 
@@ -45,11 +52,11 @@ def column_difference(expected: Sequence[str], actual: Sequence[str]) -> str:
     """What ACTUAL lacks and has besides EXPECTED, in words; empty if they hold the same names."""
     missing = [name for name in expected if name not in actual]
     extra = [name for name in actual if name not in expected]
-    parts = []
-    if missing:
-        parts.append(f"missing {', '.join(map(repr, missing[:10]))}")
-    if extra:
-        parts.append(f"extra {', '.join(map(repr, extra[:10]))}")
+    parts = [
+        f"{label} {', '.join(map(repr, names[:10]))}" + (", …" if len(names) > 10 else "")
+        for label, names in (("missing", missing), ("extra", extra))
+        if names
+    ]
     return "; ".join(parts)
 
 
@@ -57,9 +64,9 @@ def load_dataset(path: str | Path, *, target: str = settings.TARGET) -> Dataset:
     """Read PATH, split off the TARGET column, and check that every cell is a finite number."""
     path = Path(path)
     header = _check_header(path, _read_header(path), target)
-    values = _parse_with_pandas(path, len(header))
-    if values is None:
-        _locate_fault(path, header)  # raises, naming the line and column
+    values = _parse_with_pandas(path, header)
+    if isinstance(values, str):
+        _locate_fault(path, header, values)  # raises, naming the line and column
     if len(values) == 0:
         raise DataError(f"{path}: the file has a header but no rows")
     if len(values) == 1:
@@ -75,7 +82,7 @@ def _read_header(path: Path) -> list[str]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
             for row in csv.reader(file):
-                if row:  # blank lines carry nothing
+                if not _blank(row):
                     return row
     except FileNotFoundError:
         raise DataError(f"{path}: no such data file") from None
@@ -104,26 +111,33 @@ def _check_header(path: Path, columns: list[str], target: str) -> list[str]:
     return columns
 
 
-def _parse_with_pandas(path: Path, n_columns: int) -> np.ndarray | None:
-    """Every cell as float64, or None if anything is off (then the slow pass says what)."""
+def _parse_with_pandas(path: Path, header: list[str]) -> np.ndarray | str:
+    """Every cell as float64, or what pandas found wrong (then the slow pass says where)."""
     try:
         with warnings.catch_warnings():
             # pandas only warns when a row's cell count differs from the header's; refuse it.
             warnings.simplefilter("error", pd.errors.ParserWarning)
             table = pd.read_csv(path, dtype=np.float64, index_col=False, encoding="utf-8-sig")
-    except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError):
-        return None
+    except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError) as e:
+        return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    if list(table.columns) != header:
+        return f"pandas read the header as {list(table.columns)[:10]}"
     values = table.to_numpy(dtype=np.float64)
-    if values.shape[1] != n_columns or not np.all(np.isfinite(values)):
-        return None  # a short row (NaN), an empty cell, 'nan' or 'inf' written out
+    if not np.all(np.isfinite(values)):
+        return "a cell is empty or not a finite number"  # a short row (NaN), 'nan', 'inf'
     return values
 
 
-def _locate_fault(path: Path, header: list[str]) -> None:
+def _blank(row: list[str]) -> bool:
+    # pandas skips empty and whitespace-only lines; so does everything here.
+    return not row or (len(row) == 1 and not row[0].strip())
+
+
+def _locate_fault(path: Path, header: list[str], pandas_said: str) -> None:
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
             reader = csv.reader(file)
-            rows = (row for row in reader if row)  # blank lines carry nothing
+            rows = (row for row in reader if not _blank(row))
             next(rows)  # the header, already checked
             for row in rows:
                 line = reader.line_num  # the file's own line number, blank lines counted
@@ -135,17 +149,18 @@ def _locate_fault(path: Path, header: list[str]) -> None:
                     _parse_cell(f"{path}: line {line}, column {name!r}", cell)
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: not a readable CSV file ({error})") from None
-    raise DataError(f"{path}: pandas cannot read it as a table of numbers")
+    raise DataError(f"{path}: not a table of numbers ({pandas_said})")
 
 
 def _parse_cell(where: str, cell: str) -> float:
     if not cell.strip():
         raise DataError(f"{where}: empty cell")
-    try:
-        value = float(cell)
-    except ValueError:
-        raise DataError(f"{where}: {cell[:40]!r} is not a number") from None
-    if not math.isfinite(value):
+    if _NON_FINITE.fullmatch(cell):
+        raise DataError(f"{where}: {cell[:40]!r} is not a finite number")
+    if not _NUMBER.fullmatch(cell):
+        raise DataError(f"{where}: {cell[:40]!r} is not a number in decimal notation")
+    value = float(cell)
+    if not math.isfinite(value):  # 1e400, say
         raise DataError(f"{where}: {cell[:40]!r} is not a finite number")
     return value
 

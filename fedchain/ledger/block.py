@@ -2,40 +2,104 @@
 
 This is the only place that knows the byte layout the hash is computed over. Every field is in it,
 the server's model included: the original application hashed the clients' models but not the
-server's, so the global model could be replaced without the chain noticing.
+server's, so the global model could be replaced without the chain noticing. Format 2 adds who took
+part: the run's keys in the genesis, each client's signature and training settings, and the
+clients' attestations of the block before; the server's signature of the hash sits beside it.
 """
 
 import hashlib
 import math
-import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fedchain.checks import MAX_U64, check_int, check_name, check_names
+from fedchain.checks import MAX_INT, MAX_U64, check_int, check_name, check_names
 from fedchain.learning.linear_model import LinearModel
+from fedchain.ledger.encoding import (
+    F64,
+    U8,
+    U16,
+    U32,
+    U64,
+    pack_hex,
+    pack_model,
+    pack_string,
+    pack_strings,
+)
 
-FORMAT_VERSION = 1  # hashed, so a later layout can add fields while old chains still verify
+FORMAT_UNSIGNED = 1  # the first format: tamper-evident, but nothing says who contributed
+FORMAT_SIGNED = 2
+FORMAT_VERSION = FORMAT_SIGNED  # what new chains are written in
+KNOWN_FORMATS = (FORMAT_UNSIGNED, FORMAT_SIGNED)
 AGGREGATION_FEDAVG = "fedavg"
 KNOWN_AGGREGATIONS = (AGGREGATION_FEDAVG,)
 ZERO_HASH = "0" * 64
 MAX_DIFFICULTY_BITS = 64  # far beyond what anyone mines on a CPU; keeps the target in range
+HASH_HEX, KEY_HEX, SIGNATURE_HEX = 64, 64, 128  # lengths in hex digits
+MAX_REASON_CHARS = 300
 _MAGIC = b"FLBC"
-_NONCE = struct.Struct(">Q")
-_U16, _U32, _U64, _F64 = (struct.Struct(f) for f in (">H", ">I", ">Q", ">d"))
 _U16_MAX = 2**16 - 1
 _HEX_DIGITS = "0123456789abcdef"
 
 
 @dataclass(frozen=True)
+class TrainingSettings:
+    """How a client searched in a round, so anyone can rerun its training from the chain."""
+
+    seed: int
+    generations: int
+    population: int
+
+    def __post_init__(self) -> None:
+        check_int(self.seed, 0, MAX_INT, "a training seed")
+        check_int(self.generations, 1, MAX_INT, "generations")
+        check_int(self.population, 1, MAX_INT, "population")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a format-2 genesis fixes for the whole run: its length, seed and keys."""
+
+    rounds: int
+    seed: int
+    server_key: str  # the server's Ed25519 public key, 64 hex digits
+    participants: dict[str, str]  # each admitted client's name and public key
+    min_clients: int = 1  # the fewest contributions a round block may hold (the quorum)
+
+    def __post_init__(self) -> None:
+        check_int(self.rounds, 1, MAX_INT, "rounds")
+        check_int(self.min_clients, 1, MAX_INT, "min_clients")
+        check_int(self.seed, 0, MAX_INT, "the run's seed")
+        check_hex("server_key", self.server_key, KEY_HEX)
+        if not isinstance(self.participants, dict):
+            raise TypeError("participants must map names to public keys")
+        check_names(tuple(self.participants), "participants")
+        for name, key in self.participants.items():
+            check_hex(f"{name}'s key", key, KEY_HEX)
+        if len(set(self.participants.values())) != len(self.participants):
+            raise ValueError("two participants share one public key")
+
+
+@dataclass(frozen=True)
 class ClientUpdate:
-    """One client's contribution to a round: its trained model and how many rows it trained on."""
+    """One client's contribution to a round: its trained model and how many rows it trained on,
+    and in format 2 how it trained and its signature over all of that."""
 
     model: LinearModel
     n_samples: int
+    training: TrainingSettings | None = None
+    signature: str = ""  # 128 hex digits, over signatures.update_message(...)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, LinearModel):
             raise TypeError("a client update's model must be a LinearModel")
         check_int(self.n_samples, 1, MAX_U64, "n_samples")
+        if self.training is not None and not isinstance(self.training, TrainingSettings):
+            raise TypeError("training must be TrainingSettings")
+        if self.signature:
+            check_hex("a client's signature", self.signature, SIGNATURE_HEX)
+
+    @property
+    def signed(self) -> bool:
+        return self.training is not None and bool(self.signature)
 
 
 @dataclass(frozen=True)
@@ -52,6 +116,13 @@ class Block:
     nonce: int = 0
     hash: str = ""  # empty until the block is sealed
     version: int = FORMAT_VERSION
+    run: RunRecord | None = None  # format 2, genesis only
+    # Format 2: clients' signatures over the previous block's hash, sent with their updates.
+    attestations: dict[str, str] = field(default_factory=dict)
+    # Format 2: the participants that did not contribute to this block, and why (disconnected,
+    # timed out, refused: reason), so the chain records who was there.
+    missing: dict[str, str] = field(default_factory=dict)
+    server_signature: str = ""  # format 2: over the hash, so not under it
 
     def __post_init__(self) -> None:
         # Refuse a malformed block at construction, so nothing downstream can hash one.
@@ -59,7 +130,7 @@ class Block:
         check_int(self.index, 0, MAX_U64, "index")
         if not isinstance(self.timestamp, float) or not math.isfinite(self.timestamp):
             raise ValueError(f"timestamp must be a finite float, not {self.timestamp!r}")
-        _check_hex("previous_hash", self.previous_hash)
+        check_hex("previous_hash", self.previous_hash, HASH_HEX)
         check_int(self.difficulty, 0, MAX_DIFFICULTY_BITS, "difficulty")
         _check_tuple("feature_names", self.feature_names)
         _check_tuple("cli", self.cli)
@@ -75,11 +146,50 @@ class Block:
             raise TypeError("server_model must be a LinearModel")
         check_int(self.nonce, 0, MAX_U64, "nonce")
         if self.hash:
-            _check_hex("hash", self.hash)
+            check_hex("hash", self.hash, HASH_HEX)
+        self._check_format()
+
+    def _check_format(self) -> None:
+        signed = self.version == FORMAT_SIGNED
+        if self.run is not None and not isinstance(self.run, RunRecord):
+            raise TypeError("run must be a RunRecord")
+        if not isinstance(self.attestations, dict):
+            raise TypeError("attestations must map names to signatures")
+        check_names(tuple(self.attestations), "attestations")
+        for name, signature in self.attestations.items():
+            check_hex(f"{name}'s attestation", signature, SIGNATURE_HEX)
+        if not isinstance(self.missing, dict):
+            raise TypeError("missing must map names to reasons")
+        check_names(tuple(self.missing), "missing")
+        for name, reason in self.missing.items():
+            if not isinstance(reason, str) or not 0 < len(reason) <= MAX_REASON_CHARS:
+                raise ValueError(f"{name}'s reason for missing must be 1..{MAX_REASON_CHARS} chars")
+            if not reason.isprintable():
+                raise ValueError(f"{name}'s reason for missing must be printable")
+        if self.server_signature:
+            check_hex("server_signature", self.server_signature, SIGNATURE_HEX)
+        if signed:
+            if (self.run is None) != (self.index != 0):
+                raise ValueError("a format-2 genesis, and only the genesis, records the run")
+            for name, update in self.client_model.items():
+                if not update.signed:
+                    raise ValueError(f"{name}'s update lacks its signature or training settings")
+        elif (
+            self.run
+            or self.attestations
+            or self.missing
+            or self.server_signature
+            or any(update.training or update.signature for update in self.client_model.values())
+        ):
+            raise ValueError(f"format {self.version} blocks carry no keys or signatures")
 
     def updates_in_order(self) -> list[tuple[LinearModel, int]]:
         """The client models with their sample counts, in `cli` order."""
         return [(self.client_model[c].model, self.client_model[c].n_samples) for c in self.cli]
+
+    @property
+    def signed(self) -> bool:
+        return self.version == FORMAT_SIGNED
 
     def sample_counts(self) -> dict[str, int]:
         """Each contributing client's row count."""
@@ -93,48 +203,55 @@ def body_digest(block: Block) -> bytes:
     # clients are written in `cli` order, which is itself hashed.
     parts = [
         _MAGIC,
-        _U16.pack(block.version),
-        _U64.pack(block.index),
-        _F64.pack(block.timestamp),
+        U16.pack(block.version),
+        U64.pack(block.index),
+        F64.pack(block.timestamp),
         bytes.fromhex(block.previous_hash),
-        _U16.pack(block.difficulty),
-        _pack_strings(block.feature_names),
-        _pack_string(block.aggregation),
-        _pack_strings(block.cli),
+        U16.pack(block.difficulty),
+        pack_strings(block.feature_names),
+        pack_string(block.aggregation),
+        pack_strings(block.cli),
     ]
     for name in block.cli:
         update = block.client_model[name]
-        parts += [_U64.pack(update.n_samples), _pack_model(update.model)]
-    parts.append(_pack_model(block.server_model))
+        parts += [U64.pack(update.n_samples), pack_model(update.model)]
+        if block.signed:
+            training = update.training
+            parts += [U64.pack(training.seed), U64.pack(training.generations)]
+            parts += [U64.pack(training.population), pack_hex(update.signature)]
+    parts.append(pack_model(block.server_model))
+    if block.signed:  # format 1 hashes exactly what it always did, so old chains still verify
+        parts.append(U32.pack(len(block.attestations)))
+        for name in sorted(block.attestations):
+            parts += [pack_string(name), pack_hex(block.attestations[name])]
+        parts.append(U32.pack(len(block.missing)))
+        for name in sorted(block.missing):
+            parts += [pack_string(name), pack_string(block.missing[name])]
+        parts.append(U8.pack(block.run is not None))
+        if block.run is not None:
+            run = block.run
+            parts += [U64.pack(run.rounds), U64.pack(run.seed), pack_hex(run.server_key)]
+            parts.append(U64.pack(run.min_clients))
+            parts.append(U32.pack(len(run.participants)))
+            for name in sorted(run.participants):
+                parts += [pack_string(name), pack_hex(run.participants[name])]
     return hashlib.sha256(b"".join(parts)).digest()
 
 
 def compute_hash(block: Block) -> str:
     """The block's hash: SHA-256 over the body's digest and the nonce."""
-    return hashlib.sha256(body_digest(block) + _NONCE.pack(block.nonce)).hexdigest()
+    return hashlib.sha256(body_digest(block) + U64.pack(block.nonce)).hexdigest()
 
 
-def _check_hex(name: str, value: object) -> None:
-    if not isinstance(value, str) or len(value) != 64 or value.strip(_HEX_DIGITS):
-        raise ValueError(f"{name} must be 64 lowercase hex digits, not {value!r}")
+def check_hex(name: str, value: object, digits: int) -> str:
+    """Return VALUE if it is DIGITS lowercase hex digits (a hash, a key or a signature)."""
+    if not isinstance(value, str) or len(value) != digits or value.strip(_HEX_DIGITS):
+        shown = value[:20] + "…" if isinstance(value, str) and len(value) > 20 else value
+        raise ValueError(f"{name} must be {digits} lowercase hex digits, not {shown!r}")
+    return value
 
 
 def _check_tuple(name: str, values: object) -> None:
     # A block is immutable; a list here could change under its hash.
     if not isinstance(values, tuple):
         raise TypeError(f"{name} must be a tuple of strings")
-
-
-def _pack_string(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return _U32.pack(len(raw)) + raw
-
-
-def _pack_strings(texts: tuple[str, ...]) -> bytes:
-    return _U32.pack(len(texts)) + b"".join(_pack_string(t) for t in texts)
-
-
-def _pack_model(model: LinearModel) -> bytes:
-    # LinearModel has already refused NaN and infinities, so every float here is finite.
-    weights = model.weights.astype(">f8").tobytes()
-    return _U32.pack(model.n_features) + weights + _F64.pack(model.bias)

@@ -1,17 +1,22 @@
-"""A chain in memory: the genesis and round blocks are made here, and every block is verified
-against the last one as it is appended (and written to disk first, if the chain has a file).
+"""A chain in memory: the genesis, round and closing blocks are made here, and every block is
+verified against the last one as it is appended (and written to disk first, if the chain has a
+file).
 
 The server, each client's replica and the verifier all grow a chain through Chain.append, so the
 rules and the record of each client's sample count live in one place.
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.learning.aggregation import fedavg
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import AGGREGATION_FEDAVG, ZERO_HASH, Block, ClientUpdate
+from fedchain.ledger.block import AGGREGATION_FEDAVG, ZERO_HASH, Block, ClientUpdate, RunRecord
 from fedchain.ledger.mining import seal
+from fedchain.ledger.signatures import block_message, sign_hex
 from fedchain.ledger.store import ChainWriter
 from fedchain.ledger.verification import (
     ChainError,
@@ -25,10 +30,16 @@ class Chain:
     """Verified blocks from the genesis on, each on disk (when STORE is given) before it is kept."""
 
     def __init__(
-        self, genesis: Block, *, store: ChainWriter | None = None, min_difficulty: int = 0
+        self,
+        genesis: Block,
+        *,
+        store: ChainWriter | None = None,
+        min_difficulty: int = 0,
+        now: float | None = None,
     ) -> None:
-        verify_genesis(genesis, min_difficulty=min_difficulty)
+        verify_genesis(genesis, min_difficulty=min_difficulty, now=now)
         self.store = store
+        self.now = now  # None: the clock at each check
         self.blocks: list[Block] = []
         self.sample_counts: dict[str, int] = {}  # each client's rows, as first recorded
         self._keep(genesis)
@@ -41,9 +52,32 @@ class Chain:
     def last(self) -> Block:
         return self.blocks[-1]
 
+    @property
+    def planned_rounds(self) -> int | None:
+        """The rounds the genesis planned, or None for a format-1 chain, which does not say."""
+        return self.genesis.run.rounds if self.genesis.signed else None
+
+    @property
+    def rounds_done(self) -> int:
+        planned = self.planned_rounds
+        return min(self.last.index, planned) if planned is not None else self.last.index
+
+    @property
+    def closed(self) -> bool:
+        """True once the closing block, which ends a format-2 run, is on the chain."""
+        return self.planned_rounds is not None and self.last.index == self.planned_rounds + 1
+
+    def attesters(self, index: int) -> tuple[str, ...]:
+        """The clients that attested block INDEX (recorded in the block after it)."""
+        if index + 1 >= len(self.blocks):
+            return ()
+        return tuple(sorted(self.blocks[index + 1].attestations))
+
     def append(self, block: Block) -> None:
         """Verify BLOCK against the last block, write it (OSError if that fails), keep it."""
-        verify_next(self.last, block, genesis=self.genesis, sample_counts=self.sample_counts)
+        verify_next(
+            self.last, block, genesis=self.genesis, sample_counts=self.sample_counts, now=self.now
+        )
         self._keep(block)
 
     def _keep(self, block: Block) -> None:
@@ -53,19 +87,27 @@ class Chain:
         self.sample_counts |= block.sample_counts()
 
 
-def verify_chain(blocks: Sequence[Block], *, min_difficulty: int = 0) -> None:
-    """Raise ChainError naming the first block that is wrong; return if the chain is valid."""
+def verify_chain(
+    blocks: Sequence[Block], *, min_difficulty: int = 0, now: float | None = None
+) -> Chain:
+    """Return the verified chain; raise ChainError naming the first block that is wrong."""
     if not blocks:
         raise ChainError(0, "the chain is empty: no genesis block")
-    chain = Chain(blocks[0], min_difficulty=min_difficulty)
+    chain = Chain(blocks[0], min_difficulty=min_difficulty, now=now)
     for block in blocks[1:]:
         chain.append(block)
+    return chain
 
 
 def make_genesis(
-    *, initial_model: LinearModel, feature_names: Sequence[str], difficulty: int
+    *,
+    initial_model: LinearModel,
+    feature_names: Sequence[str],
+    difficulty: int,
+    run: RunRecord,
+    server_key: Ed25519PrivateKey,
 ) -> Block:
-    """Mine block 0, which records the run's parameters and its starting global model."""
+    """Mine and sign block 0, which records the run: its parameters, keys and starting model."""
     genesis = Block(
         index=0,
         timestamp=time.time(),
@@ -76,23 +118,66 @@ def make_genesis(
         cli=(),
         client_model={},
         server_model=initial_model,
+        run=run,
     )
     verify_genesis_fields(genesis)
-    return seal(genesis)
+    return _seal_and_sign(genesis, server_key)
 
 
-def make_round_block(previous: Block, updates: dict[str, ClientUpdate]) -> Block:
-    """Mine the block after PREVIOUS: the clients' updates (in dict order) and their FedAvg."""
+def make_round_block(
+    previous: Block,
+    updates: dict[str, ClientUpdate],
+    *,
+    attestations: Mapping[str, str],
+    server_key: Ed25519PrivateKey,
+    missing: Mapping[str, str] | None = None,
+) -> Block:
+    """Mine and sign the block after PREVIOUS: the clients' signed updates (in dict order),
+    their FedAvg, the clients' attestations of PREVIOUS, and who is MISSING and why."""
     cli = tuple(updates)
-    block = Block(
+    block = _successor(
+        previous,
+        cli=cli,
+        client_model=dict(updates),
+        server_model=fedavg([(updates[c].model, updates[c].n_samples) for c in cli]),
+        attestations=dict(sorted(attestations.items())),
+        missing=dict(sorted((missing or {}).items())),
+    )
+    return _seal_and_sign(block, server_key)
+
+
+def make_closing_block(
+    previous: Block,
+    *,
+    attestations: Mapping[str, str],
+    server_key: Ed25519PrivateKey,
+    missing: Mapping[str, str] | None = None,
+) -> Block:
+    """Mine and sign the block that ends a run: no model update, only the clients'
+    attestations of the last round, so that round is checked by the clients too."""
+    block = _successor(
+        previous,
+        cli=(),
+        client_model={},
+        server_model=previous.server_model,
+        attestations=dict(sorted(attestations.items())),
+        missing=dict(sorted((missing or {}).items())),
+    )
+    return _seal_and_sign(block, server_key)
+
+
+def _successor(previous: Block, **fields: object) -> Block:
+    return Block(
         index=previous.index + 1,
         timestamp=max(time.time(), previous.timestamp),  # a clock stepped back stays monotonic
         previous_hash=previous.hash,
         difficulty=previous.difficulty,
         feature_names=previous.feature_names,
         aggregation=previous.aggregation,
-        cli=cli,
-        client_model=dict(updates),
-        server_model=fedavg([(updates[c].model, updates[c].n_samples) for c in cli]),
+        **fields,
     )
-    return seal(block)
+
+
+def _seal_and_sign(block: Block, server_key: Ed25519PrivateKey) -> Block:
+    sealed = seal(block)
+    return replace(sealed, server_signature=sign_hex(server_key, block_message(sealed.hash)))

@@ -1,10 +1,11 @@
 """A chain shown to a person: a few lines a block, and the verdict of verification."""
 
+import enum
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from fedchain.ledger.block import Block
-from fedchain.ledger.chain import verify_chain
+from fedchain.ledger.chain import Chain, verify_chain
 from fedchain.ledger.verification import ChainError
 
 SHOWN_WEIGHTS = 16  # per block; a wide model would otherwise bury the rest
@@ -16,7 +17,7 @@ def format_block(block: Block) -> str:
         when = datetime.fromtimestamp(block.timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (OverflowError, ValueError, OSError):  # shown as it is; verification judges it
         when = f"timestamp {block.timestamp!r}"
-    kind = "genesis" if block.index == 0 else "round"
+    kind = "genesis" if block.index == 0 else "round" if block.cli else "closing"
     clients = ", ".join(f"{c} ({block.client_model[c].n_samples} rows)" for c in block.cli)
     pairs = list(zip(block.feature_names, block.server_model.weights, strict=False))
     weights = "  ".join(f"{name}={w:.4g}" for name, w in pairs[:SHOWN_WEIGHTS])
@@ -32,21 +33,58 @@ def format_block(block: Block) -> str:
     )
 
 
+class Verdict(enum.Enum):
+    VALID = "valid"  # and, for a signed chain, complete: every planned round and the closing
+    INCOMPLETE = "incomplete"  # valid so far, but the run it records did not finish
+    INVALID = "invalid"
+
+
 def report_chain(
     blocks: Sequence[Block],
     say: Callable[[str], None],
     *,
     show_blocks: bool = True,
     min_difficulty: int = 0,
-) -> bool:
-    """Print the blocks (if asked) and the verification result; return whether it is valid."""
+    require_signed: bool = False,
+) -> Verdict:
+    """Print the blocks (if asked), who signed and attested each, and the verdict."""
     if show_blocks:
         for block in blocks:
             say(format_block(block))
     try:
-        verify_chain(blocks, min_difficulty=min_difficulty)
+        chain = verify_chain(blocks, min_difficulty=min_difficulty)
     except ChainError as error:
         say(f"invalid: {error}")
-        return False
-    say(f"valid: {len(blocks)} blocks")
-    return True
+        return Verdict.INVALID
+    count = f"{len(blocks)} block{'s' if len(blocks) != 1 else ''}"
+    if not chain.genesis.signed:
+        if require_signed:
+            say("invalid: block 0: the chain is unsigned (format 1), and signatures are required")
+            return Verdict.INVALID
+        say(f"valid: {count} (format 1: unsigned, so no contribution is attributable)")
+        return Verdict.VALID
+    for block in chain.blocks:
+        say(describe_signatures(chain, block))
+    planned, done = chain.planned_rounds, chain.rounds_done
+    if not chain.closed:
+        say(f"incomplete: {count} verify, but the run planned {planned} rounds and holds {done}")
+        return Verdict.INCOMPLETE
+    say(f"valid: {count}; the run is complete ({done} of {planned} rounds)")
+    return Verdict.VALID
+
+
+def describe_signatures(chain: Chain, block: Block) -> str:
+    """One line: who signed BLOCK's contents, and which clients attested it afterwards."""
+    if block.index == 0:
+        what = f"genesis, signed by the server {block.run.server_key[:16]}…, admits "
+        what += ", ".join(sorted(block.run.participants))
+    elif block.cli:
+        what = "updates signed by " + ", ".join(block.cli)
+    else:
+        what = "closes the run"
+    if block.missing:  # the reasons are the server's word, signed by it
+        what += "; missing: " + ", ".join(f"{n} ({why})" for n, why in block.missing.items())
+    attesters = chain.attesters(block.index)
+    if attesters:
+        return f"block {block.index}: {what}; attested by {', '.join(attesters)}"
+    return f"block {block.index}: {what}" + ("" if chain.closed else "; not attested yet")

@@ -5,18 +5,31 @@ is strict (exact keys, floats written as floats, no NaN), because a value that p
 hash the same as the value that was written while reading differently to a person.
 """
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedchain.checks import describe
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import Block, ClientUpdate
+from fedchain.ledger.block import (
+    FORMAT_SIGNED,
+    Block,
+    ClientUpdate,
+    RunRecord,
+    TrainingSettings,
+)
 
 _BLOCK_KEYS = {
     "version", "index", "timestamp", "previous_hash", "difficulty", "feature_names",
     "aggregation", "cli", "client_model", "server_model", "nonce", "hash",
 }  # fmt: skip
+_SIGNED_BLOCK_KEYS = _BLOCK_KEYS | {"run", "attestations", "missing", "server_signature"}
+_UPDATE_KEYS = {"weights", "bias", "n_samples"}
+_SIGNED_UPDATE_KEYS = _UPDATE_KEYS | {"training", "signature"}
+_TRAINING_KEYS = {"seed", "generations", "population"}
+_RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
 
 
 class ChainFileError(ValueError):
@@ -40,14 +53,21 @@ def block_to_json(block: Block) -> str:
         "feature_names": list(block.feature_names),
         "aggregation": block.aggregation,
         "cli": list(block.cli),
-        "client_model": {
-            name: {**_model_to_record(u.model), "n_samples": u.n_samples}
-            for name, u in ((name, block.client_model[name]) for name in block.cli)
-        },
+        "client_model": {name: _update_to_record(block.client_model[name]) for name in block.cli},
         "server_model": _model_to_record(block.server_model),
         "nonce": block.nonce,
         "hash": block.hash,
     }
+    if block.signed:
+        run = block.run
+        record["run"] = None if run is None else {
+            "rounds": run.rounds, "seed": run.seed, "server_key": run.server_key,
+            "participants": dict(sorted(run.participants.items())),
+            "min_clients": run.min_clients,
+        }  # fmt: skip
+        record["attestations"] = dict(sorted(block.attestations.items()))
+        record["missing"] = dict(sorted(block.missing.items()))
+        record["server_signature"] = block.server_signature
     # repr-style floats round-trip exactly; allow_nan=False is a second guard behind LinearModel.
     return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
@@ -60,15 +80,22 @@ def block_from_json(line: str) -> Block:
         )
     except RecursionError:
         raise ValueError("nested too deeply to be a block") from None
-    _expect_keys("block", record, _BLOCK_KEYS)
-    client_model = {}
-    for name, entry in _typed("client_model", record["client_model"], dict).items():
-        _expect_keys(f"client_model[{name!r}]", entry, {"weights", "bias", "n_samples"})
-        client_model[name] = ClientUpdate(
-            _model_from_record(f"client_model[{name!r}]", entry), entry["n_samples"]
-        )
+    if not isinstance(record, dict):
+        raise TypeError("a block must be a JSON object")
+    signed = record.get("version") == FORMAT_SIGNED
+    _expect_keys("block", record, _SIGNED_BLOCK_KEYS if signed else _BLOCK_KEYS)
+    client_model = {
+        name: _update_from_record(f"client_model[{name!r}]", entry, signed)
+        for name, entry in _typed("client_model", record["client_model"], dict).items()
+    }
     server = _typed("server_model", record["server_model"], dict)
     _expect_keys("server_model", server, {"weights", "bias"})
+    extra = {}
+    if signed:
+        extra["run"] = None if record["run"] is None else _run_from_record(record["run"])
+        extra["attestations"] = _typed("attestations", record["attestations"], dict)
+        extra["missing"] = _typed("missing", record["missing"], dict)
+        extra["server_signature"] = _typed("server_signature", record["server_signature"], str)
     return Block(
         version=record["version"],
         index=record["index"],
@@ -82,6 +109,45 @@ def block_from_json(line: str) -> Block:
         server_model=_model_from_record("server_model", server),
         nonce=record["nonce"],
         hash=_typed("hash", record["hash"], str),
+        **extra,
+    )
+
+
+def _update_to_record(update: ClientUpdate) -> dict:
+    record = {**_model_to_record(update.model), "n_samples": update.n_samples}
+    if update.signed:
+        training = update.training
+        record["training"] = {
+            "seed": training.seed, "generations": training.generations,
+            "population": training.population,
+        }  # fmt: skip
+        record["signature"] = update.signature
+    return record
+
+
+def _update_from_record(where: str, entry: object, signed: bool) -> ClientUpdate:
+    _expect_keys(where, entry, _SIGNED_UPDATE_KEYS if signed else _UPDATE_KEYS)
+    model = _model_from_record(where, entry)
+    if not signed:
+        return ClientUpdate(model, entry["n_samples"])
+    training = entry["training"]
+    _expect_keys(f"{where}.training", training, _TRAINING_KEYS)
+    return ClientUpdate(
+        model,
+        entry["n_samples"],
+        training=TrainingSettings(**training),
+        signature=_typed(f"{where}.signature", entry["signature"], str),
+    )
+
+
+def _run_from_record(record: object) -> RunRecord:
+    _expect_keys("run", record, _RUN_KEYS)
+    return RunRecord(
+        rounds=record["rounds"],
+        seed=record["seed"],
+        server_key=_typed("run.server_key", record["server_key"], str),
+        participants=_typed("run.participants", record["participants"], dict),
+        min_clients=record["min_clients"],
     )
 
 
@@ -91,23 +157,41 @@ class ChainWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL: a run never writes over a chain that is already there.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
-            self._fd = os.open(self.path, flags, 0o644)
-        except FileExistsError:
-            raise FileExistsError(
-                f"{self.path} already exists; move it away or choose another file"
-            ) from None
-        _fsync_directory(self.path.parent)
+        if self.path.exists():  # a run never writes over a chain that is already there
+            raise FileExistsError(_exists(self.path))
+        self._fd = -1  # the file is made with its first block
 
     def append(self, block: Block) -> None:
         # One line per block, then fsync: after a crash the file holds whole blocks and at
         # most one torn last line, which load_chain recognises and drops.
-        data = memoryview((block_to_json(block) + "\n").encode("utf-8"))
-        while data:  # unbuffered: a failed write leaves nothing behind to fail again on close
-            data = data[os.write(self._fd, data) :]
+        line = (block_to_json(block) + "\n").encode("utf-8")
+        if self._fd < 0:
+            self._fd = self._create_with(line)
+            return
+        _write_all(self._fd, line)
         os.fsync(self._fd)
+
+    def _create_with(self, first_line: bytes) -> int:
+        # The file appears whole, holding its first block, or not at all: written under a
+        # temporary name, synced, then linked into place, so a crash never leaves an empty or
+        # half-made chain file to be refused as already there.
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, first_line)
+            os.fsync(fd)
+            try:
+                os.link(temporary, self.path)  # fails if the name was taken meanwhile
+            except FileExistsError:
+                raise FileExistsError(_exists(self.path)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        _fsync_directory(self.path.parent)
+        return fd  # still open on the file, at its end
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -119,6 +203,16 @@ class ChainWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _exists(path: Path) -> str:
+    return f"{path} already exists; move it away or choose another file"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # unbuffered: a failed write leaves nothing behind to fail again on close
+        view = view[os.write(fd, view) :]
 
 
 def load_chain(path: str | Path) -> LoadedChain:
@@ -185,7 +279,7 @@ def _model_from_record(where: str, record: dict) -> LinearModel:
 
 def _typed(where: str, value: object, kind: type) -> object:
     if type(value) is not kind:
-        raise TypeError(f"{where} must be a JSON {kind.__name__}, not {value!r}")
+        raise TypeError(f"{where} must be a JSON {kind.__name__}, not {describe(value)}")
     return value
 
 
@@ -195,7 +289,9 @@ def _expect_keys(where: str, record: object, keys: set[str]) -> None:
     if missing := keys - record.keys():
         raise ValueError(f"{where} lacks {', '.join(sorted(missing))}")
     if extra := record.keys() - keys:
-        raise ValueError(f"{where} has unknown field(s) {', '.join(sorted(extra))}")
+        # Whoever wrote the file chose these names: show a few, short and escaped.
+        shown = ", ".join(describe(name) for name in sorted(extra)[:5])
+        raise ValueError(f"{where} has unknown field(s) {shown}")
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:

@@ -1,13 +1,29 @@
 """The rules a block must satisfy: the genesis on its own, and every later block against the one
-before it. Every check names the block by its position, so a forged `index` cannot shift blame.
+before it. Every check names the block by its position, so a forged `index` cannot shift blame,
+and a failed signature names whose it is.
 """
 
+import time
 from collections.abc import Mapping
 from typing import NoReturn
 
 from fedchain.learning.aggregation import fedavg
-from fedchain.ledger.block import FORMAT_VERSION, KNOWN_AGGREGATIONS, ZERO_HASH, Block, compute_hash
+from fedchain.ledger.block import (
+    KNOWN_AGGREGATIONS,
+    KNOWN_FORMATS,
+    ZERO_HASH,
+    Block,
+    compute_hash,
+)
 from fedchain.ledger.mining import meets_difficulty
+from fedchain.ledger.signatures import (
+    attestation_message,
+    block_message,
+    signature_holds,
+    update_message,
+)
+
+MAX_CLOCK_AHEAD_S = 300.0  # a block dated further ahead of the verifier's clock is refused
 
 
 class ChainError(ValueError):
@@ -19,15 +35,17 @@ class ChainError(ValueError):
         self.reason = reason
 
 
-def verify_genesis(genesis: Block, *, min_difficulty: int = 0) -> None:
-    """Check block 0: its own fields, its hash and its proof of work."""
+def verify_genesis(genesis: Block, *, min_difficulty: int = 0, now: float | None = None) -> None:
+    """Check block 0: its own fields, its hash, its proof of work and the server's signature."""
     verify_genesis_fields(genesis)
-    _verify_seal(0, genesis)
+    _verify_seal(0, genesis, now)
     # Anyone can re-mine a forged chain at difficulty 0; a verifier says what work it expects.
     if genesis.difficulty < min_difficulty:
         raise ChainError(
             0, f"difficulty {genesis.difficulty} is below the required {min_difficulty}"
         )
+    if genesis.signed:
+        _verify_server_signature(0, genesis, genesis)
 
 
 def verify_genesis_fields(genesis: Block) -> None:
@@ -36,23 +54,32 @@ def verify_genesis_fields(genesis: Block) -> None:
     def fail(reason: str) -> NoReturn:
         raise ChainError(0, reason)  # it sits first, whatever its index field claims
 
-    if genesis.version != FORMAT_VERSION:
+    if genesis.version not in KNOWN_FORMATS:
         fail(f"format version {genesis.version} is not one this program knows")
     if genesis.index != 0:
         fail("the first block must be the genesis block, index 0")
     if genesis.previous_hash != ZERO_HASH:
         fail("the genesis block must have an all-zero previous_hash")
-    if genesis.cli:
-        fail("the genesis block must have no client models")
+    if genesis.cli or genesis.attestations or genesis.missing:
+        fail("the genesis block must have no client models, attestations or missing clients")
     if genesis.aggregation not in KNOWN_AGGREGATIONS:
         fail(f"unknown aggregation rule {genesis.aggregation!r}")
     if not genesis.feature_names:
         fail("the genesis block must name the features")
+    if genesis.signed and not genesis.run.participants:
+        fail("the genesis block admits no clients")
+    if genesis.signed and genesis.run.min_clients > len(genesis.run.participants):
+        fail(f"min_clients {genesis.run.min_clients} is more than the clients it admits")
     _verify_model_sizes(0, genesis)
 
 
 def verify_next(
-    previous: Block, block: Block, *, genesis: Block, sample_counts: Mapping[str, int]
+    previous: Block,
+    block: Block,
+    *,
+    genesis: Block,
+    sample_counts: Mapping[str, int],
+    now: float | None = None,
 ) -> None:
     """Check that BLOCK is a valid successor of PREVIOUS in the chain that GENESIS starts;
     SAMPLE_COUNTS holds each client's row count as the chain so far first recorded it."""
@@ -62,13 +89,13 @@ def verify_next(
     def fail(reason: str) -> NoReturn:
         raise ChainError(position, reason)
 
-    if block.version != FORMAT_VERSION:
-        fail(f"format version {block.version} is not one this program knows")
+    if block.version != genesis.version:
+        fail(f"format version {block.version} differs from the genesis's {genesis.version}")
     if block.index != position:
         fail(f"index is {block.index}, but it follows block {previous.index}")
     if block.previous_hash != previous.hash:
         fail(f"previous_hash does not match the hash of block {previous.index}")
-    _verify_seal(position, block)
+    _verify_seal(position, block, now)
     if block.difficulty < previous.difficulty:  # and so never below the genesis's
         fail(
             f"difficulty {block.difficulty} is below block {previous.index}'s {previous.difficulty}"
@@ -79,8 +106,23 @@ def verify_next(
         fail("feature_names differ from the genesis block's")
     if block.aggregation != genesis.aggregation:
         fail(f"aggregation {block.aggregation!r} differs from the genesis's")
+    closing = genesis.signed and position == genesis.run.rounds + 1
+    if genesis.signed:
+        _verify_server_signature(position, block, genesis)
+        if position > genesis.run.rounds + 1:
+            fail(f"the run planned {genesis.run.rounds} rounds; block {position - 1} closed it")
+        _verify_contributors(position, previous, block, genesis)
+    if closing:
+        if block.cli:
+            fail("the closing block may hold no client models")
+        if block.server_model != previous.server_model:
+            fail("the closing block must keep the last round's global model")
+        return
     if not block.cli:
         fail("a round block must hold at least one client model")
+    if genesis.signed and len(block.cli) < genesis.run.min_clients:
+        fail(f"{len(block.cli)} clients took part, fewer than the run's min_clients "
+             f"{genesis.run.min_clients}")  # fmt: skip
     for name, n_samples in block.sample_counts().items():
         # A client's rows are fixed for a run; a changed count would reweigh the average.
         if sample_counts.get(name, n_samples) != n_samples:
@@ -94,11 +136,60 @@ def verify_next(
         fail("server_model is not the FedAvg of the client models")
 
 
-def _verify_seal(position: int, block: Block) -> None:
+def _verify_contributors(position: int, previous: Block, block: Block, genesis: Block) -> None:
+    """Every update and attestation in BLOCK is signed by a participant the genesis admitted."""
+    participants = genesis.run.participants
+    for name in [*block.cli, *block.attestations, *block.missing]:
+        if name not in participants:
+            raise ChainError(position, f"{name} is not a participant admitted in the genesis")
+    for name in block.cli:
+        message = update_message(
+            genesis_hash=genesis.hash,
+            index=block.index,
+            previous_hash=block.previous_hash,
+            name=name,
+            update=block.client_model[name],
+        )
+        if not signature_holds(participants[name], block.client_model[name].signature, message):
+            raise ChainError(position, f"{name}'s signature on its update does not verify")
+    attested = attestation_message(genesis_hash=genesis.hash, block=previous)
+    for name, signature in block.attestations.items():
+        if not signature_holds(participants[name], signature, attested):
+            raise ChainError(
+                position, f"{name}'s attestation of block {previous.index} does not verify"
+            )
+    # Every participant is accounted for: it contributed (or, closing, attested), or is missing.
+    present = set(block.cli if block.cli else block.attestations)
+    if present & set(block.missing):
+        both = ", ".join(sorted(present & set(block.missing)))
+        raise ChainError(position, f"{both} both took part and is recorded missing")
+    if unaccounted := set(participants) - present - set(block.missing):
+        names = ", ".join(sorted(unaccounted))
+        raise ChainError(position, f"{names} neither took part nor is recorded missing")
+    if set(block.attestations) - set(block.cli) and block.cli:
+        raise ChainError(position, "an attestation comes from a client with no update here")
+
+
+def _verify_server_signature(position: int, block: Block, genesis: Block) -> None:
+    key = genesis.run.server_key
+    if not block.server_signature:
+        raise ChainError(position, "the server's signature is missing")
+    if not signature_holds(key, block.server_signature, block_message(block.hash)):
+        raise ChainError(position, "the server's signature does not verify")
+
+
+def _verify_seal(position: int, block: Block, now: float | None) -> None:
     if compute_hash(block) != block.hash:
         raise ChainError(position, "hash does not match the block's contents")
     if not meets_difficulty(block.hash, block.difficulty):
         raise ChainError(position, f"hash does not meet difficulty {block.difficulty} bits")
+    now = time.time() if now is None else now
+    if block.timestamp > now + MAX_CLOCK_AHEAD_S:
+        raise ChainError(
+            position,
+            f"dated {block.timestamp - now:.0f} s ahead of this clock "
+            f"(more than {MAX_CLOCK_AHEAD_S:g} s)",
+        )
 
 
 def _verify_model_sizes(position: int, block: Block) -> None:

@@ -10,6 +10,7 @@ the only module that reads or writes a socket's bytes.
 
 import pickle
 import socket
+import ssl
 import struct
 import time
 
@@ -19,6 +20,7 @@ from fedchain.wire.safe_unpickle import RefusedPickle, load_restricted
 MAGIC = b"FLBM"
 VERSION = 1
 HEADER = struct.Struct(">4sBI")
+MAX_FRAME_LIMIT = 2**32 - 1  # the widest length the header's 32-bit field can carry
 
 
 class ConnectionClosed(ConnectionError):
@@ -79,12 +81,26 @@ class FrameReader:
         return messages
 
     def receive(self, sock: socket.socket) -> list[dict] | None:
-        """Read what SOCK has ready (call when it is readable); None once the peer has closed."""
-        try:
-            data = sock.recv(_RECEIVE_BYTES)
-        except OSError:  # reset by the peer, say: as good as closed
-            return None
-        return self.feed(data) if data else None
+        """Read all SOCK has ready (a non-blocking socket, once it is readable); return the
+        messages now complete, or None once the peer has closed."""
+        messages: list[dict] = []
+        # To the end of what has arrived, since a decision may hang on all of it; but no more
+        # than a whole frame at a time, so a peer that never stops sending holds up nobody.
+        budget = self.max_frame_bytes + HEADER.size
+        while budget > 0 or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            # (Past the budget, TLS may still hold decrypted bytes that the socket's readiness
+            # no longer shows: they are taken too, or they would wait for the next arrival.)
+            try:
+                data = sock.recv(_RECEIVE_BYTES)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return messages  # nothing more yet (for TLS: a record not yet whole)
+            except OSError:  # reset by the peer, say: as good as closed
+                return messages or None
+            if not data:
+                return messages or None  # the close is seen again on the next read
+            budget -= len(data)
+            messages += self.feed(data)
+        return messages
 
 
 def decode_payload(payload: bytes) -> dict:

@@ -1,6 +1,7 @@
 """The messages of a run and their schemas: what each type carries, checked field by field.
 
-Client -> server: register, update. Server -> client: welcome, train, block, done, refused.
+Server -> client: challenge, welcome, train, block, close, done, refused.
+Client -> server: register (signing the challenge), update, attest.
 A refusal names the field and never echoes more of what the peer sent than a short, escaped
 description.
 """
@@ -73,11 +74,34 @@ def _metrics(value: object, what: str) -> dict:
     return value
 
 
+def _exactly_bytes(size: int) -> Callable[[object, str], bytes]:
+    def check(value: object, what: str) -> bytes:
+        if not isinstance(value, bytes) or len(value) != size:
+            raise ValueError(f"{what} must be {size} bytes, not {describe(value)}")
+        return value
+
+    return check
+
+
+def _key_hex(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise ValueError(f"{what} must be 64 lowercase hex digits, not {describe(value)}")
+    return value
+
+
 _count, _round, _seed = _integer(1), _integer(1), _integer(0)
+_signature = _exactly_bytes(64)  # Ed25519
 
 # Each check takes the value and how to name it in a refusal ("update message: weights").
 SCHEMAS: dict[str, dict[str, Callable[[object, str], object]]] = {
-    "register": {"name": check_name, "feature_names": _feature_names, "n_samples": _count},
+    "challenge": {"challenge": _exactly_bytes(32)},
+    "register": {
+        "name": check_name,
+        "feature_names": _feature_names,
+        "n_samples": _count,
+        "public_key": _key_hex,
+        "login_signature": _signature,
+    },
     "welcome": {"genesis": _text, "seed": _seed, "rounds": _count},
     "train": {"round": _round, "weights": _weights, "bias": check_magnitude},
     "update": {
@@ -86,7 +110,14 @@ SCHEMAS: dict[str, dict[str, Callable[[object, str], object]]] = {
         "bias": check_magnitude,
         "n_samples": _count,
         "metrics": _metrics,
+        "seed": _seed,
+        "generations": _count,
+        "population": _count,
+        "signature": _signature,
+        "attestation": _signature,  # of the block before this round, as this client verified it
     },
+    "close": {"round": _round},
+    "attest": {"round": _round, "attestation": _signature},
     "block": {"block": _text},
     "done": {"blocks": _count},
     "refused": {"reason": _text},

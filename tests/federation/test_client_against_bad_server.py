@@ -1,163 +1,394 @@
-"""A real client against a fake server that lies: every block and model it sends is checked, and
-the client stops with a clear reason instead of trusting it."""
+"""A real client against a fake server that lies, breaks the protocol or stalls: the client
+refuses, says which lie, keeps its replica as it was, and runs nothing the server sends. And a
+recording server that is honest: nothing of the client's rows is in anything the client sends."""
 
 import contextlib
 import pickle
 import socket
+import ssl
 import threading
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
+from chain_helpers import SERVER_KEY, fixed_key, reseal, signed_update
 from processes import ROOT
 from wire_helpers import Exploit, frame, receive
 
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import ClientUpdate
-from fedchain.ledger.chain import make_genesis, make_round_block
+from fedchain.ledger.block import Block, ClientUpdate, RunRecord, TrainingSettings
+from fedchain.ledger.chain import (
+    make_closing_block,
+    make_genesis,
+    make_round_block,
+    verify_chain,
+)
 from fedchain.ledger.mining import seal
-from fedchain.ledger.store import block_to_json
+from fedchain.ledger.store import block_to_json, load_chain
+from fedchain.trust.keys import public_hex
+from fedchain.trust.tls import server_context
 from fedchain.wire.frames import HEADER, MAGIC, VERSION, ConnectionClosed, send_message
 
 PWN = "open('pwned-by-fake-server', 'w')"
 FEATURES = load_dataset(ROOT / "data" / "client1.csv").feature_names
-GENESIS = make_genesis(
-    initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES, difficulty=4
-)
+
+
+class Session:
+    """One client's connection to the fake server, past its login; what a script works with."""
+
+    def __init__(self, conn: ssl.SSLSocket, registration: dict, key) -> None:
+        self.conn = conn
+        self.key = key
+        self.client_key = registration["public_key"]
+        self.genesis = self.make_genesis()
+        self.last = self.genesis
+
+    def make_genesis(self, *, rounds=1, features=FEATURES, difficulty=8, participants=None,
+                     run_key=None) -> Block:  # fmt: skip
+        participants = {"cli1": self.client_key} if participants is None else participants
+        # RUN_KEY: a genesis made and signed by another server, valid in itself.
+        run = RunRecord(rounds, 0, public_hex(run_key or self.key), participants)
+        return make_genesis(
+            initial_model=LinearModel.zeros(len(features)), feature_names=features,
+            difficulty=difficulty, run=run, server_key=run_key or self.key,
+        )  # fmt: skip
+
+    def welcome(self, genesis: Block | None = None) -> None:
+        self.genesis = self.last = genesis or self.genesis
+        rounds = self.genesis.run.rounds if self.genesis.signed else 1
+        send_message(self.conn, {"type": "welcome", "genesis": block_to_json(self.genesis),
+                                 "seed": 0, "rounds": rounds})  # fmt: skip
+
+    def train(self, index: int | None = None, model: LinearModel | None = None) -> dict:
+        model = model or self.last.server_model
+        index = self.last.index + 1 if index is None else index
+        send_message(self.conn, {"type": "train", "round": index,
+                                 "weights": model.weights.copy(), "bias": model.bias})  # fmt: skip
+        return receive(self.conn)
+
+    def honest_block(self, update: dict) -> Block:
+        """The block an honest server makes of the client's UPDATE."""
+        return make_round_block(
+            self.last, {"cli1": as_client_update(update)},
+            attestations={"cli1": update["attestation"].hex()}, server_key=self.key,
+        )  # fmt: skip
+
+    def send_block(self, block: Block) -> None:
+        send_message(self.conn, {"type": "block", "block": block_to_json(block)})
+        self.last = block
+
+    def run_honestly(self, rounds: int = 1) -> None:
+        self.welcome(self.make_genesis(rounds=rounds))
+        for _ in range(rounds):
+            self.send_block(self.honest_block(self.train()))
+        send_message(self.conn, {"type": "close", "round": rounds + 1})
+        attest = receive(self.conn)
+        closing = make_closing_block(
+            self.last, attestations={"cli1": attest["attestation"].hex()}, server_key=self.key
+        )
+        self.send_block(closing)
+        send_message(self.conn, {"type": "done", "blocks": rounds + 2})
+
+
+def as_client_update(update: dict) -> ClientUpdate:
+    training = TrainingSettings(update["seed"], update["generations"], update["population"])
+    model = LinearModel(update["weights"], update["bias"])
+    return ClientUpdate(model, update["n_samples"], training, update["signature"].hex())
+
+
+class Recording:
+    """A TLS socket that keeps a copy of every byte read from it: what the client sent."""
+
+    def __init__(self, sock: ssl.SSLSocket, record: bytearray) -> None:
+        self.sock, self.record = sock, record
+
+    def recv_into(self, buffer, size: int) -> int:
+        count = self.sock.recv_into(buffer, size)
+        self.record += bytes(buffer[:count])
+        return count
+
+    def __getattr__(self, name: str):  # sendall, settimeout, recv: the socket's own
+        return getattr(self.sock, name)
 
 
 class FakeServer:
-    """Serves one client with SCRIPT(conn) after reading its registration, on a free port."""
+    """Serves one client over TLS with SCRIPT(session) after its login, on a free port.
 
-    def __init__(self, script) -> None:
+    The script runs in a thread, where a failed assertion would go unseen: finish() re-raises
+    it in the test."""
+
+    def __init__(self, script, *, key=SERVER_KEY, tls: bool = True, record=None) -> None:
+        self.record = bytearray() if record is None else record
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(30)
         self.port = self.listener.getsockname()[1]
-        self.script = script
+        self.script, self.key, self.tls = script, key, tls
+        self.session: Session | None = None
+        self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
-        with self.listener, contextlib.suppress(OSError, ConnectionClosed):
-            conn, _ = self.listener.accept()
-            with conn:  # the client hangs up as soon as it refuses: that ends the script
-                conn.settimeout(30)
-                assert receive(conn)["type"] == "register"
-                self.script(conn)
-                with contextlib.suppress(TimeoutError):
-                    conn.recv(1)  # wait for the client to close
+        expected = (ConnectionClosed, ConnectionResetError, BrokenPipeError, ssl.SSLError)
+        try:
+            with self.listener, contextlib.suppress(*expected):
+                conn, _ = self.listener.accept()
+                if not self.tls:
+                    with conn:
+                        self.script(conn)
+                    return
+                with server_context(self.key).wrap_socket(conn, server_side=True) as raw:
+                    # The client hangs up as soon as it refuses: that ends the script.
+                    raw.settimeout(30)
+                    tls = Recording(raw, self.record)
+                    send_message(tls, {"type": "challenge", "challenge": bytes(32)})
+                    registration = receive(tls)
+                    assert registration["type"] == "register"
+                    self.session = Session(tls, registration, self.key)
+                    self.script(self.session)
+                    with contextlib.suppress(TimeoutError):
+                        tls.recv(1)  # wait for the client to close
+        except BaseException as error:  # handed to the test's thread by finish()
+            self.failure = error
+
+    def finish(self) -> None:
+        """Wait for the script to end; raise whatever failed in it."""
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "the fake server's script did not end"
+        if self.failure is not None:
+            raise self.failure
 
 
-def welcome(conn, genesis=GENESIS) -> None:
-    send_message(
-        conn, {"type": "welcome", "genesis": block_to_json(genesis), "seed": 0, "rounds": 1}
-    )
-
-
-def train(conn, index: int = 1, model: LinearModel = GENESIS.server_model) -> dict:
-    message = {"type": "train", "round": index, "weights": model.weights.copy()}
-    send_message(conn, {**message, "bias": model.bias})
-    return receive(conn)
-
-
-def send_block(conn, block) -> None:
-    send_message(conn, {"type": "block", "block": block_to_json(block)})
-
-
-def sent_update(update: dict) -> ClientUpdate:
-    return ClientUpdate(LinearModel(update["weights"], update["bias"]), update["n_samples"])
-
-
-def forged_average(conn) -> None:
-    welcome(conn)
-    honest = make_round_block(GENESIS, {"cli1": sent_update(train(conn))})
+def forged_average(s: Session) -> None:
+    s.welcome()
+    honest = s.honest_block(s.train())
     forged = LinearModel(honest.server_model.weights * 1.5, honest.server_model.bias)
-    send_message(
-        conn, {"type": "block", "block": block_to_json(seal(replace(honest, server_model=forged)))}
-    )
+    s.send_block(reseal(honest, server_model=forged))  # mined and signed: only FedAvg shows it
 
 
-def altered_update(conn) -> None:
-    welcome(conn)
-    update = sent_update(train(conn))
-    nudged = LinearModel(np.nextafter(update.model.weights, np.inf), update.model.bias)
-    send_block(conn, make_round_block(GENESIS, {"cli1": ClientUpdate(nudged, update.n_samples)}))
+def altered_update(s: Session) -> None:
+    s.welcome()
+    update = s.train()
+    update["weights"] = np.nextafter(update["weights"], np.inf)
+    s.send_block(s.honest_block(update))
 
 
-def broken_link(conn) -> None:
-    welcome(conn)
-    block = make_round_block(GENESIS, {"cli1": sent_update(train(conn))})
-    send_message(
-        conn,
-        {"type": "block", "block": block_to_json(seal(replace(block, previous_hash="1" * 64)))},
-    )
+def update_left_out(s: Session) -> None:
+    cli2 = fixed_key("cli2")
+    s.welcome(s.make_genesis(participants={"cli1": s.client_key, "cli2": public_hex(cli2)}))
+    s.train()
+    model = LinearModel(np.ones(len(FEATURES)), 0.0)
+    other = signed_update(s.genesis, s.genesis, "cli2", model, 5, key=cli2)
+    s.send_block(make_round_block(s.last, {"cli2": other}, attestations={}, server_key=s.key))
+
+
+def broken_link(s: Session) -> None:
+    s.welcome()
+    s.send_block(reseal(s.honest_block(s.train()), previous_hash="1" * 64))
+
+
+def rewritten_history(s: Session) -> None:
+    # Round 1 as agreed, then a round 2 that continues a rewritten, re-mined, re-signed round 1.
+    s.welcome(s.make_genesis(rounds=2))
+    first = s.honest_block(s.train())
+    s.send_block(first)
+    update = s.train()
+    rewritten = reseal(first, timestamp=first.timestamp + 1)
+    s.last = rewritten
+    s.send_block(s.honest_block(update))
+
+
+def unsigned_genesis(s: Session) -> None:
+    genesis = Block(
+        index=0, timestamp=time.time(), previous_hash="0" * 64, difficulty=8,
+        feature_names=FEATURES, aggregation="fedavg", cli=(), client_model={},
+        server_model=LinearModel.zeros(len(FEATURES)), version=1,
+    )  # fmt: skip
+    s.welcome(seal(genesis))
 
 
 SCRIPTS = {
     "wrong global model": (
-        lambda c: (welcome(c), train(c, model=LinearModel(np.ones(len(FEATURES)), 0.0))),
+        lambda s: (s.welcome(), s.train(model=LinearModel(np.ones(len(FEATURES)), 0.0))),
         "the global model for round 1 is not the one on the chain",
     ),
-    "round out of turn": (lambda c: (welcome(c), train(c, index=2)), "round 2 out of turn"),
+    "round out of turn": (lambda s: (s.welcome(), s.train(index=2)), "round 2 out of turn"),
     "forged average": (forged_average, "server_model is not the FedAvg"),
     "update altered": (altered_update, "does not hold our update as we sent it"),
+    "update left out": (update_left_out, "does not hold our update as we sent it"),
     "broken link": (broken_link, "previous_hash does not match"),
+    "rewritten history": (rewritten_history, "block 2: previous_hash does not match"),
+    "genesis at low difficulty": (
+        lambda s: s.welcome(s.make_genesis(difficulty=4)),
+        "difficulty 4 is below the required 8",
+    ),
+    "genesis names another server key": (
+        lambda s: s.welcome(s.make_genesis(run_key=fixed_key("elsewhere"))),
+        "the genesis names server key",
+    ),
+    "genesis leaves us out": (
+        lambda s: s.welcome(s.make_genesis(participants={"cli1": public_hex(fixed_key("x"))})),
+        "the genesis does not admit this client with its own key",
+    ),
+    "unsigned genesis": (unsigned_genesis, "the server's genesis block is unsigned (format 1)"),
     "malformed genesis": (
-        lambda c: send_message(c, {"type": "welcome", "genesis": "{}", "seed": 0, "rounds": 1}),
+        lambda s: send_message(
+            s.conn, {"type": "welcome", "genesis": "{}", "seed": 0, "rounds": 1}
+        ),
         "malformed block",
     ),
     "other features": (
-        lambda c: welcome(
-            c,
-            make_genesis(
-                initial_model=LinearModel.zeros(2), feature_names=("a", "b"), difficulty=4
-            ),
-        ),
+        lambda s: s.welcome(s.make_genesis(features=("a", "b"))),
         "the run's features do not fit this client's rows",
     ),
     "early done": (
-        lambda c: (welcome(c), send_message(c, {"type": "done", "blocks": 1})),
+        lambda s: (s.welcome(), send_message(s.conn, {"type": "done", "blocks": 1})),
         "ended the run after 0 of 1 rounds",
     ),
-    "oversized frame": (lambda c: c.sendall(HEADER.pack(MAGIC, VERSION, 2**31)), "over the limit"),
+    "block before welcome": (
+        lambda s: s.send_block(s.genesis),
+        "a 'block' message while this client was waiting to be welcomed",
+    ),
+    "welcome twice": (
+        lambda s: (s.welcome(), s.welcome()),
+        "a 'welcome' message while this client was waiting for the next round",
+    ),
+    "train twice": (
+        lambda s: (s.welcome(), s.train(), s.train(index=1)),
+        "a 'train' message while this client was waiting for the block of the round it trained",
+    ),
+    "close early": (
+        lambda s: (s.welcome(), send_message(s.conn, {"type": "close", "round": 2})),
+        "asked to close the run at block 2 out of turn",
+    ),
+    "oversized frame": (
+        lambda s: s.conn.sendall(HEADER.pack(MAGIC, VERSION, 2**31)),
+        "over the limit",
+    ),
     "hostile pickle": (
-        lambda c: c.sendall(frame(pickle.dumps({"type": "refused", "reason": Exploit(exec, PWN)}))),
+        lambda s: s.conn.sendall(
+            frame(pickle.dumps({"type": "refused", "reason": Exploit(exec, PWN)}))
+        ),
         "not allowed",
     ),
     "refusal": (
-        lambda c: send_message(c, {"type": "refused", "reason": "no room"}),
+        lambda s: send_message(s.conn, {"type": "refused", "reason": "no room"}),
         "the server refused: no room",
     ),
+    "a refusal of four megabytes": (
+        lambda s: send_message(s.conn, {"type": "refused", "reason": "x" * (1 << 22)}),
+        "the server refused: xxxx",
+    ),
 }
+# How many blocks each lie leaves in the client's replica: what it had verified before.
+KEPT_BLOCKS = {"rewritten history": 2}
+
+
+def start_client(programs, tmp_path, port, *extra):
+    return programs(
+        "client1.py", "--port", port, "--replica", tmp_path / "cli1.jsonl",
+        "--known-servers", tmp_path / "known_servers", *extra,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("lie", sorted(SCRIPTS))
 def test_the_client_refuses_a_lying_server(programs, tmp_path, lie):
     script, expected = SCRIPTS[lie]
     server = FakeServer(script)
-    client = programs("client1.py", "--port", server.port, "--replica", tmp_path / "cli1.jsonl")
+    client = start_client(programs, tmp_path, server.port)
     assert client.finish() == 1, client.output
     assert expected in client.output
     assert "Traceback" not in client.output
+    assert len(client.output) < 5000  # what a server sends is echoed short, never in full
     assert not (tmp_path / "pwned-by-fake-server").exists()
-    server.thread.join(timeout=30)
+    server.finish()
+    replica = tmp_path / "cli1.jsonl"
+    if replica.exists():  # made at the welcome: it holds what was verified, nothing else
+        blocks = load_chain(replica).blocks
+        assert len(blocks) == KEPT_BLOCKS.get(lie, 1)
+        verify_chain(blocks)
+
+
+def test_a_server_presenting_another_key_than_the_pinned_one_is_refused(programs, tmp_path):
+    server = FakeServer(lambda s: s.run_honestly())
+    pinned = public_hex(fixed_key("the real server"))
+    client = start_client(programs, tmp_path, server.port, "--server-key", pinned)
+    assert client.finish() == 1
+    assert f"presents key {public_hex(SERVER_KEY)}, not the pinned --server-key {pinned}" in (
+        client.output
+    )
+    assert not (tmp_path / "cli1.jsonl").exists()
+
+
+def test_a_server_whose_key_changed_since_first_use_is_refused(programs, tmp_path):
+    first = FakeServer(lambda s: s.run_honestly())
+    client = start_client(programs, tmp_path, first.port, "--replica", tmp_path / "one.jsonl")
+    assert client.finish() == 0, client.output
+    assert f"trusting server 127.0.0.1:{first.port} on first use" in client.output
+    first.finish()
+    # Another program takes over the address with another key: a machine in the middle.
+    known = tmp_path / "known_servers"
+    impostor = FakeServer(lambda s: s.run_honestly(), key=fixed_key("impostor"))
+    known.write_text(known.read_text().replace(f":{first.port} ", f":{impostor.port} "))
+    again = start_client(programs, tmp_path, impostor.port, "--replica", tmp_path / "two.jsonl")
+    assert again.finish() == 1
+    assert public_hex(SERVER_KEY) in again.output and public_hex(fixed_key("impostor")) in (
+        again.output
+    )
+    assert not (tmp_path / "two.jsonl").exists()
+
+
+def test_a_server_that_does_not_speak_tls_is_refused(programs, tmp_path):
+    server = FakeServer(lambda conn: conn.recv(1000), tls=False)
+    client = start_client(programs, tmp_path, server.port)
+    assert client.finish() == 1
+    assert "did not complete a TLS 1.3 handshake" in client.output
+    server.finish()
 
 
 def test_a_server_that_trickles_a_message_cannot_hold_the_client_past_its_timeout(
     programs, tmp_path
 ):
-    def trickle(conn) -> None:
-        welcome(conn)
+    def trickle(s: Session) -> None:
+        s.welcome()
         for byte in HEADER.pack(MAGIC, VERSION, 100) + bytes(100):
-            conn.sendall(bytes([byte]))
+            s.conn.sendall(bytes([byte]))
             time.sleep(0.5)
 
     server = FakeServer(trickle)
-    client = programs(
-        "client1.py", "--port", server.port, "--replica", tmp_path / "cli1.jsonl",
-        "--timeout-s", "3",
-    )  # fmt: skip
+    client = start_client(programs, tmp_path, server.port, "--timeout-s", "3")
     assert client.finish(timeout_s=20) == 1
     assert "no word from the server within 3 s (--timeout-s)" in client.output
+    server.finish()
+
+
+def test_nothing_of_the_clients_rows_is_in_what_it_sends(programs, tmp_path):
+    recorded = bytearray()
+    data = ROOT / "data" / "client1.csv"
+    sizes = {}
+    for copies in (1, 100):
+        path = tmp_path / f"rows{copies}.csv"
+        lines = data.read_text().splitlines()
+        path.write_text("\n".join([lines[0], *lines[1:] * copies]) + "\n")
+        before = len(recorded)
+        server = FakeServer(lambda s: s.run_honestly(rounds=2), record=recorded)
+        client = start_client(programs, tmp_path, server.port, "--data", path,
+                              "--replica", tmp_path / f"rows{copies}.jsonl",
+                              "--known-servers", tmp_path / f"known{copies}")  # fmt: skip
+        assert client.finish() == 0, client.output
+        server.finish()
+        sizes[copies] = len(recorded) - before
+    rows = load_dataset(data)
+    values = np.unique(np.concatenate([rows.X.ravel(), rows.y]))
+    sent = bytes(recorded)
+    # The one-hot columns hold only 0 and 1, which say nothing alone; every other value of
+    # every row (each age, BMI and log charge) must be absent, as a float64 either way round
+    # and as decimal text.
+    for value in values[(values != 0.0) & (values != 1.0)]:
+        for encoding in (np.float64(value).tobytes(), np.float64(value).byteswap().tobytes()):
+            assert encoding not in sent, value
+        assert repr(float(value)).encode() not in sent, value
+    # What the client sends does not grow with its rows.
+    assert sizes[1] > 1000  # the login, two signed updates and three attestations
+    assert abs(sizes[100] - sizes[1]) <= 0.01 * sizes[1], sizes

@@ -1,10 +1,12 @@
 """The federated run end to end: a real server and real clients on 127.0.0.1."""
 
+import contextlib
 import socket
 from pathlib import Path
 
 from processes import ROOT, run_blockchain_cli, start_server
 
+from fedchain.cli.console import port_from_listening_line
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.store import load_chain
@@ -21,10 +23,14 @@ def check_finished_run(tmp_path: Path, server, clients) -> None:
         assert program.finish() == 0, program.output
     chain_path = tmp_path / "chain.jsonl"
     blocks = load_chain(chain_path).blocks
-    assert len(blocks) == ROUNDS + 1
+    assert len(blocks) == ROUNDS + 2  # the genesis, the rounds, the closing block
+    complete = f"valid: {ROUNDS + 2} blocks; the run is complete ({ROUNDS} of {ROUNDS} rounds)"
     result = run_blockchain_cli("verify", chain_path)
-    assert result.returncode == 0 and result.stdout.strip() == f"valid: {ROUNDS + 1} blocks"
-    assert server.output.rstrip().endswith(f"valid: {ROUNDS + 1} blocks")
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == complete
+    for index in range(ROUNDS + 1):  # every block but the closing one, attested by both
+        assert f"block {index}: " in result.stdout
+    assert result.stdout.count("attested by cli1, cli2") == ROUNDS + 1
+    assert server.output.rstrip().endswith(complete)
     for name in ("cli1", "cli2"):
         assert (tmp_path / f"{name}.jsonl").read_bytes() == chain_path.read_bytes()
 
@@ -39,7 +45,7 @@ def test_a_networked_run_gives_the_simulated_models_and_identical_replicas(progr
     blocks = load_chain(tmp_path / "chain.jsonl").blocks
     datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
     simulated = simulate(datasets, rounds=ROUNDS, run_seed=7)  # the clients took it from the server
-    for block, expected in zip(blocks[1:], simulated, strict=True):
+    for block, expected in zip(blocks[1:-1], simulated, strict=True):
         assert block.cli == ("cli1", "cli2")
         assert block.server_model == expected.global_model  # bit for bit
         for name in block.cli:
@@ -47,23 +53,49 @@ def test_a_networked_run_gives_the_simulated_models_and_identical_replicas(progr
     assert "global test MSE" in server.output
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def test_a_client_with_its_columns_in_another_order_joins_with_the_same_models(programs, tmp_path):
+    lines = (ROOT / "data" / "client2.csv").read_text().splitlines()
+    reversed_rows = [",".join(line.split(",")[::-1]) for line in lines]
+    (tmp_path / "reversed.csv").write_text("\n".join(reversed_rows) + "\n")
+    server, port = start_server(programs, tmp_path, "--rounds", "2", "--seed", "7")
+    clients = [
+        programs("client1.py", *client_args("cli1", port, tmp_path)),
+        programs("client.py", *client_args("cli2", port, tmp_path), "--name", "cli2",
+                 "--data", tmp_path / "reversed.csv"),
+    ]  # fmt: skip
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+    datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
+    simulated = simulate(datasets, rounds=2, run_seed=7)
+    blocks = load_chain(tmp_path / "chain.jsonl").blocks
+    for block, expected in zip(blocks[1:-1], simulated, strict=True):
+        # Weights in the run's column order, bit for bit as if the file had that order.
+        assert block.client_model["cli2"].model == expected.client_models["cli2"]
+        assert block.server_model == expected.global_model
+
+
+@contextlib.contextmanager
+def reserved_port():
+    """A loopback port held for the server until it listens: bound here with SO_REUSEADDR but
+    never listening, so clients are refused (and retry) while no other program can take it;
+    the server's own bind, also with SO_REUSEADDR, shares it."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
 
 
 def test_clients_started_before_the_server_wait_for_it(programs, tmp_path):
-    port = free_port()  # the clients must be told a port before the server exists
-    clients = [
-        programs("client1.py", *client_args("cli1", port, tmp_path)),
-        programs("client2.py", *client_args("cli2", port, tmp_path)),
-    ]
-    server = programs(
-        "server.py", "--port", port, "--chain", tmp_path / "chain.jsonl",
-        "--difficulty", "8", "--rounds", ROUNDS,
-    )  # fmt: skip
-    server.wait_for(f"listening on 127.0.0.1:{port}")
+    with reserved_port() as port:  # the clients must be told a port before the server exists
+        clients = [
+            programs("client1.py", *client_args("cli1", port, tmp_path)),
+            programs("client2.py", *client_args("cli2", port, tmp_path)),
+        ]
+        server = programs(
+            "server.py", "--port", port, "--chain", tmp_path / "chain.jsonl",
+            "--difficulty", "8", "--rounds", ROUNDS,
+        )  # fmt: skip
+        server.wait_for(f"listening on 127.0.0.1:{port}")
     check_finished_run(tmp_path, server, clients)
 
 
@@ -74,16 +106,34 @@ def test_a_client_that_dies_mid_run_is_reported_and_the_chain_stays_valid(progra
     victim.wait_for(r"^block 2 verified")
     victim.kill()
     assert server.finish() == 1
-    assert "run stopped: cli2 disconnected" in server.output
+    stopped = "cannot go on with 1 of the 2 clients it needs (--min-clients): cli2 disconnected"
+    assert stopped in server.output
     assert "Traceback" not in server.output
     assert survivor.finish() == 1
-    assert "run stopped: cli2 disconnected" in survivor.output
+    assert stopped in survivor.output
     chain_path = tmp_path / "chain.jsonl"
     result = run_blockchain_cli("verify", chain_path)
-    assert result.returncode == 0, result.stdout
+    assert result.returncode == 3, result.stdout  # every block valid, the run unfinished
     blocks = load_chain(chain_path).blocks
     assert 3 <= len(blocks) < 51  # genesis and the rounds finished before the kill
-    assert server.output.rstrip().endswith(f"valid: {len(blocks)} blocks")
+    unfinished = f"incomplete: {len(blocks)} blocks verify, but the run planned 50 rounds"
+    assert server.output.splitlines()[-1].startswith(unfinished)
+
+
+def test_with_a_quorum_the_run_goes_on_without_a_client_that_dies(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "4", "--min-clients", "1")
+    survivor = programs("client1.py", *client_args("cli1", port, tmp_path))
+    victim = programs("client2.py", *client_args("cli2", port, tmp_path))
+    victim.wait_for(r"^block 1 verified")
+    victim.kill()
+    assert server.finish() == 0, server.output
+    assert survivor.finish() == 0, survivor.output
+    assert "cli2 is left out of the run: disconnected" in server.output
+    blocks = load_chain(tmp_path / "chain.jsonl").blocks
+    assert len(blocks) == 6 and blocks[1].cli == ("cli1", "cli2")
+    assert blocks[-2].cli == ("cli1",) and blocks[-2].missing["cli2"].startswith("disconnected")
+    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
+    assert result.returncode == 0 and "the run is complete (4 of 4 rounds)" in result.stdout
 
 
 def test_the_server_refuses_a_second_client_with_the_same_name(programs, tmp_path):
@@ -155,7 +205,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_keeps_every_written_block(program
         "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "8",
         "--rounds", "5", max_file_bytes=3000,
     )  # fmt: skip
-    port = int(server.wait_for(r"^listening on 127\.0\.0\.1:(\d+)$").group(1))
+    port = port_from_listening_line(server.wait_for(r"^listening on ").string)
     clients = [
         programs("client1.py", *client_args("cli1", port, tmp_path)),
         programs("client2.py", *client_args("cli2", port, tmp_path)),
@@ -166,7 +216,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_keeps_every_written_block(program
     for client in clients:
         assert client.finish() == 1
     result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 3, result.stdout + result.stderr  # valid, but unfinished
     assert 1 <= len(load_chain(tmp_path / "chain.jsonl").blocks) < 6
 
 

@@ -1,216 +1,396 @@
-"""Bad frames and bad updates sent to a running server: each is refused with a clear reason,
-nothing they carry runs, the server keeps serving or stops cleanly, and the chain stays valid."""
+"""Bad frames, bad logins and bad updates sent to a running server: each is refused with a clear
+reason, nothing they carry runs, the server keeps serving or stops cleanly, and the chain stays
+valid."""
 
 import os
 import pickle
 import socket
+import ssl
+import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from processes import ROOT, run_blockchain_cli, start_server
+from chain_helpers import fixed_key
+from processes import run_blockchain_cli, start_server
+from raw_peers import RawClient, connect, join_raw_clients, tls_connect, write_key
 from wire_helpers import Exploit, frame, receive
 
-from fedchain.learning.dataset import load_dataset
-from fedchain.wire.frames import HEADER, MAGIC, VERSION, send_message
-
-FEATURES = list(load_dataset(ROOT / "data" / "client1.csv").feature_names)
+from fedchain.trust.keys import public_hex
+from fedchain.wire.frames import HEADER, MAGIC, VERSION
 
 
-def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.settimeout(30)
-    return sock
+def run_two_clients(programs, tmp_path, port, *extra):
+    return [
+        programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl", *extra)
+        for i in (1, 2)
+    ]
 
 
-def test_bad_frames_are_refused_and_the_run_goes_on(programs, tmp_path):
+def finish_cleanly(server, clients, rounds: int) -> None:
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+    assert server.output.rstrip().endswith(f"({rounds} of {rounds} rounds)")
+    assert "Traceback" not in server.output
+
+
+def test_bad_frames_inside_tls_are_refused_and_the_run_goes_on(programs, tmp_path):
     server, port = start_server(programs, tmp_path, "--rounds", "2")
     target = tmp_path / "created-by-pickle"
+    exploit = {"type": "register", "name": Exploit(os.system, f"touch {target}")}
+    early_update = {"type": "update", "round": 1, "weights": np.zeros(12), "bias": 0.0,
+                    "n_samples": 5, "metrics": {}}  # fmt: skip
     attempts = {
         "garbage": (b"GET / HTTP/1.1\r\n\r\n", "not a frame of this protocol"),
         "oversized": (HEADER.pack(MAGIC, VERSION, 2**31), "over the limit"),
-        "exploit": (
-            frame(
-                pickle.dumps(
-                    {"type": "register", "name": Exploit(os.system, f"touch {target}")}, protocol=5
-                )
-            ),
-            "posix.system, which is not allowed",
-        ),
+        "exploit": (frame(pickle.dumps(exploit, protocol=5)), "posix.system, which is not allowed"),
         "unknown type": (frame(pickle.dumps({"type": "hello"}, protocol=5)), "unknown message"),
-        "update first": (
-            frame(
-                pickle.dumps(
-                    {
-                        "type": "update",
-                        "round": 1,
-                        "weights": np.zeros(12),
-                        "bias": 0.0,
-                        "n_samples": 5,
-                        "metrics": {},
-                    },
-                    protocol=5,
-                )
-            ),
-            "expected a register message first",
-        ),
+        "update first": (frame(pickle.dumps(early_update, protocol=5)), "lacks"),
     }
     for label, (data, expected) in attempts.items():
-        with connect(port) as sock:
-            sock.sendall(data)
-            reply = receive(sock)
+        with RawClient(port, "x") as peer:
+            peer.sock.sendall(data)
+            reply = receive(peer.sock)
         assert reply["type"] == "refused", label
         assert expected in reply["reason"], (label, reply)
         server.wait_for(f"refused 127.0.0.1:\\d+: .*{expected}")
     assert not target.exists()
-    # A peer that connects and then vanishes mid-frame is dropped without harm, too.
-    with connect(port) as sock:
-        sock.sendall(HEADER.pack(MAGIC, VERSION, 100) + b"partial")
+    # A peer that vanishes mid-frame is dropped without harm, too.
+    with RawClient(port, "x") as peer:
+        peer.sock.sendall(HEADER.pack(MAGIC, VERSION, 100) + b"partial")
     server.wait_for("dropped 127.0.0.1")
-
-    clients = [
-        programs("client1.py", "--port", port, "--replica", tmp_path / "cli1.jsonl"),
-        programs("client2.py", "--port", port, "--replica", tmp_path / "cli2.jsonl"),
-    ]
-    for program in [server, *clients]:
-        assert program.finish() == 0, program.output
-    assert "valid: 3 blocks" in server.output
+    finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=2)
     assert not target.exists()
 
 
-def register_raw_client(port: int) -> socket.socket:
-    """Join as cli2 with the protocol done by hand, up to the first round's global model."""
-    sock = connect(port)
-    send_message(
-        sock, {"type": "register", "name": "cli2", "feature_names": FEATURES, "n_samples": 535}
-    )
-    assert receive(sock)["type"] == "welcome"
-    assert receive(sock)["type"] == "train"
-    return sock
-
-
-def update(weights, bias=0.0) -> dict:
-    return {"type": "update", "round": 1, "weights": weights, "bias": bias,
-            "n_samples": 535, "metrics": {}}  # fmt: skip
+def test_a_plaintext_peer_is_dropped_and_the_run_goes_on(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    with connect(port) as plain:
+        plain.sendall(frame(pickle.dumps({"type": "hello"}, protocol=5)))
+        server.wait_for(r"dropped 127\.0\.0\.1:\d+: no TLS 1\.3 handshake")
+        try:  # at most a TLS alert comes back, never a message in plain text
+            answer = plain.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b"" or answer.startswith(b"\x15\x03")
+    finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
 
 
 @pytest.mark.parametrize(
-    ("bad_update", "expected"),
+    ("login", "expected"),
     [
-        (frame(pickle.dumps(update(np.zeros(3)), protocol=5)), "cli2 sent 3 weights for 12"),
-        (
-            frame(pickle.dumps(update(np.full(12, np.nan)), protocol=5)),
-            "cli2 sent a bad frame: update message: weights holds NaN",
-        ),
-        (
-            frame(pickle.dumps({**update(np.zeros(12)), "n_samples": 0}, protocol=5)),
-            "n_samples must be a positive integer",
-        ),
-        (
-            frame(pickle.dumps({**update(np.zeros(12)), "n_samples": 10**6}, protocol=5)),
-            "cli2 claims 1000000 rows, but registered 535",
-        ),
-        (
-            frame(pickle.dumps(update(np.full(12, 1e300)), protocol=5)),
-            "weights holds a number larger than 1e+100",
-        ),
-        (None, "cli2 sent no update for round 1 within 3 s"),
+        ("wrong key", "x's login signature does not verify"),
+        ("replayed challenge", "x's login signature does not verify"),
+        ("relayed to another server", "x's login signature does not verify"),
     ],
 )
-def test_a_bad_update_stops_the_run_cleanly_with_its_reason(
-    programs, tmp_path, bad_update, expected
-):
+def test_a_login_that_does_not_prove_its_key_is_refused(programs, tmp_path, login, expected):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    with RawClient(port, "x") as first:
+        recorded = first.challenge
+    with RawClient(port, "x") as peer:
+        if login == "wrong key":
+            peer.register(signing_key=fixed_key("someone else"))
+        elif login == "replayed challenge":  # a login recorded on an earlier connection
+            peer.register(challenge=recorded)
+        else:  # a login this client made for another server, relayed here
+            peer.register(server_key=public_hex(fixed_key("another server")))
+        reply = receive(peer.sock)
+    assert reply["type"] == "refused" and reply["reason"].startswith(expected)
+    finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
+
+
+def test_authorized_keys_admit_only_the_listed_names_with_their_keys(programs, tmp_path):
+    keys = {name: fixed_key(name) for name in ("cli1", "cli2")}
+    listed = tmp_path / "authorized"
+    listed.write_text("".join(f"{n} {public_hex(k)}\n" for n, k in keys.items()))
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "--authorized-keys", listed)
+    with RawClient(port, "mallory") as stranger:
+        stranger.register()
+        assert receive(stranger.sock)["reason"] == "'mallory' is not in the authorized keys"
+    with RawClient(port, "cli1", key=fixed_key("not cli1's")) as impostor:
+        impostor.register()
+        assert "cli1's key" in receive(impostor.sock)["reason"]
+    # The real clients use the listed keys, written where client.py looks for them.
+    (tmp_path / "keys").mkdir(exist_ok=True)
+    for name, key in keys.items():
+        write_key(tmp_path / "keys" / f"{name}.key", key)
+    finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
+
+
+def test_in_open_enrolment_a_name_stays_bound_to_its_first_key(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    server.wait_for("open enrolment")
+    with RawClient(port, "cli1") as first:
+        first.register()
+        server.wait_for("cli1 joined")
+    server.wait_for("cli1 left before the run began")
+    with RawClient(port, "cli1", key=fixed_key("another")) as other:
+        other.register()
+        assert "'cli1' first joined with key" in receive(other.sock)["reason"]
+    (tmp_path / "keys").mkdir(exist_ok=True)
+    write_key(tmp_path / "keys" / "cli1.key", fixed_key("cli1"))
+    finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
+
+
+def update_with(client: RawClient, sent: dict | None = None, **signing) -> bytes:
+    """A framed update signed as SIGNING says, with the fields in SENT changed after signing."""
+    return frame(pickle.dumps({**client.update(**signing), **(sent or {})}, protocol=5))
+
+
+NOT_SIGNED = (
+    "sent an update for round 1 not signed by its key (replayed from another round or chain, "
+    "or forged)"
+)
+BAD_UPDATES = {
+    "3 weights": (
+        lambda c: update_with(c, {"weights": np.zeros(3)}),
+        "sent 3 weights for 12 features",
+    ),
+    "NaN": (
+        lambda c: update_with(c, {"weights": np.full(12, np.nan)}),
+        "sent a bad frame: update message: weights holds NaN or infinity",
+    ),
+    "no rows": (
+        lambda c: update_with(c, {"n_samples": 0}),
+        "sent a bad frame: update message: n_samples must be a positive integer, not 0",
+    ),
+    "more rows": (
+        lambda c: update_with(c, {"n_samples": 10**6}),
+        "claims 1000000 rows, but registered 535",
+    ),
+    "huge": (
+        lambda c: update_with(c, {"weights": np.full(12, 1e300)}),
+        "sent a bad frame: update message: weights holds a number larger than 1e+100",
+    ),
+    "signed by another key": (
+        lambda c: update_with(c, key=fixed_key("another")),
+        NOT_SIGNED,
+    ),
+    "replayed from another round": (
+        lambda c: update_with(c, index=2),
+        NOT_SIGNED,
+    ),
+    "replayed from another chain": (
+        lambda c: update_with(c, genesis=replace(c.genesis, hash="ab" * 32)),
+        NOT_SIGNED,
+    ),
+    "forged attestation": (
+        lambda c: update_with(c, {"attestation": bytes(64)}),
+        "sent an attestation of block 0 that does not verify",
+    ),
+    "silent": (None, "sent no update within 3 s (--round-timeout-s)"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_UPDATES))
+def test_a_bad_update_stops_the_run_cleanly_with_its_reason(programs, tmp_path, bad):
+    make, expected = BAD_UPDATES[bad]
     server, port = start_server(programs, tmp_path, "--rounds", "3", "--round-timeout-s", "3")
-    honest = programs("client1.py", "--port", port, "--replica", tmp_path / "cli1.jsonl")
-    with register_raw_client(port) as sock:
-        if bad_update is not None:  # None: say nothing, and let the round time out
-            sock.sendall(bad_update)
+    # cli1 answers at once, so only cli2 can be to blame, however slow the machine.
+    honest, suspect = join_raw_clients(port, "cli1", "cli2")
+    with honest, suspect:
+        honest.send(honest.update())
+        if make is not None:  # None: say nothing, and let the round time out
+            suspect.sock.sendall(make(suspect))
         assert server.finish() == 1, server.output
-        reply = receive(sock)
-    assert reply["type"] == "refused" and expected in reply["reason"]
-    assert "run stopped: " in server.output and expected in server.output
+        reply, told = receive(suspect.sock), receive(honest.sock)
+    assert reply == {"type": "refused", "reason": f"left out: {expected}"}
+    # The honest client is told why the run stopped: too few clients are left for the round.
+    assert told["type"] == "refused" and told["reason"].startswith(
+        "run stopped: round 1 cannot go on with 1 of the 2 clients it needs (--min-clients): "
+        f"cli2 {expected} (round 1)"
+    )
+    assert f"cli2 is left out of the run: {expected}" in server.output
     assert "Traceback" not in server.output
-    assert honest.finish() == 1
     result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
-    assert result.returncode == 0 and result.stdout.strip() == "valid: 1 blocks"
-
-
-def run_two_clients(programs, tmp_path, port):
-    return [
-        programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
-        for i in (1, 2)
-    ]
+    assert result.returncode == 3 and "incomplete: 1 block verify" in result.stdout
 
 
 def test_a_peer_stuck_mid_frame_holds_up_nobody(programs, tmp_path):
     # The stuck peer would be turned away only after an hour: the run must not wait for that.
     server, port = start_server(programs, tmp_path, "--rounds", "1", "--register-timeout-s", "3600")
+    with RawClient(port, "stuck") as stuck:
+        stuck.sock.sendall(HEADER.pack(MAGIC, VERSION, 100) + b"\x80\x05")  # and then nothing
+        finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
+        assert receive(stuck.sock)["reason"] == "the run is full (2 clients)"
+
+
+def test_a_peer_stuck_in_the_tls_handshake_holds_up_nobody(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "--register-timeout-s", "3600")
     with connect(port) as stuck:
-        stuck.sendall(HEADER.pack(MAGIC, VERSION, 100) + b"\x80\x05")  # and then nothing more
-        clients = run_two_clients(programs, tmp_path, port)
-        for program in [server, *clients]:
-            assert program.finish() == 0, program.output
-        assert receive(stuck)["reason"] == "the run is full (2 clients)"
+        stuck.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, and then nothing
+        finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
 
 
 def test_a_newcomer_that_never_registers_is_turned_away(programs, tmp_path):
     server, port = start_server(programs, tmp_path, "--rounds", "1", "--register-timeout-s", "1")
-    with connect(port) as silent:
+    with RawClient(port, "silent") as silent:
         server.wait_for(r"refused 127\.0\.0\.1:\d+: no registration within 1 s")
-        assert receive(silent)["type"] == "refused"
-    for program in [server, *run_two_clients(programs, tmp_path, port)]:
-        assert program.finish() == 0, program.output
+        assert receive(silent.sock)["type"] == "refused"
+    finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
 
 
 def test_a_crowd_of_idle_connections_is_capped(programs, tmp_path):
     server, port = start_server(programs, tmp_path, "--rounds", "1")
     crowd = [connect(port) for _ in range(32)]
     try:
-        with connect(port) as one_too_many:
-            assert "too many connections" in receive(one_too_many)["reason"]
+        with connect(port):
+            server.wait_for(r"refused 127\.0\.0\.1:\d+: too many connections are waiting")
     finally:
         for sock in crowd:
             sock.close()
-    for program in [server, *run_two_clients(programs, tmp_path, port)]:
-        assert program.finish() == 0, program.output
-
-
-def register(port: int, name: str) -> socket.socket:
-    sock = connect(port)
-    send_message(
-        sock, {"type": "register", "name": name, "feature_names": FEATURES, "n_samples": 9}
-    )
-    return sock
+    finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
 
 
 def test_two_registrations_at_once_for_the_last_place_admit_only_one(programs, tmp_path):
     _, port = start_server(programs, tmp_path, "--clients", "1", "--rounds", "1")
-    first, second = register(port, "a"), register(port, "b")  # both, as near at once as can be
+    first, second = RawClient(port, "a"), RawClient(port, "b")
     with first, second:
+        first.register()  # both, as near at once as can be
+        second.register()
         # With room for one, exactly one is welcomed into the run; the other is turned away
         # (as the run is full, or already under way if it came a moment too late).
-        replies = [receive(first), receive(second)]
-        assert sorted(r["type"] for r in replies) == ["refused", "welcome"]
-        reason = next(r["reason"] for r in replies if r["type"] == "refused")
-        assert reason in ("the run is full (1 client)", "a run is in progress with all its clients")
+        replies = []
+        for client in (first, second):
+            try:
+                replies.append(receive(client.sock))
+            except (ssl.SSLError, OSError, ConnectionError):
+                replies.append({"type": "closed"})  # turned away once the run had begun
+        kinds = sorted(r["type"] for r in replies)
+        assert kinds in (["refused", "welcome"], ["closed", "welcome"])
+        refused = [r for r in replies if r["type"] == "refused"]
+        assert all(r["reason"] == "the run is full (1 client)" for r in refused)
 
 
 def test_a_client_that_speaks_before_the_run_is_removed(programs, tmp_path):
     server, port = start_server(programs, tmp_path, "--rounds", "1")
-    with register(port, "chatty") as chatty:
+    with RawClient(port, "chatty") as chatty:
+        chatty.register()
         server.wait_for("chatty joined")
-        send_message(chatty, {"type": "done", "blocks": 1})
-        assert "may not speak before the run" in receive(chatty)["reason"]
-    for program in [server, *run_two_clients(programs, tmp_path, port)]:
-        assert program.finish() == 0, program.output
+        chatty.send({"type": "done", "blocks": 1})
+        assert "may not speak before the run" in receive(chatty.sock)["reason"]
+    finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
 
 
 def test_a_newcomer_during_the_run_is_refused_and_the_run_goes_on(programs, tmp_path):
-    server, port = start_server(programs, tmp_path, "--rounds", "3", "--round-timeout-s", "30")
-    honest = programs("client1.py", "--port", port, "--replica", tmp_path / "cli1.jsonl")
-    with register_raw_client(port) as slow_cli2:  # holds round 1 open: it never answers
-        with register(port, "latecomer") as latecomer:
-            assert receive(latecomer)["reason"] == "a run is in progress with all its clients"
-        slow_cli2.close()
-    assert server.finish() == 1  # cli2 then left; the point is that nothing else went wrong
-    assert "refused 127.0.0.1" in server.output and "Traceback" not in server.output
-    assert honest.finish() == 1
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    cli1, cli2 = join_raw_clients(port, "cli1", "cli2")  # round 1 is open until they answer
+    with cli1, cli2:
+        with pytest.raises((ssl.SSLError, OSError)):
+            tls_connect(port).recv(1)  # closed at once: a run is under way
+        server.wait_for(r"refused 127\.0\.0\.1:\d+: a run is in progress with all its clients")
+        for client in (cli1, cli2):
+            client.send(client.update())
+        for client in (cli1, cli2):
+            assert client.hear_block().index == 1
+            assert receive(client.sock) == {"type": "close", "round": 2}
+        for client in (cli1, cli2):
+            client.send({"type": "attest", "round": 2, "attestation": client.attestation()})
+        for client in (cli1, cli2):
+            assert client.hear_block().attestations.keys() == {"cli1", "cli2"}
+            assert receive(client.sock) == {"type": "done", "blocks": 3}
+    assert server.finish() == 0, server.output
+    assert server.output.rstrip().endswith("valid: 3 blocks; the run is complete (1 of 1 rounds)")
+
+
+@pytest.mark.parametrize("bad", ["replayed from another round", "signed by another key", "silent"])
+def test_with_a_quorum_a_bad_client_is_left_out_and_the_run_goes_on(programs, tmp_path, bad):
+    make, expected = BAD_UPDATES[bad]
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "--min-clients", "1",
+                                "--round-timeout-s", "3")  # fmt: skip
+    honest, suspect = join_raw_clients(port, "cli1", "cli2")
+    with honest, suspect:
+        honest.send(honest.update())
+        if make is not None:
+            suspect.sock.sendall(make(suspect))
+        block = honest.hear_block()
+        assert block.cli == ("cli1",)
+        assert block.missing == {"cli2": f"{expected} (round 1)"}  # under the hash, signed
+        assert receive(honest.sock) == {"type": "close", "round": 2}
+        honest.send({"type": "attest", "round": 2, "attestation": honest.attestation()})
+        closing = honest.hear_block()
+        assert closing.attestations.keys() == {"cli1"} and "cli2" in closing.missing
+        assert receive(honest.sock) == {"type": "done", "blocks": 3}
+    assert server.finish() == 0, server.output
+    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
+    assert result.returncode == 0, result.stdout
+
+
+def reset_connection(port: int) -> None:
+    """Connect and reset at once (SO_LINGER 0): the server meets a socket already dead."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_connections_reset_before_and_during_the_run_harm_nobody(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    for _ in range(20):
+        reset_connection(port)
+    clients = join_raw_clients(port, "cli1", "cli2")  # the server is still there
+    for _ in range(20):  # and round 1 is open until the clients answer
+        reset_connection(port)
+    for client in clients:
+        client.send(client.update())
+    for client in clients:
+        client.hear_block()
+        assert receive(client.sock) == {"type": "close", "round": 2}
+        client.send({"type": "attest", "round": 2, "attestation": client.attestation()})
+    for client in clients:
+        client.hear_block()
+        assert receive(client.sock) == {"type": "done", "blocks": 3}
+        client.sock.close()
+    assert server.finish() == 0, server.output
+    assert "Traceback" not in server.output
+
+
+@pytest.mark.parametrize("min_clients", ["1", "2"])
+def test_a_client_that_leaves_right_after_its_update_is_not_counted(programs, tmp_path,
+                                                                    min_clients):  # fmt: skip
+    server, port = start_server(programs, tmp_path, "--rounds", "1",
+                                "--min-clients", min_clients)  # fmt: skip
+    honest, leaver = join_raw_clients(port, "cli1", "cli2")
+    with honest:
+        with leaver:
+            leaver.send(leaver.update())  # and its close follows in the same breath
+        honest.send(honest.update())
+        if min_clients == "2":
+            assert server.finish() == 1, server.output
+            assert "round 1 cannot go on with 1 of the 2 clients" in server.output
+            assert "Traceback" not in server.output
+            return
+        block = honest.hear_block()
+        assert block.cli == ("cli1",) and block.missing == {"cli2": "disconnected (round 1)"}
+
+
+def test_a_client_that_leaves_after_its_closing_attestation_does_not_stop_the_run(
+    programs, tmp_path
+):
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "--min-clients", "1")
+    clients = join_raw_clients(port, "cli1", "cli2")
+    for client in clients:
+        client.send(client.update())
+    for client in clients:
+        client.hear_block()
+        assert receive(client.sock) == {"type": "close", "round": 2}
+    for client in clients:
+        client.send({"type": "attest", "round": 2, "attestation": client.attestation()})
+    clients[1].sock.close()
+    closing = clients[0].hear_block()
+    assert "cli1" in closing.attestations
+    assert set(closing.attestations) | set(closing.missing) == {"cli1", "cli2"}
+    assert not set(closing.attestations) & set(closing.missing)
+    clients[0].sock.close()
+    assert server.finish() == 0, server.output
+
+
+def test_every_client_leaving_ends_the_run_cleanly(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "2", "--min-clients", "1")
+    clients = join_raw_clients(port, "cli1", "cli2")
+    for client in clients:
+        client.send(client.update())
+        client.sock.close()
+    assert server.finish() == 1, server.output
+    assert "round 1 cannot go on with 0 of the 1 clients" in server.output
+    assert "Traceback" not in server.output

@@ -61,6 +61,11 @@ def test_other_target_column(tmp_path):
         # Lines are the file's own, blank lines counted, so the cell can be found in an editor.
         ("a,charges\n\n1,2\n\n\n3,x\n", "line 6, column 'charges': 'x' is not a number"),
         ("\na,charges\n1,2\n3,inf\n", "line 4, column 'charges': 'inf' is not a finite"),
+        # A whitespace-only line is skipped by pandas, so it is not the fault either.
+        ("a,charges\n1,2\n   \n4,x\n", "line 4, column 'charges': 'x' is not a number"),
+        # float() takes these, pandas does not: the fault finder must agree with pandas.
+        ("a,charges\n1,2\n1_000,4\n", "line 3, column 'a': '1_000' is not a number"),
+        ("a,charges\n1,2\n\u0661,4\n", "line 3, column 'a': '\u0661' is not a number"),
     ],
 )
 def test_bad_files_are_refused_with_a_clear_error(tmp_path, text, expected):

@@ -4,13 +4,19 @@ import json
 from pathlib import Path
 
 import pytest
-from chain_helpers import build_chain
+from chain_helpers import (
+    SERVER_KEY,
+    build_chain,
+    fixed_key,
+    genesis_for,
+    reseal,
+    run_record,
+    signed_update,
+)
 from processes import run_blockchain_cli
 
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import ClientUpdate
 from fedchain.ledger.chain import make_genesis, make_round_block, verify_chain
-from fedchain.ledger.mining import seal
 from fedchain.ledger.store import (
     ChainFileError,
     ChainWriter,
@@ -37,14 +43,16 @@ def test_blocks_round_trip_exactly(tmp_path):
 
 def test_awkward_floats_survive_storage(tmp_path):
     awkward = [-0.0, 5e-324, 1.7976931348623157e300, 0.1, 1 / 3]
-    genesis = make_genesis(
-        initial_model=LinearModel(awkward, -0.0), feature_names=list("abcde"), difficulty=4
-    )
-    update = ClientUpdate(LinearModel(awkward[::-1], 1e-300), 3)
-    blocks = [genesis, make_round_block(genesis, {"x": update})]
+    genesis = genesis_for(1, features=tuple("abcde"), initial=LinearModel(awkward, -0.0))
+    update = signed_update(genesis, genesis, "cli1", LinearModel(awkward[::-1], 1e-300), 3)
+    block = make_round_block(
+        genesis, {"cli1": update}, attestations={}, server_key=SERVER_KEY,
+        missing={"cli2": "timed out (after 60 s)"},
+    )  # fmt: skip
+    blocks = [genesis, block]
     loaded = load_chain(write_chain(tmp_path / "chain.jsonl", blocks)).blocks
     assert loaded[0].server_model == genesis.server_model  # bit for bit: -0.0 stays -0.0
-    assert loaded[1].client_model["x"].model == update.model
+    assert loaded[1].client_model["cli1"] == update
     verify_chain(loaded)
 
 
@@ -60,8 +68,10 @@ def test_a_torn_last_line_is_dropped_and_reported(tmp_path, cut):
     assert "line 4" in loaded.dropped_tail
     verify_chain(loaded.blocks)
     result = run_blockchain_cli("verify", path)
-    assert result.returncode == 0
-    assert result.stdout.strip() == "valid: 3 blocks"
+    assert result.returncode == 3  # what is left verifies, but the run it records is unfinished
+    assert result.stdout.splitlines()[-1] == (
+        "incomplete: 3 blocks verify, but the run planned 3 rounds and holds 2"
+    )
     assert "unfinished block dropped" in result.stderr
 
 
@@ -103,7 +113,7 @@ def record_of(block) -> dict:
         (lambda t: t.replace('"bias":0.0', '"bias":0'), "must be a JSON float"),
         (lambda t: t.replace('"bias":0.0', '"bias":NaN'), "NaN is not a finite number"),
         (lambda t: t.replace('"bias":0.0', '"bias":1e999'), "finite"),
-        (lambda t: t.replace('"nonce":', '"extra":1,"nonce":'), "unknown field(s) extra"),
+        (lambda t: t.replace('"nonce":', '"extra":1,"nonce":'), "unknown field(s) 'extra'"),
         (lambda t: t.replace('"index":0,', ""), "lacks index"),
         (lambda t: t.replace('"index":0,', '"index":0,"index":0,'), "repeats a key"),
         (lambda t: t.replace('"difficulty":8', '"difficulty":true'), "integer"),
@@ -111,7 +121,7 @@ def record_of(block) -> dict:
     ],
 )
 def test_reading_is_strict(text_change, expected):
-    text = block_to_json(build_chain(rounds=0)[0])
+    text = block_to_json(build_chain(rounds=1)[0])
     changed = text_change(text)
     assert changed != text
     with pytest.raises((ValueError, TypeError)) as caught:
@@ -128,7 +138,7 @@ def test_a_writer_never_overwrites_an_existing_chain(tmp_path):
 
 
 def test_show_prints_each_block_for_a_person(tmp_path):
-    blocks = build_chain(rounds=2)
+    blocks = build_chain(rounds=2, closed=True)
     path = write_chain(tmp_path / "chain.jsonl", blocks)
     result = run_blockchain_cli("show", path)
     assert result.returncode == 0, result.stderr
@@ -137,14 +147,13 @@ def test_show_prints_each_block_for_a_person(tmp_path):
     assert "cli1 (535 rows), cli2 (97 rows)" in out
     assert f"nonce {blocks[2].nonce}" in out and blocks[2].hash[:16] in out
     assert "server model: bias=" in out and "age=" in out
-    assert out.strip().endswith("valid: 3 blocks")
+    assert "block 1: updates signed by cli1, cli2; attested by cli1, cli2" in out
+    assert out.strip().endswith("valid: 4 blocks; the run is complete (2 of 2 rounds)")
 
 
 def test_cli_reports_tampering_and_unreadable_files(tmp_path):
     blocks = build_chain()
-    blocks[2] = seal(
-        blocks[2].__class__(**{**blocks[2].__dict__, "timestamp": blocks[2].timestamp + 1})
-    )
+    blocks[2] = reseal(blocks[2], timestamp=blocks[2].timestamp + 1)
     path = write_chain(tmp_path / "chain.jsonl", blocks)
     result = run_blockchain_cli("verify", path)
     assert result.returncode == 1
@@ -174,7 +183,7 @@ def test_a_last_line_that_is_not_a_cut_off_block_is_damage_not_a_tear(tmp_path, 
 
 
 def test_verify_can_require_a_minimum_difficulty(tmp_path):
-    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))  # mined at 8 bits
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1, closed=True))  # 8 bits
     assert run_blockchain_cli("verify", path, "--min-difficulty", "8").returncode == 0
     result = run_blockchain_cli("verify", path, "--min-difficulty", "9")
     assert result.returncode == 1
@@ -182,8 +191,13 @@ def test_verify_can_require_a_minimum_difficulty(tmp_path):
 
 
 def test_a_tear_inside_a_multibyte_character_is_still_a_tear(tmp_path):
-    genesis = make_genesis(initial_model=LinearModel.zeros(1), feature_names=["é"], difficulty=4)
-    block = make_round_block(genesis, {"clié": ClientUpdate(LinearModel([1.0], 0.0), 3)})
+    key = fixed_key("clié")
+    genesis = make_genesis(
+        initial_model=LinearModel.zeros(1), feature_names=["é"], difficulty=4,
+        run=run_record(1, {"clié": key}), server_key=SERVER_KEY,
+    )  # fmt: skip
+    update = signed_update(genesis, genesis, "clié", LinearModel([1.0], 0.0), 3, key=key)
+    block = make_round_block(genesis, {"clié": update}, attestations={}, server_key=SERVER_KEY)
     path = write_chain(tmp_path / "chain.jsonl", [genesis, block])
     data = path.read_bytes()
     cut = data.rindex("clié".encode()) + len("cli") + 1  # between the two bytes of "é"
@@ -200,3 +214,39 @@ def test_a_whole_last_line_damaged_in_the_middle_is_not_taken_for_a_tear(tmp_pat
     path.write_bytes(bytes(data))
     with pytest.raises(ChainFileError, match=r"line 2 \(block 1\)"):
         load_chain(path)
+
+
+def test_a_chain_file_appears_only_with_its_first_block(tmp_path):
+    # A crash between making the file and writing the genesis must not leave an empty file
+    # that a restart would refuse as "already exists": the file appears whole or not at all.
+    path = tmp_path / "chain.jsonl"
+    blocks = build_chain(rounds=1)
+    writer = ChainWriter(path)
+    assert not path.exists()
+    writer.append(blocks[0])
+    assert path.read_text().count("\n") == 1
+    writer.append(blocks[1])
+    writer.close()
+    assert [b.hash for b in load_chain(path).blocks] == [b.hash for b in blocks]
+    assert [p.name for p in tmp_path.iterdir()] == ["chain.jsonl"]  # no temporary left
+
+
+def test_a_chain_file_made_by_someone_else_meanwhile_is_never_overwritten(tmp_path):
+    path = tmp_path / "chain.jsonl"
+    writer = ChainWriter(path)
+    path.write_text("precious\n")  # another program took the name after we checked
+    with pytest.raises(FileExistsError, match="already exists"):
+        writer.append(build_chain(rounds=1)[0])
+    assert path.read_text() == "precious\n"
+    with pytest.raises(FileExistsError):
+        ChainWriter(path)
+
+
+def test_what_a_crafted_file_holds_is_echoed_short(tmp_path):
+    path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1))
+    record = json.loads(path.read_text().splitlines()[0])
+    record["x" * 1_000_000] = 1
+    path.write_text(json.dumps(record) + "\n")
+    result = run_blockchain_cli("verify", path)
+    assert result.returncode == 1 and "unknown field(s)" in result.stdout
+    assert len(result.stdout) < 2000

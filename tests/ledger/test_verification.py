@@ -9,14 +9,24 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
-from chain_helpers import DIFFICULTY, build_chain
+from chain_helpers import (
+    CLIENTS,
+    DIFFICULTY,
+    attest,
+    build_chain,
+    genesis_for,
+    next_round,
+    reseal,
+    signed_update,
+)
 
 from fedchain.learning.aggregation import fedavg
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import ClientUpdate, body_digest, compute_hash
-from fedchain.ledger.chain import make_round_block, verify_chain
-from fedchain.ledger.mining import meets_difficulty, mine, seal
+from fedchain.ledger.block import body_digest, compute_hash
+from fedchain.ledger.chain import verify_chain
+from fedchain.ledger.mining import meets_difficulty, mine
 from fedchain.ledger.store import ChainFileError, block_to_json, load_chain
 from fedchain.ledger.verification import ChainError
 
@@ -30,14 +40,24 @@ def test_mined_blocks_meet_their_target_and_the_chain_verifies():
     assert blocks[0].cli == () and blocks[1].cli == ("cli1", "cli2")
 
 
-@pytest.mark.parametrize("difficulty", [0, 1, 12])
+@pytest.mark.parametrize("difficulty", [0, 1, 12, 17])
 def test_mining_finds_the_first_nonce_that_meets_the_target(difficulty):
     digest = bytes(range(32))
     nonce, hash_hex = mine(digest, difficulty)
-    assert meets_difficulty(hash_hex, difficulty)
+    assert hash_hex == compute_hash_for(digest, nonce)
+    assert int(hash_hex, 16) < 2 ** (256 - difficulty)
+    # Every earlier nonce misses the target; at 17 bits the search crosses the miner's
+    # 65,536-nonce boundary, where it moves to the next prepared hash state.
     for earlier in range(nonce):
-        other = compute_hash_for(digest, earlier)
-        assert not meets_difficulty(other, difficulty)
+        assert int(compute_hash_for(digest, earlier), 16) >= 2 ** (256 - difficulty)
+    assert (nonce == 0) == (difficulty == 0)
+
+
+def test_meets_difficulty_reads_the_hash_as_a_256_bit_number():
+    assert meets_difficulty("0" * 4 + "f" * 60, 16)
+    assert not meets_difficulty("0" * 3 + "1" + "f" * 60, 16)
+    assert meets_difficulty("0" * 3 + "1" + "f" * 60, 15)
+    assert meets_difficulty("f" * 64, 0)
 
 
 def compute_hash_for(digest: bytes, nonce: int) -> str:
@@ -68,6 +88,16 @@ TAMPERS = {
         1, ulp(r["server_model"]["weights"][1])
     ),
     "server bias": lambda r: r["server_model"].update(bias=ulp(r["server_model"]["bias"])),
+    "server_signature": lambda r: r.update(server_signature=flip_hex(r["server_signature"])),
+}
+RUN_TAMPERS = {  # the genesis's record of the run
+    "rounds": lambda r: r["run"].update(rounds=r["run"]["rounds"] + 1),
+    "seed": lambda r: r["run"].update(seed=r["run"]["seed"] + 1),
+    "server_key": lambda r: r["run"].update(server_key=flip_hex(r["run"]["server_key"])),
+    "participant key": lambda r: r["run"]["participants"].update(
+        cli2=flip_hex(r["run"]["participants"]["cli2"])
+    ),
+    "participant added": lambda r: r["run"]["participants"].update(cli3="ab" * 32),
 }
 CLIENT_TAMPERS = {
     "cli order": lambda r: r.update(cli=r["cli"][::-1]),
@@ -87,6 +117,12 @@ CLIENT_TAMPERS = {
     "n_samples": lambda r: r["client_model"]["cli1"].update(
         n_samples=r["client_model"]["cli1"]["n_samples"] + 1
     ),
+    "training": lambda r: r["client_model"]["cli1"]["training"].update(generations=149),
+    "signature": lambda r: r["client_model"]["cli2"].update(
+        signature=flip_hex(r["client_model"]["cli2"]["signature"])
+    ),
+    "attestation": lambda r: r["attestations"].update(cli1=flip_hex(r["attestations"]["cli1"])),
+    "attestation dropped": lambda r: r["attestations"].pop("cli2"),
 }
 
 
@@ -121,11 +157,17 @@ def test_changing_any_field_of_any_block_is_caught_at_that_block(field, index):
 
 
 @pytest.mark.parametrize("field", sorted(CLIENT_TAMPERS))
-@pytest.mark.parametrize("index", [1, 2, 3])
+@pytest.mark.parametrize("index", [2, 3])  # blocks 2 and 3 hold attestations too
 def test_changing_any_client_entry_is_caught_at_that_block(field, index):
     blocks = build_chain()
     message = tampered_failure(blocks, index, CLIENT_TAMPERS[field])
     assert named_block(message) == index, message
+
+
+@pytest.mark.parametrize("field", sorted(RUN_TAMPERS))
+def test_changing_the_runs_record_is_caught_at_the_genesis(field):
+    message = tampered_failure(build_chain(), 0, RUN_TAMPERS[field])
+    assert named_block(message) == 0, message
 
 
 def test_a_reforged_global_model_is_caught_even_when_remined():
@@ -134,7 +176,7 @@ def test_a_reforged_global_model_is_caught_even_when_remined():
     blocks = build_chain()
     last = blocks[-1]
     forged_model = LinearModel(last.server_model.weights * 1.01, last.server_model.bias)
-    blocks[-1] = seal(replace(last, server_model=forged_model))
+    blocks[-1] = reseal(last, server_model=forged_model)
     with pytest.raises(ChainError, match="block 3: server_model is not the FedAvg"):
         verify_chain(blocks)
 
@@ -143,20 +185,20 @@ def test_a_remined_middle_block_breaks_the_next_link():
     blocks = build_chain()
     middle = blocks[1]
     updates = copy.copy(middle.client_model)
-    updates["cli1"] = ClientUpdate(updates["cli1"].model, updates["cli1"].n_samples + 1)
-    remade = replace(middle, client_model=updates)
-    remade = seal(replace(remade, server_model=fedavg(remade.updates_in_order())))
-    blocks[1] = remade
+    updates["cli1"] = signed_update(blocks[0], blocks[0], "cli1", LinearModel([1, 2, 3], 4), 535)
+    server_model = fedavg([(updates[c].model, updates[c].n_samples) for c in middle.cli])
+    blocks[1] = reseal(middle, client_model=updates, server_model=server_model)
+    verify_chain(blocks[:2])  # on its own, the remade block is a valid, signed block 1
     with pytest.raises(ChainError, match="block 2: previous_hash"):
         verify_chain(blocks)
 
 
 def test_a_block_cannot_lower_the_genesis_difficulty_or_go_back_in_time():
     blocks = build_chain(rounds=1)
-    easier = seal(replace(blocks[1], difficulty=DIFFICULTY - 1))
+    easier = reseal(blocks[1], difficulty=DIFFICULTY - 1)
     with pytest.raises(ChainError, match="block 1: difficulty"):
         verify_chain([blocks[0], easier])
-    earlier = seal(replace(blocks[1], timestamp=blocks[0].timestamp - 1.0))
+    earlier = reseal(blocks[1], timestamp=blocks[0].timestamp - 1.0)
     with pytest.raises(ChainError, match="block 1: timestamp"):
         verify_chain([blocks[0], earlier])
 
@@ -210,39 +252,48 @@ def test_every_float_of_every_block_moved_one_ulp_either_way_is_caught_at_that_b
 
 
 def test_a_client_whose_sample_count_changes_between_blocks_is_caught():
+    # Signed by the client itself: the signature holds; the rule that counts never change
+    # catches it.
     blocks = build_chain()
     inflated = dict(blocks[2].client_model)
-    inflated["cli2"] = ClientUpdate(inflated["cli2"].model, inflated["cli2"].n_samples * 10)
-    remade = replace(blocks[2], client_model=inflated)
-    blocks[2] = seal(replace(remade, server_model=fedavg(remade.updates_in_order())))
+    model = inflated["cli2"].model
+    inflated["cli2"] = signed_update(blocks[0], blocks[1], "cli2", model, 970)
+    server_model = fedavg([(inflated[c].model, inflated[c].n_samples) for c in blocks[2].cli])
+    blocks[2] = reseal(blocks[2], client_model=inflated, server_model=server_model)
     with pytest.raises(ChainError, match="block 2: cli2's n_samples changed"):
         verify_chain(blocks[:3])
 
 
 def test_difficulty_may_not_drop_below_the_previous_block():
     blocks = build_chain(rounds=2)
-    harder = seal(replace(blocks[1], difficulty=DIFFICULTY + 2))
-    easier = seal(replace(blocks[2], previous_hash=harder.hash, difficulty=DIFFICULTY + 1))
+    harder = reseal(blocks[1], difficulty=DIFFICULTY + 2)
+    attestations = attest(blocks[0], harder)
+    updates = {
+        name: signed_update(blocks[0], harder, name, blocks[2].client_model[name].model, n)
+        for name, n in CLIENTS.items()
+    }
+    easier = reseal(
+        blocks[2], previous_hash=harder.hash, difficulty=DIFFICULTY + 1,
+        client_model=updates, attestations=attestations,
+    )  # fmt: skip
     with pytest.raises(ChainError, match="block 2: difficulty 9 is below block 1's 10"):
         verify_chain([blocks[0], harder, easier])
 
 
 def test_a_block_whose_average_overflows_is_named_not_a_crash():
-    blocks = build_chain(rounds=0)
-    huge = {c: ClientUpdate(LinearModel([1e308] * 3, 0.0), 1) for c in ("a", "b")}
-    block = seal(
-        replace(blocks[0], index=1, previous_hash=blocks[0].hash, cli=("a", "b"), client_model=huge)
-    )
+    blocks = build_chain(rounds=1)
+    huge = {c: signed_update(blocks[0], blocks[0], c, LinearModel([1e308] * 3, 0.0), 1)
+            for c in CLIENTS}  # fmt: skip
+    block = reseal(blocks[1], client_model=huge)
     with pytest.raises(ChainError, match="block 1: the client models cannot be averaged"):
         verify_chain([blocks[0], block])
 
 
 def test_a_sample_count_inflated_after_a_skipped_block_is_still_caught():
-    blocks = build_chain(rounds=1)
-    only_cli1 = {"cli1": blocks[1].client_model["cli1"]}
-    blocks.append(make_round_block(blocks[1], only_cli1))  # cli2 sits this round out
-    inflated = dict(blocks[1].client_model)
-    inflated["cli2"] = ClientUpdate(inflated["cli2"].model, inflated["cli2"].n_samples * 100)
-    blocks.append(make_round_block(blocks[2], inflated))
+    rng = np.random.default_rng(5)
+    blocks = [genesis_for(3)]
+    blocks.append(next_round(blocks[0], blocks[0], rng))
+    blocks.append(next_round(blocks[0], blocks[1], rng, {"cli1": 535}))  # cli2 sits it out
+    blocks.append(next_round(blocks[0], blocks[2], rng, {"cli1": 535, "cli2": 9700}))
     with pytest.raises(ChainError, match="block 3: cli2's n_samples changed from 97"):
         verify_chain(blocks)

@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,12 @@ def pair():
     b.close()
 
 
+def register(**changes) -> dict:
+    message = {"type": "register", "name": "a", "feature_names": ["x"], "n_samples": 1,
+               "public_key": "ab" * 32, "login_signature": bytes(64)}  # fmt: skip
+    return {**message, **changes}
+
+
 def update(**changes) -> dict:
     message = {
         "type": "update",
@@ -46,6 +53,11 @@ def update(**changes) -> dict:
         "bias": 7.0,
         "n_samples": 535,
         "metrics": {"local_mse": 0.19, "train_s": 0.1},
+        "seed": 0,
+        "generations": 150,
+        "population": 40,
+        "signature": bytes(64),
+        "attestation": bytes(64),
     }
     message.update(changes)
     return message
@@ -173,11 +185,13 @@ def test_arrays_of_anything_but_plain_numbers_are_refused(array):
         (update(n_samples=True), "n_samples must be a positive integer"),
         (update(round=0), "round must be a positive integer"),
         (update(metrics={"x": float("nan")}), "metrics"),
-        ({"type": "register", "name": "", "feature_names": ["a"], "n_samples": 1}, "name"),
-        (
-            {"type": "register", "name": "a", "feature_names": ["x", "x"], "n_samples": 1},
-            "repeated",
-        ),
+        (register(name=""), "register message: name must be 1..64 characters"),
+        (register(feature_names=["x", "x"]), "feature_names has a repeated name, 'x'"),
+        (register(public_key="AB" * 32), "public_key must be 64 lowercase hex digits"),
+        (register(login_signature=bytes(63)), "login_signature must be 64 bytes"),
+        (update(signature=b"x" * 65), "update message: signature must be 64 bytes"),
+        (update(attestation="ab" * 64), "attestation must be 64 bytes"),
+        ({"type": "challenge", "challenge": bytes(31)}, "challenge must be 32 bytes"),
     ],
 )
 def test_malformed_messages_are_refused_naming_the_fault(pair, message, expected):
@@ -217,11 +231,30 @@ def test_the_frame_reader_refuses_an_oversized_frame_from_its_header_alone():
 
 def test_the_frame_reader_reads_what_a_socket_has_and_sees_it_close(pair):
     a, b = pair
+    b.setblocking(False)  # as the server's sockets are: a read takes only what has arrived
     reader = FrameReader(MAX_FRAME_BYTES)
     data = frame(pickle.dumps(update(), protocol=5))
     a.sendall(data[:5])
     assert reader.receive(b) == []
     a.sendall(data[5:])
     assert [m["type"] for m in reader.receive(b)] == ["update"]
+    a.close()
+    assert reader.receive(b) is None
+
+
+def test_a_reader_takes_everything_that_has_arrived_in_one_call(pair):
+    # A server deciding at a deadline must see a large update that is already in the buffer.
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    big = update(weights=np.arange(9000, dtype=np.float64))
+    send_message(a, big)
+    send_message(a, big)
+    b.setblocking(False)
+    reader = FrameReader(MAX_FRAME_BYTES)
+    time.sleep(0.2)  # both frames are in b's buffer: over 140 KB, more than one recv's worth
+    messages = reader.receive(b)
+    assert len(messages) == 2 and np.array_equal(messages[1]["weights"], big["weights"])
+    assert reader.receive(b) == []  # nothing more yet, and no blocking
     a.close()
     assert reader.receive(b) is None

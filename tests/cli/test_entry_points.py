@@ -1,0 +1,67 @@
+"""The programs a user runs from the top of the checkout: the model command, the demo."""
+
+import re
+import shutil
+
+from chain_helpers import FEATURES, build_chain
+from processes import ROOT, run_script
+
+import model
+from fedchain.learning.aggregation import fedavg
+from fedchain.ledger.store import ChainWriter, block_to_json, load_chain
+
+
+def write_chain(path, blocks) -> None:
+    with ChainWriter(path) as writer:
+        for block in blocks:
+            writer.append(block)
+
+
+def test_model_py_offers_the_model_and_fedavg():
+    assert model.fedavg is fedavg
+    a, b = model.LinearModel([1.0, 2.0], 0.5), model.LinearModel([3.0, 0.0], 1.5)
+    assert fedavg([(a, 100), (b, 300)]) == model.LinearModel([2.5, 0.5], 1.25)
+
+
+def test_model_py_prints_a_verified_chains_global_model(tmp_path):
+    blocks = build_chain(rounds=2)
+    write_chain(tmp_path / "chain.jsonl", blocks)
+    result = run_script("model.py", tmp_path / "chain.jsonl")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"global model of round 2 (block hash {blocks[2].hash[:16]}")
+    final = blocks[2].server_model
+    for name, weight, line in zip(FEATURES, final.weights, lines[1:], strict=False):
+        assert re.fullmatch(rf"\s+{name}\s+{re.escape(f'{weight:+.6g}')}", line)
+    assert lines[-1].split()[-1] == f"{final.bias:+.6g}"
+    first = run_script("model.py", tmp_path / "chain.jsonl", "--round", "0")
+    assert first.stdout.splitlines()[0].startswith("global model of round 0")
+    assert run_script("model.py", tmp_path / "chain.jsonl", "--round", "3").returncode == 1
+
+
+def test_model_py_refuses_a_chain_that_does_not_verify(tmp_path):
+    blocks = build_chain(rounds=2)
+    write_chain(tmp_path / "chain.jsonl", blocks)
+    lines = (tmp_path / "chain.jsonl").read_text().splitlines()
+    record = block_to_json(blocks[1]).replace('"bias":', '"bias":1', 1)  # one digit more
+    assert record != lines[1]
+    (tmp_path / "chain.jsonl").write_text("\n".join([lines[0], record, lines[2]]) + "\n")
+    result = run_script("model.py", tmp_path / "chain.jsonl")
+    assert result.returncode == 1 and "does not verify: " in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_demo_runs_the_federation_and_ends_with_the_comparison():
+    result = run_script("demo.py", "--rounds", "2", "--difficulty", "8")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "[server] valid: 4 blocks; the run is complete (2 of 2 rounds)" in out
+    assert "cli1's replica is the server's chain, byte for byte" in out
+    assert "cli2's replica is the server's chain, byte for byte" in out
+    ratio = float(re.search(r"federated / central MSE on the pooled client rows: ([\d.]+)", out)[1])
+    assert 1.0 <= ratio <= 1.001
+    chain = ROOT / re.search(r"the chain is (\S+)$", out.rstrip())[1]
+    try:
+        assert len(load_chain(chain).blocks) == 4  # the genesis, two rounds, the closing block
+    finally:
+        shutil.rmtree(chain.parent)  # the demo keeps its run folder for a person; a test does not

@@ -1,0 +1,94 @@
+"""The package installs: a wheel built from the tracked files goes into a new virtual environment
+with the console scripts, which then run a federation from a folder that has no checkout in it."""
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from processes import ROOT, WAIT_S
+
+from fedchain.cli.console import port_from_listening_line
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A new venv with the package installed from a wheel; returns its bin folder."""
+    work = tmp_path_factory.mktemp("install")
+    source = work / "source"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for name in filter(None, tracked):  # the tracked files only: no .venv, no runs
+        path = Path(name.decode())
+        (source / path).parent.mkdir(parents=True, exist_ok=True)
+        (source / path).write_bytes((ROOT / path).read_bytes())
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    # No registry is reached: the build uses this environment's setuptools, and the new venv
+    # borrows this one's NumPy, pandas and PyGAD through a .pth file instead of downloading.
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", work / "dist",
+         source],
+        check=True, timeout=WAIT_S * 3,
+    )  # fmt: skip
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = venv / "bin" / "python"
+    (wheel,) = (work / "dist").glob("fedchain-*.whl")
+    subprocess.run(
+        [*pip, "--python", python, "install", "--no-deps", "--no-index", wheel],
+        check=True, timeout=WAIT_S * 3,
+    )  # fmt: skip
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(site) / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return venv / "bin"
+
+
+def run(command: list, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=WAIT_S)
+
+
+def test_the_installed_package_is_the_one_imported(installed, tmp_path):
+    where = run([installed / "python", "-c", "import fedchain; print(fedchain.__file__)"], tmp_path)
+    assert where.returncode == 0, where.stderr
+    assert "site-packages" in where.stdout and str(ROOT) not in where.stdout
+
+
+def test_console_scripts_run_a_federation_from_any_folder(installed, tmp_path):
+    def start(*command) -> subprocess.Popen:
+        return subprocess.Popen(
+            command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    started = [start(installed / "fedchain-server", "--port", "0", "--rounds", "2",
+                     "--difficulty", "8")]  # fmt: skip
+    try:
+        port = port_from_listening_line(started[0].stdout.readline())
+        assert port is not None
+        for i in (1, 2):
+            data = ROOT / "data" / f"client{i}.csv"
+            started.append(start(installed / "fedchain-client", "--name", f"cli{i}",
+                                 "--port", str(port), "--data", data))  # fmt: skip
+        outputs = [process.communicate(timeout=WAIT_S)[0] for process in started]
+        assert [process.returncode for process in started] == [0, 0, 0], outputs
+    finally:
+        for process in started:
+            process.kill()
+            process.communicate()
+    # The installed server found the bundled test rows inside the package, and scored on them.
+    assert "global test MSE" in outputs[0]
+    verified = run([installed / "fedchain-chain", "verify", "chain.jsonl"], tmp_path)
+    assert verified.returncode == 0
+    assert (
+        verified.stdout.splitlines()[-1] == "valid: 4 blocks; the run is complete (2 of 2 rounds)"
+    )
+
+
+@pytest.mark.parametrize("script", ["fedchain-server", "fedchain-client", "fedchain-chain"])
+def test_every_console_script_answers_help(installed, tmp_path, script):
+    result = run([installed / script, "--help"], tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: {script}")

@@ -1,0 +1,39 @@
+"""Keys from the command line: made on first run, private to their owner, shown on request."""
+
+import re
+import stat
+
+from processes import run_script
+
+
+def test_the_server_makes_its_key_once_and_shows_it(tmp_path):
+    key = tmp_path / "keys" / "server.key"
+    first = run_script("server.py", "--key", key, "--show-key", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert re.fullmatch(r"[0-9a-f]{64}\n", first.stdout)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    again = run_script("server.py", "--key", key, "--show-key", cwd=tmp_path)
+    assert again.stdout == first.stdout
+
+
+def test_a_client_shows_its_key_without_needing_data(tmp_path):
+    shown = run_script("client.py", "--name", "alice", "--show-key", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert re.fullmatch(r"[0-9a-f]{64}\n", shown.stdout)
+    assert (tmp_path / "keys" / "alice.key").exists()  # keys/NAME.key by default
+    other = run_script("client1.py", "--show-key", cwd=tmp_path)
+    assert other.stdout != shown.stdout  # cli1 has a key of its own
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path):
+    key = tmp_path / "server.key"
+    assert run_script("server.py", "--key", key, "--show-key").returncode == 0
+    key.chmod(0o644)
+    refused = run_script("server.py", "--key", key, "--show-key")
+    assert refused.returncode == 2 and f"chmod 600 {key}" in refused.stderr
+    assert refused.stdout == ""
+
+
+def test_a_malformed_pinned_server_key_is_a_usage_error(tmp_path):
+    result = run_script("client1.py", "--server-key", "abc", cwd=tmp_path)
+    assert result.returncode == 2 and "--server-key" in result.stderr
