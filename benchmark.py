@@ -1,6 +1,6 @@
 """Print the project's speed and quality figures, each measured against a reference in this run.
 
-`python benchmark.py [quality|speed|csv|rows|mining|network]` (all of them: about two minutes).
+`python benchmark.py [quality|speed|csv|rows|mining|network|trust]` (all: a few minutes).
 Figures, not pass/fail: the machines are shared and noisy, so every number that matters is a
 ratio of two measurements taken side by side.
 """
