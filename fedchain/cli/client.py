@@ -12,8 +12,8 @@ from fedchain.cli.console import say, shown
 from fedchain.federation.client import (
     ClientFailed,
     FederatedClient,
-    open_channel,
     prepare_replica,
+    take_part,
 )
 from fedchain.learning.dataset import DataError, load_dataset
 from fedchain.trust.errors import TrustError
@@ -111,19 +111,16 @@ def main(
         print(f"error: {name}: {shown(error)}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        sock, server_key = open_channel(
+        take_part(
+            client,
             args.host,
             args.port,
             within_s=args.connect_timeout_s,
             timeout_s=args.timeout_s,
             server_key=args.server_key,
             known_servers=KnownServers(args.known_servers),
-            say=say,
+            max_frame_bytes=args.max_frame_bytes,
         )
-        with sock:
-            say(f"{name}: connected to {args.host}:{args.port} over TLS 1.3 with "
-                f"{data.n_samples} rows")  # fmt: skip
-            client.run(sock, args.max_frame_bytes, server_key)
     except ClientFailed as error:
         print(f"error: {name}: {shown(error)}", file=sys.stderr, flush=True)
         return EXIT_FAILED

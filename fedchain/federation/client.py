@@ -37,13 +37,17 @@ from fedchain.trust.keys import public_hex, sign
 from fedchain.trust.known_servers import KnownServers
 from fedchain.trust.tls import client_context, peer_public_hex
 from fedchain.wire.frames import receive_message, send_message
-from fedchain.wire.messages import ProtocolError, validate_message
+from fedchain.wire.messages import BUSY, ProtocolError, validate_message
 
 RETRY_INTERVAL_S = 0.2
 
 
 class ClientFailed(RuntimeError):
     """The run cannot go on for this client; the message says why."""
+
+
+class ServerBusy(ClientFailed):
+    """The server turned this connection away for now; trying again may get in."""
 
 
 class Stage(enum.Enum):
@@ -116,13 +120,16 @@ class FederatedClient:
         """Take part in one run over SOCK, whose server holds SERVER_KEY (pinned when the
         channel was opened); return the verified chain."""
         self.server_key = server_key
+        self.stage = Stage.LOGGING_IN  # afresh: a retry after a busy refusal starts over
         writer = None
         try:
             while self.stage is not Stage.DONE:
                 message = receive_message(sock, max_frame_bytes=max_frame_bytes)
                 kind = message["type"]
                 if kind == "refused":
-                    raise ClientFailed(f"the server refused: {printable(message['reason'])}")
+                    reason = printable(message["reason"])
+                    busy = reason.startswith(BUSY) and self.stage is Stage.JOINING
+                    raise (ServerBusy if busy else ClientFailed)(f"the server refused: {reason}")
                 if kind not in _EXPECTED[self.stage]:
                     raise ClientFailed(
                         f"the server sent a {kind!r} message while this client was "
@@ -312,6 +319,39 @@ class FederatedClient:
             raise ClientFailed(f"the server sent a malformed block: {error}") from None
 
 
+def take_part(
+    client: FederatedClient,
+    host: str,
+    port: int,
+    *,
+    within_s: float,
+    timeout_s: float,
+    server_key: str | None,
+    known_servers: KnownServers,
+    max_frame_bytes: int,
+) -> list[Block]:
+    """Open a channel to the server and take part in its run; a busy server is tried again
+    until WITHIN_S has passed. Return the verified chain."""
+    deadline = time.monotonic() + within_s
+    while True:
+        remaining = max(deadline - time.monotonic(), RETRY_INTERVAL_S)
+        sock, key = open_channel(
+            host, port, within_s=remaining, timeout_s=timeout_s, server_key=server_key,
+            known_servers=known_servers, say=client.say,
+        )  # fmt: skip
+        try:
+            with sock:
+                client.say(f"{client.name}: connected to {host}:{port} over TLS 1.3 with "
+                           f"{client.data.n_samples} rows")  # fmt: skip
+                return client.run(sock, max_frame_bytes, key)
+        except ServerBusy as error:
+            if time.monotonic() + RETRY_INTERVAL_S > deadline:
+                raise ClientFailed(f"{error}; no room within {within_s:g} s "
+                                   "(--connect-timeout-s)") from None  # fmt: skip
+            client.say(f"{client.name}: {error}; trying again")
+            time.sleep(RETRY_INTERVAL_S)
+
+
 def open_channel(
     host: str,
     port: int,
@@ -325,12 +365,30 @@ def open_channel(
     """Connect over TLS 1.3, retrying until WITHIN_S has passed (so start order is free), and
     check the server's key: SERVER_KEY if given, else the one KNOWN_SERVERS holds for this
     address, else trust it on first use and remember it. Return the socket and the key."""
-    sock = _connect(host, port, within_s=within_s, timeout_s=timeout_s)
-    try:
-        tls = client_context().wrap_socket(sock)
-    except (ssl.SSLError, OSError) as error:
-        sock.close()
-        raise ClientFailed(f"{host}:{port} did not complete a TLS 1.3 handshake: {error}") from None
+    deadline = time.monotonic() + within_s
+    refused_tls: BaseException | None = None  # the last handshake that failed, if any
+    while True:
+        try:
+            sock = _connect(host, port, within_s=max(deadline - time.monotonic(), 0.1),
+                            timeout_s=timeout_s)  # fmt: skip
+        except ClientFailed:
+            if refused_tls is None:
+                raise
+            raise ClientFailed(
+                f"{host}:{port} did not complete a TLS 1.3 handshake: {refused_tls}"
+            ) from None
+        try:
+            tls = client_context().wrap_socket(sock)
+            break
+        except (ssl.SSLError, OSError) as error:
+            sock.close()
+            refused_tls = error
+            # A server shedding idle newcomers closes before the handshake: try again in time.
+            if time.monotonic() + RETRY_INTERVAL_S > deadline:
+                raise ClientFailed(
+                    f"{host}:{port} did not complete a TLS 1.3 handshake: {error}"
+                ) from None
+            time.sleep(RETRY_INTERVAL_S)
     try:
         presented = peer_public_hex(tls)
         address = f"{host}:{port}"

@@ -42,9 +42,9 @@ from fedchain.trust.handshake import new_challenge, verify_login
 from fedchain.trust.keys import public_hex
 from fedchain.trust.tls import server_context
 from fedchain.wire.frames import FrameReader, send_message
-from fedchain.wire.messages import ProtocolError
+from fedchain.wire.messages import BUSY, ProtocolError
 
-MAX_WAITING = 32  # newcomers not yet registered; more are turned away at once
+MAX_WAITING = 32  # newcomers not yet registered; past this, the least advanced one is shed
 
 
 class RunAborted(RuntimeError):
@@ -238,8 +238,11 @@ class FederationServer:
         if connection is None:
             return
         if len(self.waiting) >= MAX_WAITING:
-            self._refuse(connection, "too many connections are waiting to register")
-            return
+            # Shed the newcomer that has come least far (no TLS handshake yet before one that
+            # has), the oldest first: idle sockets held open to fill the queue make room for a
+            # client that registers in milliseconds, instead of turning it away.
+            shed = min(self.waiting, key=lambda c: (bool(c.challenge), c.connected_at))
+            self._turn_away(shed, f"{BUSY} too many connections are waiting to register")
         self.waiting.append(connection)
         self.selector.register(connection.sock, selectors.EVENT_READ, data=connection)
 

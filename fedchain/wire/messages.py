@@ -24,6 +24,7 @@ from fedchain.checks import (
 
 MAX_TEXT_CHARS = 1 << 26  # a block as JSON, or a reason; in practice the frame limit binds first
 MAX_METRICS = 16
+BUSY = "busy:"  # how a refusal worth retrying begins: the client tries again in its window
 
 
 class ProtocolError(ValueError):

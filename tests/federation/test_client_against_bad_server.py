@@ -113,7 +113,8 @@ class Recording:
 
 
 class FakeServer:
-    """Serves one client over TLS with SCRIPT(session) after its login, on a free port.
+    """Serves one client over TLS with SCRIPT(session) after its login, on a free port (with
+    SCRIPTS in turn, one a connection, if given a list).
 
     The script runs in a thread, where a failed assertion would go unseen: finish() re-raises
     it in the test."""
@@ -123,7 +124,8 @@ class FakeServer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(30)
         self.port = self.listener.getsockname()[1]
-        self.script, self.key, self.tls = script, key, tls
+        self.scripts = script if isinstance(script, list) else [script]
+        self.key, self.tls = key, tls
         self.session: Session | None = None
         self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -132,25 +134,30 @@ class FakeServer:
     def _serve(self) -> None:
         expected = (ConnectionClosed, ConnectionResetError, BrokenPipeError, ssl.SSLError)
         try:
-            with self.listener, contextlib.suppress(*expected):
-                conn, _ = self.listener.accept()
-                if not self.tls:
-                    with conn:
-                        self.script(conn)
-                    return
-                with server_context(self.key).wrap_socket(conn, server_side=True) as raw:
-                    # The client hangs up as soon as it refuses: that ends the script.
-                    raw.settimeout(30)
-                    tls = Recording(raw, self.record)
-                    send_message(tls, {"type": "challenge", "challenge": bytes(32)})
-                    registration = receive(tls)
-                    assert registration["type"] == "register"
-                    self.session = Session(tls, registration, self.key)
-                    self.script(self.session)
-                    with contextlib.suppress(TimeoutError):
-                        tls.recv(1)  # wait for the client to close
+            with self.listener:
+                for script in self.scripts:
+                    with contextlib.suppress(*expected):
+                        self._serve_one(script)
         except BaseException as error:  # handed to the test's thread by finish()
             self.failure = error
+
+    def _serve_one(self, script) -> None:
+        conn, _ = self.listener.accept()
+        if not self.tls:
+            with conn:
+                script(conn)
+            return
+        with server_context(self.key).wrap_socket(conn, server_side=True) as raw:
+            # The client hangs up as soon as it refuses: that ends the script.
+            raw.settimeout(30)
+            tls = Recording(raw, self.record)
+            send_message(tls, {"type": "challenge", "challenge": bytes(32)})
+            registration = receive(tls)
+            assert registration["type"] == "register"
+            self.session = Session(tls, registration, self.key)
+            script(self.session)
+            with contextlib.suppress(TimeoutError):
+                tls.recv(1)  # wait for the client to close
 
     def finish(self) -> None:
         """Wait for the script to end; raise whatever failed in it."""
@@ -341,7 +348,7 @@ def test_a_server_whose_key_changed_since_first_use_is_refused(programs, tmp_pat
 
 def test_a_server_that_does_not_speak_tls_is_refused(programs, tmp_path):
     server = FakeServer(lambda conn: conn.recv(1000), tls=False)
-    client = start_client(programs, tmp_path, server.port)
+    client = start_client(programs, tmp_path, server.port, "--connect-timeout-s", "2")
     assert client.finish() == 1
     assert "did not complete a TLS 1.3 handshake" in client.output
     server.finish()
@@ -392,3 +399,21 @@ def test_nothing_of_the_clients_rows_is_in_what_it_sends(programs, tmp_path):
     # What the client sends does not grow with its rows.
     assert sizes[1] > 1000  # the login, two signed updates and three attestations
     assert abs(sizes[100] - sizes[1]) <= 0.01 * sizes[1], sizes
+
+
+def test_a_client_turned_away_as_busy_tries_again_and_joins(programs, tmp_path):
+    busy = {"type": "refused", "reason": "busy: too many connections are waiting to register"}
+    server = FakeServer([lambda s: send_message(s.conn, busy), lambda s: s.run_honestly()])
+    client = start_client(programs, tmp_path, server.port)
+    assert client.finish() == 0, client.output
+    assert "the server refused: busy: too many connections" in client.output
+    assert "trying again" in client.output
+    server.finish()
+
+
+def test_a_refusal_once_joined_is_not_retried(programs, tmp_path):
+    busy = {"type": "refused", "reason": "busy: made up"}
+    server = FakeServer([lambda s: (s.welcome(), send_message(s.conn, busy)),
+                         lambda s: s.run_honestly()])  # fmt: skip
+    client = start_client(programs, tmp_path, server.port)
+    assert client.finish() == 1 and "trying again" not in client.output
