@@ -45,6 +45,11 @@ from fedchain.wire.frames import FrameReader, send_message
 from fedchain.wire.messages import BUSY, ProtocolError
 
 MAX_WAITING = 32  # newcomers not yet registered; past this, the least advanced one is shed
+# A client's message takes a few hundred bytes a feature at most (a name in a registration, a
+# weight in an update): once the run's features are known, a frame is held to that size, so
+# half-sent frames cannot pin much memory.
+FRAME_BASE_BYTES, FRAME_BYTES_PER_FEATURE = 8192, 300
+MAX_NEWCOMER_BUFFER_BYTES = 64 << 20  # all newcomers' half-sent frames together
 
 
 class RunAborted(RuntimeError):
@@ -232,6 +237,15 @@ class FederationServer:
         self.run_features = features
         shown = ", ".join(features[:8]) + (", …" if len(features) > 8 else "")
         self.say(f"the run's features, from {source}: {len(features)} columns ({shown})")
+        for connection in [*self.waiting, *self.peers]:
+            connection.reader.max_frame_bytes = self._frame_limit()
+
+    def _frame_limit(self) -> int:
+        """The longest frame a client may send: sized from the run once its features are known."""
+        if not self.run_features:
+            return self.max_frame_bytes
+        sized = FRAME_BASE_BYTES + FRAME_BYTES_PER_FEATURE * len(self.run_features)
+        return min(self.max_frame_bytes, sized)
 
     def _accept_newcomer(self) -> None:
         connection = self._accept()
@@ -275,6 +289,11 @@ class FederationServer:
         if messages is None:
             self._drop(connection, "it closed the connection before registering")
             return
+        if sum(c.reader.buffered_bytes for c in self.waiting) > MAX_NEWCOMER_BUFFER_BYTES:
+            hog = max(self.waiting, key=lambda c: c.reader.buffered_bytes)
+            self._turn_away(hog, f"{BUSY} newcomers' unfinished messages fill the server's room")
+            if hog is connection:
+                return
         connection.inbox += messages
         if not connection.inbox:
             return  # part of a frame; the rest may follow
@@ -553,7 +572,7 @@ class FederationServer:
             self.say(f"dropped {host}:{port}: {error or type(error).__name__}")
             sock.close()
             return None
-        reader = FrameReader(self.max_frame_bytes)
+        reader = FrameReader(self._frame_limit())
         return _Connection(tls, f"{host}:{port}", reader, time.monotonic())
 
     def _send_now(self, sock: ssl.SSLSocket, message: dict) -> None:

@@ -61,8 +61,13 @@ class FrameReader:
     """
 
     def __init__(self, max_frame_bytes: int) -> None:
-        self.max_frame_bytes = max_frame_bytes
+        self.max_frame_bytes = max_frame_bytes  # may be lowered once the run's size is known
         self._buffer = bytearray()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held for a frame not yet whole."""
+        return len(self._buffer)
 
     def feed(self, data: bytes) -> list[dict]:
         """Add DATA; return every message now complete. ProtocolError on a bad frame."""

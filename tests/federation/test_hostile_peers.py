@@ -413,3 +413,14 @@ def test_every_client_leaving_ends_the_run_cleanly(programs, tmp_path):
     assert server.finish() == 1, server.output
     assert "round 1 cannot go on with 0 of the 1 clients" in server.output
     assert "Traceback" not in server.output
+
+
+def test_the_frame_limit_is_sized_from_the_runs_features(programs, tmp_path):
+    # 12 features: a client's message needs a few kilobytes, so a half-sent frame can claim no
+    # more than that, not the 16 MiB that --max-frame-bytes allows at most.
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    with RawClient(port, "x") as peer:
+        peer.sock.sendall(HEADER.pack(MAGIC, VERSION, 20_000))
+        reply = receive(peer.sock)
+    assert reply["reason"] == "frame of 20000 bytes is over the limit of 11792"
+    finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
