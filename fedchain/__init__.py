@@ -9,4 +9,5 @@ The folders are the architecture, and imports point down them:
   learning/    the linear model, local training (PyGAD), aggregation, data loading, simulation
   checks.py    the rules for names, integers and magnitudes that every edge applies
   settings.py  the run's defaults
+  files.py     files made whole or not at all, and synced
 """

@@ -15,10 +15,15 @@ PACKAGE = ROOT / "fedchain"
 ALLOWED = {
     "checks": set(),
     "settings": set(),
+    "files": set(),
     "learning": {"checks", "settings"},
     "wire": {"checks"},  # the protocol holds no command-line defaults
-    "trust": {"checks", "settings"},  # keys, TLS and logins know nothing of models or chains
-    "ledger": {"checks", "learning", "trust"},
+    "trust": {
+        "checks",
+        "settings",
+        "files",
+    },  # keys, TLS and logins know nothing of models or chains
+    "ledger": {"checks", "files", "learning", "trust"},
     "federation": {"checks", "settings", "learning", "ledger", "wire", "trust"},
     "cli": {"checks", "settings", "learning", "ledger", "wire", "trust", "federation"},
 }

@@ -5,13 +5,13 @@ is strict (exact keys, floats written as floats, no NaN), because a value that p
 hash the same as the value that was written while reading differently to a person.
 """
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedchain.checks import describe
+from fedchain.files import create_whole, write_all
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
     FORMAT_SIGNED,
@@ -166,32 +166,15 @@ class ChainWriter:
         # most one torn last line, which load_chain recognises and drops.
         line = (block_to_json(block) + "\n").encode("utf-8")
         if self._fd < 0:
-            self._fd = self._create_with(line)
-            return
-        _write_all(self._fd, line)
-        os.fsync(self._fd)
-
-    def _create_with(self, first_line: bytes) -> int:
-        # The file appears whole, holding its first block, or not at all: written under a
-        # temporary name, synced, then linked into place, so a crash never leaves an empty or
-        # half-made chain file to be refused as already there.
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, first_line)
-            os.fsync(fd)
+            # The file appears whole, holding its first block, or not at all, so a crash never
+            # leaves an empty or half-made chain file to be refused as already there.
             try:
-                os.link(temporary, self.path)  # fails if the name was taken meanwhile
+                self._fd = create_whole(self.path, line, mode=0o644)
             except FileExistsError:
                 raise FileExistsError(_exists(self.path)) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-        _fsync_directory(self.path.parent)
-        return fd  # still open on the file, at its end
+            return
+        write_all(self._fd, line)
+        os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -207,12 +190,6 @@ class ChainWriter:
 
 def _exists(path: Path) -> str:
     return f"{path} already exists; move it away or choose another file"
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:  # unbuffered: a failed write leaves nothing behind to fail again on close
-        view = view[os.write(fd, view) :]
 
 
 def load_chain(path: str | Path) -> LoadedChain:
@@ -303,12 +280,3 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
 
 def _refuse_nan(constant: str) -> float:
     raise ValueError(f"{constant} is not a finite number")
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The new file's name is only durable once its directory entry is.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

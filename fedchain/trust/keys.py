@@ -6,7 +6,6 @@ crash.
 import contextlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedchain.checks import describe
+from fedchain.files import create_whole
 from fedchain.trust.errors import TrustError
 
 PUBLIC_HEX_DIGITS = 64  # an Ed25519 public key is 32 bytes
@@ -130,32 +130,8 @@ def _write_new_file(path: Path, data: bytes) -> bool:
     """Write DATA to PATH if PATH does not exist, whole or not at all; False if it appeared."""
     with contextlib.suppress(FileExistsError):
         path.parent.mkdir(mode=0o700, parents=True)  # mode applies to the last folder only
-    # mkstemp makes the file 0o600 before anything secret is in it.
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # link, unlike rename, refuses to replace: a key someone else wrote first is kept, and
-        # the name only ever points at a whole, synced file.
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return False
-    finally:
-        os.unlink(temporary)
-    _fsync_directory(path.parent)
+        os.close(create_whole(path, data, mode=0o600))  # private before anything is in it
+    except FileExistsError:
+        return False  # a key someone else wrote first is kept
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The new file's name is only durable once its directory entry is.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

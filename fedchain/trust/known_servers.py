@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from fedchain.checks import describe
+from fedchain.files import fsync_directory
 from fedchain.trust.errors import TrustError
 from fedchain.trust.keyfile import line_error, read_key_lines
 from fedchain.trust.keys import check_public_hex
@@ -100,7 +101,7 @@ class KnownServers:
         finally:
             os.close(fd)
         if created:
-            _fsync_directory(self.path.parent)
+            fsync_directory(self.path.parent)
 
     def _entries(self) -> dict[str, tuple[str, int]]:
         """Each address's key and line; TrustError for a bad line or an address with two keys."""
@@ -124,12 +125,3 @@ class KnownServers:
                     f"{address} already has another key on line {first[1]}; remove the wrong line",
                 )
         return entries
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The new file's name is only durable once its directory entry is.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
