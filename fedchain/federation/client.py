@@ -171,14 +171,15 @@ class FederatedClient:
             raise ClientFailed("the genesis does not admit this client with its own key")
         if run.rounds != message["rounds"] or run.seed != message["seed"]:
             raise ClientFailed("the welcome's rounds or seed differ from the genesis's")
-        try:
-            # Columns are matched by name: the model's weights follow the run's order.
-            self.data = self.data.in_order(genesis.feature_names)
-        except DataError as error:
-            raise ClientFailed(
-                f"the run's features do not fit this client's rows: {error}"
-            ) from None
-        self.problem = LocalProblem.from_data(self.data.X, self.data.y)
+        if genesis.feature_names != self.data.feature_names:
+            try:
+                # Columns are matched by name: the model's weights follow the run's order.
+                self.data = self.data.in_order(genesis.feature_names)
+            except DataError as error:
+                raise ClientFailed(
+                    f"the run's features do not fit this client's rows: {error}"
+                ) from None
+            self.problem = LocalProblem.from_data(self.data.X, self.data.y)
         if self.seed is None:
             self.seed = message["seed"]
         self.rounds = run.rounds
