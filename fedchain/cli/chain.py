@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from fedchain.cli.arguments import integer_in
-from fedchain.cli.console import say, shown
+from fedchain.cli.console import quiet_on_broken_pipe, say, shown
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS, Block
 from fedchain.ledger.compare import compare_chains
 from fedchain.ledger.report import Verdict, report_chain
@@ -48,6 +48,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return quiet_on_broken_pipe(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     if args.command == "compare":
         first, second = _load(args.first), _load(args.second)

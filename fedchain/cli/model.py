@@ -5,7 +5,7 @@ import sys
 from collections.abc import Sequence
 
 from fedchain.cli.arguments import integer_in
-from fedchain.cli.console import say, shown
+from fedchain.cli.console import quiet_on_broken_pipe, say, shown
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.chain import verify_chain
 from fedchain.ledger.store import ChainFileError, load_chain
@@ -15,6 +15,10 @@ EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return quiet_on_broken_pipe(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         description="Print the global model of a chain's round (default: the last), "
         "after verifying the chain.",
@@ -35,9 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"error: cannot read {args.chain}: {error.strerror}", file=sys.stderr)
         return EXIT_UNREADABLE
-    index = len(blocks) - 1 if args.round is None else args.round
-    if index >= len(blocks):
-        print(f"error: {args.chain} has rounds 0..{len(blocks) - 1}, not {index}", file=sys.stderr)
+    # Round N's model is block N's; a closing block only repeats the last round's.
+    last_round = max(block.index for block in blocks if block.cli or block.index == 0)
+    index = last_round if args.round is None else args.round
+    if index > last_round:
+        print(f"error: {args.chain} has rounds 0..{last_round}, not {index}", file=sys.stderr)
         return EXIT_INVALID
     block = blocks[index]
     model = block.server_model

@@ -2,6 +2,8 @@
 
 import re
 import shutil
+import subprocess
+import sys
 
 from chain_helpers import FEATURES, build_chain
 from processes import ROOT, run_script
@@ -65,3 +67,25 @@ def test_the_demo_runs_the_federation_and_ends_with_the_comparison():
         assert len(load_chain(chain).blocks) == 4  # the genesis, two rounds, the closing block
     finally:
         shutil.rmtree(chain.parent)  # the demo keeps its run folder for a person; a test does not
+
+
+def test_model_py_shows_the_last_rounds_model_not_the_closing_block(tmp_path):
+    blocks = build_chain(rounds=2, closed=True)
+    write_chain(tmp_path / "chain.jsonl", blocks)
+    result = run_script("model.py", tmp_path / "chain.jsonl")
+    assert result.stdout.startswith(f"global model of round 2 (block hash {blocks[2].hash[:16]}")
+    beyond = run_script("model.py", tmp_path / "chain.jsonl", "--round", "3")
+    assert beyond.returncode == 1 and "has rounds 0..2, not 3" in beyond.stderr
+
+
+def test_the_chain_tool_stops_quietly_when_its_reader_goes_away(tmp_path):
+    # 200 rounds print far more than a pipe holds, so the writer meets the closed end.
+    write_chain(tmp_path / "chain.jsonl", build_chain(rounds=200, closed=True))
+    process = subprocess.Popen(
+        [sys.executable, ROOT / "blockchain.py", "show", tmp_path / "chain.jsonl"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 0 and errors == b"", errors.decode()
