@@ -117,6 +117,7 @@ class FederationServer:
         self.run_features: tuple[str, ...] = ()  # fixed for the run once known
         self.bound_keys: dict[str, str] = {}  # open enrolment: each name's first key
         self.absent: dict[str, str] = {}  # clients left out of the run, and why
+        self.waited_s = 0.0  # time spent waiting for peers, so a round's own time can be told
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, data=None)
 
@@ -189,7 +190,10 @@ class FederationServer:
 
     def _ready(self, wake_at: float) -> list[_Connection | None]:
         timeout = max(0.0, wake_at - time.monotonic())
-        return [key.data for key, _ in self.selector.select(timeout)]
+        started = time.monotonic()
+        ready = [key.data for key, _ in self.selector.select(timeout)]
+        self.waited_s += time.monotonic() - started  # idle: not the server's own time
+        return ready
 
     # --- admission ---------------------------------------------------------------------------
 
@@ -387,7 +391,7 @@ class FederationServer:
             raise RunAborted(f"cannot write block 0: {error}") from None
 
     def _run_round(self, index: int, chain: Chain) -> None:
-        started = time.monotonic()
+        started, waited_before = time.monotonic(), self.waited_s
         model = chain.last.server_model
         train = {
             "type": "train",
@@ -415,6 +419,8 @@ class FederationServer:
         mining_s = time.monotonic() - mining_started
         self._append(chain, block)
         round_s = time.monotonic() - started
+        # What the server itself spent on the round: checking, averaging, writing, sending.
+        own_s = round_s - (self.waited_s - waited_before) - mining_s
         parts = [f"round {index}"]
         for peer in self.peers:
             metrics = received[peer.name][2]  # reported by the client; shown, never trusted
@@ -426,7 +432,7 @@ class FederationServer:
             test_mse = mse(block.server_model, self.test_data.X, self.test_data.y)
             parts.append(f"global test MSE {test_mse:.4g}")
         parts.append(f"nonce {block.nonce} mined in {1000 * mining_s:.1f} ms")
-        parts.append(f"round {1000 * round_s:.1f} ms")
+        parts.append(f"round {1000 * round_s:.1f} ms (server's own {1000 * own_s:.1f} ms)")
         parts.append(f"hash {block.hash[:16]}…")
         self.say(" | ".join(parts))
 
