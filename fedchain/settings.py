@@ -24,9 +24,11 @@ POPULATION = 24
 # Waits. Every one is bounded; the flag that sets each is named where it runs out.
 ROUND_TIMEOUT_S = 60.0  # the server's wait for every client's update in a round
 JOIN_TIMEOUT_S = 120.0  # the server's wait for its clients to join
+REJOIN_TIMEOUT_S = 120.0  # below its quorum, the server's wait for clients to come back
 REGISTER_TIMEOUT_S = 10.0  # how long a new connection may take to register
 CONNECT_TIMEOUT_S = 10.0  # a client's window to find the server: the programs start in any order
 CLIENT_TIMEOUT_S = 300.0  # a client's longest wait for the server's next message
+RECONNECT_TIMEOUT_S = 120.0  # a client's window to find the server again when it vanishes
 SEND_TIMEOUT_S = 10.0  # a peer that will not take a message in this long is gone
 
 # A block as JSON takes about 25 bytes a weight: 16 MiB holds 10,000-feature models of 60 clients.

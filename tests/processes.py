@@ -79,9 +79,11 @@ class Program:
 
 def start_server(start, tmp_path: Path, *args: str) -> tuple[Program, int]:
     """Start server.py on a free loopback port; return it with the port it printed first."""
+    # Below its quorum a server waits for clients to come back; the tests that want that say so.
     server = start(
-        "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "8", *args
-    )
+        "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "8",
+        "--rejoin-timeout-s", "1", *args,
+    )  # fmt: skip
     first = server.wait_for(r"^listening on ", timeout_s=30).string
     return server, port_from_listening_line(first)
 

@@ -54,11 +54,15 @@ def parse_args(
     flag("--population", type=integer_in(4), default=settings.POPULATION,
          help="GA population size")  # fmt: skip
     flag("--replica", type=Path, default=None,
-         help="its copy of the chain (default: replicas/NAME-GENESISHASH.jsonl)")  # fmt: skip
+         help="its copy of the chain (default: replicas/NAME-GENESISHASH.jsonl); a client "
+         "restarted with one of the same run goes on with it")  # fmt: skip
     flag("--connect-timeout-s", type=seconds, default=settings.CONNECT_TIMEOUT_S,
          help="keep retrying the connection this long")  # fmt: skip
     flag("--timeout-s", type=seconds, default=settings.CLIENT_TIMEOUT_S,
          help="the longest wait for the server's next message")  # fmt: skip
+    flag("--reconnect-timeout-s", type=seconds, default=settings.RECONNECT_TIMEOUT_S,
+         help="when the server vanishes mid-run, keep trying to reach it again this long, "
+         "then catch up on what was missed")  # fmt: skip
     flag("--key", type=Path, default=None,
          help="this client's Ed25519 key (default: keys/NAME.key); made on first run")  # fmt: skip
     flag("--show-key", action="store_true", help="print the public key as 64 hex digits, exit")
@@ -120,6 +124,7 @@ def main(
             server_key=args.server_key,
             known_servers=KnownServers(args.known_servers),
             max_frame_bytes=args.max_frame_bytes,
+            reconnect_s=args.reconnect_timeout_s,
         )
     except ClientFailed as error:
         print(f"error: {name}: {shown(error)}", file=sys.stderr, flush=True)

@@ -9,9 +9,11 @@ from pathlib import Path
 from fedchain import settings
 from fedchain.cli.arguments import add_connection_flags, integer_in, seconds
 from fedchain.cli.console import listening_line, say, shown
+from fedchain.federation.resume import RunSettings, differences
 from fedchain.federation.server import ChainUnavailable, FederationServer, RunAborted
-from fedchain.learning.dataset import DataError, load_dataset
+from fedchain.learning.dataset import DataError, Dataset, load_dataset
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
+from fedchain.ledger.chain import Chain, continue_chain
 from fedchain.ledger.report import report_chain
 from fedchain.ledger.store import ChainFileError, load_chain
 from fedchain.trust.authorized import load_authorized_keys
@@ -36,7 +38,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag("--rounds", type=integer_in(1), default=settings.ROUNDS, help="training rounds")
     flag("--difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=settings.DIFFICULTY_BITS,
          help="proof of work, in leading zero bits")  # fmt: skip
-    flag("--chain", type=Path, default=settings.CHAIN_PATH, help="the chain file; must not exist")
+    flag("--chain", type=Path, default=settings.CHAIN_PATH,
+         help="the chain file; must not exist, unless --resume")  # fmt: skip
+    flag("--resume", action="store_true",
+         help="go on with the run recorded in --chain (after a crash, say): the flags must "
+         "match its genesis; with no file there yet, a new run starts")  # fmt: skip
     flag("--test", default=str(settings.bundled_data("test.csv")),
          help="held-out CSV to score rounds on ('' for none); fixes the run's columns")  # fmt: skip
     flag("--target", default=settings.TARGET, help="target column of the --test file")
@@ -45,6 +51,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
          help="how long to wait for every client's update in a round")  # fmt: skip
     flag("--join-timeout-s", type=seconds, default=settings.JOIN_TIMEOUT_S,
          help="how long to wait for the clients to join")  # fmt: skip
+    flag("--rejoin-timeout-s", type=seconds, default=settings.REJOIN_TIMEOUT_S,
+         help="below --min-clients (or resuming), how long to wait for clients to come "
+         "back")  # fmt: skip
     flag("--register-timeout-s", type=seconds, default=settings.REGISTER_TIMEOUT_S,
          help="how long a new connection may take to register")  # fmt: skip
     flag("--key", type=Path, default=settings.SERVER_KEY_PATH,
@@ -75,11 +84,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    # Checked now, to fail before any client joins; the file itself is made at genesis.
+    resumed = None
     if args.chain.exists():
-        print(f"error: {args.chain} already exists; move it away or choose another --chain",
-              file=sys.stderr)  # fmt: skip
-        return EXIT_USAGE
+        # Checked now, to fail before any client joins; a new run's file is made at genesis.
+        if not args.resume:
+            print(f"error: {args.chain} already exists; move it away, choose another --chain, "
+                  "or --resume to go on with its run", file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        resumed = open_for_resuming(args, public_hex(key), authorized, test_data)
+        if isinstance(resumed, int):
+            return resumed
+        if test_data is not None:  # scored in the chain's column order
+            test_data = test_data.in_order(resumed.genesis.feature_names)
+    elif args.resume:
+        say(f"no chain at {args.chain} yet: a new run starts")
     try:
         args.chain.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -106,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.round_timeout_s = args.round_timeout_s
         server.join_timeout_s = args.join_timeout_s
         server.register_timeout_s = args.register_timeout_s
+        server.rejoin_timeout_s = args.rejoin_timeout_s
+        server.resumed = resumed
         server.max_frame_bytes = args.max_frame_bytes
         server.test_data = test_data
         try:
@@ -123,6 +143,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_RUN_FAILED
     say("run complete")
     return EXIT_OK if show_stored_chain(args.chain, say) else EXIT_RUN_FAILED
+
+
+def open_for_resuming(
+    args: argparse.Namespace, server_key: str, authorized: dict | None, test_data: Dataset | None
+) -> Chain | int:
+    """The chain of --chain, verified and open for appending, if the flags match its genesis;
+    else the exit code, having said why."""
+    try:
+        chain, dropped = continue_chain(args.chain)
+    except (OSError, ValueError) as error:  # ChainFileError and ChainError are ValueErrors
+        print(f"error: cannot resume {args.chain}: {shown(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    if dropped:
+        say(f"warning: {args.chain}: {dropped}; that block is made again")
+    if not chain.genesis.signed:
+        chain.store.close()
+        print(f"error: {args.chain} is a format-1 chain, which records too little to resume",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    wanted = RunSettings(
+        difficulty=args.difficulty,
+        rounds=args.rounds,
+        seed=args.seed,
+        server_key=server_key,
+        n_clients=args.clients,
+        min_clients=args.min_clients or args.clients,
+        features=test_data.feature_names if test_data is not None else None,
+        authorized_keys=authorized,
+    )
+    if found := differences(chain.genesis, wanted):
+        chain.store.close()
+        print(f"error: cannot resume {args.chain}: the flags differ from its run:",
+              file=sys.stderr)  # fmt: skip
+        for difference in found:
+            print(f"  {difference}", file=sys.stderr)
+        return EXIT_USAGE
+    if chain.closed:
+        chain.store.close()
+        say(f"the run of {args.chain} is already complete ({len(chain.blocks)} blocks)")
+        return EXIT_OK if show_stored_chain(args.chain, say) else EXIT_RUN_FAILED
+    return chain
 
 
 def show_stored_chain(path: Path, say: Callable[[str], None]) -> bool:

@@ -27,16 +27,16 @@ from fedchain.learning.local_training import (
     train_and_score,
 )
 from fedchain.ledger.block import Block, ClientUpdate, TrainingSettings
-from fedchain.ledger.chain import Chain
+from fedchain.ledger.chain import Chain, continue_chain, verify_chain
 from fedchain.ledger.signatures import attestation_message, sign_hex, update_message
-from fedchain.ledger.store import ChainWriter, block_from_json
+from fedchain.ledger.store import ChainWriter, block_from_json, load_chain
 from fedchain.ledger.verification import ChainError, verify_genesis
 from fedchain.trust.errors import TrustError
 from fedchain.trust.handshake import login_message
 from fedchain.trust.keys import public_hex, sign
 from fedchain.trust.known_servers import KnownServers
 from fedchain.trust.tls import client_context, peer_public_hex
-from fedchain.wire.frames import receive_message, send_message
+from fedchain.wire.frames import ConnectionClosed, receive_message, send_message
 from fedchain.wire.messages import BUSY, ProtocolError, validate_message
 
 RETRY_INTERVAL_S = 0.2
@@ -55,6 +55,7 @@ class Stage(enum.Enum):
 
     LOGGING_IN = "waiting for the login challenge"
     JOINING = "waiting to be welcomed"
+    CATCHING_UP = "catching up on the blocks it lacked"
     READY = "waiting for the next round"
     AWAITING_BLOCK = "waiting for the block of the round it trained"
     AWAITING_CLOSE = "waiting for the block that closes the run"
@@ -63,10 +64,12 @@ class Stage(enum.Enum):
 
 _EXPECTED = {
     Stage.LOGGING_IN: {"challenge"},
-    Stage.JOINING: {"welcome"},
-    Stage.READY: {"train", "close", "done"},
-    Stage.AWAITING_BLOCK: {"block"},
-    Stage.AWAITING_CLOSE: {"block"},
+    Stage.JOINING: {"welcome", "waiting"},
+    Stage.CATCHING_UP: {"block"},
+    # A block while ready: a round this client sat out, having come back during it.
+    Stage.READY: {"train", "close", "done", "block", "waiting"},
+    Stage.AWAITING_BLOCK: {"block", "waiting"},
+    Stage.AWAITING_CLOSE: {"block", "waiting"},
     Stage.DONE: set(),
 }
 
@@ -99,7 +102,9 @@ class FederatedClient:
         self.replica = replica
         self.say = say
         self.stage = Stage.LOGGING_IN
-        self.chain: Chain | None = None
+        self.chain: Chain | None = None  # kept across connections: the server may come back
+        self.height = 0  # the blocks the server held when it welcomed this connection
+        self.caught_up = 0  # how many of them this client has checked or taken
         self.rounds = 0  # as the genesis planned it
         self.sent: ClientUpdate | None = None  # the update awaiting its block
         self.attestation = ""  # what we sent with it: our signature of the last block
@@ -117,44 +122,68 @@ class FederatedClient:
         }
 
     def run(self, sock: ssl.SSLSocket, max_frame_bytes: int, server_key: str) -> list[Block]:
-        """Take part in one run over SOCK, whose server holds SERVER_KEY (pinned when the
-        channel was opened); return the verified chain."""
+        """Take part in a run over SOCK, whose server holds SERVER_KEY (pinned when the
+        channel was opened); return the verified chain. Called again on a new connection after
+        a lost one, it goes on with the chain it holds."""
         self.server_key = server_key
-        self.stage = Stage.LOGGING_IN  # afresh: a retry after a busy refusal starts over
-        writer = None
-        try:
-            while self.stage is not Stage.DONE:
-                message = receive_message(sock, max_frame_bytes=max_frame_bytes)
-                kind = message["type"]
-                if kind == "refused":
-                    reason = printable(message["reason"])
-                    busy = reason.startswith(BUSY) and self.stage is Stage.JOINING
-                    raise (ServerBusy if busy else ClientFailed)(f"the server refused: {reason}")
-                if kind not in _EXPECTED[self.stage]:
-                    raise ClientFailed(
-                        f"the server sent a {kind!r} message while this client was "
-                        f"{self.stage.value}"
-                    )
-                if kind == "challenge":
-                    send_message(sock, self.registration(message["challenge"]))
-                    self.stage = Stage.JOINING
-                elif kind == "welcome":
-                    writer = self._accept_genesis(message)
-                elif kind == "train":
-                    send_message(sock, self._train(message))
-                elif kind == "close":
-                    send_message(sock, self._attest_last(message))
-                elif kind == "block":
-                    self._accept_block(message["block"])
-                else:
-                    self._finish(message)
-            return self.chain.blocks
-        finally:
-            if writer is not None:
-                writer.close()
+        self.stage = Stage.LOGGING_IN  # afresh: every connection logs in
+        while self.stage is not Stage.DONE:
+            message = receive_message(sock, max_frame_bytes=max_frame_bytes)
+            kind = message["type"]
+            if kind == "refused":
+                reason = printable(message["reason"])
+                busy = reason.startswith(BUSY) and self.stage is Stage.JOINING
+                raise (ServerBusy if busy else ClientFailed)(f"the server refused: {reason}")
+            if kind not in _EXPECTED[self.stage]:
+                raise ClientFailed(
+                    f"the server sent a {kind!r} message while this client was {self.stage.value}"
+                )
+            if kind == "challenge":
+                send_message(sock, self.registration(message["challenge"]))
+                self.stage = Stage.JOINING
+            elif kind == "welcome":
+                self._accept_welcome(message)
+            elif kind == "train":
+                send_message(sock, self._train(message))
+            elif kind == "close":
+                send_message(sock, self._attest_last(message))
+            elif kind == "block":
+                self._accept_block(message["block"])
+            elif kind == "waiting":
+                self.say(f"{self.name}: the server says: {printable(message['reason'])}")
+            else:
+                self._finish(message)
+        return self.chain.blocks
 
-    def _accept_genesis(self, message: dict) -> ChainWriter:
+    def close(self) -> None:
+        """Close the replica's file."""
+        if self.chain is not None and self.chain.store is not None:
+            self.chain.store.close()
+
+    def _accept_welcome(self, message: dict) -> None:
         genesis = self._parse_block(message["genesis"])
+        height = message["height"]
+        if self.chain is None:
+            self._accept_genesis(genesis, message)
+        elif genesis != self.chain.genesis:
+            raise ClientFailed(
+                f"the server came back with another run (genesis {genesis.hash[:16]}…), not the "
+                f"one this client holds (genesis {self.chain.genesis.hash[:16]}…)"
+            )
+        held = len(self.chain.blocks)
+        if height < held:
+            # It lost blocks we verified and kept: a server whose history shrank is refused.
+            raise ClientFailed(
+                f"the server holds {height} blocks, but this client verified {held}: "
+                f"block {height} onwards is missing from the server's chain"
+            )
+        self.height = height
+        self.stage = Stage.CATCHING_UP if height > 1 else Stage.READY
+        self.caught_up = 1  # the server's next block to check against ours, or to take
+        if height > held:
+            self.say(f"{self.name}: catching up on blocks {held} to {height - 1}")
+
+    def _accept_genesis(self, genesis: Block, message: dict) -> None:
         try:
             verify_genesis(genesis, min_difficulty=self.min_difficulty)
         except ChainError as error:
@@ -184,6 +213,9 @@ class FederatedClient:
             self.seed = message["seed"]
         self.rounds = run.rounds
         path = self.replica or settings.REPLICA_DIR / f"{self.name}-{genesis.hash[:12]}.jsonl"
+        if path.exists():  # this client has been in this run before, and was restarted
+            self.chain = self._continue_replica(path, genesis)
+            return
         try:
             writer = ChainWriter(path)
         except OSError as error:
@@ -196,9 +228,26 @@ class FederatedClient:
         except OSError as error:
             writer.close()
             raise ClientFailed(f"cannot write block 0 to {path}: {error}") from None
-        self.stage = Stage.READY
         self.say(f"joined; genesis {genesis.hash[:16]}… verified; replica in {path}")
-        return writer
+
+    def _continue_replica(self, path: Path, genesis: Block) -> Chain:
+        try:
+            chain, dropped = continue_chain(path, min_difficulty=self.min_difficulty)
+        except (OSError, ValueError) as error:  # ChainFileError and ChainError are ValueErrors
+            raise ClientFailed(f"cannot go on with the replica {path}: {error}") from None
+        if chain.genesis != genesis:
+            chain.store.close()
+            raise ClientFailed(
+                f"the replica {path} holds another run (genesis {chain.genesis.hash[:16]}…), "
+                f"not this one ({genesis.hash[:16]}…); choose another --replica"
+            )
+        if dropped:
+            self.say(f"{self.name}: {path}: {dropped}")
+        self.say(
+            f"joined again; genesis {genesis.hash[:16]}… verified; going on with the "
+            f"{len(chain.blocks)} blocks of {path}"
+        )
+        return chain
 
     def _train(self, message: dict) -> dict:
         index = message["round"]
@@ -272,22 +321,19 @@ class FederatedClient:
 
     def _accept_block(self, text: str) -> None:
         block = self._parse_block(text)
+        if self.stage is Stage.CATCHING_UP:
+            self._catch_up(block)
+            return
         index = self.chain.last.index + 1
         # Judged before it is appended: the replica never holds a block without what we sent.
         if block.index != index:
             raise ClientFailed(f"block {block.index} arrived where block {index} was due")
+        awaited = self.stage in (Stage.AWAITING_BLOCK, Stage.AWAITING_CLOSE)
         if self.stage is Stage.AWAITING_BLOCK and block.client_model.get(self.name) != self.sent:
             raise ClientFailed(f"block {block.index} does not hold our update as we sent it")
-        if block.attestations.get(self.name) != self.attestation:
+        if awaited and block.attestations.get(self.name) != self.attestation:
             raise ClientFailed(f"block {block.index} does not hold our attestation as we sent it")
-        try:
-            self.chain.append(block)
-        except ChainError as error:
-            raise ClientFailed(f"the server's block does not verify: {error}") from None
-        except OSError as error:
-            raise ClientFailed(
-                f"cannot write block {block.index} to the replica: {error}"
-            ) from None
+        self._append(block)
         self.sent = None
         self.stage = Stage.READY
         if not block.cli:
@@ -297,10 +343,47 @@ class FederatedClient:
             return
         others = ", ".join(c for c in block.cli if c != self.name) or "no other client"
         gone = f"; missing: {', '.join(block.missing)}" if block.missing else ""
+        ours = "our signed update is in it as sent, with" if awaited else "a round we sat out, by"
         self.say(
-            f"block {block.index} verified: our signed update is in it as sent, with {others}"
-            f"{gone}; FedAvg and every signature check out (hash {block.hash[:16]}…)"
+            f"block {block.index} verified: {ours} {others}{gone}; FedAvg and every signature "
+            f"check out (hash {block.hash[:16]}…)"
         )
+
+    def _catch_up(self, block: Block) -> None:
+        """The server's next block after a (re)join: one we hold must be exactly ours; a newer
+        one is verified and kept like any other."""
+        position = self.caught_up
+        if position < len(self.chain.blocks):
+            ours = self.chain.blocks[position]
+            if block != ours:
+                raise ClientFailed(
+                    f"the server's block {position} (hash {printable(block.hash[:16])}…) "
+                    f"contradicts the one this client verified (hash {ours.hash[:16]}…)"
+                )
+        else:
+            if block.index != position:
+                raise ClientFailed(f"block {block.index} arrived where block {position} was due")
+            self._append(block)
+        self.caught_up += 1
+        if self.caught_up == self.height:
+            self.sent = None  # a round it had trained is either on the chain now or asked again
+            self.stage = Stage.DONE if self.chain.closed else Stage.READY
+            self.say(
+                f"{self.name}: caught up: {self.height} blocks verified, the last "
+                f"{self.chain.last.hash[:16]}…"
+            )
+            if self.chain.closed:
+                self.say(f"run complete: {self.height} blocks verified, in {self.chain.store.path}")
+
+    def _append(self, block: Block) -> None:
+        try:
+            self.chain.append(block)
+        except ChainError as error:
+            raise ClientFailed(f"the server's block does not verify: {error}") from None
+        except OSError as error:
+            raise ClientFailed(
+                f"cannot write block {block.index} to the replica: {error}"
+            ) from None
 
     def _finish(self, message: dict) -> None:
         held = len(self.chain.blocks)
@@ -330,27 +413,48 @@ def take_part(
     server_key: str | None,
     known_servers: KnownServers,
     max_frame_bytes: int,
+    reconnect_s: float = settings.RECONNECT_TIMEOUT_S,
 ) -> list[Block]:
-    """Open a channel to the server and take part in its run; a busy server is tried again
-    until WITHIN_S has passed. Return the verified chain."""
-    deadline = time.monotonic() + within_s
-    while True:
-        remaining = max(deadline - time.monotonic(), RETRY_INTERVAL_S)
-        sock, key = open_channel(
-            host, port, within_s=remaining, timeout_s=timeout_s, server_key=server_key,
-            known_servers=known_servers, say=client.say,
-        )  # fmt: skip
-        try:
-            with sock:
-                client.say(f"{client.name}: connected to {host}:{port} over TLS 1.3 with "
-                           f"{client.data.n_samples} rows")  # fmt: skip
-                return client.run(sock, max_frame_bytes, key)
-        except ServerBusy as error:
-            if time.monotonic() + RETRY_INTERVAL_S > deadline:
-                raise ClientFailed(f"{error}; no room within {within_s:g} s "
-                                   "(--connect-timeout-s)") from None  # fmt: skip
-            client.say(f"{client.name}: {error}; trying again")
+    """Open a channel to the server and take part in its run; return the verified chain. A busy
+    server is tried again until WITHIN_S has passed. A server that vanishes mid-run (killed, or
+    restarted) is looked for again for RECONNECT_S, with the key it had; the client then catches
+    up on the blocks it missed and goes on."""
+    deadline, flag = time.monotonic() + within_s, "--connect-timeout-s"
+    try:
+        while True:
+            sock, key = open_channel(
+                host, port, within_s=max(deadline - time.monotonic(), RETRY_INTERVAL_S),
+                timeout_s=timeout_s, server_key=server_key, known_servers=known_servers,
+                say=client.say, flag=flag,
+            )  # fmt: skip
+            server_key = key  # a server that comes back must hold the same key
+            try:
+                with sock:
+                    client.say(f"{client.name}: connected to {host}:{port} over TLS 1.3 with "
+                               f"{client.data.n_samples} rows")  # fmt: skip
+                    return client.run(sock, max_frame_bytes, key)
+            except ServerBusy as error:
+                if time.monotonic() + RETRY_INTERVAL_S > deadline:
+                    raise ClientFailed(f"{error}; no room within {within_s:g} s "
+                                       f"({flag})") from None  # fmt: skip
+                client.say(f"{client.name}: {error}; trying again")
+            except TimeoutError:
+                raise  # a server that is there but silent is not looked for again
+            except (ConnectionClosed, OSError) as error:
+                lost = shown_error(error)
+                client.say(
+                    f"{client.name}: lost the server ({lost}) while {client.stage.value}; "
+                    f"trying to reconnect for up to {reconnect_s:g} s (--reconnect-timeout-s)"
+                )
+                deadline, flag = time.monotonic() + reconnect_s, "--reconnect-timeout-s"
+                within_s = reconnect_s
             time.sleep(RETRY_INTERVAL_S)
+    finally:
+        client.close()
+
+
+def shown_error(error: BaseException) -> str:
+    return printable(str(error) or type(error).__name__)
 
 
 def open_channel(
@@ -362,6 +466,7 @@ def open_channel(
     server_key: str | None,
     known_servers: KnownServers,
     say: Callable[[str], None],
+    flag: str = "--connect-timeout-s",
 ) -> tuple[ssl.SSLSocket, str]:
     """Connect over TLS 1.3, retrying until WITHIN_S has passed (so start order is free), and
     check the server's key: SERVER_KEY if given, else the one KNOWN_SERVERS holds for this
@@ -371,7 +476,7 @@ def open_channel(
     while True:
         try:
             sock = _connect(host, port, within_s=max(deadline - time.monotonic(), 0.1),
-                            timeout_s=timeout_s)  # fmt: skip
+                            timeout_s=timeout_s, flag=flag)  # fmt: skip
         except ClientFailed:
             if refused_tls is None:
                 raise
@@ -412,7 +517,9 @@ def open_channel(
     return tls, presented
 
 
-def _connect(host: str, port: int, *, within_s: float, timeout_s: float) -> socket.socket:
+def _connect(
+    host: str, port: int, *, within_s: float, timeout_s: float, flag: str
+) -> socket.socket:
     deadline = time.monotonic() + within_s
     while True:
         try:
@@ -420,8 +527,7 @@ def _connect(host: str, port: int, *, within_s: float, timeout_s: float) -> sock
         except OSError as error:
             if time.monotonic() + RETRY_INTERVAL_S > deadline:
                 raise ClientFailed(
-                    f"no server at {host}:{port} within {within_s:g} s "
-                    f"(--connect-timeout-s): {error}"
+                    f"no server at {host}:{port} within {within_s:g} s ({flag}): {error}"
                 ) from None
             time.sleep(RETRY_INTERVAL_S)
             continue
@@ -431,9 +537,15 @@ def _connect(host: str, port: int, *, within_s: float, timeout_s: float) -> sock
 
 
 def prepare_replica(replica: Path | None) -> None:
-    """Refuse an existing replica and make its folder now, before joining a run."""
+    """Check an existing replica (a restarted client goes on with it) and make the replica's
+    folder now, before joining a run: a replica that cannot be continued fails here."""
     if replica is not None and replica.exists():
-        raise FileExistsError(f"{replica} already exists; choose another --replica")
+        try:
+            verify_chain(load_chain(replica).blocks)
+        except (OSError, ValueError) as error:  # ChainFileError and ChainError are ValueErrors
+            raise ValueError(
+                f"{replica} cannot be continued: {error}; move it away or choose another --replica"
+            ) from None
     (replica.parent if replica is not None else settings.REPLICA_DIR).mkdir(
         parents=True, exist_ok=True
     )

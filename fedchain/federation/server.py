@@ -5,6 +5,11 @@ One thread and a selector. Every connection is TLS 1.3 with a certificate made f
 key; a client proves its own key by signing a fresh challenge. The server only ever reads what has
 already arrived (the handshake included) and lets the protocol assemble frames, so a peer that is
 silent, slow or stuck half-way through a message holds up nobody, and every wait has a deadline.
+
+Clients come and go: one that drops out is left out of the round (the block records why), and
+one that logs in again with its key while the run goes on gets the blocks it missed and takes part
+from the next round. A run below its quorum waits a bounded time for clients to come back. A
+server restarted on its chain file (resumed) goes on from the chain's last block the same way.
 """
 
 import contextlib
@@ -50,6 +55,8 @@ MAX_WAITING = 32  # newcomers not yet registered; past this, the least advanced 
 # half-sent frames cannot pin much memory.
 FRAME_BASE_BYTES, FRAME_BYTES_PER_FEATURE = 8192, 300
 MAX_NEWCOMER_BUFFER_BYTES = 64 << 20  # all newcomers' half-sent frames together
+STATUS_EVERY_S = 5.0  # how often a wait for clients says what it waits for
+RESUME_GRACE_S = 10.0  # once a resumed run has its quorum back, how long the rest may take
 
 
 class RunAborted(RuntimeError):
@@ -97,6 +104,11 @@ class FederationServer:
     # Who may join: name -> public key. None: open enrolment, where any key may join and each
     # name stays bound to the first key it joined with.
     authorized_keys: dict[str, str] | None = None
+    # Below min_clients, how long a round waits for clients to come back before the run stops.
+    rejoin_timeout_s: float = settings.REJOIN_TIMEOUT_S
+    # A verified chain (open for appending) to go on from, instead of starting a new run; its
+    # genesis fixes the run's settings and who takes part.
+    resumed: Chain | None = None
 
     def __init__(
         self,
@@ -112,8 +124,11 @@ class FederationServer:
         self.key = key
         self.public_key = public_hex(key)
         self.tls = server_context(key)
-        self.peers: list[_Connection] = []
-        self.waiting: list[_Connection] = []
+        self.peers: list[_Connection] = []  # the clients taking part in the round
+        self.waiting: list[_Connection] = []  # newcomers not yet registered
+        self.standby: list[_Connection] = []  # back mid-run, caught up; in from the next round
+        self.chain: Chain | None = None  # once the run has begun
+        self.round_index = 0  # the block being gathered, for the reasons recorded in it
         self.run_features: tuple[str, ...] = ()  # fixed for the run once known
         self.bound_keys: dict[str, str] = {}  # open enrolment: each name's first key
         self.absent: dict[str, str] = {}  # clients left out of the run, and why
@@ -122,46 +137,91 @@ class FederationServer:
         self.selector.register(listener, selectors.EVENT_READ, data=None)
 
     def run(self) -> list[Block]:
-        """Admit the clients and run every round; return the chain. Raises RunAborted."""
+        """Admit the clients (or resume) and run every round; return the chain. Raises
+        RunAborted."""
         if self.min_clients is None:
             self.min_clients = self.n_clients
         try:
-            self._admit()
-            participants = {peer.name: peer.public_key for peer in self.peers}
-            genesis = make_genesis(
-                initial_model=LinearModel.zeros(len(self.run_features)),
-                feature_names=self.run_features,
-                difficulty=self.difficulty_bits,
-                run=RunRecord(
-                    self.rounds, self.seed, self.public_key, participants, self.min_clients
-                ),
-                server_key=self.key,
-            )
-            # The file is made only now, so a run that never starts leaves nothing in the way.
-            try:
-                writer = ChainWriter(self.chain_path)
-            except OSError as error:
-                raise ChainUnavailable(
-                    f"cannot make the chain file {self.chain_path}: {error}"
-                ) from None
-            with writer:
-                chain = self._start_chain(genesis, writer)
-                welcome = {"type": "welcome", "genesis": block_to_json(genesis),
-                           "seed": self.seed, "rounds": self.rounds}  # fmt: skip
-                self.send_to_all(welcome, index=1)
-                self.say(
-                    f"genesis block mined (hash {genesis.hash[:16]}…); {self.rounds} rounds to go"
-                )
-                for index in range(1, self.rounds + 1):
+            chain = self._begin() if self.resumed is None else self._resume(self.resumed)
+            with chain.store:
+                for index in range(chain.last.index + 1, self.rounds + 1):
                     self._run_round(index, chain)
                 self._close_run(chain)
-            self.send_to_all({"type": "done", "blocks": len(chain.blocks)}, index=self.rounds + 1)
+            done = {"type": "done", "blocks": len(chain.blocks)}
+            self._send_to(self.peers + self.standby, done, index=self.rounds + 1)
             return chain.blocks
         except RunAborted as error:
             self._abort(str(error))
             raise
         finally:
             self._close()
+
+    def _begin(self) -> Chain:
+        """Admit the clients, then mine the genesis, make the chain file and welcome them."""
+        self._admit()
+        participants = {peer.name: peer.public_key for peer in self.peers}
+        genesis = make_genesis(
+            initial_model=LinearModel.zeros(len(self.run_features)),
+            feature_names=self.run_features,
+            difficulty=self.difficulty_bits,
+            run=RunRecord(self.rounds, self.seed, self.public_key, participants, self.min_clients),
+            server_key=self.key,
+        )
+        # The file is made only now, so a run that never starts leaves nothing in the way.
+        try:
+            writer = ChainWriter(self.chain_path)
+        except OSError as error:
+            raise ChainUnavailable(
+                f"cannot make the chain file {self.chain_path}: {error}"
+            ) from None
+        try:
+            self.chain = Chain(genesis, store=writer)
+        except OSError as error:  # a full disk, say
+            writer.close()
+            raise RunAborted(f"cannot write block 0: {error}") from None
+        self.round_index = 1
+        for peer in list(self.peers):
+            self._welcome(peer)
+        self.say(f"genesis block mined (hash {genesis.hash[:16]}…); {self.rounds} rounds to go")
+        return self.chain
+
+    def _resume(self, chain: Chain) -> Chain:
+        """Take the run's settings and clients from CHAIN's genesis and wait for the clients to
+        come back: all of them, or the quorum and whoever follows within a grace period."""
+        run = chain.genesis.run
+        self.chain = chain
+        self.rounds, self.seed, self.min_clients = run.rounds, run.seed, run.min_clients
+        self.n_clients = len(run.participants)
+        self._fix_features(chain.genesis.feature_names, "the chain's genesis")
+        self.round_index = chain.last.index + 1
+        self.absent = {name: "not back since the server restarted" for name in run.participants}
+        self.say(
+            f"resuming the run of {chain.store.path} after block {chain.last.index} "
+            f"({chain.rounds_done} of {self.rounds} rounds done); waiting for its "
+            f"{self.n_clients} clients to come back"
+        )
+        quorum_at = math.inf  # when the quorum was back
+
+        def finished() -> bool:
+            nonlocal quorum_at
+            back = len(self.standby)
+            if back >= self.min_clients and quorum_at == math.inf:
+                quorum_at = time.monotonic()
+            return back == self.n_clients or time.monotonic() >= quorum_at + RESUME_GRACE_S
+
+        def status() -> str:
+            return f"{len(self.standby)} of {self.n_clients} clients are back"
+
+        deadline = time.monotonic() + self.rejoin_timeout_s
+        if not self._wait_for_clients(
+            deadline, finished, status, lambda: quorum_at + RESUME_GRACE_S
+        ):
+            raise RunAborted(
+                f"only {len(self.standby)} of the {self.min_clients} clients the run needs "
+                f"(its min_clients) came back within {self.rejoin_timeout_s:g} s "
+                "(--rejoin-timeout-s)"
+            )
+        return chain
 
     # --- the one wait ----------------------------------------------------------------------
 
@@ -183,10 +243,59 @@ class FederationServer:
             if last_look and settled:
                 return finished()
             last_look = settled
-            wake = time.monotonic() if settled else min(deadline, wake_at())
+            wake = time.monotonic() if settled else min(deadline, wake_at(), self._next_expiry())
             for connection in self._ready(wake):
                 handle(connection)
             self._expire_newcomers()
+
+    def _next_expiry(self) -> float:
+        return min(
+            (c.connected_at + self.register_timeout_s for c in self.waiting), default=math.inf
+        )
+
+    def _handle(
+        self, connection: _Connection | None, hear_peer: Callable[[_Connection], None]
+    ) -> None:
+        """Serve CONNECTION (None: the listener); a client in the round is HEAR_PEER's."""
+        if connection is None:
+            self._accept_newcomer()
+        elif not connection.challenge:
+            self._shake_hands(connection)
+        elif connection in self.waiting:
+            self._hear_newcomer(connection)
+        elif connection in self.standby:
+            self._hear_standby(connection)
+        elif connection in self.peers:
+            hear_peer(connection)
+
+    def _wait_for_clients(
+        self,
+        deadline: float,
+        finished: Callable[[], bool],
+        status: Callable[[], str],
+        wake_at: Callable[[], float] = lambda: math.inf,
+        hear_peer: Callable[[_Connection], None] | None = None,
+    ) -> bool:
+        """Serve until FINISHED() or DEADLINE, saying STATUS() and how long it may take every few
+        seconds, to the log and to the clients connected; return FINISHED()."""
+        next_status = time.monotonic()
+
+        def tell() -> float:
+            nonlocal next_status
+            now = time.monotonic()
+            if now >= next_status and not finished():
+                left = max(0.0, deadline - now)
+                text = printable(
+                    f"waiting: {status()}; up to {left:.0f} s more (--rejoin-timeout-s)"
+                )
+                self.say(text)
+                self._send_to(self.peers + self.standby, {"type": "waiting", "reason": text},
+                              index=self.round_index)  # fmt: skip
+                next_status = now + STATUS_EVERY_S
+            return min(next_status, wake_at())
+
+        hear = hear_peer or self._hear_idle_peer
+        return self._serve_until(deadline, finished, lambda c: self._handle(c, hear), tell)
 
     def _ready(self, wake_at: float) -> list[_Connection | None]:
         timeout = max(0.0, wake_at - time.monotonic())
@@ -210,25 +319,9 @@ class FederationServer:
                 "each name stays bound to the key it first joins with"
             )
 
-        def handle(connection: _Connection | None) -> None:
-            if connection is None:
-                self._accept_newcomer()
-            elif not connection.challenge:
-                self._shake_hands(connection)
-            elif connection in self.waiting:
-                self._hear_newcomer(connection)
-            else:
-                self._hear_early_peer(connection)
-
-        def next_expiry() -> float:
-            return min(
-                (c.connected_at + self.register_timeout_s for c in self.waiting), default=math.inf
-            )
-
         deadline = time.monotonic() + self.join_timeout_s
-        if not self._serve_until(
-            deadline, lambda: len(self.peers) == self.n_clients, handle, next_expiry
-        ):
+        handle = lambda c: self._handle(c, self._hear_early_peer)  # noqa: E731
+        if not self._serve_until(deadline, lambda: len(self.peers) == self.n_clients, handle):
             raise RunAborted(
                 f"only {len(self.peers)} of {self.n_clients} clients joined within "
                 f"{self.join_timeout_s:g} s (--join-timeout-s)"
@@ -307,6 +400,9 @@ class FederationServer:
             self._turn_away(connection, str(error))
             return
         self.waiting.remove(connection)
+        if self.chain is not None:
+            self._welcome_back(connection)
+            return
         self.peers.append(connection)
         self.say(
             f"{connection.name} joined from {connection.address} with {connection.n_samples} "
@@ -318,16 +414,31 @@ class FederationServer:
         if message["type"] != "register":
             raise _Refusal(f"expected a register message first, not {message['type']!r}")
         if connection.inbox:
-            raise _Refusal("sent more than its registration before the run began")
-        if len(self.peers) >= self.n_clients:
-            raise _Refusal(self._full())
+            raise _Refusal("sent more than its registration before it was welcomed")
         name, features = message["name"], tuple(message["feature_names"])
         key = message["public_key"]
+        if self.chain is None and len(self.peers) >= self.n_clients:
+            raise _Refusal(self._full())
         # The login signs this connection's challenge and this server's key: a recorded login
         # cannot be replayed here, nor one made for another server relayed to this one.
         if not verify_login(key, message["login_signature"], self.public_key,
                             connection.challenge, name):  # fmt: skip
             raise _Refusal(f"{name}'s login signature does not verify for key {key[:16]}…")
+        if self.chain is None:
+            self._check_newcomer(name, key)
+        else:
+            self._check_returning(name, key, message["n_samples"])
+        # Columns are matched by name: a client may hold them in any order.
+        if self.run_features and (difference := column_difference(self.run_features, features)):
+            raise _Refusal(f"{name}'s columns differ from the run's: {difference}")
+        if not self.run_features:
+            self._fix_features(features, name)
+        self.bound_keys.setdefault(name, key)
+        connection.name, connection.n_samples = name, message["n_samples"]
+        connection.public_key = key
+
+    def _check_newcomer(self, name: str, key: str) -> None:
+        """Before the run: may NAME join with KEY?"""
         if self.authorized_keys is not None:
             if name not in self.authorized_keys:
                 raise _Refusal(f"{name!r} is not in the authorized keys")
@@ -344,14 +455,23 @@ class FederationServer:
             raise _Refusal(f"a client named {name!r} has already joined")
         if any(p.public_key == key for p in self.peers):
             raise _Refusal(f"the key {key[:16]}… has already joined under another name")
-        # Columns are matched by name: a client may hold them in any order.
-        if self.run_features and (difference := column_difference(self.run_features, features)):
-            raise _Refusal(f"{name}'s columns differ from the run's: {difference}")
-        if not self.run_features:
-            self._fix_features(features, name)
-        self.bound_keys.setdefault(name, key)
-        connection.name, connection.n_samples = name, message["n_samples"]
-        connection.public_key = key
+
+    def _check_returning(self, name: str, key: str, n_samples: int) -> None:
+        """During the run: is this a client the genesis admitted, with its key and its rows? A
+        connection of its still open is closed: a client that logs in again has restarted."""
+        participants = self.chain.genesis.run.participants
+        if name not in participants:
+            raise _Refusal(f"{name!r} is not a client of this run (its genesis admits only "
+                           f"{', '.join(sorted(participants))})")  # fmt: skip
+        if participants[name] != key:
+            raise _Refusal(f"{name}'s key {key[:16]}… is not the one this run admitted "
+                           f"({participants[name][:16]}…)")  # fmt: skip
+        recorded = self.chain.sample_counts.get(name)
+        if recorded is not None and recorded != n_samples:
+            # The count weighs the client's model in every average: it is fixed for the run.
+            raise _Refusal(f"{name} now has {n_samples} rows, but the chain records {recorded}")
+        for old in [c for c in self.peers + self.standby if c.name == name]:
+            self._leave_out(old, self.round_index, "logged in again on a new connection")
 
     def _hear_early_peer(self, peer: _Connection) -> None:
         # A client that has joined has nothing to say until the first round: if its socket
@@ -382,47 +502,108 @@ class FederationServer:
     def _full(self) -> str:
         return f"the run is full ({self.n_clients} client{'s' if self.n_clients != 1 else ''})"
 
-    # --- rounds ------------------------------------------------------------------------------
+    # --- clients coming back -------------------------------------------------------------------
 
-    def _start_chain(self, genesis: Block, writer: ChainWriter) -> Chain:
+    def _welcome(self, connection: _Connection) -> bool:
+        """Send the genesis and every block after it, so CONNECTION holds the chain so far;
+        False if it could not take them (it is then left out)."""
+        chain = self.chain
+        welcome = {"type": "welcome", "genesis": block_to_json(chain.genesis), "seed": self.seed,
+                   "rounds": self.rounds, "height": len(chain.blocks)}  # fmt: skip
         try:
-            return Chain(genesis, store=writer)
-        except OSError as error:  # a full disk, say
-            raise RunAborted(f"cannot write block 0: {error}") from None
+            self._send_now(connection.sock, welcome)
+            for block in chain.blocks[1:]:
+                self._send_now(connection.sock, {"type": "block", "block": block_to_json(block)})
+        except OSError as error:
+            self._leave_out(connection, self.round_index, f"disconnected ({error})")
+            return False
+        return True
+
+    def _welcome_back(self, connection: _Connection) -> None:
+        """A client of this run has logged in again: catch it up; it takes part from the next
+        round (or at once, if the round in progress is short of its quorum)."""
+        self.standby.append(connection)
+        if not self._welcome(connection):
+            return
+        index = self.round_index
+        self.absent[connection.name] = f"came back during round {index}; in from round {index + 1}"
+        self.say(
+            f"{connection.name} is back from {connection.address}: sent it the "
+            f"{len(self.chain.blocks)} blocks so far; it takes part from the next round"
+        )
+
+    def _bring_in_standby(self) -> list[_Connection]:
+        """Move the clients that came back into the round; return them."""
+        back, self.standby = self.standby, []
+        for connection in back:
+            self.peers.append(connection)
+            self.absent.pop(connection.name, None)
+        self.peers.sort(key=lambda p: p.name)  # the order every round hashes and averages in
+        return back
+
+    def _hear_standby(self, connection: _Connection) -> None:
+        # A client waiting for the next round has nothing to say: if its socket stirs, it has
+        # left or broken the protocol.
+        try:
+            spoke = connection.reader.receive(connection.sock) is not None
+        except ProtocolError:
+            spoke = True
+        reason = "spoke out of turn before its round" if spoke else "disconnected again"
+        self._leave_out(connection, self.round_index, reason)
+
+    def _hear_idle_peer(self, peer: _Connection) -> None:
+        # Between its messages a client is silent; one that stirs has left or broken the protocol.
+        try:
+            spoke = peer.reader.receive(peer.sock) is not None
+        except ProtocolError:
+            spoke = True
+        self._leave_out(peer, self.round_index, "spoke out of turn" if spoke else "disconnected")
+
+    # --- rounds ------------------------------------------------------------------------------
 
     def _run_round(self, index: int, chain: Chain) -> None:
         started, waited_before = time.monotonic(), self.waited_s
+        self.round_index = index
         model = chain.last.server_model
-        train = {
-            "type": "train",
-            "round": index,
-            "weights": model.weights.copy(),
-            "bias": model.bias,
-        }
-        self.send_to_all(train, index)
-        received = self._collect(index, "update", chain, started + self.round_timeout_s)
-        if len(received) < self.min_clients:
-            reasons = "; ".join(f"{name} {why}" for name, why in self.absent.items())
-            raise RunAborted(
-                f"round {index} cannot go on with {len(received)} of the {self.min_clients} "
-                f"clients it needs (--min-clients): {reasons}"
-            )
+        train = {"type": "train", "round": index, "weights": model.weights.copy(),
+                 "bias": model.bias}  # fmt: skip
+        received: dict[str, tuple[ClientUpdate | None, str, dict]] = {}
+        rejoin_deadline = math.inf  # set when the round first falls short of its quorum
+        waiting_s = 0.0  # spent waiting for clients to come back, not counted in the round
+        while True:
+            if not received:  # the round's start: every client
+                self._bring_in_standby()
+                trained = list(self.peers)
+            else:  # short of the quorum: those who came back join this round too
+                trained = self._bring_in_standby()
+            if len(received) + len(trained) >= self.min_clients:
+                self._send_to(trained, train, index)
+                deadline = time.monotonic() + self.round_timeout_s
+                received = self._collect(index, "update", chain, deadline, received)
+                if len(received) >= self.min_clients:
+                    break
+            if rejoin_deadline == math.inf:
+                rejoin_deadline = time.monotonic() + self.rejoin_timeout_s
+            waited = time.monotonic()
+            self._await_quorum(index, received, rejoin_deadline)
+            waiting_s += time.monotonic() - waited
         mining_started = time.monotonic()
         # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
+        contributors = [p for p in self.peers if p.name in received]
         block = make_round_block(
             chain.last,
-            {p.name: received[p.name][0] for p in self.peers},
-            attestations={p.name: received[p.name][1] for p in self.peers},
+            {p.name: received[p.name][0] for p in contributors},
+            attestations={p.name: received[p.name][1] for p in contributors},
             server_key=self.key,
-            missing=self.absent,
+            missing=self._missing(),
         )
         mining_s = time.monotonic() - mining_started
         self._append(chain, block)
-        round_s = time.monotonic() - started
+        round_s = time.monotonic() - started - waiting_s
         # What the server itself spent on the round: checking, averaging, writing, sending.
-        own_s = round_s - (self.waited_s - waited_before) - mining_s
+        own_s = round_s - (self.waited_s - waited_before - waiting_s) - mining_s
         parts = [f"round {index}"]
-        for peer in self.peers:
+        for peer in contributors:
             metrics = received[peer.name][2]  # reported by the client; shown, never trusted
             parts.append(
                 f"{peer.name} local MSE {metrics.get('local_mse', math.nan):.4g} "
@@ -436,46 +617,79 @@ class FederationServer:
         parts.append(f"hash {block.hash[:16]}…")
         self.say(" | ".join(parts))
 
+    def _await_quorum(self, index: int, received: dict, deadline: float) -> None:
+        """Round INDEX has RECEIVED fewer updates than its quorum: wait until enough clients
+        have come back to make it up, or raise RunAborted at DEADLINE."""
+
+        def enough() -> bool:
+            return len(received) + len(self.standby) >= self.min_clients
+
+        def status() -> str:
+            gone = "; ".join(f"{name} {why}" for name, why in sorted(self._missing().items()))
+            return (
+                f"round {index} has {len(received)} of the {self.min_clients} updates it needs "
+                f"(--min-clients); waiting for clients to come back ({gone})"
+            )
+
+        def hear_peer(peer: _Connection) -> None:  # one that has sent its update waits quietly
+            self._hear_idle_peer(peer)
+            received.pop(peer.name, None)  # it is out, and so is what it sent
+
+        if not self._wait_for_clients(deadline, enough, status, hear_peer=hear_peer):
+            gone = "; ".join(f"{name} {why}" for name, why in sorted(self._missing().items()))
+            raise RunAborted(
+                f"round {index} cannot go on with {len(received)} of the {self.min_clients} "
+                f"clients it needs (--min-clients); none came back within "
+                f"{self.rejoin_timeout_s:g} s (--rejoin-timeout-s): {gone}"
+            )
+
+    def _missing(self) -> dict[str, str]:
+        """Every client of the run not taking part in this block, and why."""
+        participants = self.chain.genesis.run.participants
+        present = {p.name for p in self.peers}
+        missing = {n: self.absent.get(n, "not connected") for n in participants if n not in present}
+        return missing
+
     def _close_run(self, chain: Chain) -> None:
         """Collect every client's attestation of the last round and seal them in a closing
         block, so the last round, like every other, is checked by the clients."""
-        index = self.rounds + 1
-        self.send_to_all({"type": "close", "round": index}, index)
+        index = self.round_index = self.rounds + 1
+        self._bring_in_standby()
+        self._send_to(self.peers, {"type": "close", "round": index}, index)
         deadline = time.monotonic() + self.round_timeout_s
-        received = self._collect(index, "attest", chain, deadline)
+        received = self._collect(index, "attest", chain, deadline, {})
         attestations = {name: attestation for name, (_, attestation, _) in received.items()}
         block = make_closing_block(
-            chain.last, attestations=attestations, server_key=self.key, missing=self.absent
+            chain.last, attestations=attestations, server_key=self.key, missing=self._missing()
         )
         self._append(chain, block)
         self.say(f"closing block mined: {len(attestations)} clients attest the last round")
 
     def _append(self, chain: Chain, block: Block) -> None:
-        """Verify and write BLOCK, then announce it to every client."""
+        """Verify and write BLOCK, then announce it to every client connected."""
         try:
             chain.append(block)
         except OSError as error:  # a full disk, say: every block before this one is safe
             raise RunAborted(f"cannot write block {block.index}: {error}") from None
         except ChainError as error:  # a bug of ours, never a peer's doing: say so and stop
             raise RunAborted(f"the server made a block that does not verify: {error}") from None
-        self.send_to_all({"type": "block", "block": block_to_json(block)}, block.index + 1)
+        announcement = {"type": "block", "block": block_to_json(block)}
+        self._send_to(self.peers + self.standby, announcement, block.index + 1)
 
     def _collect(
-        self, index: int, kind: str, chain: Chain, deadline: float
+        self,
+        index: int,
+        kind: str,
+        chain: Chain,
+        deadline: float,
+        received: dict[str, tuple[ClientUpdate | None, str, dict]],
     ) -> dict[str, tuple[ClientUpdate | None, str, dict]]:
-        """Each client's KIND message for round INDEX, checked: its update (None for an
-        attestation alone), its attestation of the last block, and its metrics. A client that
-        disconnects, sends something bad or nothing in time is left out of the run, its reason
-        recorded in absent, and the others go on."""
-        received: dict[str, tuple[ClientUpdate | None, str, dict]] = {}
+        """Add to RECEIVED each client's KIND message for round INDEX, checked: its update
+        (None for an attestation alone), its attestation of the last block, and its metrics. A
+        client that disconnects, sends something bad or nothing in time is left out of the
+        round, its reason recorded, and the others go on. Clients may come back meanwhile."""
 
-        def handle(peer: _Connection | None) -> None:
-            if peer is None:
-                if connection := self._accept():
-                    self._refuse_now(connection, "a run is in progress with all its clients")
-                return
-            if peer not in self.peers:
-                return  # left out earlier in this same pass
+        def hear_peer(peer: _Connection) -> None:
             try:
                 messages = peer.reader.receive(peer.sock)
             except ProtocolError as error:
@@ -496,6 +710,7 @@ class FederationServer:
         # Past the deadline, the last look reads what has already arrived, so a peer is never
         # blamed for time another peer's message took.
         every_peer = lambda: all(p.name in received for p in self.peers)  # noqa: E731
+        handle = lambda c: self._handle(c, hear_peer)  # noqa: E731
         if not self._serve_until(deadline, every_peer, handle):
             for peer in [p for p in self.peers if p.name not in received]:
                 why = f"sent no {kind} within {self.round_timeout_s:g} s (--round-timeout-s)"
@@ -510,7 +725,9 @@ class FederationServer:
         self.absent[peer.name] = printable(f"{reason} (round {index})", limit=MAX_REASON_CHARS - 2)
         self.say(f"{peer.name} is left out of the run: {reason}")
         self.selector.unregister(peer.sock)
-        self.peers.remove(peer)
+        for group in (self.peers, self.standby):
+            if peer in group:
+                group.remove(peer)
         with contextlib.suppress(OSError, ProtocolError):
             self._send_now(peer.sock, {"type": "refused", "reason": f"left out: {reason}"})
         peer.sock.close()
@@ -590,9 +807,9 @@ class FederationServer:
             with contextlib.suppress(OSError):
                 sock.setblocking(False)
 
-    def send_to_all(self, message: dict, index: int) -> None:
-        """Send MESSAGE to every client in the run; one that cannot take it is left out."""
-        for peer in list(self.peers):
+    def _send_to(self, connections: list[_Connection], message: dict, index: int) -> None:
+        """Send MESSAGE to each of CONNECTIONS; one that cannot take it is left out."""
+        for peer in list(connections):
             try:
                 self._send_now(peer.sock, message)
             except OSError as error:
@@ -613,11 +830,6 @@ class FederationServer:
                 self._send_now(connection.sock, {"type": "refused", "reason": reason})
         connection.sock.close()
 
-    def _refuse_now(self, connection: _Connection, reason: str) -> None:
-        # A newcomer during a run: its handshake is not waited for; it is told by closing.
-        self.say(f"refused {connection.address}: {reason}")
-        connection.sock.close()
-
     def _drop(self, connection: _Connection, reason: str) -> None:
         self.selector.unregister(connection.sock)
         self.waiting.remove(connection)
@@ -626,12 +838,12 @@ class FederationServer:
 
     def _abort(self, reason: str) -> None:
         message = {"type": "refused", "reason": printable(f"run stopped: {reason}")}
-        for peer in self.peers:
+        for peer in self.peers + self.standby:
             with contextlib.suppress(OSError, ProtocolError):
                 self._send_now(peer.sock, message)
 
     def _close(self) -> None:
-        for connection in [*self.peers, *self.waiting]:
+        for connection in [*self.peers, *self.standby, *self.waiting]:
             connection.sock.close()
         self.selector.close()
 

@@ -9,6 +9,7 @@ rules and the record of each client's sample count live in one place.
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -17,7 +18,7 @@ from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import AGGREGATION_FEDAVG, ZERO_HASH, Block, ClientUpdate, RunRecord
 from fedchain.ledger.mining import seal
 from fedchain.ledger.signatures import block_message, sign_hex
-from fedchain.ledger.store import ChainWriter
+from fedchain.ledger.store import ChainWriter, load_chain
 from fedchain.ledger.verification import (
     ChainError,
     verify_genesis,
@@ -97,6 +98,16 @@ def verify_chain(
     for block in blocks[1:]:
         chain.append(block)
     return chain
+
+
+def continue_chain(path: Path, *, min_difficulty: int = 0) -> tuple[Chain, str | None]:
+    """Load and verify the chain file PATH and open it to grow further: the checkpoint a
+    restarted server or client goes on from. Return the chain and what was dropped off a torn
+    last line (None if nothing was). Raises OSError, ChainFileError or ChainError."""
+    loaded = load_chain(path)
+    chain = verify_chain(loaded.blocks, min_difficulty=min_difficulty)
+    chain.store = ChainWriter.continuing(path, loaded.whole_bytes)
+    return chain, loaded.dropped_tail
 
 
 def make_genesis(

@@ -7,6 +7,7 @@ hash the same as the value that was written while reading differently to a perso
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,11 @@ _TRAINING_KEYS = {"seed", "generations", "population"}
 _RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
 
 
+# Test-only: seconds to pause half-way through writing a block, so a test can kill the writer
+# while a block is half on disk. Unset (as always outside the tests), writes never pause.
+SLOW_WRITE_ENV = "FEDCHAIN_TEST_SLOW_WRITE_S"
+
+
 class ChainFileError(ValueError):
     """A chain file that cannot be read, naming the line (block) and what is wrong."""
 
@@ -40,6 +46,7 @@ class ChainFileError(ValueError):
 class LoadedChain:
     blocks: list[Block]
     dropped_tail: str | None  # what was cut off a torn last line, or None if the file was whole
+    whole_bytes: int  # where the last whole block's line ends: a writer continues from here
 
 
 def block_to_json(block: Block) -> str:
@@ -160,6 +167,26 @@ class ChainWriter:
         if self.path.exists():  # a run never writes over a chain that is already there
             raise FileExistsError(_exists(self.path))
         self._fd = -1  # the file is made with its first block
+        self._pause_s = float(os.environ.get(SLOW_WRITE_ENV) or 0)
+
+    @classmethod
+    def continuing(cls, path: str | Path, whole_bytes: int) -> "ChainWriter":
+        """A writer that appends to the chain file PATH after its first WHOLE_BYTES, which
+        load_chain found to be whole blocks: a torn last line past them is cut off first."""
+        writer = cls.__new__(cls)
+        writer.path = Path(path)
+        writer._pause_s = float(os.environ.get(SLOW_WRITE_ENV) or 0)
+        writer._fd = os.open(writer.path, os.O_RDWR)
+        try:
+            os.ftruncate(writer._fd, whole_bytes)
+            os.lseek(writer._fd, 0, os.SEEK_END)
+            if whole_bytes and os.pread(writer._fd, 1, whole_bytes - 1) != b"\n":
+                write_all(writer._fd, b"\n")  # a whole last block written without its newline
+            os.fsync(writer._fd)
+        except BaseException:
+            writer.close()
+            raise
+        return writer
 
     def append(self, block: Block) -> None:
         # One line per block, then fsync: after a crash the file holds whole blocks and at
@@ -173,6 +200,12 @@ class ChainWriter:
             except FileExistsError:
                 raise FileExistsError(_exists(self.path)) from None
             return
+        if self._pause_s:
+            half = len(line) // 2
+            write_all(self._fd, line[:half])
+            os.fsync(self._fd)
+            time.sleep(self._pause_s)
+            line = line[half:]
         write_all(self._fd, line)
         os.fsync(self._fd)
 
@@ -199,7 +232,7 @@ def load_chain(path: str | Path) -> LoadedChain:
     lines = data.split(b"\n")
     tail = lines.pop()  # the bytes after the last newline: empty if the file ends cleanly
     blocks = [_parse_line(path, number, raw) for number, raw in enumerate(lines, start=1)]
-    dropped = None
+    dropped, whole_bytes = None, len(data) - len(tail)
     if tail:
         number = len(lines) + 1
         if _looks_torn(tail):
@@ -207,7 +240,8 @@ def load_chain(path: str | Path) -> LoadedChain:
             dropped = f"line {number}: {len(tail)} bytes of an unfinished block dropped"
         else:
             blocks.append(_parse_line(path, number, tail))  # whole, or damaged: either is said
-    return LoadedChain(blocks, dropped)
+            whole_bytes = len(data)
+    return LoadedChain(blocks, dropped, whole_bytes)
 
 
 def _looks_torn(tail: bytes) -> bool:

@@ -1,6 +1,7 @@
 """The messages of a run and their schemas: what each type carries, checked field by field.
 
-Server -> client: challenge, welcome, train, block, close, done, refused.
+Server -> client: challenge, welcome (then, for a client joining late, the blocks it lacks),
+train, block, close, waiting, done, refused.
 Client -> server: register (signing the challenge), update, attest.
 A refusal names the field and never echoes more of what the peer sent than a short, escaped
 description.
@@ -103,7 +104,8 @@ SCHEMAS: dict[str, dict[str, Callable[[object, str], object]]] = {
         "public_key": _key_hex,
         "login_signature": _signature,
     },
-    "welcome": {"genesis": _text, "seed": _seed, "rounds": _count},
+    # HEIGHT: the blocks the server holds; blocks 1..HEIGHT-1 follow, for a client to catch up.
+    "welcome": {"genesis": _text, "seed": _seed, "rounds": _count, "height": _count},
     "train": {"round": _round, "weights": _weights, "bias": check_magnitude},
     "update": {
         "round": _round,
@@ -120,6 +122,7 @@ SCHEMAS: dict[str, dict[str, Callable[[object, str], object]]] = {
     "close": {"round": _round},
     "attest": {"round": _round, "attestation": _signature},
     "block": {"block": _text},
+    "waiting": {"reason": _text},  # what the server waits for, so a client is never left silent
     "done": {"blocks": _count},
     "refused": {"reason": _text},
 }

@@ -54,11 +54,15 @@ class Session:
             difficulty=difficulty, run=run, server_key=run_key or self.key,
         )  # fmt: skip
 
-    def welcome(self, genesis: Block | None = None) -> None:
+    def welcome(self, genesis: Block | None = None, blocks: tuple[Block, ...] = ()) -> None:
+        """Welcome the client to GENESIS's run, and send BLOCKS after it to catch up on."""
         self.genesis = self.last = genesis or self.genesis
         rounds = self.genesis.run.rounds if self.genesis.signed else 1
         send_message(self.conn, {"type": "welcome", "genesis": block_to_json(self.genesis),
-                                 "seed": 0, "rounds": rounds})  # fmt: skip
+                                 "seed": 0, "rounds": rounds,
+                                 "height": 1 + len(blocks)})  # fmt: skip
+        for block in blocks:
+            self.send_block(block)
 
     def train(self, index: int | None = None, model: LinearModel | None = None) -> dict:
         model = model or self.last.server_model
@@ -241,7 +245,7 @@ SCRIPTS = {
     "unsigned genesis": (unsigned_genesis, "the server's genesis block is unsigned (format 1)"),
     "malformed genesis": (
         lambda s: send_message(
-            s.conn, {"type": "welcome", "genesis": "{}", "seed": 0, "rounds": 1}
+            s.conn, {"type": "welcome", "genesis": "{}", "seed": 0, "rounds": 1, "height": 1}
         ),
         "malformed block",
     ),

@@ -99,18 +99,24 @@ def test_clients_started_before_the_server_wait_for_it(programs, tmp_path):
     check_finished_run(tmp_path, server, clients)
 
 
-def test_a_client_that_dies_mid_run_is_reported_and_the_chain_stays_valid(programs, tmp_path):
-    server, port = start_server(programs, tmp_path, "--rounds", "50")
+def test_a_client_that_dies_and_stays_away_stops_the_run_with_a_valid_chain(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "50", "--rejoin-timeout-s", "2")
     survivor = programs("client1.py", *client_args("cli1", port, tmp_path))
     victim = programs("client2.py", *client_args("cli2", port, tmp_path))
     victim.wait_for(r"^block 2 verified")
     victim.kill()
+    # Below its quorum the server waits for the client to come back, saying so, then stops.
+    server.wait_for(r"^waiting: round \d+ has 1 of the 2 updates it needs")
     assert server.finish() == 1
-    stopped = "cannot go on with 1 of the 2 clients it needs (--min-clients): cli2 disconnected"
+    stopped = (
+        "of the 2 clients it needs (--min-clients); none came back within 2 s "
+        "(--rejoin-timeout-s): cli2 disconnected"
+    )
     assert stopped in server.output
     assert "Traceback" not in server.output
     assert survivor.finish() == 1
     assert stopped in survivor.output
+    assert "the server says: waiting: round" in survivor.output  # told, not left silent
     chain_path = tmp_path / "chain.jsonl"
     result = run_blockchain_cli("verify", chain_path)
     assert result.returncode == 3, result.stdout  # every block valid, the run unfinished
