@@ -1,6 +1,6 @@
 """Print the project's speed and quality figures, each measured against a reference in this run.
 
-`python benchmark.py [quality|speed|csv|rows|mining|network|trust]` (all: a few minutes).
+`python benchmark.py [quality|speed|csv|rows|mining|network|trust|clients]` (all: a few minutes).
 Figures, not pass/fail: the machines are shared and noisy, so every number that matters is a
 ratio of two measurements taken side by side.
 """
@@ -11,7 +11,9 @@ import hashlib
 import os
 import re
 import statistics
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,10 @@ from fedchain.trust.keys import public_hex, sign
 HERE = Path(__file__).resolve().parent
 ROUND_LINE = re.compile(r"^round \d+ \|")
 MINING_DIFFICULTY = 18  # about 260,000 tries a block: long enough to time, short to wait for
+OWN_TIME = re.compile(r"\| round (?P<round>[\d.]+) ms \(server's own (?P<own>[\d.]+) ms\)")
+MANY_CLIENTS = (2, 8, 32)
+MANY_CLIENTS_DIFFICULTY = 8  # the same for every size; mining is left out of the own time anyway
+RUN_WATCHDOG_S = 600.0  # 33 processes starting on two shared cores take a while; a hang does not
 
 
 @dataclass(frozen=True)
@@ -302,6 +308,119 @@ def trust_cost(repeats: int = 2000, rounds: int = settings.ROUNDS) -> None:
     print(f"  added per client per round: {per_client_round_s * 1e3:.2f} ms (goal: under 2 ms)")
 
 
+@dataclass(frozen=True)
+class ServerRun:
+    exit_code: int
+    round_ms: list[float]  # each round's wall time, as the server timed it
+    own_ms: list[float]  # the same, less waiting for peers and mining
+    cpu_ms: list[float]  # the server's time on a core in each round; empty if not measured
+    queued_ms: list[float]  # its time ready to run but waiting for a core, in each round
+    peak_bytes: int  # the server process's peak resident memory
+    output: str
+
+
+def many_clients(sizes: Sequence[int] = MANY_CLIENTS, rounds: int = settings.ROUNDS) -> None:
+    """The server's own time and memory for runs of SIZES real client processes each."""
+    everything = pooled(bundled())
+    runs = {n: run_server_with_clients(split_rows(everything, n), rounds) for n in sizes}
+    for n, run in runs.items():
+        if run.exit_code != 0 or len(run.own_ms) != rounds:
+            print(f"many clients: the {n}-client run failed (exit {run.exit_code}); "
+                  f"the server said:\n{run.output}")  # fmt: skip
+            return
+    print(
+        f"many clients: the server in a {rounds}-round run of N client processes on the bundled "
+        f"rows (split in file order), difficulty {MANY_CLIENTS_DIFFICULTY} bits for all"
+    )
+    print("  own: the round's wall time less waiting for peers (in select) and mining;")
+    print("  CPU: the server's time on a core in the round (/proc/PID/schedstat), mining included")
+    print(f"  {'clients':>7}{'round ms':>10}{'own ms':>9}{'own/client':>12}{'CPU ms':>9}"
+          f"{'CPU/client':>12}{'peak memory':>14}   (medians of the rounds)")  # fmt: skip
+    for n, run in runs.items():
+        own, cpu = statistics.median(run.own_ms), median_or_nan(run.cpu_ms)
+        print(f"  {n:>7}{statistics.median(run.round_ms):>10.1f}{own:>9.2f}{own / n:>12.3f}"
+              f"{cpu:>9.2f}{cpu / n:>12.3f}{run.peak_bytes / 2**20:>11.1f} MB")  # fmt: skip
+    for n, run in runs.items():
+        by_round = ", ".join(
+            f"{r:.0f}/{o:.1f}" for r, o in zip(run.round_ms, run.own_ms, strict=True)
+        )
+        print(f"  by round, {n} clients, round ms/own ms: {by_round}")
+    fewest, most = min(sizes), max(sizes)
+    linear = most / fewest
+    for label, figures in (("own time", "own_ms"), ("CPU time", "cpu_ms")):
+        ratio = median_or_nan(getattr(runs[most], figures)) / median_or_nan(
+            getattr(runs[fewest], figures)
+        )
+        verdict = "no faster than linearly" if ratio <= linear else "FASTER than linearly"
+        print(f"  {label}, {most} clients / {fewest}: {ratio:.1f} (linear: {linear:g}): "
+              f"the server's {label} grows {verdict} in the number of clients")  # fmt: skip
+    queued = median_or_nan(runs[most].queued_ms)
+    print(f"  own time is wall time: with {most} client processes on {os.cpu_count()} cores the "
+          f"server, ready to run, waited for a core a median {queued:.0f} ms a round")  # fmt: skip
+
+
+def median_or_nan(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def run_server_with_clients(datasets: dict[str, Dataset], rounds: int) -> ServerRun:
+    """Run a server and one client process per dataset to the end; what the server measured,
+    and what the kernel measured of it."""
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        server, port, first = start_server(
+            "--port", "0", "--clients", str(len(datasets)), "--rounds", str(rounds),
+            "--difficulty", str(MANY_CLIENTS_DIFFICULTY), "--chain", str(folder / "chain.jsonl"),
+            cwd=folder,
+        )  # fmt: skip
+        clients = []
+        watchdog = threading.Timer(RUN_WATCHDOG_S, server.kill)  # a hang ends the run, not us
+        watchdog.start()
+        try:
+            for name, data in datasets.items():
+                rows, replica = folder / f"{name}.csv", folder / f"{name}.jsonl"
+                save_dataset(data, rows)
+                flags = ("--port", str(port), "--replica", str(replica))
+                clients.append(start_client(name, rows, *flags, cwd=folder))
+            lines, cpu_ms, queued_ms = [first], [], []
+            since = None  # the server's schedstat at the end of the last round, or before round 1
+            for line in server.stdout:  # to the end of its output, so to its exit
+                lines.append(line)
+                now = schedstat_ms(server.pid)
+                if ROUND_LINE.match(line) and since and now:
+                    cpu_ms.append(now[0] - since[0])
+                    queued_ms.append(now[1] - since[1])
+                if ROUND_LINE.match(line) or not cpu_ms:
+                    since = now
+            exit_code, peak_bytes = wait_with_peak_memory(server)
+        finally:
+            watchdog.cancel()
+            for process in [server, *clients]:
+                process.kill()
+                process.communicate()
+    timed = [m for line in lines if ROUND_LINE.match(line) and (m := OWN_TIME.search(line))]
+    round_ms, own_ms = [float(m["round"]) for m in timed], [float(m["own"]) for m in timed]
+    return ServerRun(exit_code, round_ms, own_ms, cpu_ms, queued_ms, peak_bytes, "".join(lines))
+
+
+def schedstat_ms(pid: int) -> tuple[float, float] | None:
+    """PID's time so far on a core and waiting for one, in ms; None where Linux does not say."""
+    try:
+        on_cpu_ns, queued_ns, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):  # not Linux, no schedstat, or the process is gone
+        return None
+    return int(on_cpu_ns) / 1e6, int(queued_ns) / 1e6
+
+
+def wait_with_peak_memory(process: subprocess.Popen) -> tuple[int, int]:
+    """Wait for PROCESS to exit; return its exit code and its peak resident memory in bytes."""
+    # The kernel's own high-water mark (VmHWM in /proc/PID/status), as it stood at the exit:
+    # polling /proc could miss the last moments, or find the process already gone.
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_maxrss * 1024  # Linux counts ru_maxrss in KiB
+
+
 SECTIONS = {
     "quality": quality,
     "speed": speed,
@@ -310,6 +429,7 @@ SECTIONS = {
     "mining": mining_rate,
     "network": network_overhead,
     "trust": trust_cost,
+    "clients": many_clients,
 }
 
 
