@@ -135,7 +135,7 @@ def test_a_run_over_a_delaying_lossy_network_completes_with_a_valid_chain(networ
     assert pinged.returncode == 0, pinged.stdout + pinged.stderr
     ping = re.search(r"(\d+) lost; rtt min ([\d.]+) ms", pinged.stdout)
     lost, min_rtt_ms = int(ping[1]), float(ping[2])
-    assert 0 < lost < 100, pinged.stdout  # 2% expected; none lost in 1,000 is a 1-in-10^8 chance
+    assert 0 < lost < 100, pinged.stdout  # 2% expected; none lost: a 2-in-10^9 chance
     assert min_rtt_ms >= 80, pinged.stdout  # at least 40 ms each way
     network.relay.process.send_signal(signal.SIGUSR1)  # the relay counts the run afresh
     network.relay.wait_for(r"^so far held: ")
