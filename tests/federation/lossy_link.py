@@ -5,7 +5,8 @@ frame off each veth with an AF_PACKET socket, drops it at random or holds it for
 jitter, then sends it out of the port its destination was learned on (or every other port). TCP
 in the other namespaces sees real loss and real delay, and retransmits. It prints what it did on
 SIGTERM, and on SIGUSR1 (then counts afresh). `ping HOST` sends ICMP echoes through the link and
-prints the round trips and the losses."""
+prints the round trips and the losses; `sink HOST` and `send HOST PORT` move bytes over TCP
+through it, enough for TCP to lose segments and send them again."""
 
 import argparse
 import heapq
@@ -176,6 +177,31 @@ def ping(host: str, *, count: int, interval_ms: float, wait_s: float) -> int:
     return 0
 
 
+def sink(host: str, *, timeout_s: float) -> int:
+    """Take one TCP connection on HOST, any port, and read it to its end."""
+    with socket.create_server((host, 0)) as listener:
+        listener.settimeout(timeout_s)
+        print(f"listening on {host}:{listener.getsockname()[1]}", flush=True)
+        connection, _ = listener.accept()
+        with connection:
+            connection.settimeout(timeout_s)
+            n_bytes = 0
+            while chunk := connection.recv(1 << 16):
+                n_bytes += len(chunk)
+    print(f"received {n_bytes} bytes", flush=True)
+    return 0
+
+
+def send(host: str, port: int, *, n_bytes: int, timeout_s: float) -> int:
+    """Send N_BYTES to HOST:PORT over TCP, and wait for the far end to close (all of it read)."""
+    with socket.create_connection((host, port), timeout=timeout_s) as connection:
+        connection.sendall(bytes(n_bytes))
+        connection.shutdown(socket.SHUT_WR)
+        connection.recv(1)
+    print(f"sent {n_bytes} bytes", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,11 +215,23 @@ def main(argv: list[str] | None = None) -> int:
     pinging.add_argument("--count", type=int, default=1000)
     pinging.add_argument("--interval-ms", type=float, default=1.0)
     pinging.add_argument("--wait-s", type=float, default=1.0)
+    sinking = commands.add_parser("sink", help="read one TCP connection to its end")
+    sinking.add_argument("host")
+    sending = commands.add_parser("send", help="send bytes to a sink")
+    sending.add_argument("host")
+    sending.add_argument("port", type=int)
+    sending.add_argument("--bytes", type=int, default=2_000_000, dest="n_bytes")
+    for command in (sinking, sending):
+        command.add_argument("--timeout-s", type=float, default=30.0)
     args = parser.parse_args(argv)
     if args.command == "relay":
         return relay(
             args.interfaces, delay_ms=args.delay_ms, jitter_ms=args.jitter_ms, loss=args.loss
         )
+    if args.command == "sink":
+        return sink(args.host, timeout_s=args.timeout_s)
+    if args.command == "send":
+        return send(args.host, args.port, n_bytes=args.n_bytes, timeout_s=args.timeout_s)
     return ping(args.host, count=args.count, interval_ms=args.interval_ms, wait_s=args.wait_s)
 
 

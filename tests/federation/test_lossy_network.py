@@ -119,6 +119,14 @@ def network(tmp_path):
         network.remove()
 
 
+def in_namespace(namespace: str, script: str, *args) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS...` inside NAMESPACE to completion."""
+    return subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, ROOT / script, *map(str, args)],
+        capture_output=True, text=True, timeout=WAIT_S,
+    )  # fmt: skip
+
+
 def relay_counts(line: str) -> dict[str, int]:
     """The relay's counts from its line `HEADING: NAME COUNT, NAME COUNT, ...`."""
     pairs = [item.rsplit(" ", 1) for item in line.split(": ", 1)[1].split(", ")]
@@ -127,18 +135,23 @@ def relay_counts(line: str) -> dict[str, int]:
 
 def test_a_run_over_a_delaying_lossy_network_completes_with_a_valid_chain(network, tmp_path):
     # First the link itself: a thousand echoes cross it twice each.
-    pinged = subprocess.run(
-        ["ip", "netns", "exec", network.namespace("cli1"), sys.executable, ROOT / LINK, "ping",
-         ADDRESSES["srv"], "--count", "1000"],
-        capture_output=True, text=True, timeout=WAIT_S,
-    )  # fmt: skip
+    pinged = in_namespace(network.namespace("cli1"), LINK, "ping", ADDRESSES["srv"])
     assert pinged.returncode == 0, pinged.stdout + pinged.stderr
     ping = re.search(r"(\d+) lost; rtt min ([\d.]+) ms", pinged.stdout)
     lost, min_rtt_ms = int(ping[1]), float(ping[2])
     assert 0 < lost < 100, pinged.stdout  # 2% expected; none lost: a 2-in-10^9 chance
     assert min_rtt_ms >= 80, pinged.stdout  # at least 40 ms each way
+    # Then TCP across it: 2 MB is some 1,400 segments, so it loses some and sends them again.
+    sink = network.start("srv", LINK, "sink", ADDRESSES["srv"])
+    sink_port = port_from_listening_line(sink.wait_for(r"^listening on ").string)
+    sent = in_namespace(network.namespace("cli1"), LINK, "send", ADDRESSES["srv"], sink_port)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert sink.finish() == 0 and "received 2000000 bytes" in sink.output, sink.output
+    bulk_retransmitted = network.tcp_retransmissions("cli1")
+    assert bulk_retransmitted > 0  # none lost among 1,400: a 1-in-10^6 chance
     network.relay.process.send_signal(signal.SIGUSR1)  # the relay counts the run afresh
     network.relay.wait_for(r"^so far held: ")
+    before = {role: network.tcp_retransmissions(role) for role in ADDRESSES}
 
     chain = tmp_path / "chain.jsonl"
     server = network.start("srv", "server.py", "--host", ADDRESSES["srv"], "--port", "0",
@@ -168,6 +181,7 @@ def test_a_run_over_a_delaying_lossy_network_completes_with_a_valid_chain(networ
     )
     held = next(line for line in network.relay.lines if line.startswith("relayed held: "))
     assert counts["segmentation offloads"] == 0 and counts["send errors"] == 0, counts
-    retransmitted = {role: network.tcp_retransmissions(role) for role in ADDRESSES}
-    print(f"\n{pinged.stdout.strip()}\nthe run: {counts}; {held}")
+    retransmitted = {role: network.tcp_retransmissions(role) - before[role] for role in ADDRESSES}
+    print(f"\n{pinged.stdout.strip()}; 2 MB over TCP: {bulk_retransmitted} segments sent again")
+    print(f"the run: {counts}; {held}")
     print(f"segments TCP sent again: {retransmitted}; rounds {min(rounds_ms)}-{max(rounds_ms)} ms")
