@@ -20,14 +20,17 @@ WAIT_S = 60.0  # a watchdog for every wait: a hang fails the test instead of sta
 class Program:
     """A running program whose merged output is collected line by line."""
 
-    def __init__(self, script: str, *args: str, cwd: Path, max_file_bytes: int = 0) -> None:
+    def __init__(
+        self, script: str, *args: str, cwd: Path, max_file_bytes: int = 0, prefix: tuple = ()
+    ) -> None:
+        """PREFIX comes before the interpreter: ("ip", "netns", "exec", NS) runs it in NS."""
         self.name = script
 
         def limit_file_size() -> None:  # to play a full disk: writes past it fail with EFBIG
             resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
         self.process = subprocess.Popen(
-            [sys.executable, "-u", str(ROOT / script), *map(str, args)],
+            [*prefix, sys.executable, "-u", str(ROOT / script), *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -1,0 +1,187 @@
+"""A run over a slow, lossy network: the server and both clients each in a network namespace of
+their own, joined through a fourth by lossy_link.py, which delays every frame 50±10 ms and loses
+1% of them. Needs root, `ip` and AF_PACKET sockets; skipped, saying why, without them."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from processes import ROOT, WAIT_S, Program, run_blockchain_cli
+
+from fedchain.cli.console import port_from_listening_line
+
+ROUNDS = 10
+LINK = "tests/federation/lossy_link.py"
+# Addresses that exist only inside the namespaces the test makes.
+ADDRESSES = {"srv": "10.203.0.1", "cli1": "10.203.0.2", "cli2": "10.203.0.3"}
+
+
+def ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=WAIT_S)
+
+
+def why_namespaces_cannot_be_made() -> str | None:
+    if not hasattr(socket, "AF_PACKET"):
+        return "needs Linux AF_PACKET sockets"
+    if os.geteuid() != 0:
+        return "needs root to make network namespaces"
+    if shutil.which("ip") is None:
+        return "needs the ip command (iproute2)"
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+    except OSError as error:
+        return f"AF_PACKET sockets are unavailable: {error}"
+    return None
+
+
+class Network:
+    """Namespaces named NAME-ROLE: a router and, behind it, one for each of ADDRESSES' roles."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.prefix = f"fedchain-{os.getpid()}"
+        self.made: list[str] = []
+        self.started: list[Program] = []
+        self.relay: Program | None = None
+
+    def namespace(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+    def make(self) -> None:
+        for role in ["router", *ADDRESSES]:
+            made = ip("netns", "add", self.namespace(role))
+            if made.returncode != 0:
+                pytest.skip(f"`ip netns add` failed: {made.stderr.strip()}")
+            self.made.append(self.namespace(role))
+        router = self.namespace("router")
+        for role, address in ADDRESSES.items():
+            end = self.namespace(role)
+            linked = ip("-n", router, "link", "add", f"to-{role}", "type", "veth",
+                        "peer", "name", "eth0", "netns", end)  # fmt: skip
+            if linked.returncode != 0:
+                pytest.skip(f"veth links are unavailable: {linked.stderr.strip()}")
+            # One TCP segment a frame, so that a lost frame is a lost segment, as on a real
+            # link (a veth otherwise passes 64 KB segmentation offloads through whole); no IPv6
+            # addresses, so the link carries the run and nothing of the kernel's own.
+            for command in (
+                ["-n", end, "link", "set", "eth0", "addrgenmode", "none", "gso_max_segs", "1"],
+                ["-n", end, "address", "add", f"{address}/24", "dev", "eth0"],
+                ["-n", end, "link", "set", "eth0", "up"],
+                ["-n", router, "link", "set", f"to-{role}", "addrgenmode", "none", "up"],
+            ):
+                done = ip(*command)
+                assert done.returncode == 0, f"ip {' '.join(command)}: {done.stderr}"
+
+    def start(self, role: str, script: str, *args: str) -> Program:
+        """Start `python SCRIPT ARGS...` inside ROLE's namespace."""
+        prefix = ("ip", "netns", "exec", self.namespace(role))
+        program = Program(script, *args, cwd=self.tmp_path, prefix=prefix)
+        self.started.append(program)
+        return program
+
+    def tcp_retransmissions(self, role: str) -> int:
+        """The segments TCP in ROLE's namespace sent again, from its /proc/net/snmp."""
+        snmp = subprocess.run(
+            ["ip", "netns", "exec", self.namespace(role), "cat", "/proc/net/snmp"],
+            capture_output=True, text=True, timeout=WAIT_S, check=True,
+        ).stdout  # fmt: skip
+        names, values = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Tcp:")]
+        return int(values[names.index("RetransSegs")])
+
+    def remove(self) -> None:
+        """Stop every program started (so no namespace outlives this), then every namespace."""
+        for program in reversed(self.started):
+            program.kill()
+            program.process.stdout.close()
+        failed = [(name, ip("netns", "delete", name).stderr) for name in self.made]
+        assert not [failure for failure in failed if failure[1]], failed
+
+
+@pytest.fixture
+def network(tmp_path):
+    """The namespaces, their veth links and the relay between them; all removed at the end."""
+    if reason := why_namespaces_cannot_be_made():
+        pytest.skip(reason)
+    network = Network(tmp_path)
+    try:
+        network.make()
+        relay = network.start("router", LINK, "relay", *(f"to-{role}" for role in ADDRESSES))
+        relay.wait_for(r"^relaying ", timeout_s=10)
+        network.relay = relay
+        yield network
+    finally:
+        network.remove()
+
+
+def in_namespace(namespace: str, script: str, *args) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS...` inside NAMESPACE to completion."""
+    return subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, ROOT / script, *map(str, args)],
+        capture_output=True, text=True, timeout=WAIT_S,
+    )  # fmt: skip
+
+
+def relay_counts(line: str) -> dict[str, int]:
+    """The relay's counts from its line `HEADING: NAME COUNT, NAME COUNT, ...`."""
+    pairs = [item.rsplit(" ", 1) for item in line.split(": ", 1)[1].split(", ")]
+    return {name: int(count) for name, count in pairs}
+
+
+def test_a_run_over_a_delaying_lossy_network_completes_with_a_valid_chain(network, tmp_path):
+    # First the link itself: a thousand echoes cross it twice each.
+    pinged = in_namespace(network.namespace("cli1"), LINK, "ping", ADDRESSES["srv"])
+    assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+    ping = re.search(r"(\d+) lost; rtt min ([\d.]+) ms", pinged.stdout)
+    lost, min_rtt_ms = int(ping[1]), float(ping[2])
+    assert 0 < lost < 100, pinged.stdout  # 2% expected; none lost: a 2-in-10^9 chance
+    assert min_rtt_ms >= 80, pinged.stdout  # at least 40 ms each way
+    # Then TCP across it: 2 MB is some 1,400 segments, so it loses some and sends them again.
+    sink = network.start("srv", LINK, "sink", ADDRESSES["srv"])
+    sink_port = port_from_listening_line(sink.wait_for(r"^listening on ").string)
+    sent = in_namespace(network.namespace("cli1"), LINK, "send", ADDRESSES["srv"], sink_port)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert sink.finish() == 0 and "received 2000000 bytes" in sink.output, sink.output
+    bulk_retransmitted = network.tcp_retransmissions("cli1")
+    assert bulk_retransmitted > 0  # none lost among 1,400: a 1-in-10^6 chance
+    network.relay.process.send_signal(signal.SIGUSR1)  # the relay counts the run afresh
+    network.relay.wait_for(r"^so far held: ")
+    before = {role: network.tcp_retransmissions(role) for role in ADDRESSES}
+
+    chain = tmp_path / "chain.jsonl"
+    server = network.start("srv", "server.py", "--host", ADDRESSES["srv"], "--port", "0",
+                           "--chain", chain, "--difficulty", "8", "--rounds", ROUNDS)  # fmt: skip
+    port = port_from_listening_line(server.wait_for(r"^listening on ", timeout_s=30).string)
+    clients = [
+        network.start(name, f"client{name[-1]}.py", "--host", ADDRESSES["srv"], "--port", port,
+                      "--replica", tmp_path / f"{name}.jsonl")
+        for name in ("cli1", "cli2")
+    ]  # fmt: skip
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+    verified = run_blockchain_cli("verify", chain)
+    complete = f"valid: {ROUNDS + 2} blocks; the run is complete ({ROUNDS} of {ROUNDS} rounds)"
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.splitlines()[-1] == complete
+    for name in ("cli1", "cli2"):
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == chain.read_bytes()
+
+    rounds_ms = [float(ms) for ms in re.findall(r"\| round ([\d.]+) ms", server.output)]
+    assert len(rounds_ms) == ROUNDS and min(rounds_ms) >= 80, server.output  # there and back
+
+    network.relay.process.terminate()
+    assert network.relay.finish() == 0, network.relay.output
+    counts = relay_counts(
+        next(line for line in network.relay.lines if line.startswith("relayed: "))
+    )
+    held = next(line for line in network.relay.lines if line.startswith("relayed held: "))
+    assert counts["segmentation offloads"] == 0 and counts["send errors"] == 0, counts
+    retransmitted = {role: network.tcp_retransmissions(role) - before[role] for role in ADDRESSES}
+    print(f"\n{pinged.stdout.strip()}; 2 MB over TCP: {bulk_retransmitted} segments sent again")
+    print(f"the run: {counts}; {held}")
+    print(f"segments TCP sent again: {retransmitted}; rounds {min(rounds_ms)}-{max(rounds_ms)} ms")
