@@ -30,7 +30,13 @@ from chain_helpers import CLIENT_KEYS, SERVER_KEY, attest, fixed_key, reseal, si
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from processes import ROOT
-from test_client_against_bad_server import FakeServer, Session, as_client_update, start_client
+from test_client_against_bad_server import (
+    FEATURES,
+    FakeServer,
+    Session,
+    as_client_update,
+    start_client,
+)
 from wire_helpers import Exploit, frame, receive
 
 from fedchain.federation.client import ClientFailed, FederatedClient, Stage
@@ -535,6 +541,13 @@ def huge_previous_hash(s: Session) -> None:
     s.conn.sendall(pickled({"type": "block", "block": block.replace(s.genesis.hash, "a" * BIG)}))
 
 
+def huge_initial_model(s: Session) -> None:
+    # A genesis that verifies, whose starting model is as large as the protocol allows.
+    genesis = replace(s.genesis, server_model=LinearModel(np.full(len(FEATURES), 1e100), 0.0))
+    s.welcome(reseal(genesis))
+    s.train()
+
+
 PROCESS_CASES = {
     "garbage after the welcome": lambda s: (s.welcome(), s.conn.sendall(os.urandom(5000))),
     "a forbidden pickle mid-round": after_training(
@@ -550,11 +563,20 @@ PROCESS_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(PROCESS_CASES))
+TRAINING_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="client bug: a round whose model is too large for the client's rows fails inside "
+    "PyGAD, whose logger prints the whole traceback before the client's one error line",
+)
+
+
+@pytest.mark.parametrize(
+    "case", [*sorted(PROCESS_CASES), pytest.param("a huge starting model", marks=TRAINING_BUG)]
+)
 def test_the_client_program_facing_a_hostile_server_exits_with_one_short_line(
     programs, tmp_path, case
 ):
-    server = FakeServer(PROCESS_CASES[case])
+    server = FakeServer(PROCESS_CASES.get(case, huge_initial_model))
     client = start_client(programs, tmp_path, server.port)
     assert client.finish() == 1, client.output
     errors = [line for line in client.lines if line.startswith("error:")]
