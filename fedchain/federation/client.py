@@ -11,7 +11,7 @@ import enum
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -337,12 +337,10 @@ class FederatedClient:
         self.sent = None
         self.stage = Stage.READY
         if not block.cli:
-            self.say(
-                f"block {block.index} closes the run: attested by {', '.join(block.attestations)}"
-            )
+            self.say(f"block {block.index} closes the run: attested by {names(block.attestations)}")
             return
-        others = ", ".join(c for c in block.cli if c != self.name) or "no other client"
-        gone = f"; missing: {', '.join(block.missing)}" if block.missing else ""
+        others = names(c for c in block.cli if c != self.name) or "no other client"
+        gone = f"; missing: {names(block.missing)}" if block.missing else ""
         ours = "our signed update is in it as sent, with" if awaited else "a round we sat out, by"
         self.say(
             f"block {block.index} verified: {ours} {others}{gone}; FedAvg and every signature "
@@ -451,6 +449,14 @@ def take_part(
             time.sleep(RETRY_INTERVAL_S)
     finally:
         client.close()
+
+
+def names(clients: Iterable[str], most: int = 8) -> str:
+    """CLIENTS' names for a line of the log: a server chooses how many there are, so a few are
+    shown and the rest counted."""
+    clients = list(clients)
+    shown = ", ".join(clients[:most])
+    return shown + (f" and {len(clients) - most} more" if len(clients) > most else "")
 
 
 def shown_error(error: BaseException) -> str:

@@ -207,6 +207,9 @@ def train_and_score(
     return TrainingResult(received, before, before)
 
 
+MAX_STANDARDISED_LOSS = 1e150  # a received model this far off is refused, not searched from
+
+
 @dataclass(frozen=True)
 class _Bowl:
     """F(z) = offset + 2·gradient·z + |z|²: the fitness, to be minimised, in whitened genes."""
@@ -243,7 +246,9 @@ class _Whitening:
             c = (self.received.bias + w @ p.x_mean - p.y_mean) / p.y_scale
             offset = p.t_square - 2.0 * (p.moment @ v) + (p.curvature * v) @ v
             gradient = np.append((p.curvature * v - p.moment) * self.stretch, 0.0)
-            finite = np.isfinite(offset + c * c) and np.all(np.isfinite(gradient))
+            # Headroom: the search squares and mixes numbers of this size, so one near the top
+            # of the float range would overflow inside PyGAD instead of failing here, clearly.
+            finite = abs(offset + c * c) < MAX_STANDARDISED_LOSS and np.all(np.isfinite(gradient))
         if not finite:
             raise ValueError("the received model is too large to evaluate on these rows")
         return _Bowl(float(offset), gradient, np.append(np.zeros(p.rank), c))

@@ -73,7 +73,7 @@ def new_client(replica: Path, said: list[str]) -> FederatedClient:
 # Every honest message is built here, so a new field in the protocol is a change in one place.
 def welcome(genesis: Block, **extra) -> dict:
     return {"type": "welcome", "genesis": block_to_json(genesis), "seed": genesis.run.seed,
-            "rounds": genesis.run.rounds, **extra}  # fmt: skip
+            "rounds": genesis.run.rounds, "height": 1, **extra}  # fmt: skip
 
 
 def train(index: int, model: LinearModel) -> dict:
@@ -509,15 +509,13 @@ def test_a_client_fed_generated_hostile_servers_fails_cleanly(tmp_path):
     grown_kb = retained_kb() - before_kb
     assert grown_kb < MAX_RSS_GROWTH_KB, f"the test process grew by {grown_kb} KB"
     # The fuzz reached every stage of a run, and replicas of every length.
-    assert all(stages[stage] >= 20 for stage in Stage if stage is not Stage.DONE), stages
+    # (Catching up follows a welcome to a run already under way, which the recorded run is
+    # not: test_client_against_bad_server.py plays servers that come back lying.)
+    unreached = {Stage.DONE, Stage.CATCHING_UP}
+    assert all(stages[stage] >= 20 for stage in Stage if stage not in unreached), stages
     assert all(kept[n] >= 20 for n in range(ROUNDS + 2)), kept
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug: 'block N verified: … with {others}; missing: {names}' joins every name "
-    "the block records, uncapped: up to 10,000 participants of 64 characters, 650 KB a line",
-)
 def test_a_valid_run_admitting_many_made_up_clients_is_not_echoed_whole():
     # A server may admit any keys it likes in its genesis and record them all missing: a chain
     # that verifies, so the client says its lines about it; they must stay short all the same.
@@ -563,16 +561,7 @@ PROCESS_CASES = {
 }
 
 
-TRAINING_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="client bug: a round whose model is too large for the client's rows fails inside "
-    "PyGAD, whose logger prints the whole traceback before the client's one error line",
-)
-
-
-@pytest.mark.parametrize(
-    "case", [*sorted(PROCESS_CASES), pytest.param("a huge starting model", marks=TRAINING_BUG)]
-)
+@pytest.mark.parametrize("case", [*sorted(PROCESS_CASES), "a huge starting model"])
 def test_the_client_program_facing_a_hostile_server_exits_with_one_short_line(
     programs, tmp_path, case
 ):
