@@ -1,5 +1,6 @@
 """Real programs for the end-to-end tests, read line by line, every wait under a watchdog."""
 
+import os
 import queue
 import re
 import resource
@@ -21,9 +22,16 @@ class Program:
     """A running program whose merged output is collected line by line."""
 
     def __init__(
-        self, script: str, *args: str, cwd: Path, max_file_bytes: int = 0, prefix: tuple = ()
+        self,
+        script: str,
+        *args: str,
+        cwd: Path,
+        max_file_bytes: int = 0,
+        prefix: tuple = (),
+        env: dict[str, str] | None = None,
     ) -> None:
-        """PREFIX comes before the interpreter: ("ip", "netns", "exec", NS) runs it in NS."""
+        """PREFIX comes before the interpreter: ("ip", "netns", "exec", NS) runs it in NS.
+        ENV: variables to set for it, besides this process's own."""
         self.name = script
 
         def limit_file_size() -> None:  # to play a full disk: writes past it fail with EFBIG
@@ -37,6 +45,7 @@ class Program:
             text=True,
             cwd=cwd,
             preexec_fn=limit_file_size if max_file_bytes else None,
+            env={**os.environ, **env} if env else None,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
@@ -80,12 +89,12 @@ class Program:
         self.process.wait(timeout=WAIT_S)
 
 
-def start_server(start, tmp_path: Path, *args: str) -> tuple[Program, int]:
+def start_server(start, tmp_path: Path, *args: str, env=None) -> tuple[Program, int]:
     """Start server.py on a free loopback port; return it with the port it printed first."""
     # Below its quorum a server waits for clients to come back; the tests that want that say so.
     server = start(
         "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "8",
-        "--rejoin-timeout-s", "1", *args,
+        "--rejoin-timeout-s", "1", *args, env=env,
     )  # fmt: skip
     first = server.wait_for(r"^listening on ", timeout_s=30).string
     return server, port_from_listening_line(first)

@@ -1,0 +1,119 @@
+"""Faults in real runs: clients killed and restarted, a round short of its quorum, and a server
+killed with SIGKILL again and again, even half-way through writing a block, then resumed from its
+chain with the same client processes."""
+
+import random
+import time
+from pathlib import Path
+
+from processes import ROOT, run_blockchain_cli, start_server
+
+from fedchain.ledger.chain import verify_chain
+from fedchain.ledger.store import SLOW_WRITE_ENV, load_chain
+
+CLIENT_DATA = {"cli1": "client1.csv", "cli2": "client2.csv", "cli3": "test.csv"}
+SERVER_KILLS = 20
+
+
+def start_client(programs, tmp_path: Path, name: str, port: int, *extra):
+    return programs(
+        "client.py", "--name", name, "--data", ROOT / "data" / CLIENT_DATA[name], "--port", port,
+        "--replica", tmp_path / f"{name}.jsonl", *extra,
+    )  # fmt: skip
+
+
+def check_complete(tmp_path: Path, names, rounds: int) -> list:
+    """The chain verifies and is complete; every client's replica is the same file."""
+    chain = tmp_path / "chain.jsonl"
+    result = run_blockchain_cli("verify", chain)
+    complete = f"valid: {rounds + 2} blocks; the run is complete ({rounds} of {rounds} rounds)"
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == complete, result.stdout
+    for name in names:
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == chain.read_bytes(), name
+    return load_chain(chain).blocks
+
+
+def test_a_client_killed_mid_training_is_left_out_and_rejoins_when_restarted(programs, tmp_path):
+    rounds = 10
+    server, port = start_server(programs, tmp_path, "--clients", "3", "--min-clients", "2",
+                                "--rounds", rounds)  # fmt: skip
+    # Large populations make every round take about a second, cli3's several: the kill lands
+    # while cli3 trains, and the run is still going when it is back.
+    clients = [start_client(programs, tmp_path, name, port, "--population", "3000")
+               for name in ("cli1", "cli2")]  # fmt: skip
+    victim = start_client(programs, tmp_path, "cli3", port, "--population", "20000")
+    victim.wait_for(r"^block 1 verified")
+    victim.kill()
+    left = server.wait_for(r"^cli3 is left out of the run: disconnected")
+    restarted = start_client(programs, tmp_path, "cli3", port, "--population", "3000")
+    restarted.wait_for(r"joined again; genesis .* going on with the \d+ blocks of")
+    for program in [server, *clients, restarted]:
+        assert program.finish() == 0, program.output
+    assert left and "Traceback" not in server.output
+    blocks = check_complete(tmp_path, ("cli1", "cli2", "cli3"), rounds)
+    rounds_of_cli3 = [b.index for b in blocks[1:-1] if "cli3" in b.cli]
+    gone = next(i for i in range(2, rounds + 1) if i not in rounds_of_cli3)
+    # The round it was killed in went on under the quorum, and says why cli3 is missing.
+    assert blocks[gone].cli == ("cli1", "cli2")
+    assert blocks[gone].missing == {"cli3": f"disconnected (round {gone})"}
+    back = [i for i in rounds_of_cli3 if i > gone]
+    assert back and back == list(range(back[0], rounds + 1)), rounds_of_cli3  # in, to the end
+    # In between it sat out, and once back (caught up, waiting for its round) the block says so.
+    assert all("cli3" in blocks[i].missing for i in range(gone, back[0]))
+
+
+def test_a_round_short_of_its_quorum_waits_and_takes_in_the_client_that_comes_back(
+    programs, tmp_path
+):
+    rounds = 3
+    server, port = start_server(programs, tmp_path, "--rounds", rounds, "--rejoin-timeout-s", "60")
+    survivor = start_client(programs, tmp_path, "cli1", port)
+    victim = start_client(programs, tmp_path, "cli2", port)
+    victim.wait_for(r"^block 1 verified")
+    victim.kill()
+    server.wait_for(r"^waiting: round 2 has \d of the 2 updates it needs \(--min-clients\)")
+    restarted = start_client(programs, tmp_path, "cli2", port)
+    for program in (server, survivor, restarted):
+        assert program.finish() == 0, program.output
+    assert "the server says: waiting: round 2" in survivor.output
+    blocks = check_complete(tmp_path, ("cli1", "cli2"), rounds)
+    # Round 2 waited for cli2 and holds both updates: no round went on below its quorum.
+    assert all(block.cli == ("cli1", "cli2") for block in blocks[1:-1])
+
+
+def test_a_server_killed_again_and_again_resumes_and_finishes_with_the_same_clients(
+    programs, tmp_path
+):
+    rng = random.Random(20261128)
+    rounds = 100  # more than 20 short lives of the server can finish
+    # Every block is written in two halves 150 ms apart, so many kills land mid-write.
+    slow = {SLOW_WRITE_ENV: "0.15"}
+    flags = ("--rounds", rounds, "--resume", "--rejoin-timeout-s", "60")
+    server, port = start_server(programs, tmp_path, *flags, env=slow)
+    clients = [start_client(programs, tmp_path, name, port) for name in ("cli1", "cli2")]
+    chain_path = tmp_path / "chain.jsonl"
+    torn = resumed = 0
+    for _ in range(SERVER_KILLS):
+        time.sleep(rng.uniform(0.05, 1.2))  # a random moment: joining, mining, writing, sending
+        server.process.kill()
+        server.process.wait()
+        if chain_path.exists():
+            loaded = load_chain(chain_path)  # whole blocks, and at most a torn last line
+            verify_chain(loaded.blocks)
+            torn += loaded.dropped_tail is not None
+            # No block any client accepted is lost: each replica is a prefix of the chain.
+            for name in ("cli1", "cli2"):
+                replica = tmp_path / f"{name}.jsonl"
+                if replica.exists():
+                    kept = load_chain(replica).blocks
+                    assert kept == loaded.blocks[: len(kept)], name
+        server = programs("server.py", "--port", port, "--chain", chain_path,
+                          "--difficulty", "8", *flags, env=slow)  # fmt: skip
+        server.wait_for(r"^listening on ")
+        resumed += chain_path.exists()
+    for program in (server, *clients):
+        assert program.finish(timeout_s=120) == 0, program.output
+    check_complete(tmp_path, ("cli1", "cli2"), rounds)
+    assert resumed >= SERVER_KILLS // 2  # most kills came after the genesis, mid-run
+    assert torn >= 1  # and at least one in the middle of writing a block
+    assert "Traceback" not in server.output
