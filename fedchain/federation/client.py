@@ -423,7 +423,7 @@ def take_part(
             sock, key = open_channel(
                 host, port, within_s=max(deadline - time.monotonic(), RETRY_INTERVAL_S),
                 timeout_s=timeout_s, server_key=server_key, known_servers=known_servers,
-                say=client.say, flag=flag,
+                say=client.say, flag=flag, window_s=within_s,
             )  # fmt: skip
             server_key = key  # a server that comes back must hold the same key
             try:
@@ -473,6 +473,7 @@ def open_channel(
     known_servers: KnownServers,
     say: Callable[[str], None],
     flag: str = "--connect-timeout-s",
+    window_s: float | None = None,
 ) -> tuple[ssl.SSLSocket, str]:
     """Connect over TLS 1.3, retrying until WITHIN_S has passed (so start order is free), and
     check the server's key: SERVER_KEY if given, else the one KNOWN_SERVERS holds for this
@@ -482,7 +483,8 @@ def open_channel(
     while True:
         try:
             sock = _connect(host, port, within_s=max(deadline - time.monotonic(), 0.1),
-                            timeout_s=timeout_s, flag=flag)  # fmt: skip
+                            timeout_s=timeout_s, flag=flag,
+                            window_s=window_s or within_s)  # fmt: skip
         except ClientFailed:
             if refused_tls is None:
                 raise
@@ -524,8 +526,10 @@ def open_channel(
 
 
 def _connect(
-    host: str, port: int, *, within_s: float, timeout_s: float, flag: str
+    host: str, port: int, *, within_s: float, timeout_s: float, flag: str, window_s: float
 ) -> socket.socket:
+    """Connect, retrying until WITHIN_S has passed; a failure names the whole WINDOW_S its
+    FLAG set."""
     deadline = time.monotonic() + within_s
     while True:
         try:
@@ -533,7 +537,7 @@ def _connect(
         except OSError as error:
             if time.monotonic() + RETRY_INTERVAL_S > deadline:
                 raise ClientFailed(
-                    f"no server at {host}:{port} within {within_s:g} s ({flag}): {error}"
+                    f"no server at {host}:{port} within {window_s:g} s ({flag}): {error}"
                 ) from None
             time.sleep(RETRY_INTERVAL_S)
             continue

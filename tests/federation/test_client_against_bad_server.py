@@ -421,3 +421,84 @@ def test_a_refusal_once_joined_is_not_retried(programs, tmp_path):
                          lambda s: s.run_honestly()])  # fmt: skip
     client = start_client(programs, tmp_path, server.port)
     assert client.finish() == 1 and "trying again" not in client.output
+
+
+def crash() -> None:
+    """End the fake server's connection abruptly, as a killed server's would end."""
+    raise ConnectionResetError("the fake server crashes")
+
+
+def comeback(second) -> list:
+    """Two connections: round 1 agreed and the server crashes; then SECOND(session, genesis,
+    block 1) plays the server that comes back."""
+    agreed: dict = {}
+
+    def first(s: Session) -> None:
+        s.welcome(s.make_genesis(rounds=2))
+        s.send_block(s.honest_block(s.train()))
+        agreed.update(genesis=s.genesis, block=s.last)
+        crash()
+
+    return [first, lambda s: second(s, agreed["genesis"], agreed["block"])]
+
+
+def finish_honestly(s: Session, rounds: int) -> None:
+    while s.last.index < rounds:
+        s.send_block(s.honest_block(s.train()))
+    send_message(s.conn, {"type": "close", "round": rounds + 1})
+    attest = receive(s.conn)
+    s.send_block(make_closing_block(s.last, attestations={"cli1": attest["attestation"].hex()},
+                                    server_key=s.key))  # fmt: skip
+    send_message(s.conn, {"type": "done", "blocks": rounds + 2})
+
+
+COMEBACKS = {
+    "a rewritten block 1": (
+        lambda s, genesis, block: s.welcome(
+            genesis, (reseal(block, timestamp=block.timestamp + 1),)
+        ),
+        "the server's block 1 (hash",
+    ),
+    "a chain that lost block 1": (
+        lambda s, genesis, block: s.welcome(genesis),
+        "the server holds 1 blocks, but this client verified 2",
+    ),
+    "another run": (
+        lambda s, genesis, block: s.welcome(s.make_genesis(rounds=2)),
+        "the server came back with another run",
+    ),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(COMEBACKS))
+def test_a_server_that_comes_back_with_another_history_is_refused(programs, tmp_path, lie):
+    second, expected = COMEBACKS[lie]
+    server = FakeServer(comeback(second))
+    client = start_client(programs, tmp_path, server.port)
+    assert client.finish() == 1, client.output
+    assert "lost the server" in client.output and "--reconnect-timeout-s" in client.output
+    assert expected in client.output
+    server.finish()
+    kept = load_chain(tmp_path / "cli1.jsonl").blocks  # what it verified before, nothing else
+    assert len(kept) == 2 and verify_chain(kept)
+
+
+def test_a_client_catches_up_with_a_server_that_comes_back_and_finishes_the_run(programs, tmp_path):
+    def second(s: Session, genesis: Block, block: Block) -> None:
+        s.welcome(genesis, (block,))
+        finish_honestly(s, rounds=2)
+
+    server = FakeServer(comeback(second))
+    client = start_client(programs, tmp_path, server.port)
+    assert client.finish() == 0, client.output
+    server.finish()
+    assert "caught up: 2 blocks verified" in client.output
+    blocks = load_chain(tmp_path / "cli1.jsonl").blocks
+    assert len(blocks) == 4 and verify_chain(blocks).closed
+
+
+def test_a_client_gives_up_on_a_server_that_stays_away_naming_the_flag(programs, tmp_path):
+    server = FakeServer(comeback(None)[:1])  # one connection, then it listens no more
+    client = start_client(programs, tmp_path, server.port, "--reconnect-timeout-s", "1")
+    assert client.finish() == 1, client.output
+    assert "within 1 s (--reconnect-timeout-s)" in client.output

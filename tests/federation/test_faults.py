@@ -117,3 +117,52 @@ def test_a_server_killed_again_and_again_resumes_and_finishes_with_the_same_clie
     assert resumed >= SERVER_KILLS // 2  # most kills came after the genesis, mid-run
     assert torn >= 1  # and at least one in the middle of writing a block
     assert "Traceback" not in server.output
+
+
+def interrupted_run(programs, tmp_path: Path, rounds: int) -> int:
+    """A run whose server is killed after round 2, its clients too; return the port it used."""
+    server, port = start_server(programs, tmp_path, "--rounds", rounds)
+    clients = [start_client(programs, tmp_path, name, port, "--population", "3000")
+               for name in ("cli1", "cli2")]  # fmt: skip
+    server.wait_for(r"^round 2 \|")
+    for program in (server, *clients):
+        program.kill()
+    return port
+
+
+def test_resume_refuses_flags_that_differ_from_the_genesis_and_then_finishes_the_run(
+    programs, tmp_path
+):
+    rounds = 4
+    port = interrupted_run(programs, tmp_path, rounds)
+    chain = tmp_path / "chain.jsonl"
+    before = chain.read_bytes()
+    common = ("--port", port, "--chain", chain, "--difficulty", "8")
+
+    refused = programs("server.py", *common, "--rounds", rounds)  # no --resume: never touched
+    assert refused.finish() == 2 and "or --resume to go on with its run" in refused.output
+    different = programs("server.py", *common, "--resume", "--rounds", "7", "--seed", "3",
+                         "--min-clients", "1", "--key", tmp_path / "other.key")  # fmt: skip
+    assert different.finish() == 2
+    for named in (
+        "--rounds is 7, but the chain's genesis records 4",
+        "--seed is 3, but the chain's genesis records 0",
+        "--min-clients is 1, but the chain's genesis records 2",
+        "(--key) is not the one the chain was made with",
+    ):
+        assert named in different.output
+    assert chain.read_bytes() == before
+
+    # With matching flags it goes on from block 2; the clients, restarted, catch up and finish.
+    server = programs("server.py", *common, "--resume", "--rounds", rounds, "--rejoin-timeout-s",
+                      "60")  # fmt: skip
+    server.wait_for(r"^resuming the run of .* after block \d+")
+    clients = [start_client(programs, tmp_path, name, port) for name in ("cli1", "cli2")]
+    for program in (server, *clients):
+        assert program.finish() == 0, program.output
+    blocks = check_complete(tmp_path, ("cli1", "cli2"), rounds)
+    assert chain.read_bytes().startswith(before.rsplit(b"\n", 1)[0])  # what was there is kept
+    assert all(block.cli == ("cli1", "cli2") for block in blocks[1:-1])
+
+    done = programs("server.py", *common, "--resume", "--rounds", rounds)
+    assert done.finish() == 0 and "is already complete" in done.output
