@@ -16,7 +16,7 @@ from chain_helpers import (
 from processes import run_blockchain_cli
 
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.chain import make_genesis, make_round_block, verify_chain
+from fedchain.ledger.chain import continue_chain, make_genesis, make_round_block, verify_chain
 from fedchain.ledger.store import (
     ChainFileError,
     ChainWriter,
@@ -24,6 +24,7 @@ from fedchain.ledger.store import (
     block_to_json,
     load_chain,
 )
+from fedchain.ledger.verification import ChainError
 
 
 def write_chain(path: Path, blocks: list) -> Path:
@@ -250,3 +251,32 @@ def test_what_a_crafted_file_holds_is_echoed_short(tmp_path):
     result = run_blockchain_cli("verify", path)
     assert result.returncode == 1 and "unknown field(s)" in result.stdout
     assert len(result.stdout) < 2000
+
+
+@pytest.mark.parametrize("ending", ["torn last line", "no newline after the last block", "whole"])
+def test_a_chain_is_continued_after_its_whole_blocks(tmp_path, ending):
+    # A restarted server or client goes on with its file: a torn line is cut off first, and a
+    # whole last block written without its newline gets one, so the next block is a line.
+    blocks = build_chain(rounds=2)
+    path = write_chain(tmp_path / "chain.jsonl", blocks[:2])
+    data = path.read_bytes()
+    if ending == "torn last line":
+        path.write_bytes(data + block_to_json(blocks[2]).encode()[:40])
+    elif ending == "no newline after the last block":
+        path.write_bytes(data[:-1])
+    chain, dropped = continue_chain(path)
+    assert (dropped is not None) == (ending == "torn last line")
+    assert [b.hash for b in chain.blocks] == [b.hash for b in blocks[:2]]
+    chain.append(blocks[2])
+    chain.store.close()
+    assert path.read_bytes() == data + (block_to_json(blocks[2]) + "\n").encode()
+    assert [b.hash for b in load_chain(path).blocks] == [b.hash for b in blocks[:3]]
+
+
+def test_a_chain_that_does_not_verify_is_not_continued(tmp_path):
+    blocks = build_chain(rounds=2)
+    path = write_chain(tmp_path / "chain.jsonl", [blocks[0], blocks[2]])  # block 1 left out
+    before = path.read_bytes()
+    with pytest.raises(ChainError, match="block 1"):
+        continue_chain(path)
+    assert path.read_bytes() == before
