@@ -312,9 +312,7 @@ def trust_cost(repeats: int = 2000, rounds: int = settings.ROUNDS) -> None:
 class ServerRun:
     exit_code: int
     round_ms: list[float]  # each round's wall time, as the server timed it
-    own_ms: list[float]  # the same, less waiting for peers and mining
-    cpu_ms: list[float]  # the server's time on a core in each round; empty if not measured
-    queued_ms: list[float]  # its time ready to run but waiting for a core, in each round
+    own_ms: list[float]  # the server's CPU time in each round, mining left out
     peak_bytes: int  # the server process's peak resident memory
     output: str
 
@@ -332,14 +330,14 @@ def many_clients(sizes: Sequence[int] = MANY_CLIENTS, rounds: int = settings.ROU
         f"many clients: the server in a {rounds}-round run of N client processes on the bundled "
         f"rows (split in file order), difficulty {MANY_CLIENTS_DIFFICULTY} bits for all"
     )
-    print("  own: the round's wall time less waiting for peers (in select) and mining;")
-    print("  CPU: the server's time on a core in the round (/proc/PID/schedstat), mining included")
-    print(f"  {'clients':>7}{'round ms':>10}{'own ms':>9}{'own/client':>12}{'CPU ms':>9}"
-          f"{'CPU/client':>12}{'peak memory':>14}   (medians of the rounds)")  # fmt: skip
+    print("  own: the server's CPU time in the round (checking, averaging, writing, sending),")
+    print("  as its round line gives it: not waiting for peers or for a core, not mining")
+    print(f"  {'clients':>7}{'round ms':>10}{'own ms':>9}{'own/client':>12}{'peak memory':>14}"
+          "   (medians of the rounds)")  # fmt: skip
     for n, run in runs.items():
-        own, cpu = statistics.median(run.own_ms), median_or_nan(run.cpu_ms)
+        own = statistics.median(run.own_ms)
         print(f"  {n:>7}{statistics.median(run.round_ms):>10.1f}{own:>9.2f}{own / n:>12.3f}"
-              f"{cpu:>9.2f}{cpu / n:>12.3f}{run.peak_bytes / 2**20:>11.1f} MB")  # fmt: skip
+              f"{run.peak_bytes / 2**20:>11.1f} MB")  # fmt: skip
     for n, run in runs.items():
         by_round = ", ".join(
             f"{r:.0f}/{o:.1f}" for r, o in zip(run.round_ms, run.own_ms, strict=True)
@@ -347,20 +345,10 @@ def many_clients(sizes: Sequence[int] = MANY_CLIENTS, rounds: int = settings.ROU
         print(f"  by round, {n} clients, round ms/own ms: {by_round}")
     fewest, most = min(sizes), max(sizes)
     linear = most / fewest
-    for label, figures in (("own time", "own_ms"), ("CPU time", "cpu_ms")):
-        ratio = median_or_nan(getattr(runs[most], figures)) / median_or_nan(
-            getattr(runs[fewest], figures)
-        )
-        verdict = "no faster than linearly" if ratio <= linear else "FASTER than linearly"
-        print(f"  {label}, {most} clients / {fewest}: {ratio:.1f} (linear: {linear:g}): "
-              f"the server's {label} grows {verdict} in the number of clients")  # fmt: skip
-    queued = median_or_nan(runs[most].queued_ms)
-    print(f"  own time is wall time: with {most} client processes on {os.cpu_count()} cores the "
-          f"server, ready to run, waited for a core a median {queued:.0f} ms a round")  # fmt: skip
-
-
-def median_or_nan(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+    ratio = statistics.median(runs[most].own_ms) / statistics.median(runs[fewest].own_ms)
+    verdict = "no faster than linearly" if ratio <= linear else "FASTER than linearly"
+    print(f"  own time, {most} clients / {fewest}: {ratio:.1f} (linear: {linear:g}): "
+          f"the server's own time grows {verdict} in the number of clients")  # fmt: skip
 
 
 def run_server_with_clients(datasets: dict[str, Dataset], rounds: int) -> ServerRun:
@@ -382,16 +370,7 @@ def run_server_with_clients(datasets: dict[str, Dataset], rounds: int) -> Server
                 save_dataset(data, rows)
                 flags = ("--port", str(port), "--replica", str(replica))
                 clients.append(start_client(name, rows, *flags, cwd=folder))
-            lines, cpu_ms, queued_ms = [first], [], []
-            since = None  # the server's schedstat at the end of the last round, or before round 1
-            for line in server.stdout:  # to the end of its output, so to its exit
-                lines.append(line)
-                now = schedstat_ms(server.pid)
-                if ROUND_LINE.match(line) and since and now:
-                    cpu_ms.append(now[0] - since[0])
-                    queued_ms.append(now[1] - since[1])
-                if ROUND_LINE.match(line) or not cpu_ms:
-                    since = now
+            lines = [first, *server.stdout]  # to the end of its output, so to its exit
             exit_code, peak_bytes = wait_with_peak_memory(server)
         finally:
             watchdog.cancel()
@@ -400,16 +379,7 @@ def run_server_with_clients(datasets: dict[str, Dataset], rounds: int) -> Server
                 process.communicate()
     timed = [m for line in lines if ROUND_LINE.match(line) and (m := OWN_TIME.search(line))]
     round_ms, own_ms = [float(m["round"]) for m in timed], [float(m["own"]) for m in timed]
-    return ServerRun(exit_code, round_ms, own_ms, cpu_ms, queued_ms, peak_bytes, "".join(lines))
-
-
-def schedstat_ms(pid: int) -> tuple[float, float] | None:
-    """PID's time so far on a core and waiting for one, in ms; None where Linux does not say."""
-    try:
-        on_cpu_ns, queued_ns, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
-    except (OSError, ValueError):  # not Linux, no schedstat, or the process is gone
-        return None
-    return int(on_cpu_ns) / 1e6, int(queued_ns) / 1e6
+    return ServerRun(exit_code, round_ms, own_ms, peak_bytes, "".join(lines))
 
 
 def wait_with_peak_memory(process: subprocess.Popen) -> tuple[int, int]:

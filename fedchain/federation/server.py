@@ -46,7 +46,7 @@ from fedchain.ledger.verification import ChainError
 from fedchain.trust.handshake import new_challenge, verify_login
 from fedchain.trust.keys import public_hex
 from fedchain.trust.tls import server_context
-from fedchain.wire.frames import FrameReader, send_message
+from fedchain.wire.frames import FrameReader, encode_message, send_message
 from fedchain.wire.messages import BUSY, ProtocolError
 
 MAX_WAITING = 32  # newcomers not yet registered; past this, the least advanced one is shed
@@ -132,7 +132,6 @@ class FederationServer:
         self.run_features: tuple[str, ...] = ()  # fixed for the run once known
         self.bound_keys: dict[str, str] = {}  # open enrolment: each name's first key
         self.absent: dict[str, str] = {}  # clients left out of the run, and why
-        self.waited_s = 0.0  # time spent waiting for peers, so a round's own time can be told
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ, data=None)
 
@@ -299,10 +298,7 @@ class FederationServer:
 
     def _ready(self, wake_at: float) -> list[_Connection | None]:
         timeout = max(0.0, wake_at - time.monotonic())
-        started = time.monotonic()
-        ready = [key.data for key, _ in self.selector.select(timeout)]
-        self.waited_s += time.monotonic() - started  # idle: not the server's own time
-        return ready
+        return [key.data for key, _ in self.selector.select(timeout)]
 
     # --- admission ---------------------------------------------------------------------------
 
@@ -562,7 +558,7 @@ class FederationServer:
     # --- rounds ------------------------------------------------------------------------------
 
     def _run_round(self, index: int, chain: Chain) -> None:
-        started, waited_before = time.monotonic(), self.waited_s
+        started, cpu_started = time.monotonic(), time.process_time()
         self.round_index = index
         model = chain.last.server_model
         train = {"type": "train", "round": index, "weights": model.weights.copy(),
@@ -587,7 +583,7 @@ class FederationServer:
             waited = time.monotonic()
             self._await_quorum(index, received, rejoin_deadline)
             waiting_s += time.monotonic() - waited
-        mining_started = time.monotonic()
+        mining_started, mining_cpu_started = time.monotonic(), time.process_time()
         # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
         contributors = [p for p in self.peers if p.name in received]
         block = make_round_block(
@@ -598,10 +594,12 @@ class FederationServer:
             missing=self._missing(),
         )
         mining_s = time.monotonic() - mining_started
+        mining_cpu_s = time.process_time() - mining_cpu_started
         self._append(chain, block)
         round_s = time.monotonic() - started - waiting_s
-        # What the server itself spent on the round: checking, averaging, writing, sending.
-        own_s = round_s - (self.waited_s - waited_before - waiting_s) - mining_s
+        # What the server itself spent on the round, on a core: checking, averaging, writing,
+        # sending. CPU time, so neither waiting for peers nor for a busy core counts, nor mining.
+        own_s = time.process_time() - cpu_started - mining_cpu_s
         parts = [f"round {index}"]
         for peer in contributors:
             metrics = received[peer.name][2]  # reported by the client; shown, never trusted
@@ -798,8 +796,9 @@ class FederationServer:
         reader = FrameReader(self._frame_limit())
         return _Connection(tls, f"{host}:{port}", reader, time.monotonic())
 
-    def _send_now(self, sock: ssl.SSLSocket, message: dict) -> None:
-        """Send MESSAGE whole, waiting at most send_timeout_s for the peer to take it."""
+    def _send_now(self, sock: ssl.SSLSocket, message: dict | bytes) -> None:
+        """Send MESSAGE (or an encoded frame) whole, waiting at most send_timeout_s for the
+        peer to take it."""
         sock.settimeout(self.send_timeout_s)
         try:
             send_message(sock, message)
@@ -809,13 +808,15 @@ class FederationServer:
 
     def _send_to(self, connections: list[_Connection], message: dict, index: int) -> None:
         """Send MESSAGE to each of CONNECTIONS; one that cannot take it is left out."""
+        try:
+            frame = encode_message(message)  # once: a block goes to every client alike
+        except ProtocolError as error:  # a message this server cannot put on the wire
+            raise RunAborted(f"cannot send {message['type']!r}: {error}") from None
         for peer in list(connections):
             try:
-                self._send_now(peer.sock, message)
+                self._send_now(peer.sock, frame)
             except OSError as error:
                 self._leave_out(peer, index, f"disconnected ({error or type(error).__name__})")
-            except ProtocolError as error:  # a message this server cannot put on the wire
-                raise RunAborted(f"cannot send {message['type']!r}: {error}") from None
 
     def _turn_away(self, connection: _Connection, reason: str) -> None:
         self.selector.unregister(connection.sock)

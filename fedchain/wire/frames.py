@@ -27,11 +27,17 @@ class ConnectionClosed(ConnectionError):
     """The peer closed the connection, cleanly between frames or in the middle of one."""
 
 
-def send_message(sock: socket.socket, message: dict) -> None:
-    """Check MESSAGE against its schema, then send it as one frame."""
+def send_message(sock: socket.socket, message: dict | bytes) -> None:
+    """Check MESSAGE against its schema, then send it as one frame (or send a frame that
+    encode_message made, for a message that goes to many peers)."""
+    sock.sendall(message if isinstance(message, bytes) else encode_message(message))
+
+
+def encode_message(message: dict) -> bytes:
+    """MESSAGE, checked against its schema, as one frame."""
     validate_message(message)
     payload = pickle.dumps(message, protocol=5)
-    sock.sendall(HEADER.pack(MAGIC, VERSION, len(payload)) + payload)
+    return HEADER.pack(MAGIC, VERSION, len(payload)) + payload
 
 
 def receive_message(sock: socket.socket, *, max_frame_bytes: int) -> dict:
