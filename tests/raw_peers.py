@@ -55,9 +55,11 @@ class RawClient:
     def __exit__(self, *exc_info: object) -> None:
         self.sock.close()
 
-    def register(self, *, signing_key=None, server_key=None, challenge=None) -> None:
-        """Register, signing the login with SIGNING_KEY (default: our own) over SERVER_KEY and
-        CHALLENGE (default: this connection's)."""
+    def register(
+        self, *, signing_key=None, server_key=None, challenge=None, n_samples=N_SAMPLES
+    ) -> None:
+        """Register with N_SAMPLES rows, signing the login with SIGNING_KEY (default: our own)
+        over SERVER_KEY and CHALLENGE (default: this connection's)."""
         login = login_message(server_key or self.server_key, challenge or self.challenge, self.name)
         send_message(
             self.sock,
@@ -65,7 +67,7 @@ class RawClient:
                 "type": "register",
                 "name": self.name,
                 "feature_names": FEATURES,
-                "n_samples": N_SAMPLES,
+                "n_samples": n_samples,
                 "public_key": public_hex(self.key),
                 "login_signature": sign(signing_key or self.key, login),
             },

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from chain_helpers import fixed_key
 from processes import run_blockchain_cli, start_server
-from raw_peers import RawClient, connect, join_raw_clients, write_key
+from raw_peers import N_SAMPLES, RawClient, connect, join_raw_clients, write_key
 from wire_helpers import Exploit, frame, receive
 
+from fedchain.ledger.store import block_from_json
 from fedchain.trust.keys import public_hex
 from fedchain.wire.frames import HEADER, MAGIC, VERSION
 
@@ -440,3 +441,37 @@ def test_the_frame_limit_is_sized_from_the_runs_features(programs, tmp_path):
         reply = receive(peer.sock)
     assert reply["reason"] == "frame of 20000 bytes is over the limit of 11792"
     finish_cleanly(server, run_two_clients(programs, tmp_path, port), rounds=1)
+
+
+def test_a_client_back_mid_run_must_bring_the_rows_the_chain_recorded(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "3", "--min-clients", "1")
+    cli1, cli2 = join_raw_clients(port, "cli1", "cli2")
+    with cli1, cli2:
+        for client in (cli1, cli2):
+            client.send(client.update())
+        for client in (cli1, cli2):
+            client.hear_block()
+        # cli2 logs in again, as after a restart, but with other rows: refused, since its count
+        # weighs its model in every average.
+        with RawClient(port, "cli2") as liar:
+            liar.register(n_samples=10 * N_SAMPLES)
+            reply = receive(liar.sock)
+        assert reply["type"] == "refused", reply
+        assert (
+            f"now has {10 * N_SAMPLES} rows, but the chain records {N_SAMPLES}" in reply["reason"]
+        )
+        # With its rows as recorded it is back: its old connection is closed, it catches up on
+        # every block, sits out the round under way (recorded so) and trains in the next.
+        with RawClient(port, "cli2") as back:
+            back.register()
+            welcome = receive(back.sock)
+            assert welcome["type"] == "welcome" and welcome["height"] == 2
+            assert block_from_json(receive(back.sock)["block"]) == cli1.last
+            server.wait_for(r"^cli2 is left out of the run: logged in again on a new connection")
+            assert receive(cli1.sock)["type"] == "train"
+            cli1.send(cli1.update())
+            sat_out = block_from_json(receive(back.sock)["block"])
+            assert sat_out.cli == ("cli1",)
+            assert sat_out.missing == {"cli2": "came back during round 2; in from round 3"}
+            trained = receive(back.sock)
+            assert trained["type"] == "train" and trained["round"] == 3
