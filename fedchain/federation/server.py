@@ -844,6 +844,8 @@ class FederationServer:
                 self._send_now(peer.sock, message)
 
     def _close(self) -> None:
+        if self.chain is not None and self.chain.store is not None:
+            self.chain.store.close()  # also when the run stopped before its rounds began
         for connection in [*self.peers, *self.standby, *self.waiting]:
             connection.sock.close()
         self.selector.close()
