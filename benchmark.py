@@ -9,7 +9,6 @@ import argparse
 import functools
 import hashlib
 import os
-import re
 import statistics
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import settings
@@ -37,9 +37,7 @@ from fedchain.trust.cost import handshake_cost_ms
 from fedchain.trust.keys import public_hex, sign
 
 HERE = Path(__file__).resolve().parent
-ROUND_LINE = re.compile(r"^round \d+ \|")
 MINING_DIFFICULTY = 18  # about 260,000 tries a block: long enough to time, short to wait for
-OWN_TIME = re.compile(r"\| round (?P<round>[\d.]+) ms \(server's own (?P<own>[\d.]+) ms\)")
 MANY_CLIENTS = (2, 8, 32)
 MANY_CLIENTS_DIFFICULTY = 8  # the same for every size; mining is left out of the own time anyway
 RUN_WATCHDOG_S = 600.0  # 33 processes starting on two shared cores take a while; a hang does not
@@ -254,19 +252,15 @@ def network_overhead(rounds: int = 8) -> None:
                     )
                 )
             output, _ = server.communicate(timeout=300)
+            per_round = read_metrics(chain.with_name("chain.metrics.csv"))
         finally:
             for process in [server, *clients]:
                 process.kill()
                 process.communicate()
-    overheads, round_times = [], []
-    for line in output.splitlines():
-        if not ROUND_LINE.match(line):
-            continue
-        trained = [float(ms) for ms in re.findall(r"trained in ([\d.]+) ms", line)]
-        mined = float(re.search(r"mined in ([\d.]+) ms", line).group(1))
-        round_ms = float(re.search(r"\| round ([\d.]+) ms", line).group(1))
-        overheads.append(round_ms - max(trained) - mined)
-        round_times.append(round_ms)
+    # Round wall time less the slowest client's training and the mining: what the network,
+    # TLS, signatures and the server's checks add.
+    overheads = list(1000 * (per_round["round_s"] - per_round["train_s"] - per_round["mining_s"]))
+    round_times = list(1000 * per_round["round_s"])
     if len(overheads) != rounds:
         print(f"network overhead: the run did not finish; the server said:\n{output}")
         return
@@ -372,14 +366,25 @@ def run_server_with_clients(datasets: dict[str, Dataset], rounds: int) -> Server
                 clients.append(start_client(name, rows, *flags, cwd=folder))
             lines = [first, *server.stdout]  # to the end of its output, so to its exit
             exit_code, peak_bytes = wait_with_peak_memory(server)
+            per_round = read_metrics(folder / "chain.metrics.csv")
         finally:
             watchdog.cancel()
             for process in [server, *clients]:
                 process.kill()
                 process.communicate()
-    timed = [m for line in lines if ROUND_LINE.match(line) and (m := OWN_TIME.search(line))]
-    round_ms, own_ms = [float(m["round"]) for m in timed], [float(m["own"]) for m in timed]
+    round_ms = list(1000 * per_round["round_s"])
+    own_ms = list(1000 * per_round["server_cpu_s"])
     return ServerRun(exit_code, round_ms, own_ms, peak_bytes, "".join(lines))
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """The server's metrics file, one row a round (the columns that are per client dropped)."""
+    try:
+        rows = pd.read_csv(path)
+    except (OSError, ValueError):  # the run failed before its first round
+        return pd.DataFrame(columns=["round_s", "server_cpu_s", "mining_s", "train_s"])
+    per_round = rows.groupby("round")
+    return per_round.first().assign(train_s=per_round["train_s"].max())
 
 
 def wait_with_peak_memory(process: subprocess.Popen) -> tuple[int, int]:

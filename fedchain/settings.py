@@ -35,7 +35,10 @@ SEND_TIMEOUT_S = 10.0  # a peer that will not take a message in this long is gon
 MAX_FRAME_BYTES = 1 << 24
 
 # Files.
-CHAIN_PATH = Path("chain.jsonl")
+RUNS_DIR = Path("runs")  # each run's own folder by default: runs/<UTC date-time>/chain.jsonl
+CHAIN_NAME = "chain.jsonl"
+SLOW_MINING_S = 2.0  # a block expected to take longer to mine is announced, with the estimate
+SLOW_TRAINING_S = 2.0  # a client still training after this long says so
 REPLICA_DIR = Path("replicas")
 KEY_DIR = Path("keys")  # keys/server.key, keys/NAME.key: made on first run, private to the owner
 SERVER_KEY_PATH = KEY_DIR / "server.key"

@@ -3,19 +3,21 @@
 import argparse
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fedchain import settings
 from fedchain.cli.arguments import add_connection_flags, integer_in, seconds
 from fedchain.cli.console import listening_line, say, shown
+from fedchain.cli.run_summary import show_chain, summarise_run
+from fedchain.federation.metrics import MetricsFile, metrics_path_for
 from fedchain.federation.resume import RunSettings, differences
 from fedchain.federation.server import ChainUnavailable, FederationServer, RunAborted
 from fedchain.learning.dataset import DataError, Dataset, load_dataset
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.chain import Chain, continue_chain
-from fedchain.ledger.report import report_chain
-from fedchain.ledger.store import ChainFileError, load_chain
+from fedchain.ledger.mining import expected_mining_s, tries_per_second
 from fedchain.trust.authorized import load_authorized_keys
 from fedchain.trust.errors import TrustError
 from fedchain.trust.keys import load_or_create_key, public_hex
@@ -38,8 +40,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag("--rounds", type=integer_in(1), default=settings.ROUNDS, help="training rounds")
     flag("--difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=settings.DIFFICULTY_BITS,
          help="proof of work, in leading zero bits")  # fmt: skip
-    flag("--chain", type=Path, default=settings.CHAIN_PATH,
-         help="the chain file; must not exist, unless --resume")  # fmt: skip
+    flag("--chain", type=Path, default=None,
+         help="the chain file; must not exist, unless --resume (default: a new "
+         f"{settings.RUNS_DIR}/DATE-TIME/{settings.CHAIN_NAME} for each run)")  # fmt: skip
+    flag(
+        "--metrics",
+        type=Path,
+        default=None,
+        help="a CSV row per round and client (default: beside the chain, NAME.metrics.csv)",
+    )
     flag("--resume", action="store_true",
          help="go on with the run recorded in --chain (after a crash, say): the flags must "
          "match its genesis; with no file there yet, a new run starts")  # fmt: skip
@@ -84,6 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    if args.chain is None:
+        if args.resume:
+            print("error: --resume needs --chain PATH, the chain of the run to go on with",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        args.chain = new_run_chain_path()
+    args.metrics = args.metrics or metrics_path_for(args.chain)
+    rate = tries_per_second()
+    mining_s = expected_mining_s(args.difficulty, rate)
+    if mining_s > settings.CLIENT_TIMEOUT_S:
+        print(f"error: --difficulty {args.difficulty} takes about {mining_s:.3g} s to mine a "
+              f"block here ({rate:.3g} tries a second), more than the clients wait for the "
+              f"server's next message (their --timeout-s, {settings.CLIENT_TIMEOUT_S:g} s by "
+              "default)", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
     resumed = None
     if args.chain.exists():
         # Checked now, to fail before any client joins; a new run's file is made at genesis.
@@ -98,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             test_data = test_data.in_order(resumed.genesis.feature_names)
     elif args.resume:
         say(f"no chain at {args.chain} yet: a new run starts")
+    if resumed is None and args.metrics.exists():
+        print(f"error: {args.metrics} already exists; move it away or choose another --metrics",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
     try:
         args.chain.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -114,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(listening_line(host, port_number))  # first: tests and demo.py read the port from it
         made = "made now in" if created else "from"
         say(f"server key {public_hex(key)} ({made} {args.key})")
+        say(f"the chain goes to {args.chain}, the metrics to {args.metrics}")
         server = FederationServer(listener, args.chain, say, key=key)
         server.authorized_keys = authorized
         server.n_clients = args.clients
@@ -128,6 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.resumed = resumed
         server.max_frame_bytes = args.max_frame_bytes
         server.test_data = test_data
+        server.mining_estimate_s = mining_s
+        try:
+            server.metrics = MetricsFile(args.metrics)
+        except OSError as error:
+            print(f"error: cannot make {args.metrics}: {error}", file=sys.stderr)
+            return EXIT_USAGE
         try:
             server.run()
         except ChainUnavailable as error:
@@ -135,14 +170,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_RUN_FAILED
         except RunAborted as error:
             say(f"run stopped: {error}")
-            show_stored_chain(args.chain, say)
+            show_chain(args.chain, say)
             return EXIT_RUN_FAILED
         except KeyboardInterrupt:
-            kept = "every block finished so far" if args.chain.exists() else "no block yet"
-            say(f"interrupted; {args.chain} holds {kept}")
+            if args.chain.exists():
+                say(f"interrupted; {args.chain} holds every block finished so far "
+                    "(--resume goes on with it)")  # fmt: skip
+            else:
+                say("interrupted before the run began; no chain file was made")
             return EXIT_RUN_FAILED
+        finally:
+            server.metrics.close()
     say("run complete")
-    return EXIT_OK if show_stored_chain(args.chain, say) else EXIT_RUN_FAILED
+    complete = summarise_run(args.chain, args.metrics, test_data, args.target, say)
+    return EXIT_OK if complete else EXIT_RUN_FAILED
 
 
 def open_for_resuming(
@@ -182,27 +223,19 @@ def open_for_resuming(
     if chain.closed:
         chain.store.close()
         say(f"the run of {args.chain} is already complete ({len(chain.blocks)} blocks)")
-        return EXIT_OK if show_stored_chain(args.chain, say) else EXIT_RUN_FAILED
+        return EXIT_OK if show_chain(args.chain, say) else EXIT_RUN_FAILED
     return chain
 
 
-def show_stored_chain(path: Path, say: Callable[[str], None]) -> bool:
-    """Print the chain as it is on disk, and whether it verifies."""
-    try:
-        loaded = load_chain(path)
-    except FileNotFoundError:
-        say("no block was written")
-        return False
-    except ChainFileError as error:
-        say(f"invalid: {shown(error)}")
-        return False
-    except OSError as error:
-        say(f"cannot read {path}: {error}")
-        return False
-    say(f"the chain, from {path}:")
-    if loaded.dropped_tail:
-        say(f"warning: {loaded.dropped_tail}")
-    return report_chain(loaded.blocks, say)
+def new_run_chain_path() -> Path:
+    """A chain file of its own for a new run: runs/DATE-TIME/chain.jsonl (with -2, -3, … if
+    two runs start in the same second)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    folder, n = settings.RUNS_DIR / stamp, 1
+    while folder.exists():
+        n += 1
+        folder = settings.RUNS_DIR / f"{stamp}-{n}"
+    return folder / settings.CHAIN_NAME
 
 
 if __name__ == "__main__":

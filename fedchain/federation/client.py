@@ -291,7 +291,7 @@ class FederatedClient:
             "weights": trained.weights.copy(),
             "bias": trained.bias,
             "n_samples": self.data.n_samples,
-            "metrics": {"local_mse": after, "train_s": train_s},
+            "metrics": {"local_mse_before": before, "local_mse": after, "train_s": train_s},
             "seed": training.seed,
             "generations": training.generations,
             "population": training.population,

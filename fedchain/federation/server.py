@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import settings
 from fedchain.checks import printable
+from fedchain.federation.metrics import MetricsFile
 from fedchain.learning.dataset import Dataset, column_difference
-from fedchain.learning.linear_model import LinearModel, mse
+from fedchain.learning.linear_model import LinearModel, mse, r2
 from fedchain.ledger.block import (
     MAX_REASON_CHARS,
     Block,
@@ -109,6 +110,11 @@ class FederationServer:
     # A verified chain (open for appending) to go on from, instead of starting a new run; its
     # genesis fixes the run's settings and who takes part.
     resumed: Chain | None = None
+    # Where each round's figures go, a row per client (None: nowhere).
+    metrics: MetricsFile | None = None
+    # The expected time to mine a block at the run's difficulty on this machine: a long one is
+    # announced, to the log and to the clients, so a wait is never silent.
+    mining_estimate_s: float = 0.0
 
     def __init__(
         self,
@@ -159,6 +165,7 @@ class FederationServer:
         """Admit the clients, then mine the genesis, make the chain file and welcome them."""
         self._admit()
         participants = {peer.name: peer.public_key for peer in self.peers}
+        self._announce_mining(0)
         genesis = make_genesis(
             initial_model=LinearModel.zeros(len(self.run_features)),
             feature_names=self.run_features,
@@ -586,6 +593,7 @@ class FederationServer:
         mining_started, mining_cpu_started = time.monotonic(), time.process_time()
         # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
         contributors = [p for p in self.peers if p.name in received]
+        self._announce_mining(index)
         block = make_round_block(
             chain.last,
             {p.name: received[p.name][0] for p in contributors},
@@ -600,20 +608,33 @@ class FederationServer:
         # What the server itself spent on the round, on a core: checking, averaging, writing,
         # sending. CPU time, so neither waiting for peers nor for a busy core counts, nor mining.
         own_s = time.process_time() - cpu_started - mining_cpu_s
-        parts = [f"round {index}"]
-        for peer in contributors:
-            metrics = received[peer.name][2]  # reported by the client; shown, never trusted
-            parts.append(
-                f"{peer.name} local MSE {metrics.get('local_mse', math.nan):.4g} "
-                f"(trained in {1000 * metrics.get('train_s', math.nan):.1f} ms)"
-            )
+        test_mse = test_r2 = math.nan
         if self.test_data:
             test_mse = mse(block.server_model, self.test_data.X, self.test_data.y)
-            parts.append(f"global test MSE {test_mse:.4g}")
-        parts.append(f"nonce {block.nonce} mined in {1000 * mining_s:.1f} ms")
-        parts.append(f"round {1000 * round_s:.1f} ms (server's own {1000 * own_s:.1f} ms)")
-        parts.append(f"hash {block.hash[:16]}…")
-        self.say(" | ".join(parts))
+            test_r2 = r2(block.server_model, self.test_data.X, self.test_data.y)
+        if self.metrics is not None:
+            shared = {"round": index, "test_mse": test_mse, "test_r2": test_r2,
+                      "mining_s": mining_s, "nonce": block.nonce, "round_s": round_s,
+                      "server_cpu_s": own_s, "block_hash": block.hash}  # fmt: skip
+            rows = []
+            for peer in contributors:
+                reported = received[peer.name][2]  # the client's word: shown, never trusted
+                rows.append(shared | {
+                    "client": peer.name, "rows": peer.n_samples,
+                    "local_mse_before": reported.get("local_mse_before"),
+                    "local_mse_after": reported.get("local_mse"),
+                    "train_s": reported.get("train_s"),
+                })  # fmt: skip
+            try:
+                self.metrics.add_round(rows)
+            except OSError as error:  # the chain is what matters: say so and go on
+                self.say(f"could not write the metrics of round {index}: {error}")
+        # One short line a round; the metrics file has the details.
+        scored = f", test MSE {test_mse:.4g} (R² {test_r2:.3f})" if self.test_data else ""
+        self.say(
+            f"round {index}/{self.rounds}: {len(contributors)} of {self.n_clients} clients"
+            f"{scored}, {1000 * round_s:.0f} ms, block {block.hash[:8]}"
+        )
 
     def _await_quorum(self, index: int, received: dict, deadline: float) -> None:
         """Round INDEX has RECEIVED fewer updates than its quorum: wait until enough clients
@@ -641,6 +662,13 @@ class FederationServer:
                 f"{self.rejoin_timeout_s:g} s (--rejoin-timeout-s): {gone}"
             )
 
+    def _announce_mining(self, index: int) -> None:
+        if self.mining_estimate_s > settings.SLOW_MINING_S:
+            text = (f"mining block {index} at {self.difficulty_bits} bits: about "
+                    f"{self.mining_estimate_s:.0f} s expected")  # fmt: skip
+            self.say(text)
+            self._send_to(self.peers + self.standby, {"type": "waiting", "reason": text}, index)
+
     def _missing(self) -> dict[str, str]:
         """Every client of the run not taking part in this block, and why."""
         participants = self.chain.genesis.run.participants
@@ -657,6 +685,7 @@ class FederationServer:
         deadline = time.monotonic() + self.round_timeout_s
         received = self._collect(index, "attest", chain, deadline, {})
         attestations = {name: attestation for name, (_, attestation, _) in received.items()}
+        self._announce_mining(index)
         block = make_closing_block(
             chain.last, attestations=attestations, server_key=self.key, missing=self._missing()
         )

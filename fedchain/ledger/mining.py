@@ -2,6 +2,7 @@
 
 import functools
 import hashlib
+import time
 from dataclasses import replace
 
 from fedchain.checks import check_int
@@ -41,3 +42,23 @@ def mine(digest: bytes, difficulty: int) -> tuple[int, str]:
 @functools.cache
 def _low_nonce_suffixes() -> tuple[bytes, ...]:
     return tuple(low.to_bytes(2, "big") for low in range(1 << 16))
+
+
+def tries_per_second(sample_s: float = 0.05) -> float:
+    """How many nonces this machine tries a second, timed over about SAMPLE_S seconds of the
+    real loop (at a difficulty no hash meets within the sample)."""
+    digest, started, tries = b"\0" * 32, time.perf_counter(), 0
+    copy = hashlib.sha256(digest).copy
+    suffixes = _low_nonce_suffixes()[:4096]
+    while (elapsed := time.perf_counter() - started) < sample_s:
+        for suffix in suffixes:
+            h = copy()
+            h.update(suffix)
+            h.digest()
+        tries += len(suffixes)
+    return tries / elapsed
+
+
+def expected_mining_s(difficulty: int, rate: float) -> float:
+    """The mean time to mine a block at DIFFICULTY bits, trying RATE nonces a second."""
+    return 2.0**difficulty / rate

@@ -80,8 +80,11 @@ def test_console_scripts_run_a_federation_from_any_folder(installed, tmp_path):
             process.kill()
             process.communicate()
     # The installed server found the bundled test rows inside the package, and scored on them.
-    assert "global test MSE" in outputs[0]
-    verified = run([installed / "fedchain-chain", "verify", "chain.jsonl"], tmp_path)
+    assert "test MSE" in outputs[0]
+    # Each run has its own chain file by default, named at the start.
+    (chain,) = tmp_path.glob("runs/*/chain.jsonl")
+    assert f"the chain goes to {chain.relative_to(tmp_path)}" in outputs[0]
+    verified = run([installed / "fedchain-chain", "verify", chain], tmp_path)
     assert verified.returncode == 0
     assert (
         verified.stdout.splitlines()[-1] == "valid: 4 blocks; the run is complete (2 of 2 rounds)"

@@ -124,7 +124,7 @@ def interrupted_run(programs, tmp_path: Path, rounds: int) -> int:
     server, port = start_server(programs, tmp_path, "--rounds", rounds)
     clients = [start_client(programs, tmp_path, name, port, "--population", "3000")
                for name in ("cli1", "cli2")]  # fmt: skip
-    server.wait_for(r"^round 2 \|")
+    server.wait_for(r"^round 2/\d+: ")
     for program in (server, *clients):
         program.kill()
     return port

@@ -1,9 +1,11 @@
 """The federated run end to end: a real server and real clients on 127.0.0.1."""
 
 import contextlib
+import re
 import socket
 from pathlib import Path
 
+import pandas as pd
 from processes import ROOT, run_blockchain_cli, start_server
 
 from fedchain.cli.console import port_from_listening_line
@@ -50,7 +52,16 @@ def test_a_networked_run_gives_the_simulated_models_and_identical_replicas(progr
         assert block.server_model == expected.global_model  # bit for bit
         for name in block.cli:
             assert block.client_model[name].model == expected.client_models[name]
-    assert "global test MSE" in server.output
+    # The metrics file: a row per round and client, matching the chain, read by plain pandas.
+    metrics = pd.read_csv(tmp_path / "chain.metrics.csv")
+    expected = [(b.index, name, b.hash) for b in blocks[1:-1] for name in b.cli]
+    assert list(metrics[["round", "client", "block_hash"]].itertuples(index=False)) == expected
+    assert (metrics["rows"] == 535).all() and metrics["test_mse"].notna().all()
+    assert (metrics["local_mse_after"] <= metrics["local_mse_before"]).all()
+    # One short line a round: the details go to the metrics file.
+    rounds = [line for line in server.lines if line.startswith("round ")]
+    assert len(rounds) == ROUNDS and all(len(line) <= 80 for line in rounds), rounds
+    assert re.match(r"round 1/\d+: 2 of 2 clients, test MSE [\d.]+ \(R² [\d.]+\)", rounds[0])
 
 
 def test_a_client_with_its_columns_in_another_order_joins_with_the_same_models(programs, tmp_path):
