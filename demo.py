@@ -66,7 +66,9 @@ def compare_with_central(chain_path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="demo.py", description=__doc__.splitlines()[0])
+    # The docstring's first paragraph, whole: its first line alone stops mid-sentence.
+    summary = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog="demo.py", description=summary)
     parser.add_argument("--rounds", type=integer_in(1), default=None, help="default: the server's")
     parser.add_argument(
         "--difficulty",

@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             test_data = test_data.in_order(resumed.genesis.feature_names)
     elif args.resume:
         say(f"no chain at {args.chain} yet: a new run starts")
-    if resumed is None and args.metrics.exists():
+    if not args.resume and args.metrics.exists():
         print(f"error: {args.metrics} already exists; move it away or choose another --metrics",
               file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
@@ -158,11 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.max_frame_bytes = args.max_frame_bytes
         server.test_data = test_data
         server.mining_estimate_s = mining_s
-        try:
-            server.metrics = MetricsFile(args.metrics)
-        except OSError as error:
-            print(f"error: cannot make {args.metrics}: {error}", file=sys.stderr)
-            return EXIT_USAGE
+        server.metrics = MetricsFile(args.metrics)
         try:
             server.run()
         except ChainUnavailable as error:

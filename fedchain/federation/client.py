@@ -10,6 +10,7 @@ in it exactly as sent, and its global model is the FedAvg of the client models i
 import enum
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -131,9 +132,7 @@ class FederatedClient:
             message = receive_message(sock, max_frame_bytes=max_frame_bytes)
             kind = message["type"]
             if kind == "refused":
-                reason = printable(message["reason"])
-                busy = reason.startswith(BUSY) and self.stage is Stage.JOINING
-                raise (ServerBusy if busy else ClientFailed)(f"the server refused: {reason}")
+                raise refusal(printable(message["reason"]), self.stage)
             if kind not in _EXPECTED[self.stage]:
                 raise ClientFailed(
                     f"the server sent a {kind!r} message while this client was {self.stage.value}"
@@ -257,6 +256,15 @@ class FederatedClient:
         if received != self.chain.last.server_model:
             raise ClientFailed(f"the global model for round {index} is not the one on the chain")
         started = time.perf_counter()
+        # A long search is said to be under way, so the terminal never sits silent for long.
+        notice = threading.Timer(
+            settings.SLOW_TRAINING_S,
+            self.say,
+            [f"{self.name}: round {index}: still training ({self.data.n_samples} rows, "
+             f"{len(self.data.feature_names)} columns, population {self.population})…"],
+        )  # fmt: skip
+        notice.daemon = True
+        notice.start()
         try:
             result = train_and_score(
                 self.problem,
@@ -268,6 +276,8 @@ class FederatedClient:
             )
         except ValueError as error:
             raise ClientFailed(f"cannot train round {index}'s global model: {error}") from None
+        finally:
+            notice.cancel()
         train_s = time.perf_counter() - started
         trained, before, after = result.model, result.received_mse, result.trained_mse
         self.say(
@@ -424,6 +434,7 @@ def take_part(
                 host, port, within_s=max(deadline - time.monotonic(), RETRY_INTERVAL_S),
                 timeout_s=timeout_s, server_key=server_key, known_servers=known_servers,
                 say=client.say, flag=flag, window_s=within_s,
+                announce_retry=flag == "--connect-timeout-s",  # a lost server was said already
             )  # fmt: skip
             server_key = key  # a server that comes back must hold the same key
             try:
@@ -451,6 +462,21 @@ def take_part(
         client.close()
 
 
+def refusal(reason: str, stage: Stage) -> ClientFailed:
+    """The error for the server's refusal, worded by what it was: a busy server (worth another
+    try), the run stopped for everyone, this client left out of it, or this client turned away."""
+    if reason.startswith(BUSY) and stage is Stage.JOINING:
+        return ServerBusy(f"the server refused: {reason}")
+    meanings = {
+        "run stopped: ": "the server stopped the run",
+        "left out: ": "the server left this client out of the run",
+    }
+    for opening, meaning in meanings.items():
+        if reason.startswith(opening):
+            return ClientFailed(f"{meaning}: {reason.removeprefix(opening)}")
+    return ClientFailed(f"the server refused: {reason}")
+
+
 def names(clients: Iterable[str], most: int = 8) -> str:
     """CLIENTS' names for a line of the log: a server chooses how many there are, so a few are
     shown and the rest counted."""
@@ -474,6 +500,7 @@ def open_channel(
     say: Callable[[str], None],
     flag: str = "--connect-timeout-s",
     window_s: float | None = None,
+    announce_retry: bool = True,
 ) -> tuple[ssl.SSLSocket, str]:
     """Connect over TLS 1.3, retrying until WITHIN_S has passed (so start order is free), and
     check the server's key: SERVER_KEY if given, else the one KNOWN_SERVERS holds for this
@@ -483,8 +510,8 @@ def open_channel(
     while True:
         try:
             sock = _connect(host, port, within_s=max(deadline - time.monotonic(), 0.1),
-                            timeout_s=timeout_s, flag=flag,
-                            window_s=window_s or within_s)  # fmt: skip
+                            timeout_s=timeout_s, flag=flag, window_s=window_s or within_s,
+                            say=say if announce_retry else None)  # fmt: skip
         except ClientFailed:
             if refused_tls is None:
                 raise
@@ -526,10 +553,17 @@ def open_channel(
 
 
 def _connect(
-    host: str, port: int, *, within_s: float, timeout_s: float, flag: str, window_s: float
+    host: str,
+    port: int,
+    *,
+    within_s: float,
+    timeout_s: float,
+    flag: str,
+    window_s: float,
+    say: Callable[[str], None] | None,
 ) -> socket.socket:
-    """Connect, retrying until WITHIN_S has passed; a failure names the whole WINDOW_S its
-    FLAG set."""
+    """Connect, retrying until WITHIN_S has passed (saying so once, if SAY is given); a failure
+    names the whole WINDOW_S its FLAG set."""
     deadline = time.monotonic() + within_s
     while True:
         try:
@@ -539,6 +573,10 @@ def _connect(
                 raise ClientFailed(
                     f"no server at {host}:{port} within {window_s:g} s ({flag}): {error}"
                 ) from None
+            if say is not None:
+                say(f"no server at {host}:{port} yet ({error.strerror or error}); retrying for "
+                    f"up to {window_s:g} s ({flag})")  # fmt: skip
+                say = None
             time.sleep(RETRY_INTERVAL_S)
             continue
         sock.settimeout(timeout_s)

@@ -33,25 +33,28 @@ def metrics_path_for(chain_path: Path) -> Path:
 
 
 class MetricsFile:
-    """Appends rows to PATH: a new file gets the header first, an existing one (a resumed run)
-    is continued."""
+    """Appends rows to PATH, made with its header at the first round (so a run that never
+    starts leaves nothing), or continued if it is there (a resumed run)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fresh = not path.exists() or path.stat().st_size == 0
-        self._file = path.open("a", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
-        if fresh:
-            self._writer.writeheader()
-            self._file.flush()
+        self._file = None
+        self._writer: csv.DictWriter | None = None
 
     def add_round(self, rows: list[dict]) -> None:
         """Write one round's rows (a dict per client, keyed by COLUMNS) and flush them."""
+        if self._writer is None:
+            fresh = not self.path.exists() or self.path.stat().st_size == 0
+            self._file = self.path.open("a", newline="", encoding="utf-8")
+            self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
+            if fresh:
+                self._writer.writeheader()
         self._writer.writerows({k: _cell(row.get(k)) for k in COLUMNS} for row in rows)
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def _cell(value: object) -> object:

@@ -281,9 +281,12 @@ class FederationServer:
         status: Callable[[], str],
         wake_at: Callable[[], float] = lambda: math.inf,
         hear_peer: Callable[[_Connection], None] | None = None,
+        flag: str = "--rejoin-timeout-s",
+        tell_clients: bool = True,
     ) -> bool:
-        """Serve until FINISHED() or DEADLINE, saying STATUS() and how long it may take every few
-        seconds, to the log and to the clients connected; return FINISHED()."""
+        """Serve until FINISHED() or DEADLINE, saying STATUS() and how long it may take (FLAG
+        sets it) every few seconds, to the log and (if TELL_CLIENTS) to the clients in the run;
+        return FINISHED()."""
         next_status = time.monotonic()
 
         def tell() -> float:
@@ -291,12 +294,11 @@ class FederationServer:
             now = time.monotonic()
             if now >= next_status and not finished():
                 left = max(0.0, deadline - now)
-                text = printable(
-                    f"waiting: {status()}; up to {left:.0f} s more (--rejoin-timeout-s)"
-                )
+                text = printable(f"waiting: {status()}; up to {left:.0f} s more ({flag})")
                 self.say(text)
-                self._send_to(self.peers + self.standby, {"type": "waiting", "reason": text},
-                              index=self.round_index)  # fmt: skip
+                if tell_clients:
+                    self._send_to(self.peers + self.standby, {"type": "waiting", "reason": text},
+                                  index=self.round_index)  # fmt: skip
                 next_status = now + STATUS_EVERY_S
             return min(next_status, wake_at())
 
@@ -323,8 +325,18 @@ class FederationServer:
             )
 
         deadline = time.monotonic() + self.join_timeout_s
-        handle = lambda c: self._handle(c, self._hear_early_peer)  # noqa: E731
-        if not self._serve_until(deadline, lambda: len(self.peers) == self.n_clients, handle):
+
+        def status() -> str:
+            joined = ", ".join(p.name for p in self.peers[:8]) + (
+                ", …" if len(self.peers) > 8 else ""
+            )
+            return (f"for {self.n_clients} clients to join ({len(self.peers)} joined"
+                    f"{': ' + joined if joined else ''})")  # fmt: skip
+
+        everyone = lambda: len(self.peers) == self.n_clients  # noqa: E731
+        # The clients that have joined are told nothing until the run begins: they wait quietly.
+        if not self._wait_for_clients(deadline, everyone, status, hear_peer=self._hear_early_peer,
+                                      flag="--join-timeout-s", tell_clients=False):  # fmt: skip
             raise RunAborted(
                 f"only {len(self.peers)} of {self.n_clients} clients joined within "
                 f"{self.join_timeout_s:g} s (--join-timeout-s)"

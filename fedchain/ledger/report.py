@@ -67,7 +67,8 @@ def report_chain(
         say(describe_signatures(chain, block))
     planned, done = chain.planned_rounds, chain.rounds_done
     if not chain.closed:
-        say(f"incomplete: {count} verify, but the run planned {planned} rounds and holds {done}")
+        verb = "verifies" if len(blocks) == 1 else "verify"
+        say(f"incomplete: {count} {verb}, but the run planned {planned} rounds and holds {done}")
         return Verdict.INCOMPLETE
     say(f"valid: {count}; the run is complete ({done} of {planned} rounds)")
     return Verdict.VALID

@@ -210,7 +210,7 @@ def test_a_bad_update_stops_the_run_cleanly_with_its_reason(programs, tmp_path, 
     assert f"cli2 is left out of the run: {expected}" in server.output
     assert "Traceback" not in server.output
     result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
-    assert result.returncode == 3 and "incomplete: 1 block verify" in result.stdout
+    assert result.returncode == 3 and "incomplete: 1 block verifies" in result.stdout
 
 
 def test_a_peer_stuck_mid_frame_holds_up_nobody(programs, tmp_path):
