@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedchain.cli.arguments import integer_in
+from fedchain.cli.arguments import add_output_flags, integer_in
 from fedchain.cli.programs import start_client, start_server
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.linear_model import fit_lstsq, mse
@@ -76,7 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="default: the server's",
     )
+    add_output_flags(parser)
     args = parser.parse_args(argv)
+    # -q and -v reach the three programs: -q leaves their warnings and the demo's verdict.
+    output = ["-q"] if args.quiet else ["-v"] if args.verbose else []
     started = time.monotonic()
     (HERE / "runs").mkdir(exist_ok=True)
     # Named by the time, and unique even when two demos start in the same second.
@@ -84,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chain_path = run_dir / "chain.jsonl"
     # The run's keys live in its folder too: each demo is a run of its own, with new keys.
     keys = run_dir / "keys"
-    server_args = ["--port", "0", "--chain", str(chain_path), "--key", str(keys / "server.key")]
+    server_args = ["--port", "0", "--chain", str(chain_path), "--key", str(keys / "server.key"),
+                   *output]  # fmt: skip
     for flag, value in (("--rounds", args.rounds), ("--difficulty", args.difficulty)):
         if value is not None:
             server_args += [flag, str(value)]
@@ -104,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             processes[name] = start_client(
                 name, data, "--port", str(port), "--replica", str(replica),
                 "--key", str(keys / f"{name}.key"), "--known-servers", str(keys / "known_servers"),
-                cwd=HERE,
+                *output, cwd=HERE,
             )  # fmt: skip
             relays.append(relay(name, processes[name]))
         deadline = time.monotonic() + RUN_TIMEOUT_S

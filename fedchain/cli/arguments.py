@@ -62,3 +62,12 @@ def add_connection_flags(parser: argparse.ArgumentParser, *, listening: bool) ->
         default=settings.MAX_FRAME_BYTES,
         help="refuse any message longer than this",
     )  # fmt: skip
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """-q and -v, as every program has them."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="print only warnings and errors")  # fmt: skip
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="print every detail too")  # fmt: skip

@@ -7,8 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.arguments import add_connection_flags, client_name, integer_in, seconds
-from fedchain.cli.console import say, shown
+from fedchain.cli.arguments import (
+    add_connection_flags,
+    add_output_flags,
+    client_name,
+    integer_in,
+    seconds,
+)
+from fedchain.cli.console import configure_output, detail, say, shown
 from fedchain.federation.client import (
     ClientFailed,
     FederatedClient,
@@ -72,6 +78,7 @@ def parse_args(
          help="server keys trusted on first use, as SSH's known_hosts")  # fmt: skip
     flag("--min-difficulty", type=integer_in(0, 64), default=settings.MIN_DIFFICULTY_BITS,
          help="refuse a run whose chain is mined at fewer bits")  # fmt: skip
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     if not args.data and not args.show_key:
         parser.error("the following arguments are required: --data")
@@ -83,6 +90,7 @@ def main(
 ) -> int:
     """Run one client; DEFAULT_NAME and DEFAULT_DATA are what client1.py and client2.py set."""
     args = parse_args(argv, default_name=default_name, default_data=default_data)
+    configure_output(quiet=args.quiet, verbose=args.verbose)
     name = args.name  # every error says which client, for a terminal that shows several
     key_path = args.key or settings.KEY_DIR / f"{name}.key"
     try:
@@ -108,6 +116,7 @@ def main(
             key=key,
             min_difficulty=args.min_difficulty,
         )
+        client.detail = detail
         # Whatever would fail after joining, and so end the run for everyone, is checked first.
         validate_message(client.registration())
         prepare_replica(args.replica)

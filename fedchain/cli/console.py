@@ -1,6 +1,11 @@
 """What the programs print for people, and the one line other programs read back: the server's
-first line names the port it listens on, so a test or the demo can start it on port 0."""
+first line names the port it listens on, so a test or the demo can start it on port 0.
 
+Lines go through Python's logging, as the logger "fedchain": what a person follows to standard
+output, warnings and errors to standard error; -q keeps only those, -v adds the details.
+"""
+
+import logging
 import os
 import re
 import sys
@@ -13,8 +18,58 @@ MAX_SHOWN_CHARS = 1000  # an error line: enough for two keys and a path, not a p
 _LISTENING = re.compile(r"^listening on (?P<host>\S+):(?P<port>\d+)$")
 
 
+LOG = logging.getLogger("fedchain")
+
+
+class _Below(logging.Filter):
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
+def configure_output(*, quiet: bool = False, verbose: bool = False) -> None:
+    """Send the program's lines to the terminal: -q (QUIET) only warnings and errors, -v
+    (VERBOSE) every detail too."""
+    for handler in list(LOG.handlers):
+        LOG.removeHandler(handler)
+    plain = logging.Formatter("%(message)s")
+    to_stdout = logging.StreamHandler(sys.stdout)
+    to_stdout.addFilter(_Below(logging.WARNING))
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setLevel(logging.WARNING)
+    for handler in (to_stdout, to_stderr):
+        handler.setFormatter(plain)
+        LOG.addHandler(handler)
+    LOG.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    LOG.propagate = False
+
+
 def say(line: str) -> None:
     """Print LINE for the person at the terminal, at once (they may be watching a long run)."""
+    if not LOG.handlers:  # used before a program set its output up: the default
+        configure_output()
+    LOG.info(line)
+
+
+def warn(line: str) -> None:
+    """A line that matters even under -q: to standard error."""
+    if not LOG.handlers:
+        configure_output()
+    LOG.warning(line)
+
+
+def detail(line: str) -> None:
+    """A line only -v shows."""
+    if not LOG.handlers:
+        configure_output()
+    LOG.debug(line)
+
+
+def announce(line: str) -> None:
+    """A line printed whatever -q says: one other programs read back (the listening line)."""
     print(line, flush=True)
 
 

@@ -8,8 +8,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.arguments import add_connection_flags, integer_in, seconds
-from fedchain.cli.console import listening_line, say, shown
+from fedchain.cli.arguments import add_connection_flags, add_output_flags, integer_in, seconds
+from fedchain.cli.console import (
+    announce,
+    configure_output,
+    detail,
+    listening_line,
+    say,
+    shown,
+    warn,
+)
 from fedchain.cli.run_summary import show_chain, summarise_run
 from fedchain.federation.metrics import MetricsFile, metrics_path_for
 from fedchain.federation.resume import RunSettings, differences
@@ -70,11 +78,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag("--show-key", action="store_true", help="print the public key as 64 hex digits, exit")
     flag("--authorized-keys", type=Path, default=None,
          help="who may join: one 'NAME HEX' a line (default: open enrolment)")  # fmt: skip
+    add_output_flags(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_output(quiet=args.quiet, verbose=args.verbose)
     if args.min_clients is not None and args.min_clients > args.clients:
         print(f"error: --min-clients {args.min_clients} is more than --clients {args.clients}",
               file=sys.stderr)  # fmt: skip
@@ -139,11 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     listener.settimeout(settings.SEND_TIMEOUT_S)  # accept() is only called once one is waiting
     with listener:
         host, port_number = listener.getsockname()[:2]
-        say(listening_line(host, port_number))  # first: tests and demo.py read the port from it
+        announce(listening_line(host, port_number))  # first, even with -q: others read the port
         made = "made now in" if created else "from"
         say(f"server key {public_hex(key)} ({made} {args.key})")
         say(f"the chain goes to {args.chain}, the metrics to {args.metrics}")
         server = FederationServer(listener, args.chain, say, key=key)
+        server.detail = detail
         server.authorized_keys = authorized
         server.n_clients = args.clients
         server.min_clients = args.min_clients
@@ -162,18 +173,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             server.run()
         except ChainUnavailable as error:
-            say(f"run stopped: {error}")
+            warn(f"run stopped: {error}")
             return EXIT_RUN_FAILED
         except RunAborted as error:
-            say(f"run stopped: {error}")
+            warn(f"run stopped: {error}")
             show_chain(args.chain, say)
             return EXIT_RUN_FAILED
         except KeyboardInterrupt:
             if args.chain.exists():
-                say(f"interrupted; {args.chain} holds every block finished so far "
+                warn(f"interrupted; {args.chain} holds every block finished so far "
                     "(--resume goes on with it)")  # fmt: skip
             else:
-                say("interrupted before the run began; no chain file was made")
+                warn("interrupted before the run began; no chain file was made")
             return EXIT_RUN_FAILED
         finally:
             server.metrics.close()
@@ -193,7 +204,7 @@ def open_for_resuming(
         print(f"error: cannot resume {args.chain}: {shown(error)}", file=sys.stderr)
         return EXIT_USAGE
     if dropped:
-        say(f"warning: {args.chain}: {dropped}; that block is made again")
+        warn(f"warning: {args.chain}: {dropped}; that block is made again")
     if not chain.genesis.signed:
         chain.store.close()
         print(f"error: {args.chain} is a format-1 chain, which records too little to resume",

@@ -103,6 +103,7 @@ class FederatedClient:
         self.replica = replica
         self.say = say
         self.stage = Stage.LOGGING_IN
+        self.detail: Callable[[str], None] = lambda line: None  # what only -v shows
         self.chain: Chain | None = None  # kept across connections: the server may come back
         self.height = 0  # the blocks the server held when it welcomed this connection
         self.caught_up = 0  # how many of them this client has checked or taken
@@ -131,6 +132,7 @@ class FederatedClient:
         while self.stage is not Stage.DONE:
             message = receive_message(sock, max_frame_bytes=max_frame_bytes)
             kind = message["type"]
+            self.detail(f"{self.name}: the server sent {kind!r} while it was {self.stage.value}")
             if kind == "refused":
                 raise refusal(printable(message["reason"]), self.stage)
             if kind not in _EXPECTED[self.stage]:

@@ -115,6 +115,8 @@ class FederationServer:
     # The expected time to mine a block at the run's difficulty on this machine: a long one is
     # announced, to the log and to the clients, so a wait is never silent.
     mining_estimate_s: float = 0.0
+    # Where the details go that only a person asking for them (-v) sees.
+    detail: Callable[[str], None] = staticmethod(lambda line: None)
 
     def __init__(
         self,
@@ -742,6 +744,7 @@ class FederationServer:
                     if peer.name in received:
                         raise _Refusal(f"sent a second message in round {index}")
                     received[peer.name] = self._check_message(peer, message, kind, index, chain)
+                    self.detail(f"{peer.name}'s {kind} for round {index} checked: signatures hold")
             except _Refusal as refusal:
                 received.pop(peer.name, None)
                 self._leave_out(peer, index, str(refusal))

@@ -253,3 +253,17 @@ def test_a_chain_path_that_cannot_be_made_is_refused_at_start(programs, tmp_path
     server = programs("server.py", "--port", "0", "--chain", tmp_path / "a-file" / "chain.jsonl")
     assert server.finish() == 2
     assert "cannot make a folder for" in server.output
+
+
+def test_quiet_programs_print_only_what_others_read_and_verbose_ones_more(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "-q")
+    quiet = programs("client1.py", *client_args("cli1", port, tmp_path), "-q")
+    verbose = programs("client2.py", *client_args("cli2", port, tmp_path), "-v")
+    for program in (server, quiet, verbose):
+        assert program.finish() == 0, program.output
+    assert server.lines == [server.lines[0]] and server.lines[0].startswith("listening on ")
+    assert quiet.lines == []
+    assert "cli2: the server sent 'train' while it was waiting for the next round" in (
+        verbose.output
+    )
+    assert "run complete" in verbose.output
