@@ -21,6 +21,16 @@ _LISTENING = re.compile(r"^listening on (?P<host>\S+):(?P<port>\d+)$")
 LOG = logging.getLogger("fedchain")
 
 
+class _Stream(logging.StreamHandler):
+    """A terminal stream whose reader going away (`| head`) stops the program, as it would
+    stop print(), instead of being reported by logging and ignored."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # logging names it so
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            raise  # it is handled inside the handler's own except block: re-raised
+        super().handleError(record)
+
+
 class _Below(logging.Filter):
     def __init__(self, level: int) -> None:
         super().__init__()
@@ -36,9 +46,9 @@ def configure_output(*, quiet: bool = False, verbose: bool = False) -> None:
     for handler in list(LOG.handlers):
         LOG.removeHandler(handler)
     plain = logging.Formatter("%(message)s")
-    to_stdout = logging.StreamHandler(sys.stdout)
+    to_stdout = _Stream(sys.stdout)
     to_stdout.addFilter(_Below(logging.WARNING))
-    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr = _Stream(sys.stderr)
     to_stderr.setLevel(logging.WARNING)
     for handler in (to_stdout, to_stderr):
         handler.setFormatter(plain)
