@@ -22,7 +22,7 @@ from fedchain.ledger.compare import compare_chains
 from fedchain.ledger.report import Verdict, report_chain
 from fedchain.ledger.store import ChainFileError, load_chain
 from fedchain.ledger.verification import ChainError
-from fedchain.results.history import MetricsError, model_of_round, read_metrics
+from fedchain.results.history import MetricsError, last_round, model_of_round, read_metrics
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE, EXIT_INCOMPLETE = 0, 1, 2, 3
 EXIT_DIVERGED, EXIT_EQUIVOCATION = 4, 5
@@ -157,6 +157,9 @@ def _plot(args: argparse.Namespace, chain: Chain) -> int:
     from fedchain.results.figure import convergence, draw_convergence
 
     blocks = chain.blocks
+    if last_round(blocks) == 0:
+        print(f"error: {args.path} holds no round yet: nothing to plot", file=sys.stderr)
+        return EXIT_INVALID
     try:
         metrics = None if args.metrics is None else read_metrics(args.metrics, blocks)
         test = None

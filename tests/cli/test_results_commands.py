@@ -202,3 +202,10 @@ def test_the_readmes_notebook_example_runs_as_written(run, tmp_path):
     assert result.returncode == 0, result.stderr
     r2_text, same = result.stdout.split()
     assert 0.7 < float(r2_text) < 0.8 and same == "True"  # the simulation is the chain's run
+
+
+def test_plot_refuses_a_chain_with_no_round_yet(chain, tmp_path):
+    chain.write_text(chain.read_text().splitlines()[0] + "\n")  # the genesis alone verifies
+    result = plot(chain, "-o", tmp_path / "c.png")
+    assert result.returncode == 1 and "holds no round yet" in result.stderr
+    assert not (tmp_path / "c.png").exists()
