@@ -1,4 +1,6 @@
-"""The chain tool: `python blockchain.py verify PATH` checks a chain file, `show PATH` prints it.
+"""The chain tool: `python blockchain.py verify PATH` checks a chain file, `show PATH` prints it,
+`compare A B` finds where two copies part, `export PATH` writes its global model as JSON and
+`plot PATH` draws its run.
 
 The ledger itself lives in fedchain/ledger/: block.py (fields and canonical bytes), mining.py,
 store.py (JSON Lines), verification.py (the rules), chain.py (appending), report.py.

@@ -8,9 +8,12 @@ In Python:
     a, b = LinearModel([1.0, 2.0], 0.5), LinearModel([3.0, 0.0], 1.5)
     fedavg([(a, 100), (b, 300)])          # LinearModel(weights=[2.5, 0.5], bias=1.25)
 
-From a shell, the global model a chain holds (the chain is verified first):
+From a shell, the global model a chain holds (the chain is verified first), and that model put
+to use on a CSV's rows (a model file from `python blockchain.py export`, or the chain itself):
 
     python model.py chain.jsonl [--round N]
+    python model.py predict --model model.json --data rows.csv [-o predictions.csv]
+    python model.py score --chain chain.jsonl --data data/test.csv
 
 Where each piece lives: fedchain/learning/linear_model.py (the model and its measures),
 aggregation.py (FedAvg), local_training.py (the PyGAD search), dataset.py (reading a CSV).

@@ -1,6 +1,6 @@
 """The folders are the architecture: imports point one way, down, and nothing reaches back up.
 
-entry points -> cli -> federation -> ledger / wire / learning -> checks, settings
+entry points -> cli -> federation, results -> ledger / wire / learning -> checks, settings
 """
 
 import ast
@@ -25,7 +25,9 @@ ALLOWED = {
     },  # keys, TLS and logins know nothing of models or chains
     "ledger": {"checks", "files", "learning", "trust"},
     "federation": {"checks", "settings", "learning", "ledger", "wire", "trust"},
-    "cli": {"checks", "settings", "learning", "ledger", "wire", "trust", "federation"},
+    # A run's result for people and notebooks: read off a verified chain, never off the network.
+    "results": {"checks", "settings", "learning", "ledger"},
+    "cli": {"checks", "settings", "learning", "ledger", "wire", "trust", "federation", "results"},
 }
 
 

@@ -1,21 +1,28 @@
-"""The chain's command line: `python blockchain.py show|verify PATH`, `compare A B`, or
-`fedchain-chain`.
+"""The chain's command line: `python blockchain.py show|verify PATH`, `compare A B`,
+`export PATH`, `plot PATH`, or `fedchain-chain`.
 
 `show` prints a chain for a person; `verify` checks every link, hash, proof of work, average and
 signature, and names the first block that is wrong; `compare` finds where two copies part and
-whether that proves the server signed two different blocks.
+whether that proves the server signed two different blocks; `export` writes a verified chain's
+global model as JSON; `plot` draws how a verified chain's run converged.
 """
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from fedchain import settings
 from fedchain.cli.arguments import integer_in
 from fedchain.cli.console import quiet_on_broken_pipe, say, shown
+from fedchain.learning.dataset import DataError, column_difference, load_dataset
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS, Block
+from fedchain.ledger.chain import Chain, verify_chain
 from fedchain.ledger.compare import compare_chains
 from fedchain.ledger.report import Verdict, report_chain
 from fedchain.ledger.store import ChainFileError, load_chain
+from fedchain.ledger.verification import ChainError
+from fedchain.results.history import MetricsError, last_round, model_of_round, read_metrics
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE, EXIT_INCOMPLETE = 0, 1, 2, 3
 EXIT_DIVERGED, EXIT_EQUIVOCATION = 4, 5
@@ -44,6 +51,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     compare.add_argument("first")
     compare.add_argument("second")
+    export = commands.add_parser(
+        "export", help="verify a chain, then write the global model of a round as JSON"
+    )
+    export.add_argument("path", help="a chain file (JSON Lines)")
+    export.add_argument("--round", type=integer_in(0), default=None, help="default: the last")
+    export.add_argument("-o", "--output", help="the model file to write (default: print it)")
+    plot = commands.add_parser(
+        "plot", help="verify a chain, then draw its errors and weights per round as a PNG"
+    )
+    plot.add_argument("path", help="a chain file (JSON Lines)")
+    plot.add_argument(
+        "--metrics", help="the server's metrics CSV of the same run: the clients' errors on "
+        "their own rows and the test MSE the server measured",
+    )  # fmt: skip
+    plot.add_argument(
+        "--test", type=Path, default=None,
+        help="held-out rows to score every model on (default: the bundled data/test.csv)",
+    )  # fmt: skip
+    plot.add_argument("-o", "--output", default="convergence.png", help="the PNG to write")
+    for command in (export, plot):
+        command.add_argument(
+            "--target", default=settings.TARGET,
+            help="the column the model predicts (the chain does not record it)",
+        )  # fmt: skip
+        command.add_argument(
+            "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
+            help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
+        )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -62,6 +97,11 @@ def _main(argv: Sequence[str] | None) -> int:
         if comparison.index is None:
             return EXIT_OK
         return EXIT_EQUIVOCATION if comparison.equivocation else EXIT_DIVERGED
+    if args.command in ("export", "plot"):
+        chain = verified(args.path, min_difficulty=args.min_difficulty)
+        if isinstance(chain, int):
+            return chain
+        return (_export if args.command == "export" else _plot)(args, chain)
     blocks = _load(args.path)
     if isinstance(blocks, int):
         return blocks
@@ -70,6 +110,76 @@ def _main(argv: Sequence[str] | None) -> int:
         require_signed=args.require_signed,
     )  # fmt: skip
     return {Verdict.VALID: EXIT_OK, Verdict.INCOMPLETE: EXIT_INCOMPLETE}.get(verdict, EXIT_INVALID)
+
+
+def verified(path: str, *, min_difficulty: int) -> Chain | int:
+    """The verified chain in PATH, or the exit code after saying in one line why not."""
+    try:
+        chain = verify_chain(load_chain(path).blocks, min_difficulty=min_difficulty)
+    except (ChainFileError, ChainError) as error:
+        print(f"error: {path} does not verify: {shown(error)}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as error:
+        print(f"error: cannot read {path}: {error.strerror}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if chain.planned_rounds is not None and not chain.closed:
+        print(
+            f"warning: {path}: the run is incomplete ({chain.rounds_done} of "
+            f"{chain.planned_rounds} rounds)",
+            file=sys.stderr,
+        )
+    return chain
+
+
+def _export(args: argparse.Namespace, chain: Chain) -> int:
+    try:
+        model = model_of_round(chain.blocks, args.round, target=args.target)
+    except ValueError as error:
+        print(f"error: {args.path}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.output is None:
+        sys.stdout.write(model.to_json())
+        return EXIT_OK
+    try:
+        Path(args.output).write_text(model.to_json(), encoding="utf-8")
+    except OSError as error:
+        print(f"error: cannot write {args.output}: {error.strerror}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    say(
+        f"wrote {args.output}: the global model of round {model.round} "
+        f"(block hash {model.block_hash[:16]}…, genesis {model.genesis_hash[:16]}…)"
+    )
+    return EXIT_OK
+
+
+def _plot(args: argparse.Namespace, chain: Chain) -> int:
+    # matplotlib takes a while to import: only the plot command pays for it.
+    from fedchain.results.figure import convergence, draw_convergence
+
+    blocks = chain.blocks
+    if last_round(blocks) == 0:
+        print(f"error: {args.path} holds no round yet: nothing to plot", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        metrics = None if args.metrics is None else read_metrics(args.metrics, blocks)
+        test = None
+        if metrics is None or metrics["test_mse"].isna().any():
+            path = args.test or settings.bundled_data("test.csv")
+            test = load_dataset(path, target=args.target)
+            if difference := column_difference(blocks[0].feature_names, test.feature_names):
+                raise DataError(f"{path}: the columns differ from the chain's: {difference}")
+            test = test.in_order(blocks[0].feature_names)
+        data = convergence(blocks, test=test, metrics=metrics, target=args.target)
+    except (DataError, MetricsError) as error:
+        print(f"error: {shown(error)}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    try:
+        draw_convergence(data, args.output)
+    except OSError as error:
+        print(f"error: cannot write {args.output}: {error.strerror}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    say(f"wrote {args.output}: {len(data.global_mse)} rounds, {len(data.client_mse)} clients")
+    return EXIT_OK
 
 
 def _load(path: str) -> list[Block] | int:

@@ -1,17 +1,25 @@
-"""`python model.py CHAIN [--round N]`: the global model a verified chain holds, for a person."""
+"""`python model.py CHAIN [--round N]`: the global model a verified chain holds, for a person;
+`python model.py predict|score --model FILE|--chain CHAIN --data CSV`: that model put to use."""
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
+
+from fedchain import settings
 from fedchain.cli.arguments import integer_in
+from fedchain.cli.chain import verified
 from fedchain.cli.console import quiet_on_broken_pipe, say, shown
+from fedchain.learning.dataset import DataError, load_rows
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
-from fedchain.ledger.chain import verify_chain
-from fedchain.ledger.store import ChainFileError, load_chain
-from fedchain.ledger.verification import ChainError
+from fedchain.results import read_model_file
+from fedchain.results.chain_model import ChainModel, ModelFileError
+from fedchain.results.history import model_of_round
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+COMMANDS = ("predict", "score")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,41 +27,121 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The first form, `model.py CHAIN`, stays as it was: a command word comes first or not at all.
+    if argv and argv[0] in COMMANDS:
+        return _use(argv[0], argv[1:])
+    return _show(argv)
+
+
+def _show(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         description="Print the global model of a chain's round (default: the last), "
         "after verifying the chain.",
+        epilog="Also: `model.py predict ...` writes a model's predictions for a CSV's rows, "
+        "`model.py score ...` prints its MSE and R² on them (see `model.py predict --help`).",
     )
     parser.add_argument("chain", help="a chain file (JSON Lines)")
     parser.add_argument("--round", type=integer_in(0), default=None, help="which round's model")
+    _add_min_difficulty(parser)
+    args = parser.parse_args(argv)
+    model = _from_chain(args.chain, args.round, settings.TARGET, args.min_difficulty)
+    if isinstance(model, int):
+        return model
+    say(f"global model of round {model.round} (block hash {model.block_hash[:16]}…), y = X·w + b:")
+    width = max(len(name) for name in model.feature_names)
+    for name, weight in zip(model.feature_names, model.coef_, strict=True):
+        say(f"  {name:<{width}}  {weight:+.6g}")
+    say(f"  {'(bias)':<{width}}  {model.intercept_:+.6g}")
+    return EXIT_OK
+
+
+def _use(command: str, argv: list[str]) -> int:
+    what = {
+        "predict": "Write a model's predictions for the rows of a CSV file.",
+        "score": "Print a model's MSE and R² on the rows of a CSV file that holds the target.",
+    }
+    parser = argparse.ArgumentParser(prog=f"model.py {command}", description=what[command])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a model file written by `blockchain.py export`")
+    source.add_argument("--chain", help="a chain file: its global model, after verifying it")
+    parser.add_argument("--round", type=integer_in(0), default=None, help="with --chain")
+    parser.add_argument(
+        "--data", required=True, help="the rows: a CSV with the model's columns, by name"
+    )
+    parser.add_argument(
+        "--target", default=None,
+        help=f"the target column (default: the model file's; with --chain, {settings.TARGET})",
+    )  # fmt: skip
+    if command == "predict":
+        parser.add_argument("-o", "--output", help="the CSV to write (default: print it)")
+    _add_min_difficulty(parser)
+    args = parser.parse_args(argv)
+    if args.model is not None:
+        if args.round is not None:
+            parser.error("--round picks a round of a --chain; a model file holds one round")
+        try:
+            model = read_model_file(args.model)
+        except ModelFileError as error:
+            print(f"error: {args.model}: {shown(error)}", file=sys.stderr)
+            return EXIT_INVALID
+        except OSError as error:
+            print(f"error: cannot read {args.model}: {error.strerror}", file=sys.stderr)
+            return EXIT_UNREADABLE
+        if args.target is not None:
+            model.target = args.target
+    else:
+        target = args.target or settings.TARGET
+        model = _from_chain(args.chain, args.round, target, args.min_difficulty)
+        if isinstance(model, int):
+            return model
+    try:
+        X, y = load_rows(args.data, feature_names=model.feature_names, target=model.target)
+    except DataError as error:
+        print(f"error: {shown(error)}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    if command == "predict":
+        return _predict(model, X, args.output)
+    if y is None:
+        print(f"error: {args.data}: no target column {model.target!r} to score against",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_UNREADABLE
+    residual = model.predict(X) - y
+    say(f"{len(y)} rows of {args.data}, target {model.target!r}, round {model.round}'s model")
+    say(f"MSE {float(residual @ residual) / len(y):.6g}")
+    say(f"R²  {model.score(X, y):.6g}")
+    return EXIT_OK
+
+
+def _predict(model: ChainModel, X: np.ndarray, output: str | None) -> int:
+    # 17 significant digits read back as the same bits: the predictions are the model's exactly.
+    lines = [f"predicted_{model.target}"] + [f"{value:.17g}" for value in model.predict(X)]
+    text = "\n".join(lines) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as error:
+        print(f"error: cannot write {output}: {error.strerror}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    say(f"wrote {output}: {len(X)} predictions of {model.target!r} by round {model.round}'s model")
+    return EXIT_OK
+
+
+def _from_chain(path: str, round: int | None, target: str, min_difficulty: int) -> ChainModel | int:
+    chain = verified(path, min_difficulty=min_difficulty)
+    if isinstance(chain, int):
+        return chain
+    try:
+        return model_of_round(chain.blocks, round, target=target)
+    except ValueError as error:
+        print(f"error: {path}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _add_min_difficulty(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
         help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
     )  # fmt: skip
-    args = parser.parse_args(argv)
-    try:
-        blocks = load_chain(args.chain).blocks
-        verify_chain(blocks, min_difficulty=args.min_difficulty)
-    except (ChainFileError, ChainError) as error:
-        print(f"error: {args.chain} does not verify: {shown(error)}", file=sys.stderr)
-        return EXIT_INVALID
-    except OSError as error:
-        print(f"error: cannot read {args.chain}: {error.strerror}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    # Round N's model is block N's; a closing block only repeats the last round's.
-    last_round = max(block.index for block in blocks if block.cli or block.index == 0)
-    index = last_round if args.round is None else args.round
-    if index > last_round:
-        print(f"error: {args.chain} has rounds 0..{last_round}, not {index}", file=sys.stderr)
-        return EXIT_INVALID
-    block = blocks[index]
-    model = block.server_model
-    say(f"global model of round {index} (block hash {block.hash[:16]}…), y = X·w + b:")
-    width = max(len(name) for name in block.feature_names)
-    for name, weight in zip(block.feature_names, model.weights, strict=True):
-        say(f"  {name:<{width}}  {weight:+.6g}")
-    say(f"  {'(bias)':<{width}}  {model.bias:+.6g}")
-    return EXIT_OK
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -78,6 +78,27 @@ def load_dataset(path: str | Path, *, target: str = settings.TARGET) -> Dataset:
     return Dataset(feature_names=feature_names, X=X, y=y)
 
 
+def load_rows(
+    path: str | Path, *, feature_names: Sequence[str], target: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read PATH's FEATURE_NAMES columns, matched by name, as X in FEATURE_NAMES' order, and its
+    TARGET column as y if it has one (else None): rows to predict, or to score a model on.
+    Every cell must be a finite number; a column not asked for is read and left out."""
+    path = Path(path)
+    header = _check_columns(path, _read_header(path))
+    if missing := [name for name in feature_names if name not in header]:
+        shown = ", ".join(map(repr, missing[:10])) + (", …" if len(missing) > 10 else "")
+        raise DataError(f"{path}: the model's column(s) {shown} are missing")
+    values = _parse_with_pandas(path, header)
+    if isinstance(values, str):
+        _locate_fault(path, header, values)  # raises, naming the line and column
+    if len(values) == 0:
+        raise DataError(f"{path}: the file has a header but no rows")
+    X = values[:, [header.index(name) for name in feature_names]]
+    y = values[:, header.index(target)].copy() if target in header else None
+    return X, y
+
+
 def _read_header(path: Path) -> list[str]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
@@ -96,6 +117,13 @@ def _read_header(path: Path) -> list[str]:
 def _check_header(path: Path, columns: list[str], target: str) -> list[str]:
     if target not in columns:
         raise DataError(f"{path}: no target column {target!r} (columns: {', '.join(columns)})")
+    _check_columns(path, columns)
+    if len(columns) < 2:
+        raise DataError(f"{path}: no feature columns besides the target {target!r}")
+    return columns
+
+
+def _check_columns(path: Path, columns: list[str]) -> list[str]:
     for column in columns:
         if not column.strip():
             raise DataError(f"{path}: a column has no name in the header")
@@ -106,8 +134,6 @@ def _check_header(path: Path, columns: list[str], target: str) -> list[str]:
     repeated = sorted({c for c in columns if columns.count(c) > 1})
     if repeated:
         raise DataError(f"{path}: column {repeated[0]!r} appears more than once in the header")
-    if len(columns) < 2:
-        raise DataError(f"{path}: no feature columns besides the target {target!r}")
     return columns
 
 

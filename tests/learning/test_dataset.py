@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from processes import ROOT
 
-from fedchain.learning.dataset import DataError, load_dataset, save_dataset
+from fedchain.learning.dataset import DataError, load_dataset, load_rows, save_dataset
 
 DATA = ROOT / "data"
 
@@ -120,3 +120,23 @@ def test_a_saved_dataset_loads_back_bit_for_bit(tmp_path):
     again = load_dataset(tmp_path / "copy.csv")
     assert again.feature_names == data.feature_names
     assert np.array_equal(again.X, data.X) and np.array_equal(again.y, data.y)
+
+
+def test_load_rows_takes_the_asked_columns_by_name_and_the_target_if_there(tmp_path):
+    path = write(tmp_path, "id,b,a,charges\n1,2,3,4\n5,6,7,8\n")
+    X, y = load_rows(path, feature_names=("a", "b"), target="charges")
+    assert X.tolist() == [[3.0, 2.0], [7.0, 6.0]] and y.tolist() == [4.0, 8.0]
+    X, y = load_rows(write(tmp_path, "b,a\n2,3\n"), feature_names=("a", "b"), target="charges")
+    assert X.tolist() == [[3.0, 2.0]] and y is None  # one row is enough to predict
+
+
+def test_load_rows_refuses_missing_columns_naming_them(tmp_path):
+    path = write(tmp_path, "age,charges\n1,2\n")
+    with pytest.raises(DataError, match=r"rows.csv: the model's column\(s\) 'bmi', 'smoker' are"):
+        load_rows(path, feature_names=("age", "bmi", "smoker"))
+
+
+def test_load_rows_refuses_a_bad_cell_naming_line_and_column(tmp_path):
+    path = write(tmp_path, "age,bmi\n1,2\n3,x\n")
+    with pytest.raises(DataError, match=r"line 3, column 'bmi': 'x' is not a number"):
+        load_rows(path, feature_names=("age", "bmi"))

@@ -1,0 +1,59 @@
+"""The result of a run, for a notebook: a verified chain as pandas tables, its global model in
+scikit-learn's names, and the same federation run in this process.
+
+    from fedchain.results import load_model, load_rounds, simulated_rounds
+    rounds = load_rounds("chain.jsonl")   # verified; a row per round and client
+    model = load_model("chain.jsonl")     # the last round's: coef_, intercept_, predict, score
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+from fedchain import settings
+from fedchain.results.chain_model import ChainModel, ModelFileError, model_from_json
+from fedchain.results.history import (
+    client_rounds,
+    global_rounds,
+    model_of_round,
+    simulated_rounds,
+    verified_chain,
+)
+
+__all__ = [
+    "ChainModel",
+    "ModelFileError",
+    "load_global_models",
+    "load_model",
+    "load_rounds",
+    "read_model_file",
+    "simulated_rounds",
+]
+
+
+def load_rounds(path: str | Path, *, min_difficulty: int = 0) -> pd.DataFrame:
+    """Verify the chain file PATH; return each client's model, one row per round and client
+    (round, client, n_samples, block_hash, a column per weight, bias)."""
+    return client_rounds(verified_chain(path, min_difficulty=min_difficulty).blocks)
+
+
+def load_global_models(path: str | Path, *, min_difficulty: int = 0) -> pd.DataFrame:
+    """Verify the chain file PATH; return its global model, one row per round from 0."""
+    return global_rounds(verified_chain(path, min_difficulty=min_difficulty).blocks)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    round: int | None = None,
+    target: str = settings.TARGET,
+    min_difficulty: int = 0,
+) -> ChainModel:
+    """Verify the chain file PATH; return the global model of ROUND (default: the last)."""
+    blocks = verified_chain(path, min_difficulty=min_difficulty).blocks
+    return model_of_round(blocks, round, target=target)
+
+
+def read_model_file(path: str | Path) -> ChainModel:
+    """The model in a file `blockchain.py export` wrote."""
+    return model_from_json(Path(path).read_text(encoding="utf-8"))
