@@ -46,6 +46,7 @@ def fedavg(updates: Sequence[tuple[LinearModel, int]]) -> LinearModel:
 
 FEDAVG, MEDIAN, TRIMMED_MEAN, KRUM = "fedavg", "median", "trimmed-mean", "krum"
 ROBUST_RULES = (MEDIAN, TRIMMED_MEAN, KRUM)
+KNOWN_RULES = (FEDAVG, *ROBUST_RULES)
 BYZANTINE = "byzantine"  # the parameter that says how many attackers a robust rule assumes
 MAX_BYZANTINE = 1000
 
