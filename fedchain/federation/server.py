@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import settings
 from fedchain.checks import printable
+from fedchain.learning.aggregation import FEDAVG
 from fedchain.learning.dataset import Dataset, column_difference
 from fedchain.learning.linear_model import LinearModel, mse
 from fedchain.ledger.block import (
@@ -36,6 +37,7 @@ from fedchain.ledger.block import (
     TrainingSettings,
 )
 from fedchain.ledger.chain import Chain, make_closing_block, make_genesis, make_round_block
+from fedchain.ledger.report import describe_choice
 from fedchain.ledger.signatures import (
     attestation_message,
     signature_holds,
@@ -109,6 +111,9 @@ class FederationServer:
     # A verified chain (open for appending) to go on from, instead of starting a new run; its
     # genesis fixes the run's settings and who takes part.
     resumed: Chain | None = None
+    # The rule that makes each global model, and its parameters; fixed in the genesis.
+    aggregation: str = FEDAVG
+    aggregation_parameters: dict[str, float] = {}  # noqa: RUF012 (read, never changed in place)
 
     def __init__(
         self,
@@ -165,6 +170,8 @@ class FederationServer:
             difficulty=self.difficulty_bits,
             run=RunRecord(self.rounds, self.seed, self.public_key, participants, self.min_clients),
             server_key=self.key,
+            aggregation=self.aggregation,
+            parameters=self.aggregation_parameters,
         )
         # The file is made only now, so a run that never starts leaves nothing in the way.
         try:
@@ -190,6 +197,8 @@ class FederationServer:
         run = chain.genesis.run
         self.chain = chain
         self.rounds, self.seed, self.min_clients = run.rounds, run.seed, run.min_clients
+        self.aggregation = chain.genesis.aggregation
+        self.aggregation_parameters = chain.genesis.parameters
         self.n_clients = len(run.participants)
         self._fix_features(chain.genesis.feature_names, "the chain's genesis")
         self.round_index = chain.last.index + 1
@@ -586,13 +595,16 @@ class FederationServer:
         mining_started, mining_cpu_started = time.monotonic(), time.process_time()
         # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
         contributors = [p for p in self.peers if p.name in received]
-        block = make_round_block(
-            chain.last,
-            {p.name: received[p.name][0] for p in contributors},
-            attestations={p.name: received[p.name][1] for p in contributors},
-            server_key=self.key,
-            missing=self._missing(),
-        )
+        try:
+            block = make_round_block(
+                chain.last,
+                {p.name: received[p.name][0] for p in contributors},
+                attestations={p.name: received[p.name][1] for p in contributors},
+                server_key=self.key,
+                missing=self._missing(),
+            )
+        except ValueError as error:  # the quorum the genesis checked makes this a bug of ours
+            raise RunAborted(f"round {index} cannot be aggregated: {error}") from None
         mining_s = time.monotonic() - mining_started
         mining_cpu_s = time.process_time() - mining_cpu_started
         self._append(chain, block)
@@ -610,6 +622,8 @@ class FederationServer:
         if self.test_data:
             test_mse = mse(block.server_model, self.test_data.X, self.test_data.y)
             parts.append(f"global test MSE {test_mse:.4g}")
+        if block.choice:
+            parts.append(describe_choice(block))
         parts.append(f"nonce {block.nonce} mined in {1000 * mining_s:.1f} ms")
         parts.append(f"round {1000 * round_s:.1f} ms (server's own {1000 * own_s:.1f} ms)")
         parts.append(f"hash {block.hash[:16]}…")

@@ -152,3 +152,20 @@ def test_a_stored_rule_block_with_bad_rule_fields_is_refused(old, new, error):
     text = block_to_json(blocks[1]).replace(old, new, 1)
     with pytest.raises((ValueError, TypeError, ChainError), match=error):
         verify_chain([blocks[0], block_from_json(text)])
+
+
+def test_resuming_compares_the_rule_and_its_parameters_with_the_genesis():
+    from fedchain.federation.resume import RunSettings, differences
+
+    first = genesis(KRUM, 1.0)
+    same = RunSettings(difficulty=DIFFICULTY, rounds=2, seed=0, server_key=public_hex(SERVER_KEY),
+                       n_clients=5, min_clients=5, aggregation=KRUM,
+                       aggregation_parameters={BYZANTINE: 1.0})  # fmt: skip
+    assert differences(first, same) == []
+    assert differences(first, replace(same, aggregation_parameters={BYZANTINE: 2.0})) == [
+        "the rule's parameters (--byzantine) is {'byzantine': 2.0}, but the chain's genesis "
+        "records {'byzantine': 1.0}"
+    ]
+    assert differences(first, replace(same, aggregation=MEDIAN)) == [
+        "--aggregation is median, but the chain's genesis records krum"
+    ]
