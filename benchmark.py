@@ -1,6 +1,7 @@
 """Print the project's speed and quality figures, each measured against a reference in this run.
 
-`python benchmark.py [quality|speed|csv|rows|mining|network|trust|clients]` (all: a few minutes).
+`python benchmark.py [quality|noniid|poisoning|speed|csv|rows|mining|network|trust|clients]`
+(all: a few minutes).
 Figures, not pass/fail: the machines are shared and noisy, so every number that matters is a
 ratio of two measurements taken side by side.
 """
@@ -24,9 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import settings
 from fedchain.cli.programs import start_client, start_server
+from fedchain.learning.aggregation import BYZANTINE, FEDAVG, KRUM, MEDIAN, TRIMMED_MEAN
 from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
 from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
 from fedchain.learning.local_training import LocalProblem, train_locally
+from fedchain.learning.poisoning import parse_poison
 from fedchain.learning.simulation import SimulatedRound, simulate, split_rows
 from fedchain.learning.synthetic import TARGET as SYNTHETIC_TARGET
 from fedchain.learning.synthetic import synthetic_dataset
@@ -396,8 +399,82 @@ def wait_with_peak_memory(process: subprocess.Popen) -> tuple[int, int]:
     return process.returncode, usage.ru_maxrss * 1024  # Linux counts ru_maxrss in KiB
 
 
+def pooled_ratios(datasets: dict[str, Dataset], history: list[SimulatedRound]) -> list[float]:
+    """Each round's pooled-rows MSE over that of numpy lstsq on the same rows."""
+    everything = pooled(datasets)
+    reference = mse(fit_lstsq(everything.X, everything.y), everything.X, everything.y)
+    return [mse(r.global_model, everything.X, everything.y) / reference for r in history]
+
+
+def sorted_split(column: str, n_clients: int) -> dict[str, Dataset]:
+    """The bundled rows pooled, sorted by COLUMN (stably) and cut into N_CLIENTS shards."""
+    everything = pooled(bundled())
+    order = np.argsort(everything.X[:, everything.feature_names.index(column)], kind="stable")
+    ordered = Dataset(everything.feature_names, everything.X[order], everything.y[order])
+    return split_rows(ordered, n_clients)
+
+
+def split_by_value(column: str) -> dict[str, Dataset]:
+    """The bundled rows pooled, one client per value of COLUMN: constant within each client."""
+    everything = pooled(bundled())
+    values = everything.X[:, everything.feature_names.index(column)]
+    return {
+        f"cli{i + 1}": Dataset(everything.feature_names, everything.X[values == v],
+                               everything.y[values == v])
+        for i, v in enumerate(np.unique(values))
+    }  # fmt: skip
+
+
+NON_IID = {
+    "sorted by bmi, 2 clients": (lambda: sorted_split("bmi", 2), 1.001, 10),
+    "sorted by age, 2 clients": (lambda: sorted_split("age", 2), 1.001, 10),
+    "sorted by age, 8 clients": (lambda: sorted_split("age", 8), 1.001, 10),
+    "split by OHE_yes (smokers apart)": (lambda: split_by_value("OHE_yes"), 1.001, 20),
+    "the bundled IID split": (bundled, 1.0001, 5),
+}
+
+
+def non_iid() -> None:
+    print("non-IID: pooled-rows MSE of the global model / lstsq's, by rule, after 5 / 10 / 20 "
+          "rounds (goal: by the round named)")  # fmt: skip
+    warm_up()
+    print(f"  {'split':36}{'rule':>8}{'5':>10}{'10':>10}{'20':>10}{'goal':>16}")
+    for label, (clients, goal, by_round) in NON_IID.items():
+        datasets = clients()
+        ratios = pooled_ratios(datasets, simulate(datasets, rounds=20))
+        figures = "".join(f"{ratios[r - 1]:>10.6f}" for r in (5, 10, 20))
+        print(f"  {label:36}{FEDAVG:>8}{figures}{f'<= {goal} by {by_round}':>16}")
+
+
+ROBUST = [
+    (FEDAVG, {}, None),
+    (MEDIAN, {BYZANTINE: 1.0}, 1.06),
+    (TRIMMED_MEAN, {BYZANTINE: 1.0}, 1.2),
+    (KRUM, {BYZANTINE: 1.0}, 1.005),
+]
+
+
+def poisoning() -> None:
+    print("poisoning: 5 clients (the bundled rows in 5 shards), 5 rounds; pooled-rows MSE / "
+          "lstsq's, without and with cli5 sending scale=-10")  # fmt: skip
+    warm_up()
+    datasets = split_rows(pooled(bundled()), 5)
+    attack = {"cli5": parse_poison("scale=-10")}
+    print(f"  {'rule (byzantine 1)':20}{'honest':>12}{'attacked':>14}{'goal (attacked)':>18}")
+    for rule, parameters, goal in ROBUST:
+        clean, attacked = (
+            pooled_ratios(datasets, simulate(datasets, rounds=5, aggregation=rule,
+                                             parameters=parameters, poison=poison))[-1]
+            for poison in ({}, attack)
+        )  # fmt: skip
+        wanted = "shows the harm" if goal is None else f"<= {goal}"
+        print(f"  {rule:20}{clean:>12.6f}{attacked:>14.6g}{wanted:>18}")
+
+
 SECTIONS = {
     "quality": quality,
+    "noniid": non_iid,
+    "poisoning": poisoning,
     "speed": speed,
     "csv": csv_loading,
     "rows": training_cost_by_rows,

@@ -3,6 +3,9 @@ loopback port, their output prefixed, ending with the verified chain and how the
 compares with least squares fitted on the pooled rows.
 
 `python demo.py [--rounds R] [--difficulty BITS]`; the run's files go to runs/demo-<time>/.
+`python demo.py --clients 5 --poison 1 --aggregation krum` shows a poisoning attack and a robust
+rule: the bundled rows are split into 5 shards, the last client sends the received model plus
+-10 x its honest change, and the chain records whom the rule left out.
 """
 
 import argparse
@@ -17,8 +20,10 @@ import numpy as np
 
 from fedchain.cli.arguments import add_output_flags, integer_in
 from fedchain.cli.programs import start_client, start_server
-from fedchain.learning.dataset import load_dataset
+from fedchain.learning.aggregation import KNOWN_RULES
+from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
 from fedchain.learning.linear_model import fit_lstsq, mse
+from fedchain.learning.simulation import split_rows
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.store import load_chain
 from fedchain.settings import bundled_data
@@ -26,6 +31,7 @@ from fedchain.settings import bundled_data
 HERE = Path(__file__).resolve().parent
 CLIENTS = {"cli1": bundled_data("client1.csv"), "cli2": bundled_data("client2.csv")}
 RUN_TIMEOUT_S = 300.0
+POISON = "scale=-10"  # what --poison's attackers send
 _print_lock = threading.Lock()
 
 
@@ -44,9 +50,46 @@ def show(line: str) -> None:
         print(line, flush=True)
 
 
-def compare_with_central(chain_path: Path) -> None:
+def client_files(n_clients: int, run_dir: Path) -> dict[str, Path]:
+    """The bundled two files for two clients; else their rows pooled in file order and split
+    into N_CLIENTS shards, written to RUN_DIR."""
+    if n_clients == len(CLIENTS):
+        return dict(CLIENTS)
+    bundled = [load_dataset(path) for path in CLIENTS.values()]
+    pooled = Dataset(bundled[0].feature_names, np.vstack([d.X for d in bundled]),
+                     np.concatenate([d.y for d in bundled]))  # fmt: skip
+    files = {}
+    for name, shard in split_rows(pooled, n_clients).items():
+        files[name] = run_dir / f"{name}.csv"
+        save_dataset(shard, files[name])
+    return files
+
+
+def show_attack(chain_path: Path, attackers: Sequence[str]) -> None:
+    """The attackers' updates as the chain holds them, against the global model, and what the
+    rule made of them."""
+    for block in load_chain(chain_path).blocks:
+        for name in attackers:
+            if name not in block.cli:
+                continue
+            sent, made = block.client_model[name].model, block.server_model
+            first = block.feature_names[0]
+            show(f"block {block.index}: attacker {name} sent bias={sent.bias:.4g} "
+                 f"{first}={sent.weights[0]:.4g}; the global model has "
+                 f"bias={made.bias:.4g} {first}={made.weights[0]:.4g}")  # fmt: skip
+            if block.aggregation == "krum":
+                kept = block.choice[name][1] == 1.0
+                show(f"  krum {'KEPT' if kept else 'left out'} {name} "
+                     f"(score {block.choice[name][0]:.3g})")  # fmt: skip
+            elif block.choice:
+                cut = sum(v != 0.0 for v in block.choice[name])
+                show(f"  {block.aggregation} did not use {cut} of {name}'s "
+                     f"{len(block.choice[name])} values")  # fmt: skip
+
+
+def compare_with_central(chain_path: Path, files: dict[str, Path]) -> None:
     final = [block for block in load_chain(chain_path).blocks if block.cli][-1]  # the last round
-    clients = [load_dataset(path) for path in CLIENTS.values()]
+    clients = [load_dataset(path) for path in files.values()]
     test = load_dataset(bundled_data("test.csv"))
     X = np.vstack([c.X for c in clients])
     y = np.concatenate([c.y for c in clients])
@@ -76,10 +119,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="default: the server's",
     )
+    parser.add_argument("--clients", type=integer_in(2, 64), default=len(CLIENTS),
+                        help="clients; more than 2 split the bundled rows")  # fmt: skip
+    parser.add_argument(
+        "--poison",
+        type=integer_in(0),
+        default=0,
+        help=f"how many of the clients (the last ones) attack, sending {POISON}",
+    )
+    parser.add_argument("--aggregation", choices=KNOWN_RULES, default=None,
+                        help="default: the server's (fedavg)")  # fmt: skip
+    parser.add_argument("--byzantine", type=integer_in(0), default=None,
+                        help="attackers the rule assumes; default: the server's")  # fmt: skip
     add_output_flags(parser)
     args = parser.parse_args(argv)
-    # -q and -v reach the three programs: -q leaves their warnings and the demo's verdict.
+    # -q and -v reach the programs: -q leaves their warnings and the demo's verdict.
     output = ["-q"] if args.quiet else ["-v"] if args.verbose else []
+    if args.poison >= args.clients:
+        parser.error("--poison must leave at least one honest client")
     started = time.monotonic()
     (HERE / "runs").mkdir(exist_ok=True)
     # Named by the time, and unique even when two demos start in the same second.
@@ -87,11 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     chain_path = run_dir / "chain.jsonl"
     # The run's keys live in its folder too: each demo is a run of its own, with new keys.
     keys = run_dir / "keys"
-    server_args = ["--port", "0", "--chain", str(chain_path), "--key", str(keys / "server.key"),
-                   *output]  # fmt: skip
-    for flag, value in (("--rounds", args.rounds), ("--difficulty", args.difficulty)):
+    server_args = ["--port", "0", "--chain", str(chain_path), "--key", str(keys / "server.key")]
+    server_args += ["--clients", str(args.clients), *output]
+    for flag, value in (
+        ("--rounds", args.rounds),
+        ("--difficulty", args.difficulty),
+        ("--aggregation", args.aggregation),
+        ("--byzantine", args.byzantine),
+    ):
         if value is not None:
             server_args += [flag, str(value)]
+    files = client_files(args.clients, run_dir)
+    attackers = list(files)[len(files) - args.poison :]
 
     processes: dict[str, subprocess.Popen] = {}
     try:
@@ -103,12 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             show("demo: the server did not start")
             return 1
         relays = [relay("server", server)]
-        for name, data in CLIENTS.items():
+        for name, data in files.items():
             replica = run_dir / f"{name}.jsonl"
+            attack = ["--poison", POISON] if name in attackers else []
             processes[name] = start_client(
                 name, data, "--port", str(port), "--replica", str(replica),
                 "--key", str(keys / f"{name}.key"), "--known-servers", str(keys / "known_servers"),
-                *output, cwd=HERE,
+                *output, *attack, cwd=HERE,
             )  # fmt: skip
             relays.append(relay(name, processes[name]))
         deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -135,12 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         show(f"demo: {', '.join(failed)} did not finish cleanly; the files are in {run_dir}")
         return 1
     chain_bytes = chain_path.read_bytes()
-    for name in CLIENTS:
+    for name in files:
         same = (run_dir / f"{name}.jsonl").read_bytes() == chain_bytes
         show(f"{name}'s replica {'is' if same else 'is NOT'} the server's chain, byte for byte")
         if not same:
             return 1
-    compare_with_central(chain_path)
+    if attackers:
+        show_attack(chain_path, attackers)
+    compare_with_central(chain_path, files)
     show(f"done in {time.monotonic() - started:.1f} s; the chain is {chain_path.relative_to(HERE)}")
     return 0
 

@@ -22,6 +22,7 @@ from fedchain.federation.client import (
     take_part,
 )
 from fedchain.learning.dataset import DataError, load_dataset
+from fedchain.learning.poisoning import parse_poison
 from fedchain.trust.errors import TrustError
 from fedchain.trust.keys import check_public_hex, load_or_create_key, public_hex
 from fedchain.trust.known_servers import KnownServers
@@ -36,6 +37,14 @@ def public_key(text: str) -> str:
     try:
         return check_public_hex(text, "--server-key")
     except (TrustError, TypeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def poison(text: str):
+    """A --poison flag: scale=S or noise=S."""
+    try:
+        return parse_poison(text)
+    except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -78,6 +87,9 @@ def parse_args(
          help="server keys trusted on first use, as SSH's known_hosts")  # fmt: skip
     flag("--min-difficulty", type=integer_in(0, 64), default=settings.MIN_DIFFICULTY_BITS,
          help="refuse a run whose chain is mined at fewer bits")  # fmt: skip
+    flag("--poison", type=poison, default=None,
+         help="for demonstrating the robust rules only: make this client an attacker that "
+         "sends scale=S (the received model plus S x its honest change) or noise=S")  # fmt: skip
     add_output_flags(parser)
     args = parser.parse_args(argv)
     if not args.data and not args.show_key:
@@ -117,6 +129,7 @@ def main(
             min_difficulty=args.min_difficulty,
         )
         client.detail = detail
+        client.poison = args.poison
         # Whatever would fail after joining, and so end the run for everyone, is checked first.
         validate_message(client.registration())
         prepare_replica(args.replica)

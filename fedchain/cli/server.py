@@ -22,6 +22,7 @@ from fedchain.cli.run_summary import show_chain, summarise_run
 from fedchain.federation.metrics import MetricsFile, metrics_path_for
 from fedchain.federation.resume import RunSettings, differences
 from fedchain.federation.server import ChainUnavailable, FederationServer, RunAborted
+from fedchain.learning.aggregation import BYZANTINE, FEDAVG, KNOWN_RULES, clients_needed
 from fedchain.learning.dataset import DataError, Dataset, load_dataset
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.chain import Chain, continue_chain
@@ -78,8 +79,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag("--show-key", action="store_true", help="print the public key as 64 hex digits, exit")
     flag("--authorized-keys", type=Path, default=None,
          help="who may join: one 'NAME HEX' a line (default: open enrolment)")  # fmt: skip
+    flag("--aggregation", choices=KNOWN_RULES, default=FEDAVG,
+         help="how the clients' models make the global model: FedAvg, or a rule robust to "
+         "--byzantine poisoned updates (coordinate median, trimmed mean, multi-Krum)")  # fmt: skip
+    flag("--byzantine", type=integer_in(0, 1000), default=None,
+         help="attackers a robust rule assumes: trimmed-mean drops this many values at each "
+         "end, krum averages the n - F best-scored (default 1; not for fedavg)")  # fmt: skip
     add_output_flags(parser)
     return parser.parse_args(argv)
+
+
+def aggregation_parameters(args: argparse.Namespace) -> dict[str, float] | str:
+    """The rule's parameters from the flags, or what is wrong with them."""
+    if args.aggregation == FEDAVG:
+        if args.byzantine is not None:
+            return "--byzantine is for a robust --aggregation (median, trimmed-mean, krum)"
+        return {}
+    parameters = {BYZANTINE: float(1 if args.byzantine is None else args.byzantine)}
+    needed = clients_needed(args.aggregation, parameters)
+    quorum = args.min_clients or args.clients
+    if quorum < needed:
+        # Refused now, not in a round that falls short: every round must be aggregable.
+        return (f"--aggregation {args.aggregation} with --byzantine "
+                f"{int(parameters[BYZANTINE])} needs at least {needed} clients a round, but "
+                f"{'--min-clients' if args.min_clients else '--clients'} is {quorum}")  # fmt: skip
+    return parameters
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.min_clients is not None and args.min_clients > args.clients:
         print(f"error: --min-clients {args.min_clients} is more than --clients {args.clients}",
               file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    parameters = aggregation_parameters(args)
+    if isinstance(parameters, str):
+        print(f"error: {parameters}", file=sys.stderr)
         return EXIT_USAGE
     try:
         key, created = load_or_create_key(args.key)
@@ -125,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {args.chain} already exists; move it away, choose another --chain, "
                   "or --resume to go on with its run", file=sys.stderr)  # fmt: skip
             return EXIT_USAGE
-        resumed = open_for_resuming(args, public_hex(key), authorized, test_data)
+        resumed = open_for_resuming(args, public_hex(key), authorized, test_data, parameters)
         if isinstance(resumed, int):
             return resumed
         if test_data is not None:  # scored in the chain's column order
@@ -170,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.test_data = test_data
         server.mining_estimate_s = mining_s
         server.metrics = MetricsFile(args.metrics)
+        server.aggregation, server.aggregation_parameters = args.aggregation, parameters
         try:
             server.run()
         except ChainUnavailable as error:
@@ -194,7 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def open_for_resuming(
-    args: argparse.Namespace, server_key: str, authorized: dict | None, test_data: Dataset | None
+    args: argparse.Namespace,
+    server_key: str,
+    authorized: dict | None,
+    test_data: Dataset | None,
+    parameters: dict[str, float],
 ) -> Chain | int:
     """The chain of --chain, verified and open for appending, if the flags match its genesis;
     else the exit code, having said why."""
@@ -219,6 +252,8 @@ def open_for_resuming(
         min_clients=args.min_clients or args.clients,
         features=test_data.feature_names if test_data is not None else None,
         authorized_keys=authorized,
+        aggregation=args.aggregation,
+        aggregation_parameters=parameters,
     )
     if found := differences(chain.genesis, wanted):
         chain.store.close()

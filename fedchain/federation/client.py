@@ -27,6 +27,7 @@ from fedchain.learning.local_training import (
     proximal_weight,
     train_and_score,
 )
+from fedchain.learning.poisoning import Poison
 from fedchain.ledger.block import Block, ClientUpdate, TrainingSettings
 from fedchain.ledger.chain import Chain, continue_chain, verify_chain
 from fedchain.ledger.signatures import attestation_message, sign_hex, update_message
@@ -110,6 +111,7 @@ class FederatedClient:
         self.rounds = 0  # as the genesis planned it
         self.sent: ClientUpdate | None = None  # the update awaiting its block
         self.attestation = ""  # what we sent with it: our signature of the last block
+        self.poison: Poison | None = None  # for the demo and tests: an attacker's updates
 
     def registration(self, challenge: bytes = bytes(32)) -> dict:
         """Our registration, signing the server's CHALLENGE for this connection."""
@@ -282,6 +284,10 @@ class FederatedClient:
             notice.cancel()
         train_s = time.perf_counter() - started
         trained, before, after = result.model, result.received_mse, result.trained_mse
+        if self.poison is not None:
+            seed = derive_seed(self.seed, self.name, index)
+            trained = self.poison.apply(received, trained, seed=seed)
+            self.say(f"round {index}: ATTACKING (--poison {self.poison}): sending a poisoned model")
         self.say(
             f"round {index}: trained in {train_s:.2f} s, local MSE {before:.4f} -> {after:.4f}"
         )
@@ -354,8 +360,9 @@ class FederatedClient:
         others = names(c for c in block.cli if c != self.name) or "no other client"
         gone = f"; missing: {names(block.missing)}" if block.missing else ""
         ours = "our signed update is in it as sent, with" if awaited else "a round we sat out, by"
+        rule = "FedAvg" if block.aggregation == "fedavg" else block.aggregation
         self.say(
-            f"block {block.index} verified: {ours} {others}{gone}; FedAvg and every signature "
+            f"block {block.index} verified: {ours} {others}{gone}; {rule} and every signature "
             f"check out (hash {block.hash[:16]}…)"
         )
 

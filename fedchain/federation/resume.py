@@ -23,6 +23,7 @@ class RunSettings:
     features: Sequence[str] | None = None  # the test data's columns; None: no test data
     authorized_keys: Mapping[str, str] | None = None  # None: open enrolment
     aggregation: str = AGGREGATION_FEDAVG
+    aggregation_parameters: Mapping[str, float] | None = None  # None: none
 
 
 def differences(genesis: Block, wanted: RunSettings) -> list[str]:
@@ -39,7 +40,9 @@ def differences(genesis: Block, wanted: RunSettings) -> list[str]:
     compare("--seed", wanted.seed, run.seed)
     compare("--clients", wanted.n_clients, len(run.participants))
     compare("--min-clients", wanted.min_clients, run.min_clients)
-    compare("the aggregation rule", wanted.aggregation, genesis.aggregation)
+    compare("--aggregation", wanted.aggregation, genesis.aggregation)
+    compare("the rule's parameters (--byzantine)", dict(wanted.aggregation_parameters or {}),
+            genesis.parameters)  # fmt: skip
     if wanted.server_key != run.server_key:
         found.append(
             f"the server key {wanted.server_key[:16]}… (--key) is not the one the chain was "

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedchain import settings
 from fedchain.checks import printable
 from fedchain.federation.metrics import MetricsFile
+from fedchain.learning.aggregation import FEDAVG
 from fedchain.learning.dataset import Dataset, column_difference
 from fedchain.learning.linear_model import LinearModel, mse, r2
 from fedchain.ledger.block import (
@@ -37,6 +38,7 @@ from fedchain.ledger.block import (
     TrainingSettings,
 )
 from fedchain.ledger.chain import Chain, make_closing_block, make_genesis, make_round_block
+from fedchain.ledger.report import describe_choice
 from fedchain.ledger.signatures import (
     attestation_message,
     signature_holds,
@@ -117,6 +119,9 @@ class FederationServer:
     mining_estimate_s: float = 0.0
     # Where the details go that only a person asking for them (-v) sees.
     detail: Callable[[str], None] = staticmethod(lambda line: None)
+    # The rule that makes each global model, and its parameters; fixed in the genesis.
+    aggregation: str = FEDAVG
+    aggregation_parameters: dict[str, float] = {}  # noqa: RUF012 (read, never changed in place)
 
     def __init__(
         self,
@@ -174,6 +179,8 @@ class FederationServer:
             difficulty=self.difficulty_bits,
             run=RunRecord(self.rounds, self.seed, self.public_key, participants, self.min_clients),
             server_key=self.key,
+            aggregation=self.aggregation,
+            parameters=self.aggregation_parameters,
         )
         # The file is made only now, so a run that never starts leaves nothing in the way.
         try:
@@ -199,6 +206,8 @@ class FederationServer:
         run = chain.genesis.run
         self.chain = chain
         self.rounds, self.seed, self.min_clients = run.rounds, run.seed, run.min_clients
+        self.aggregation = chain.genesis.aggregation
+        self.aggregation_parameters = chain.genesis.parameters
         self.n_clients = len(run.participants)
         self._fix_features(chain.genesis.feature_names, "the chain's genesis")
         self.round_index = chain.last.index + 1
@@ -608,13 +617,16 @@ class FederationServer:
         # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
         contributors = [p for p in self.peers if p.name in received]
         self._announce_mining(index)
-        block = make_round_block(
-            chain.last,
-            {p.name: received[p.name][0] for p in contributors},
-            attestations={p.name: received[p.name][1] for p in contributors},
-            server_key=self.key,
-            missing=self._missing(),
-        )
+        try:
+            block = make_round_block(
+                chain.last,
+                {p.name: received[p.name][0] for p in contributors},
+                attestations={p.name: received[p.name][1] for p in contributors},
+                server_key=self.key,
+                missing=self._missing(),
+            )
+        except ValueError as error:  # the quorum the genesis checked makes this a bug of ours
+            raise RunAborted(f"round {index} cannot be aggregated: {error}") from None
         mining_s = time.monotonic() - mining_started
         mining_cpu_s = time.process_time() - mining_cpu_started
         self._append(chain, block)
@@ -649,6 +661,8 @@ class FederationServer:
             f"round {index}/{self.rounds}: {len(contributors)} of {self.n_clients} clients"
             f"{scored}, {1000 * round_s:.0f} ms, block {block.hash[:8]}"
         )
+        if block.choice:  # what the rule chose, naming any outlier it left out
+            self.say(f"  {describe_choice(block)}")
 
     def _await_quorum(self, index: int, received: dict, deadline: float) -> None:
         """Round INDEX has RECEIVED fewer updates than its quorum: wait until enough clients

@@ -1,6 +1,13 @@
-"""Aggregation rules: how the server turns the clients' models into the next global model."""
+"""Aggregation rules: how the server turns the clients' models into the next global model.
 
-from collections.abc import Sequence
+FedAvg, and rules robust to a few poisoned updates: the coordinate-wise median and trimmed mean,
+and multi-Krum. Each is a pure function of the updates in a fixed order, with a fixed order of
+float additions, so the server and every verifier get the same bits.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,3 +42,132 @@ def fedavg(updates: Sequence[tuple[LinearModel, int]]) -> LinearModel:
     if not (np.all(np.isfinite(weight_sum)) and np.isfinite(bias_sum)):
         raise ValueError("the client models are too large to average in float64 (overflow)")
     return LinearModel(weight_sum / float(total), bias_sum / float(total))
+
+
+FEDAVG, MEDIAN, TRIMMED_MEAN, KRUM = "fedavg", "median", "trimmed-mean", "krum"
+ROBUST_RULES = (MEDIAN, TRIMMED_MEAN, KRUM)
+KNOWN_RULES = (FEDAVG, *ROBUST_RULES)
+BYZANTINE = "byzantine"  # the parameter that says how many attackers a robust rule assumes
+MAX_BYZANTINE = 1000
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A rule's global model and what it chose: per client, in the order given, a vector of
+    numbers the rule defines (see each rule), so a verifier can recompute and compare both."""
+
+    model: LinearModel
+    choice: dict[str, tuple[float, ...]]
+
+
+def clients_needed(rule: str, parameters: Mapping[str, float]) -> int:
+    """The fewest clients a round of RULE with PARAMETERS can be aggregated from."""
+    check_parameters(rule, parameters)
+    f = int(parameters.get(BYZANTINE, 0))
+    # Krum scores a client by its n - f - 2 nearest others, and Blanchard et al. need
+    # n > 2f + 2 for that score to outvote f attackers; a trimmed mean or a median needs a
+    # majority of honest values in every coordinate.
+    return {KRUM: 2 * f + 3, TRIMMED_MEAN: 2 * f + 1, MEDIAN: 2 * f + 1}.get(rule, 1)
+
+
+def check_parameters(rule: str, parameters: Mapping[str, float]) -> None:
+    """Raise ValueError unless PARAMETERS are exactly what RULE takes, in range."""
+    expected = {FEDAVG: set(), MEDIAN: {BYZANTINE}, TRIMMED_MEAN: {BYZANTINE}, KRUM: {BYZANTINE}}
+    if rule not in expected:
+        raise ValueError(f"unknown aggregation rule {rule!r}")
+    if set(parameters) != expected[rule]:
+        wanted = ", ".join(sorted(expected[rule])) or "none"
+        raise ValueError(f"{rule} takes the parameters {wanted}, not {', '.join(parameters)}")
+    if BYZANTINE in parameters:
+        f = parameters[BYZANTINE]
+        if not (isinstance(f, float) and f.is_integer() and 0 <= f <= MAX_BYZANTINE):
+            raise ValueError(f"byzantine must be a whole number 0..{MAX_BYZANTINE}, not {f!r}")
+
+
+def aggregate(
+    rule: str,
+    parameters: Mapping[str, float],
+    updates: Sequence[tuple[str, LinearModel, int]],
+) -> Aggregate:
+    """Apply RULE to the named, counted client models UPDATES, in the order given."""
+    needed = clients_needed(rule, parameters)
+    if len(updates) < needed:
+        raise ValueError(f"{rule} with {parameters} needs at least {needed} clients, "
+                         f"not {len(updates)}")  # fmt: skip
+    names = [name for name, _, _ in updates]
+    f = int(parameters.get(BYZANTINE, 0))
+    if rule == FEDAVG:
+        return Aggregate(fedavg([(model, n) for _, model, n in updates]), {})
+    if rule == KRUM:
+        return multi_krum(updates, f)
+    models = [model for _, model, _ in updates]
+    trim = (len(models) - 1) // 2 if rule == MEDIAN else f
+    model, sides = trimmed_mean(models, trim)
+    return Aggregate(model, {name: tuple(map(float, sides[i])) for i, name in enumerate(names)})
+
+
+def trimmed_mean(models: Sequence[LinearModel], trim: int) -> tuple[LinearModel, np.ndarray]:
+    """Drop the TRIM lowest and highest values of every coordinate (weights, then bias) and
+    average the rest; also return each model's side per coordinate: -1 dropped low, +1 dropped
+    high, 0 kept."""
+    # Yin et al. 2018, "Byzantine-Robust Distributed Learning". The coordinate-wise median is
+    # the same with (n - 1) // 2 dropped each side: the middle value, or the mean of the two.
+    # Equal values are ranked by the models' order (a stable sort), so every verifier trims
+    # the same clients; the kept values are summed in rank order, one coordinate at a time.
+    values = _stacked(models)
+    n = len(models)
+    if not 0 <= 2 * trim < n:
+        raise ValueError(f"cannot drop {trim} of {n} values at each end")
+    ranks = np.argsort(values, axis=0, kind="stable")
+    ordered = np.take_along_axis(values, ranks, axis=0)
+    total = np.zeros(values.shape[1])
+    with np.errstate(over="ignore"):
+        for row in ordered[trim : n - trim]:
+            total = total + row
+    if not np.all(np.isfinite(total)):
+        raise ValueError("the client models are too large to average in float64 (overflow)")
+    mean = total / float(n - 2 * trim)
+    sides = np.zeros(values.shape)
+    columns = np.arange(values.shape[1])
+    for position in range(n):
+        side = -1.0 if position < trim else 1.0 if position >= n - trim else 0.0
+        sides[ranks[position], columns] = side
+    return LinearModel(mean[:-1], float(mean[-1])), sides
+
+
+def multi_krum(updates: Sequence[tuple[str, LinearModel, int]], f: int) -> Aggregate:
+    """Score each model by its squared distances to its n - f - 2 nearest others, keep the n - f
+    best-scored and FedAvg them; the choice is each client's (score, 1 if kept else 0)."""
+    # Blanchard et al. 2017, "Machine Learning with Adversaries: Byzantine Tolerant Gradient
+    # Descent" (Krum, and multi-Krum averaging the m best). Distances are exactly rounded sums
+    # (math.fsum), so they do not depend on summation order; ties go to the earlier client.
+    n = len(updates)
+    if n < 2 * f + 3:
+        raise ValueError(f"krum with {f} attackers needs at least {2 * f + 3} clients, not {n}")
+    values = _stacked([model for _, model, _ in updates])
+    distances = np.zeros((n, n))
+    with np.errstate(over="ignore"):  # overflow is checked once, below, with a clear message
+        for i in range(n):
+            for j in range(i + 1, n):
+                gap = values[i] - values[j]
+                distances[i, j] = distances[j, i] = math.fsum(gap * gap)
+    scores = []
+    for i in range(n):
+        nearest = sorted(distances[i, j] for j in range(n) if j != i)[: n - f - 2]
+        scores.append(math.fsum(nearest))
+    if not all(math.isfinite(s) for s in scores):
+        raise ValueError("the client models are too far apart to score in float64 (overflow)")
+    kept = sorted(sorted(range(n), key=lambda i: scores[i])[: n - f])
+    model = fedavg([(updates[i][1], updates[i][2]) for i in kept])
+    choice = {name: (scores[i], float(i in kept)) for i, (name, _, _) in enumerate(updates)}
+    return Aggregate(model, choice)
+
+
+def _stacked(models: Sequence[LinearModel]) -> np.ndarray:
+    """The models as rows of weights then bias."""
+    if not models:
+        raise ValueError("aggregation needs at least one client model")
+    n_features = models[0].n_features
+    if any(model.n_features != n_features for model in models):
+        raise ValueError("the client models differ in feature count")
+    return np.array([np.append(model.weights, model.bias) for model in models])

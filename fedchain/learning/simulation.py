@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedchain import settings
-from fedchain.learning.aggregation import fedavg
+from fedchain.learning.aggregation import FEDAVG, aggregate
 from fedchain.learning.dataset import Dataset
 from fedchain.learning.linear_model import LinearModel
 from fedchain.learning.local_training import (
@@ -21,6 +21,7 @@ from fedchain.learning.local_training import (
     proximal_weight,
     train_locally,
 )
+from fedchain.learning.poisoning import Poison
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class SimulatedRound:
     client_models: dict[str, LinearModel]
     global_model: LinearModel
     train_s: dict[str, float]  # each client's local training time, as the network run reports
+    choice: dict[str, tuple[float, ...]] | None = None  # what the rule chose, as a block records
 
 
 def simulate(
@@ -38,8 +40,14 @@ def simulate(
     run_seed: int = settings.RUN_SEED,
     generations: int = settings.GENERATIONS,
     population: int = settings.POPULATION,
+    aggregation: str = FEDAVG,
+    parameters: Mapping[str, float] | None = None,
+    poison: Mapping[str, Poison] | None = None,
 ) -> list[SimulatedRound]:
-    """Run ROUNDS of train-locally-then-FedAvg from a zero model; return every round."""
+    """Run ROUNDS of train-locally-then-aggregate (FedAvg unless AGGREGATION says otherwise)
+    from a zero model, the clients named in POISON sending poisoned models; return every
+    round."""
+    poison = poison or {}
     names = sorted(datasets)
     problems = {name: LocalProblem.from_data(datasets[name].X, datasets[name].y) for name in names}
     n_features = datasets[names[0]].X.shape[1]
@@ -58,8 +66,14 @@ def simulate(
                 proximal=proximal_weight(index),
             )
             train_s[name] = time.perf_counter() - started
-        global_model = fedavg([(client_models[n], datasets[n].n_samples) for n in names])
-        history.append(SimulatedRound(index, client_models, global_model, train_s))
+            if name in poison:
+                seed = derive_seed(run_seed, name, index)
+                sent = poison[name].apply(global_model, client_models[name], seed=seed)
+                client_models[name] = sent
+        updates = [(n, client_models[n], datasets[n].n_samples) for n in names]
+        result = aggregate(aggregation, parameters or {}, updates)
+        global_model = result.model
+        history.append(SimulatedRound(index, client_models, global_model, train_s, result.choice))
     return history
 
 

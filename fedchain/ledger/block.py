@@ -5,6 +5,9 @@ the server's model included: the original application hashed the clients' models
 server's, so the global model could be replaced without the chain noticing. Format 2 adds who took
 part: the run's keys in the genesis, each client's signature and training settings, and the
 clients' attestations of the block before; the server's signature of the hash sits beside it.
+Format 3 is format 2 for a run whose rule is not FedAvg: every block also records the rule's
+parameters and what it chose (which clients Krum kept, which values were trimmed), and a client's
+update what it sent beyond its model; a FedAvg run is still written in format 2, bit for bit.
 """
 
 import hashlib
@@ -12,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from fedchain.checks import MAX_INT, MAX_U64, check_int, check_name, check_names
+from fedchain.learning.aggregation import FEDAVG, KNOWN_RULES
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.encoding import (
     F64,
@@ -19,6 +23,7 @@ from fedchain.ledger.encoding import (
     U16,
     U32,
     U64,
+    pack_floats,
     pack_hex,
     pack_model,
     pack_string,
@@ -27,10 +32,11 @@ from fedchain.ledger.encoding import (
 
 FORMAT_UNSIGNED = 1  # the first format: tamper-evident, but nothing says who contributed
 FORMAT_SIGNED = 2
-FORMAT_VERSION = FORMAT_SIGNED  # what new chains are written in
-KNOWN_FORMATS = (FORMAT_UNSIGNED, FORMAT_SIGNED)
-AGGREGATION_FEDAVG = "fedavg"
-KNOWN_AGGREGATIONS = (AGGREGATION_FEDAVG,)
+FORMAT_RULES = 3  # format 2, plus the rule's parameters and choices, for a rule other than FedAvg
+FORMAT_VERSION = FORMAT_SIGNED  # what new FedAvg chains are written in
+KNOWN_FORMATS = (FORMAT_UNSIGNED, FORMAT_SIGNED, FORMAT_RULES)
+AGGREGATION_FEDAVG = FEDAVG
+KNOWN_AGGREGATIONS = KNOWN_RULES
 ZERO_HASH = "0" * 64
 MAX_DIFFICULTY_BITS = 64  # far beyond what anyone mines on a CPU; keeps the target in range
 HASH_HEX, KEY_HEX, SIGNATURE_HEX = 64, 64, 128  # lengths in hex digits
@@ -87,10 +93,15 @@ class ClientUpdate:
     n_samples: int
     training: TrainingSettings | None = None
     signature: str = ""  # 128 hex digits, over signatures.update_message(...)
+    # Format 3: what the client sent beyond its model, if its rule asks for it (scaffold: its
+    # gradient at the model it received), signed with the rest.
+    gradient: LinearModel | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, LinearModel):
             raise TypeError("a client update's model must be a LinearModel")
+        if self.gradient is not None and not isinstance(self.gradient, LinearModel):
+            raise TypeError("a client update's gradient must be a LinearModel")
         check_int(self.n_samples, 1, MAX_U64, "n_samples")
         if self.training is not None and not isinstance(self.training, TrainingSettings):
             raise TypeError("training must be TrainingSettings")
@@ -123,6 +134,10 @@ class Block:
     # timed out, refused: reason), so the chain records who was there.
     missing: dict[str, str] = field(default_factory=dict)
     server_signature: str = ""  # format 2: over the hash, so not under it
+    # Format 3: the rule's parameters (fixed by the genesis, repeated in every block), and what
+    # the rule chose in this block, per client in `cli` order (see learning/aggregation.py).
+    parameters: dict[str, float] = field(default_factory=dict)
+    choice: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Refuse a malformed block at construction, so nothing downstream can hash one.
@@ -150,7 +165,7 @@ class Block:
         self._check_format()
 
     def _check_format(self) -> None:
-        signed = self.version == FORMAT_SIGNED
+        signed = self.signed
         if self.run is not None and not isinstance(self.run, RunRecord):
             raise TypeError("run must be a RunRecord")
         if not isinstance(self.attestations, dict):
@@ -168,6 +183,14 @@ class Block:
                 raise ValueError(f"{name}'s reason for missing must be printable")
         if self.server_signature:
             check_hex("server_signature", self.server_signature, SIGNATURE_HEX)
+        _check_numbers("parameters", self.parameters, single=True)
+        _check_numbers("choice", self.choice, single=False)
+        if self.version != FORMAT_RULES and (
+            self.parameters
+            or self.choice
+            or any(update.gradient is not None for update in self.client_model.values())
+        ):
+            raise ValueError(f"format {self.version} blocks carry no rule parameters or choices")
         if signed:
             if (self.run is None) != (self.index != 0):
                 raise ValueError("a format-2 genesis, and only the genesis, records the run")
@@ -189,7 +212,7 @@ class Block:
 
     @property
     def signed(self) -> bool:
-        return self.version == FORMAT_SIGNED
+        return self.version in (FORMAT_SIGNED, FORMAT_RULES)
 
     def sample_counts(self) -> dict[str, int]:
         """Each contributing client's row count."""
@@ -235,6 +258,18 @@ def body_digest(block: Block) -> bytes:
             parts.append(U32.pack(len(run.participants)))
             for name in sorted(run.participants):
                 parts += [pack_string(name), pack_hex(run.participants[name])]
+    if block.version == FORMAT_RULES:  # format 2 hashes exactly what it always did
+        parts.append(U32.pack(len(block.parameters)))
+        for name in sorted(block.parameters):
+            parts += [pack_string(name), F64.pack(block.parameters[name])]
+        parts.append(U32.pack(len(block.choice)))
+        for name in sorted(block.choice):
+            parts += [pack_string(name), pack_floats(block.choice[name])]
+        for name in block.cli:
+            gradient = block.client_model[name].gradient
+            parts.append(U8.pack(gradient is not None))
+            if gradient is not None:
+                parts.append(pack_model(gradient))
     return hashlib.sha256(b"".join(parts)).digest()
 
 
@@ -249,6 +284,19 @@ def check_hex(name: str, value: object, digits: int) -> str:
         shown = value[:20] + "…" if isinstance(value, str) and len(value) > 20 else value
         raise ValueError(f"{name} must be {digits} lowercase hex digits, not {shown!r}")
     return value
+
+
+def _check_numbers(what: str, record: object, *, single: bool) -> None:
+    """RECORD maps names to one finite float (SINGLE) or to a tuple of them."""
+    if not isinstance(record, dict):
+        raise TypeError(f"{what} must map names to numbers")
+    check_names(tuple(record), what)
+    for name, value in record.items():
+        if not single and not isinstance(value, tuple):  # a list could change under the hash
+            raise TypeError(f"{what}[{name!r}] must be a tuple of floats")
+        for number in [value] if single else value:
+            if type(number) is not float or not math.isfinite(number):
+                raise ValueError(f"{what}[{name!r}] must hold finite floats")
 
 
 def _check_tuple(name: str, values: object) -> None:

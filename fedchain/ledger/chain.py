@@ -13,9 +13,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedchain.learning.aggregation import fedavg
+from fedchain.learning.aggregation import FEDAVG, aggregate
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import AGGREGATION_FEDAVG, ZERO_HASH, Block, ClientUpdate, RunRecord
+from fedchain.ledger.block import (
+    FORMAT_RULES,
+    FORMAT_SIGNED,
+    ZERO_HASH,
+    Block,
+    ClientUpdate,
+    RunRecord,
+)
 from fedchain.ledger.mining import seal
 from fedchain.ledger.signatures import block_message, sign_hex
 from fedchain.ledger.store import ChainWriter, load_chain
@@ -117,19 +124,24 @@ def make_genesis(
     difficulty: int,
     run: RunRecord,
     server_key: Ed25519PrivateKey,
+    aggregation: str = FEDAVG,
+    parameters: Mapping[str, float] | None = None,
 ) -> Block:
-    """Mine and sign block 0, which records the run: its parameters, keys and starting model."""
+    """Mine and sign block 0, which records the run: its parameters, keys, starting model and
+    aggregation rule (a FedAvg run in format 2, as before; any other rule in format 3)."""
     genesis = Block(
         index=0,
         timestamp=time.time(),
         previous_hash=ZERO_HASH,
         difficulty=difficulty,
         feature_names=tuple(feature_names),
-        aggregation=AGGREGATION_FEDAVG,
+        aggregation=aggregation,
         cli=(),
         client_model={},
         server_model=initial_model,
         run=run,
+        version=FORMAT_SIGNED if aggregation == FEDAVG else FORMAT_RULES,
+        parameters=dict(sorted((parameters or {}).items())),
     )
     verify_genesis_fields(genesis)
     return _seal_and_sign(genesis, server_key)
@@ -144,13 +156,20 @@ def make_round_block(
     missing: Mapping[str, str] | None = None,
 ) -> Block:
     """Mine and sign the block after PREVIOUS: the clients' signed updates (in dict order),
-    their FedAvg, the clients' attestations of PREVIOUS, and who is MISSING and why."""
+    their aggregate by the run's rule and what the rule chose, the clients' attestations of
+    PREVIOUS, and who is MISSING and why. ValueError if the rule cannot aggregate them."""
     cli = tuple(updates)
+    result = aggregate(
+        previous.aggregation,
+        previous.parameters,
+        [(c, updates[c].model, updates[c].n_samples) for c in cli],
+    )
     block = _successor(
         previous,
         cli=cli,
         client_model=dict(updates),
-        server_model=fedavg([(updates[c].model, updates[c].n_samples) for c in cli]),
+        server_model=result.model,
+        choice=result.choice,
         attestations=dict(sorted(attestations.items())),
         missing=dict(sorted((missing or {}).items())),
     )
@@ -185,6 +204,8 @@ def _successor(previous: Block, **fields: object) -> Block:
         difficulty=previous.difficulty,
         feature_names=previous.feature_names,
         aggregation=previous.aggregation,
+        version=previous.version,
+        parameters=previous.parameters,
         **fields,
     )
 

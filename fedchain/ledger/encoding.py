@@ -23,6 +23,10 @@ def pack_model(model: LinearModel) -> bytes:
     return U32.pack(model.n_features) + weights + F64.pack(model.bias)
 
 
+def pack_floats(values: tuple[float, ...]) -> bytes:
+    return U32.pack(len(values)) + b"".join(F64.pack(v) for v in values)
+
+
 def pack_hex(text: str) -> bytes:
     """A hex field (a hash, a key, a signature) as its raw bytes, behind its length."""
     raw = bytes.fromhex(text)

@@ -4,6 +4,7 @@ import enum
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from fedchain.learning.aggregation import KRUM, MEDIAN
 from fedchain.ledger.block import Block
 from fedchain.ledger.chain import Chain, verify_chain
 from fedchain.ledger.verification import ChainError
@@ -74,6 +75,29 @@ def report_chain(
     return Verdict.VALID
 
 
+def describe_choice(block: Block, most: int = 3) -> str:
+    """What BLOCK's rule chose, naming the outliers: whom Krum left out, whose values were
+    trimmed most (or, for the median, used least). Empty for FedAvg and a closing block."""
+    if not block.choice:
+        return ""
+    rule = block.aggregation
+    if rule == KRUM:
+        kept = [n for n in block.cli if block.choice[n][1] == 1.0]
+        out = [f"{n} (score {block.choice[n][0]:.3g})" for n in block.cli if n not in kept]
+        best = min(block.choice[n][0] for n in kept)
+        return f"krum kept {', '.join(kept)} (best score {best:.3g}); left out {', '.join(out)}"
+    n_values = len(block.feature_names) + 1
+    if rule == MEDIAN:
+        used = {n: sum(v == 0.0 for v in block.choice[n]) for n in block.cli}
+        shown = sorted(block.cli, key=lambda n: (used[n], n))[:most]
+        least = ", ".join(f"{n} {used[n]}/{n_values}" for n in shown)
+        return f"median: values used least: {least}"
+    trimmed = {n: sum(v != 0.0 for v in block.choice[n]) for n in block.cli}
+    shown = sorted(block.cli, key=lambda n: (-trimmed[n], n))[:most]
+    most_trimmed = ", ".join(f"{n} {trimmed[n]}/{n_values}" for n in shown)
+    return f"{rule}: values trimmed most: {most_trimmed}"
+
+
 def describe_signatures(chain: Chain, block: Block) -> str:
     """One line: who signed BLOCK's contents, and which clients attested it afterwards."""
     if block.index == 0:
@@ -81,6 +105,8 @@ def describe_signatures(chain: Chain, block: Block) -> str:
         what += ", ".join(sorted(block.run.participants))
     elif block.cli:
         what = "updates signed by " + ", ".join(block.cli)
+        if block.choice:
+            what += "; " + describe_choice(block)
     else:
         what = "closes the run"
     if block.missing:  # the reasons are the server's word, signed by it

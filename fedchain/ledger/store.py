@@ -15,6 +15,7 @@ from fedchain.checks import describe
 from fedchain.files import create_whole, write_all
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
+    FORMAT_RULES,
     FORMAT_SIGNED,
     Block,
     ClientUpdate,
@@ -27,8 +28,10 @@ _BLOCK_KEYS = {
     "aggregation", "cli", "client_model", "server_model", "nonce", "hash",
 }  # fmt: skip
 _SIGNED_BLOCK_KEYS = _BLOCK_KEYS | {"run", "attestations", "missing", "server_signature"}
+_RULES_BLOCK_KEYS = _SIGNED_BLOCK_KEYS | {"parameters", "choice"}
 _UPDATE_KEYS = {"weights", "bias", "n_samples"}
 _SIGNED_UPDATE_KEYS = _UPDATE_KEYS | {"training", "signature"}
+_RULES_UPDATE_KEYS = _SIGNED_UPDATE_KEYS | {"gradient"}
 _TRAINING_KEYS = {"seed", "generations", "population"}
 _RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
 
@@ -60,7 +63,9 @@ def block_to_json(block: Block) -> str:
         "feature_names": list(block.feature_names),
         "aggregation": block.aggregation,
         "cli": list(block.cli),
-        "client_model": {name: _update_to_record(block.client_model[name]) for name in block.cli},
+        "client_model": {
+            name: _update_to_record(block.client_model[name], block.version) for name in block.cli
+        },
         "server_model": _model_to_record(block.server_model),
         "nonce": block.nonce,
         "hash": block.hash,
@@ -75,6 +80,9 @@ def block_to_json(block: Block) -> str:
         record["attestations"] = dict(sorted(block.attestations.items()))
         record["missing"] = dict(sorted(block.missing.items()))
         record["server_signature"] = block.server_signature
+    if block.version == FORMAT_RULES:
+        record["parameters"] = dict(sorted(block.parameters.items()))
+        record["choice"] = {name: list(values) for name, values in sorted(block.choice.items())}
     # repr-style floats round-trip exactly; allow_nan=False is a second guard behind LinearModel.
     return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
@@ -89,10 +97,12 @@ def block_from_json(line: str) -> Block:
         raise ValueError("nested too deeply to be a block") from None
     if not isinstance(record, dict):
         raise TypeError("a block must be a JSON object")
-    signed = record.get("version") == FORMAT_SIGNED
-    _expect_keys("block", record, _SIGNED_BLOCK_KEYS if signed else _BLOCK_KEYS)
+    version = record.get("version")
+    signed = version in (FORMAT_SIGNED, FORMAT_RULES)
+    keys = {FORMAT_SIGNED: _SIGNED_BLOCK_KEYS, FORMAT_RULES: _RULES_BLOCK_KEYS}
+    _expect_keys("block", record, keys.get(version, _BLOCK_KEYS))
     client_model = {
-        name: _update_from_record(f"client_model[{name!r}]", entry, signed)
+        name: _update_from_record(f"client_model[{name!r}]", entry, version)
         for name, entry in _typed("client_model", record["client_model"], dict).items()
     }
     server = _typed("server_model", record["server_model"], dict)
@@ -103,6 +113,12 @@ def block_from_json(line: str) -> Block:
         extra["attestations"] = _typed("attestations", record["attestations"], dict)
         extra["missing"] = _typed("missing", record["missing"], dict)
         extra["server_signature"] = _typed("server_signature", record["server_signature"], str)
+    if version == FORMAT_RULES:
+        extra["parameters"] = _typed("parameters", record["parameters"], dict)
+        extra["choice"] = {
+            name: tuple(_typed(f"choice[{name!r}]", values, list))
+            for name, values in _typed("choice", record["choice"], dict).items()
+        }
     return Block(
         version=record["version"],
         index=record["index"],
@@ -120,7 +136,7 @@ def block_from_json(line: str) -> Block:
     )
 
 
-def _update_to_record(update: ClientUpdate) -> dict:
+def _update_to_record(update: ClientUpdate, version: int) -> dict:
     record = {**_model_to_record(update.model), "n_samples": update.n_samples}
     if update.signed:
         training = update.training
@@ -129,21 +145,31 @@ def _update_to_record(update: ClientUpdate) -> dict:
             "population": training.population,
         }  # fmt: skip
         record["signature"] = update.signature
+    if version == FORMAT_RULES:
+        gradient = update.gradient
+        record["gradient"] = None if gradient is None else _model_to_record(gradient)
     return record
 
 
-def _update_from_record(where: str, entry: object, signed: bool) -> ClientUpdate:
-    _expect_keys(where, entry, _SIGNED_UPDATE_KEYS if signed else _UPDATE_KEYS)
+def _update_from_record(where: str, entry: object, version: object) -> ClientUpdate:
+    keys = {FORMAT_SIGNED: _SIGNED_UPDATE_KEYS, FORMAT_RULES: _RULES_UPDATE_KEYS}
+    _expect_keys(where, entry, keys.get(version, _UPDATE_KEYS))
     model = _model_from_record(where, entry)
-    if not signed:
+    if version not in keys:
         return ClientUpdate(model, entry["n_samples"])
     training = entry["training"]
     _expect_keys(f"{where}.training", training, _TRAINING_KEYS)
+    gradient = None
+    if entry.get("gradient") is not None:
+        record = _typed(f"{where}.gradient", entry["gradient"], dict)
+        _expect_keys(f"{where}.gradient", record, {"weights", "bias"})
+        gradient = _model_from_record(f"{where}.gradient", record)
     return ClientUpdate(
         model,
         entry["n_samples"],
         training=TrainingSettings(**training),
         signature=_typed(f"{where}.signature", entry["signature"], str),
+        gradient=gradient,
     )
 
 

@@ -7,8 +7,9 @@ import time
 from collections.abc import Mapping
 from typing import NoReturn
 
-from fedchain.learning.aggregation import fedavg
+from fedchain.learning.aggregation import FEDAVG, aggregate, check_parameters, clients_needed
 from fedchain.ledger.block import (
+    FORMAT_RULES,
     KNOWN_AGGREGATIONS,
     KNOWN_FORMATS,
     ZERO_HASH,
@@ -64,12 +65,26 @@ def verify_genesis_fields(genesis: Block) -> None:
         fail("the genesis block must have no client models, attestations or missing clients")
     if genesis.aggregation not in KNOWN_AGGREGATIONS:
         fail(f"unknown aggregation rule {genesis.aggregation!r}")
+    if genesis.version != FORMAT_RULES and genesis.aggregation != FEDAVG:
+        fail(f"a format-{genesis.version} chain can only record fedavg, not "
+             f"{genesis.aggregation!r}")  # fmt: skip
+    try:
+        check_parameters(genesis.aggregation, genesis.parameters)
+    except ValueError as error:
+        fail(str(error))
+    if genesis.choice:
+        fail("the genesis block must record no choice of the rule")
     if not genesis.feature_names:
         fail("the genesis block must name the features")
     if genesis.signed and not genesis.run.participants:
         fail("the genesis block admits no clients")
     if genesis.signed and genesis.run.min_clients > len(genesis.run.participants):
         fail(f"min_clients {genesis.run.min_clients} is more than the clients it admits")
+    needed = clients_needed(genesis.aggregation, genesis.parameters)
+    if genesis.signed and genesis.run.min_clients < needed:
+        # A round with fewer clients could not be aggregated: refused before it starts.
+        fail(f"{genesis.aggregation} needs every round to hold at least {needed} clients, but "
+             f"min_clients is {genesis.run.min_clients}")  # fmt: skip
     _verify_model_sizes(0, genesis)
 
 
@@ -106,6 +121,9 @@ def verify_next(
         fail("feature_names differ from the genesis block's")
     if block.aggregation != genesis.aggregation:
         fail(f"aggregation {block.aggregation!r} differs from the genesis's")
+    if _bits(block.parameters) != _bits(genesis.parameters):
+        fail(f"the rule's parameters {block.parameters} differ from the genesis's "
+             f"{genesis.parameters}")  # fmt: skip
     closing = genesis.signed and position == genesis.run.rounds + 1
     if genesis.signed:
         _verify_server_signature(position, block, genesis)
@@ -117,6 +135,8 @@ def verify_next(
             fail("the closing block may hold no client models")
         if block.server_model != previous.server_model:
             fail("the closing block must keep the last round's global model")
+        if block.choice:
+            fail("the closing block must record no choice of the rule")
         return
     if not block.cli:
         fail("a round block must hold at least one client model")
@@ -128,12 +148,30 @@ def verify_next(
         if sample_counts.get(name, n_samples) != n_samples:
             fail(f"{name}'s n_samples changed from {sample_counts[name]} earlier in the chain")
     _verify_model_sizes(position, block)
+    for name in block.cli:
+        if block.client_model[name].gradient is not None:
+            fail(f"{name}'s update carries a gradient, which {block.aggregation} does not use")
+    rule = block.aggregation
     try:
-        average = fedavg(block.updates_in_order())
+        result = aggregate(rule, block.parameters, [
+            (c, block.client_model[c].model, block.client_model[c].n_samples) for c in block.cli
+        ])  # fmt: skip
     except ValueError as error:
-        fail(f"the client models cannot be averaged: {error}")
-    if average != block.server_model:
-        fail("server_model is not the FedAvg of the client models")
+        how = "averaged" if rule == FEDAVG else f"aggregated by {rule}"
+        fail(f"the client models cannot be {how}: {error}")
+    if result.model != block.server_model:
+        fail("server_model is not the FedAvg of the client models" if rule == FEDAVG
+             else f"server_model is not what {rule} makes of the client models")  # fmt: skip
+    if _bits(result.choice) != _bits(block.choice):
+        fail(f"the recorded choice is not what {rule} chose from the client models")
+
+
+def _bits(record: dict) -> dict:
+    """RECORD's numbers as their exact bits, so 0.0 and -0.0 differ as they do under the hash."""
+    return {
+        name: tuple(v.hex() for v in value) if isinstance(value, tuple) else value.hex()
+        for name, value in record.items()
+    }
 
 
 def _verify_contributors(position: int, previous: Block, block: Block, genesis: Block) -> None:

@@ -89,3 +89,29 @@ def test_the_chain_tool_stops_quietly_when_its_reader_goes_away(tmp_path):
     process.stdout.close()  # as `| head -1` does
     _, errors = process.communicate(timeout=60)
     assert process.returncode == 0 and errors == b"", errors.decode()
+
+
+def test_the_poisoning_demo_shows_krum_leaving_the_attacker_out():
+    result = run_script("demo.py", "--clients", "5", "--poison", "1", "--aggregation", "krum",
+                        "--rounds", "3", "--difficulty", "8")  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "[cli5] round 1: ATTACKING (--poison scale=-10)" in out
+    assert "[server] valid: 5 blocks; the run is complete (3 of 3 rounds)" in out
+    for index in (1, 2, 3):
+        assert f"block {index}: attacker cli5 sent" in out
+    assert out.count("krum left out cli5") == 3
+    ratio = float(re.search(r"federated / central MSE on the pooled client rows: ([\d.]+)", out)[1])
+    assert 1.0 <= ratio <= 1.01
+    shutil.rmtree((ROOT / re.search(r"the chain is (\S+)$", out.rstrip())[1]).parent)
+
+
+def test_a_rule_that_needs_more_clients_than_a_round_holds_is_refused_at_start(tmp_path):
+    result = run_script("server.py", "--aggregation", "krum", "--clients", "4", "--port", "0",
+                        "--chain", tmp_path / "chain.jsonl", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert "--aggregation krum with --byzantine 1 needs at least 5 clients a round, but " \
+           "--clients is 4" in result.stderr  # fmt: skip
+    result = run_script("server.py", "--byzantine", "1", "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "--byzantine is for a robust --aggregation" in result.stderr
+    assert not (tmp_path / "chain.jsonl").exists()

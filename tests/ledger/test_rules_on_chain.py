@@ -1,0 +1,171 @@
+"""Robust rules on the chain (format 3): every block records the rule, its parameters and its
+choice; verification recomputes them bit for bit and catches any change to what they came from."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from chain_helpers import DIFFICULTY, FEATURES, SERVER_KEY, TRAINING, fixed_key, reseal
+
+from fedchain.learning.aggregation import BYZANTINE, KRUM, MEDIAN, TRIMMED_MEAN, aggregate
+from fedchain.learning.linear_model import LinearModel
+from fedchain.ledger.block import FORMAT_RULES, FORMAT_SIGNED, ClientUpdate, RunRecord
+from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_block, verify_chain
+from fedchain.ledger.signatures import attestation_message, sign_hex, update_message
+from fedchain.ledger.store import block_from_json, block_to_json
+from fedchain.ledger.verification import ChainError
+from fedchain.trust.keys import public_hex
+
+NAMES = ("a1", "a2", "a3", "a4", "a5")
+KEYS = {name: fixed_key(name) for name in NAMES}
+ATTACKER = "a3"
+RULES = [(MEDIAN, 1.0), (TRIMMED_MEAN, 1.0), (KRUM, 1.0)]
+
+
+def genesis(rule, f, *, min_clients=5, version_check=True):
+    run = RunRecord(2, 0, public_hex(SERVER_KEY), {n: public_hex(k) for n, k in KEYS.items()},
+                    min_clients)  # fmt: skip
+    return make_genesis(
+        initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES,
+        difficulty=DIFFICULTY, run=run, server_key=SERVER_KEY, aggregation=rule,
+        parameters={BYZANTINE: f},
+    )  # fmt: skip
+
+
+def signed(first, previous, name, model, n=100):
+    unsigned = ClientUpdate(model, n, training=TRAINING)
+    message = update_message(genesis_hash=first.hash, index=previous.index + 1,
+                             previous_hash=previous.hash, name=name, update=unsigned)  # fmt: skip
+    return replace(unsigned, signature=sign_hex(KEYS[name], message))
+
+
+def attestations(first, block):
+    message = attestation_message(genesis_hash=first.hash, block=block)
+    return {name: sign_hex(KEYS[name], message) for name in NAMES}
+
+
+def models(rng):
+    honest = {n: LinearModel(1.0 + 0.01 * rng.normal(size=3), 2.0 + 0.01 * rng.normal())
+              for n in NAMES}  # fmt: skip
+    honest[ATTACKER] = LinearModel(-10 * honest[ATTACKER].weights, -10 * honest[ATTACKER].bias)
+    return honest
+
+
+def build(rule, f, seed=0):
+    rng = np.random.default_rng(seed)
+    blocks = [genesis(rule, f)]
+    for _ in range(2):
+        previous = blocks[-1]
+        updates = {n: signed(blocks[0], previous, n, m) for n, m in models(rng).items()}
+        attested = attestations(blocks[0], previous) if previous.index else {}
+        blocks.append(make_round_block(previous, updates, attestations=attested,
+                                       server_key=SERVER_KEY))  # fmt: skip
+    blocks.append(make_closing_block(blocks[-1], attestations=attestations(blocks[0], blocks[-1]),
+                                     server_key=SERVER_KEY))  # fmt: skip
+    return blocks
+
+
+@pytest.mark.parametrize(("rule", "f"), RULES)
+def test_a_rule_chain_verifies_and_records_the_rule_and_its_choice(rule, f):
+    blocks = build(rule, f)
+    verify_chain(blocks)
+    assert {b.version for b in blocks} == {FORMAT_RULES}
+    assert all(b.aggregation == rule and b.parameters == {BYZANTINE: f} for b in blocks)
+    round_block = blocks[1]
+    assert set(round_block.choice) == set(NAMES)
+    if rule == KRUM:  # the attacker is the one left out
+        assert [n for n in NAMES if round_block.choice[n][1] == 0.0] == [ATTACKER]
+    else:  # the attacker's values are trimmed (-10 x a positive model: always the lowest)
+        assert set(round_block.choice[ATTACKER]) == {-1.0}
+    # Stored and read back, bit for bit.
+    assert [block_from_json(block_to_json(b)) for b in blocks] == blocks
+
+
+@pytest.mark.parametrize(("rule", "f"), RULES)
+def test_verify_catches_a_changed_input_of_each_rule(rule, f):
+    blocks = build(rule, f)
+    first, middle = blocks[0], blocks[1]
+    # A client's model changed (and even signed again by that client): the aggregate and the
+    # choice the block records no longer follow from it.
+    updates = dict(middle.client_model)
+    updates["a1"] = signed(first, blocks[0], "a1", LinearModel([5.0, 5.0, 5.0], 5.0))
+    with pytest.raises(ChainError, match=f"block 1: server_model is not what {rule} makes"):
+        verify_chain([first, reseal(middle, client_model=updates)])
+    # The aggregate changed: FedAvg's, say, as a server ignoring the rule would make.
+    fedavg_model = aggregate(
+        "fedavg", {}, [(n, u.model, u.n_samples) for n, u in middle.client_model.items()]
+    ).model
+    with pytest.raises(ChainError, match="server_model is not what"):
+        verify_chain([first, reseal(middle, server_model=fedavg_model)])
+    # The choice changed: the attacker recorded as kept.
+    choice = dict(middle.choice)
+    choice[ATTACKER] = tuple(0.0 * v + 1.0 for v in choice[ATTACKER])
+    with pytest.raises(ChainError, match=f"recorded choice is not what {rule} chose"):
+        verify_chain([first, reseal(middle, choice=choice)])
+    # The parameters changed mid-run, or the rule.
+    with pytest.raises(ChainError, match=r"parameters .* differ from the genesis"):
+        verify_chain([first, reseal(middle, parameters={BYZANTINE: f + 1})])
+    other = KRUM if rule != KRUM else MEDIAN
+    with pytest.raises(ChainError, match=r"aggregation .* differs from the genesis"):
+        verify_chain([first, reseal(middle, aggregation=other)])
+
+
+def test_a_genesis_whose_quorum_is_below_what_the_rule_needs_is_refused():
+    with pytest.raises(ChainError, match="krum needs every round to hold at least 5 clients"):
+        genesis(KRUM, 1.0, min_clients=4)
+    with pytest.raises(ChainError, match="at least 7 clients"):
+        genesis(TRIMMED_MEAN, 3.0)
+
+
+def test_a_genesis_with_parameters_its_rule_does_not_take_is_refused():
+    first = genesis(KRUM, 1.0)
+    with pytest.raises(ChainError, match="block 0: krum takes the parameters byzantine"):
+        verify_chain([reseal(first, parameters={BYZANTINE: 1.0, "step": 0.5})])
+    with pytest.raises(ChainError, match="whole number"):
+        verify_chain([reseal(first, parameters={BYZANTINE: 0.5})])
+
+
+def test_a_robust_rule_in_a_format_2_block_is_refused():
+    first = genesis(KRUM, 1.0)
+    with pytest.raises(ChainError, match="format-2 chain can only record fedavg"):
+        verify_chain([reseal(first, version=FORMAT_SIGNED, parameters={})])
+
+
+def test_a_fedavg_run_is_still_written_in_format_2():
+    first = make_genesis(
+        initial_model=LinearModel.zeros(3), feature_names=FEATURES, difficulty=DIFFICULTY,
+        run=RunRecord(1, 0, public_hex(SERVER_KEY), {"a1": public_hex(KEYS["a1"])}),
+        server_key=SERVER_KEY,
+    )  # fmt: skip
+    assert first.version == FORMAT_SIGNED and "parameters" not in block_to_json(first)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error"),
+    [
+        ('"byzantine":1.0', '"byzantine":1', "finite floats"),
+        ('"choice":{', '"choice":{"zz":[1],', "finite floats"),
+    ],
+)
+def test_a_stored_rule_block_with_bad_rule_fields_is_refused(old, new, error):
+    blocks = build(KRUM, 1.0)
+    text = block_to_json(blocks[1]).replace(old, new, 1)
+    with pytest.raises((ValueError, TypeError, ChainError), match=error):
+        verify_chain([blocks[0], block_from_json(text)])
+
+
+def test_resuming_compares_the_rule_and_its_parameters_with_the_genesis():
+    from fedchain.federation.resume import RunSettings, differences
+
+    first = genesis(KRUM, 1.0)
+    same = RunSettings(difficulty=DIFFICULTY, rounds=2, seed=0, server_key=public_hex(SERVER_KEY),
+                       n_clients=5, min_clients=5, aggregation=KRUM,
+                       aggregation_parameters={BYZANTINE: 1.0})  # fmt: skip
+    assert differences(first, same) == []
+    assert differences(first, replace(same, aggregation_parameters={BYZANTINE: 2.0})) == [
+        "the rule's parameters (--byzantine) is {'byzantine': 2.0}, but the chain's genesis "
+        "records {'byzantine': 1.0}"
+    ]
+    assert differences(first, replace(same, aggregation=MEDIAN)) == [
+        "--aggregation is median, but the chain's genesis records krum"
+    ]
