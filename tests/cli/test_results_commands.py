@@ -28,7 +28,8 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     started = []
     try:
-        server = Program("server.py", "--port", "0", "--difficulty", "8", cwd=folder)
+        server = Program("server.py", "--port", "0", "--difficulty", "8",
+                         "--chain", folder / "chain.jsonl", cwd=folder)  # fmt: skip
         started.append(server)
         port = port_from_listening_line(server.wait_for(r"^listening on ").string)
         for script in ("client1.py", "client2.py"):
