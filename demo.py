@@ -10,6 +10,7 @@ rule: the bundled rows are split into 5 shards, the last client sends the receiv
 
 import argparse
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -208,6 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if attackers:
         show_attack(chain_path, attackers)
     compare_with_central(chain_path, files)
+    figure = run_dir / "convergence.png"
+    plotted = subprocess.run(
+        [sys.executable, str(HERE / "blockchain.py"), "plot", str(chain_path), "--metrics",
+         str(chain_path.with_name("chain.metrics.csv")), "-o", str(figure)],
+        capture_output=True, text=True, cwd=HERE,
+    )  # fmt: skip
+    if plotted.returncode != 0:
+        show(f"demo: the figure could not be drawn: {plotted.stderr.strip()}")
+        return 1
+    show(f"the convergence figure: {figure.relative_to(HERE)}")
     show(f"done in {time.monotonic() - started:.1f} s; the chain is {chain_path.relative_to(HERE)}")
     return 0
 

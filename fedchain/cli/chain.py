@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.arguments import integer_in
-from fedchain.cli.console import quiet_on_broken_pipe, say, shown
+from fedchain.cli.arguments import add_output_flags, integer_in
+from fedchain.cli.console import configure_output, quiet_on_broken_pipe, say, shown
 from fedchain.learning.dataset import DataError, column_difference, load_dataset
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS, Block
 from fedchain.ledger.chain import Chain, verify_chain
@@ -79,6 +79,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
             help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
         )  # fmt: skip
+    for command in commands.choices.values():
+        add_output_flags(command)
     return parser.parse_args(argv)
 
 
@@ -88,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
+    configure_output(quiet=args.quiet, verbose=args.verbose)
     if args.command == "compare":
         first, second = _load(args.first), _load(args.second)
         if isinstance(first, int) or isinstance(second, int):

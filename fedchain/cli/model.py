@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from fedchain import settings
-from fedchain.cli.arguments import integer_in
+from fedchain.cli.arguments import add_output_flags, integer_in
 from fedchain.cli.chain import verified
-from fedchain.cli.console import quiet_on_broken_pipe, say, shown
+from fedchain.cli.console import configure_output, quiet_on_broken_pipe, say, shown
 from fedchain.learning.dataset import DataError, load_rows
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.results import read_model_file
@@ -44,7 +44,9 @@ def _show(argv: list[str]) -> int:
     parser.add_argument("chain", help="a chain file (JSON Lines)")
     parser.add_argument("--round", type=integer_in(0), default=None, help="which round's model")
     _add_min_difficulty(parser)
+    add_output_flags(parser)
     args = parser.parse_args(argv)
+    configure_output(quiet=args.quiet, verbose=args.verbose)
     model = _from_chain(args.chain, args.round, settings.TARGET, args.min_difficulty)
     if isinstance(model, int):
         return model
@@ -76,7 +78,9 @@ def _use(command: str, argv: list[str]) -> int:
     if command == "predict":
         parser.add_argument("-o", "--output", help="the CSV to write (default: print it)")
     _add_min_difficulty(parser)
+    add_output_flags(parser)
     args = parser.parse_args(argv)
+    configure_output(quiet=args.quiet, verbose=args.verbose)
     if args.model is not None:
         if args.round is not None:
             parser.error("--round picks a round of a --chain; a model file holds one round")

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 from chain_helpers import FEATURES, build_chain
 from processes import ROOT, run_script
 
@@ -65,6 +66,11 @@ def test_the_demo_runs_the_federation_and_ends_with_the_comparison():
     chain = ROOT / re.search(r"the chain is (\S+)$", out.rstrip())[1]
     try:
         assert len(load_chain(chain).blocks) == 4  # the genesis, two rounds, the closing block
+        figure = chain.with_name("convergence.png")
+        assert f"the convergence figure: {figure.relative_to(ROOT)}" in out
+        assert figure.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        metrics = pd.read_csv(chain.with_name("chain.metrics.csv"))
+        assert list(metrics["round"]) == [1, 1, 2, 2]
     finally:
         shutil.rmtree(chain.parent)  # the demo keeps its run folder for a person; a test does not
 
