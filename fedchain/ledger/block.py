@@ -93,15 +93,10 @@ class ClientUpdate:
     n_samples: int
     training: TrainingSettings | None = None
     signature: str = ""  # 128 hex digits, over signatures.update_message(...)
-    # Format 3: what the client sent beyond its model, if its rule asks for it (scaffold: its
-    # gradient at the model it received), signed with the rest.
-    gradient: LinearModel | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, LinearModel):
             raise TypeError("a client update's model must be a LinearModel")
-        if self.gradient is not None and not isinstance(self.gradient, LinearModel):
-            raise TypeError("a client update's gradient must be a LinearModel")
         check_int(self.n_samples, 1, MAX_U64, "n_samples")
         if self.training is not None and not isinstance(self.training, TrainingSettings):
             raise TypeError("training must be TrainingSettings")
@@ -185,11 +180,7 @@ class Block:
             check_hex("server_signature", self.server_signature, SIGNATURE_HEX)
         _check_numbers("parameters", self.parameters, single=True)
         _check_numbers("choice", self.choice, single=False)
-        if self.version != FORMAT_RULES and (
-            self.parameters
-            or self.choice
-            or any(update.gradient is not None for update in self.client_model.values())
-        ):
+        if self.version != FORMAT_RULES and (self.parameters or self.choice):
             raise ValueError(f"format {self.version} blocks carry no rule parameters or choices")
         if signed:
             if (self.run is None) != (self.index != 0):
@@ -265,11 +256,6 @@ def body_digest(block: Block) -> bytes:
         parts.append(U32.pack(len(block.choice)))
         for name in sorted(block.choice):
             parts += [pack_string(name), pack_floats(block.choice[name])]
-        for name in block.cli:
-            gradient = block.client_model[name].gradient
-            parts.append(U8.pack(gradient is not None))
-            if gradient is not None:
-                parts.append(pack_model(gradient))
     return hashlib.sha256(b"".join(parts)).digest()
 
 

@@ -32,8 +32,6 @@ def update_message(
             U64.pack(training.seed),
             U64.pack(training.generations),
             U64.pack(training.population),
-            # Format 3: what it sent beyond its model (none: nothing added, as in format 2).
-            b"" if update.gradient is None else b"gradient\0" + pack_model(update.gradient),
         ]
     )
 

@@ -31,7 +31,6 @@ _SIGNED_BLOCK_KEYS = _BLOCK_KEYS | {"run", "attestations", "missing", "server_si
 _RULES_BLOCK_KEYS = _SIGNED_BLOCK_KEYS | {"parameters", "choice"}
 _UPDATE_KEYS = {"weights", "bias", "n_samples"}
 _SIGNED_UPDATE_KEYS = _UPDATE_KEYS | {"training", "signature"}
-_RULES_UPDATE_KEYS = _SIGNED_UPDATE_KEYS | {"gradient"}
 _TRAINING_KEYS = {"seed", "generations", "population"}
 _RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
 
@@ -145,31 +144,22 @@ def _update_to_record(update: ClientUpdate, version: int) -> dict:
             "population": training.population,
         }  # fmt: skip
         record["signature"] = update.signature
-    if version == FORMAT_RULES:
-        gradient = update.gradient
-        record["gradient"] = None if gradient is None else _model_to_record(gradient)
     return record
 
 
 def _update_from_record(where: str, entry: object, version: object) -> ClientUpdate:
-    keys = {FORMAT_SIGNED: _SIGNED_UPDATE_KEYS, FORMAT_RULES: _RULES_UPDATE_KEYS}
+    keys = {FORMAT_SIGNED: _SIGNED_UPDATE_KEYS, FORMAT_RULES: _SIGNED_UPDATE_KEYS}
     _expect_keys(where, entry, keys.get(version, _UPDATE_KEYS))
     model = _model_from_record(where, entry)
     if version not in keys:
         return ClientUpdate(model, entry["n_samples"])
     training = entry["training"]
     _expect_keys(f"{where}.training", training, _TRAINING_KEYS)
-    gradient = None
-    if entry.get("gradient") is not None:
-        record = _typed(f"{where}.gradient", entry["gradient"], dict)
-        _expect_keys(f"{where}.gradient", record, {"weights", "bias"})
-        gradient = _model_from_record(f"{where}.gradient", record)
     return ClientUpdate(
         model,
         entry["n_samples"],
         training=TrainingSettings(**training),
         signature=_typed(f"{where}.signature", entry["signature"], str),
-        gradient=gradient,
     )
 
 

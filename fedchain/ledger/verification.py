@@ -148,9 +148,6 @@ def verify_next(
         if sample_counts.get(name, n_samples) != n_samples:
             fail(f"{name}'s n_samples changed from {sample_counts[name]} earlier in the chain")
     _verify_model_sizes(position, block)
-    for name in block.cli:
-        if block.client_model[name].gradient is not None:
-            fail(f"{name}'s update carries a gradient, which {block.aggregation} does not use")
     rule = block.aggregation
     try:
         result = aggregate(rule, block.parameters, [
