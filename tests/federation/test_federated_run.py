@@ -267,3 +267,15 @@ def test_quiet_programs_print_only_what_others_read_and_verbose_ones_more(progra
         verbose.output
     )
     assert "run complete" in verbose.output
+
+
+def test_a_difficulty_that_would_outlast_the_clients_wait_is_refused_at_start(programs, tmp_path):
+    server = programs("server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl",
+                      "--difficulty", "40")  # fmt: skip
+    assert server.finish() == 2
+    assert re.search(
+        r"error: --difficulty 40 takes about \S+ s to mine a block here .*more than the "
+        r"clients wait for the server's next message \(their --timeout-s, 300 s by default\)",
+        server.output,
+    ), server.output
+    assert not (tmp_path / "chain.jsonl").exists()
