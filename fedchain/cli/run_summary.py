@@ -42,6 +42,9 @@ def summarise_run(
     say(f"chain: {chain_path}")
     if metrics_path is not None and metrics_path.exists():
         say(f"metrics, a row per round and client: {metrics_path}")
+        figure = chain_path.with_name("convergence.png")
+        say(f"a figure of the run: python blockchain.py plot {chain_path} --metrics "
+            f"{metrics_path} -o {figure}")  # fmt: skip
     say(f"every block in full: python blockchain.py show {chain_path}")
     say(f"the model on new rows: python model.py predict --chain {chain_path} --data ROWS.csv")
     return show_chain(chain_path, say, blocks)
