@@ -230,19 +230,7 @@ def open_for_resuming(
     parameters: dict[str, float],
 ) -> Chain | int:
     """The chain of --chain, verified and open for appending, if the flags match its genesis;
-    else the exit code, having said why."""
-    try:
-        chain, dropped = continue_chain(args.chain)
-    except (OSError, ValueError) as error:  # ChainFileError and ChainError are ValueErrors
-        print(f"error: cannot resume {args.chain}: {shown(error)}", file=sys.stderr)
-        return EXIT_USAGE
-    if dropped:
-        warn(f"warning: {args.chain}: {dropped}; that block is made again")
-    if not chain.genesis.signed:
-        chain.store.close()
-        print(f"error: {args.chain} is a format-1 chain, which records too little to resume",
-              file=sys.stderr)  # fmt: skip
-        return EXIT_USAGE
+    else the exit code, having said why. A chain refused is left as it is."""
     wanted = RunSettings(
         difficulty=args.difficulty,
         rounds=args.rounds,
@@ -255,18 +243,38 @@ def open_for_resuming(
         aggregation=args.aggregation,
         aggregation_parameters=parameters,
     )
-    if found := differences(chain.genesis, wanted):
-        chain.store.close()
-        print(f"error: cannot resume {args.chain}: the flags differ from its run:",
-              file=sys.stderr)  # fmt: skip
-        for difference in found:
-            print(f"  {difference}", file=sys.stderr)
+
+    def resumable(chain: Chain) -> None:  # checked before the file is touched
+        if not chain.genesis.signed:
+            raise _NotResumed("is a format-1 chain, which records too little to resume")
+        if found := differences(chain.genesis, wanted):
+            raise _NotResumed("cannot be resumed: the flags differ from its run:\n  "
+                              + "\n  ".join(found))  # fmt: skip
+        if chain.closed:
+            raise _NotResumed(f"holds a complete run ({len(chain.blocks)} blocks)", complete=True)
+
+    try:
+        chain, dropped = continue_chain(args.chain, accept=resumable)
+    except _NotResumed as refusal:
+        if refusal.complete:
+            say(f"the run of {args.chain} is already complete; nothing to resume")
+            return EXIT_OK if show_chain(args.chain, say) else EXIT_RUN_FAILED
+        print(f"error: {args.chain} {refusal}", file=sys.stderr)
         return EXIT_USAGE
-    if chain.closed:
-        chain.store.close()
-        say(f"the run of {args.chain} is already complete ({len(chain.blocks)} blocks)")
-        return EXIT_OK if show_chain(args.chain, say) else EXIT_RUN_FAILED
+    except (OSError, ValueError) as error:  # ChainFileError and ChainError are ValueErrors
+        print(f"error: cannot resume {args.chain}: {shown(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    if dropped:
+        warn(f"warning: {args.chain}: {dropped}; that block is made again")
     return chain
+
+
+class _NotResumed(Exception):
+    """A chain --resume will not go on with; COMPLETE if only because its run is over."""
+
+    def __init__(self, reason: str, *, complete: bool = False) -> None:
+        super().__init__(reason)
+        self.complete = complete
 
 
 def new_run_chain_path() -> Path:

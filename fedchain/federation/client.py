@@ -234,16 +234,20 @@ class FederatedClient:
         self.say(f"joined; genesis {genesis.hash[:16]}… verified; replica in {path}")
 
     def _continue_replica(self, path: Path, genesis: Block) -> Chain:
+        def of_this_run(chain: Chain) -> None:  # checked before the file is touched
+            if chain.genesis != genesis:
+                raise ClientFailed(
+                    f"the replica {path} holds another run (genesis "
+                    f"{chain.genesis.hash[:16]}…), not this one ({genesis.hash[:16]}…); "
+                    "choose another --replica"
+                )
+
         try:
-            chain, dropped = continue_chain(path, min_difficulty=self.min_difficulty)
+            chain, dropped = continue_chain(
+                path, min_difficulty=self.min_difficulty, accept=of_this_run
+            )
         except (OSError, ValueError) as error:  # ChainFileError and ChainError are ValueErrors
             raise ClientFailed(f"cannot go on with the replica {path}: {error}") from None
-        if chain.genesis != genesis:
-            chain.store.close()
-            raise ClientFailed(
-                f"the replica {path} holds another run (genesis {chain.genesis.hash[:16]}…), "
-                f"not this one ({genesis.hash[:16]}…); choose another --replica"
-            )
         if dropped:
             self.say(f"{self.name}: {path}: {dropped}")
         self.say(

@@ -141,6 +141,9 @@ class FederationServer:
         self.waiting: list[_Connection] = []  # newcomers not yet registered
         self.standby: list[_Connection] = []  # back mid-run, caught up; in from the next round
         self.chain: Chain | None = None  # once the run has begun
+        # The round's checked messages so far, by client: its update (None for a closing
+        # attestation), its attestation of the last block, and its reported metrics.
+        self.received: dict[str, tuple[ClientUpdate | None, str, dict]] = {}
         self.round_index = 0  # the block being gathered, for the reasons recorded in it
         self.run_features: tuple[str, ...] = ()  # fixed for the run once known
         self.bound_keys: dict[str, str] = {}  # open enrolment: each name's first key
@@ -222,7 +225,9 @@ class FederationServer:
         def finished() -> bool:
             nonlocal quorum_at
             back = len(self.standby)
-            if back >= self.min_clients and quorum_at == math.inf:
+            if back < self.min_clients:
+                quorum_at = math.inf  # one left again: the quorum is not back after all
+            elif quorum_at == math.inf:
                 quorum_at = time.monotonic()
             return back == self.n_clients or time.monotonic() >= quorum_at + RESUME_GRACE_S
 
@@ -593,19 +598,19 @@ class FederationServer:
         model = chain.last.server_model
         train = {"type": "train", "round": index, "weights": model.weights.copy(),
                  "bias": model.bias}  # fmt: skip
-        received: dict[str, tuple[ClientUpdate | None, str, dict]] = {}
+        # The round's updates so far: a client that leaves, or logs in again, takes its own out.
+        received = self.received = {}
+        trained: list[_Connection] = []  # the connections sent this round's model
         rejoin_deadline = math.inf  # set when the round first falls short of its quorum
         waiting_s = 0.0  # spent waiting for clients to come back, not counted in the round
         while True:
-            if not received:  # the round's start: every client
-                self._bring_in_standby()
-                trained = list(self.peers)
-            else:  # short of the quorum: those who came back join this round too
-                trained = self._bring_in_standby()
-            if len(received) + len(trained) >= self.min_clients:
-                self._send_to(trained, train, index)
+            self._bring_in_standby()  # short of the quorum, those who came back join at once
+            if len(self.peers) >= self.min_clients:
+                fresh = [p for p in self.peers if not any(p is t for t in trained)]
+                self._send_to(fresh, train, index)
+                trained += fresh
                 deadline = time.monotonic() + self.round_timeout_s
-                received = self._collect(index, "update", chain, deadline, received)
+                self._collect(index, "update", chain, deadline, received)
                 if len(received) >= self.min_clients:
                     break
             if rejoin_deadline == math.inf:
@@ -668,8 +673,8 @@ class FederationServer:
         """Round INDEX has RECEIVED fewer updates than its quorum: wait until enough clients
         have come back to make it up, or raise RunAborted at DEADLINE."""
 
-        def enough() -> bool:
-            return len(received) + len(self.standby) >= self.min_clients
+        def enough() -> bool:  # the clients in the round, and those come back to join it
+            return len(self.peers) + len(self.standby) >= self.min_clients
 
         def status() -> str:
             gone = "; ".join(f"{name} {why}" for name, why in sorted(self._missing().items()))
@@ -679,8 +684,7 @@ class FederationServer:
             )
 
         def hear_peer(peer: _Connection) -> None:  # one that has sent its update waits quietly
-            self._hear_idle_peer(peer)
-            received.pop(peer.name, None)  # it is out, and so is what it sent
+            self._hear_idle_peer(peer)  # and one that stirs is out, with what it sent
 
         if not self._wait_for_clients(deadline, enough, status, hear_peer=hear_peer):
             gone = "; ".join(f"{name} {why}" for name, why in sorted(self._missing().items()))
@@ -711,7 +715,8 @@ class FederationServer:
         self._bring_in_standby()
         self._send_to(self.peers, {"type": "close", "round": index}, index)
         deadline = time.monotonic() + self.round_timeout_s
-        received = self._collect(index, "attest", chain, deadline, {})
+        self.received = {}
+        received = self._collect(index, "attest", chain, deadline, self.received)
         attestations = {name: attestation for name, (_, attestation, _) in received.items()}
         self._announce_mining(index)
         block = make_closing_block(
@@ -771,13 +776,18 @@ class FederationServer:
             for peer in [p for p in self.peers if p.name not in received]:
                 why = f"sent no {kind} within {self.round_timeout_s:g} s (--round-timeout-s)"
                 self._leave_out(peer, index, why)
-        # A client that left after its message arrived is out, with what it sent: the block
-        # must never count a client it also records as missing.
+        # A client that left after its message arrived is out, with what it sent (_leave_out
+        # takes it): the block must never count a client it also records as missing.
         staying = {peer.name for peer in self.peers}
-        return {name: parts for name, parts in received.items() if name in staying}
+        for name in [name for name in received if name not in staying]:
+            del received[name]
+        return received
 
     def _leave_out(self, peer: _Connection, index: int, reason: str) -> None:
-        """Take PEER out of the run for REASON, tell it why, and record it for every block."""
+        """Take PEER out of the run for REASON, with whatever it sent in this round, tell it
+        why, and record it for every block."""
+        if any(peer is p for p in self.peers):
+            self.received.pop(peer.name, None)
         self.absent[peer.name] = printable(f"{reason} (round {index})", limit=MAX_REASON_CHARS - 2)
         self.say(f"{peer.name} is left out of the run: {reason}")
         self.selector.unregister(peer.sock)

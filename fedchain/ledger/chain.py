@@ -7,7 +7,7 @@ rules and the record of each client's sample count live in one place.
 """
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,12 +107,17 @@ def verify_chain(
     return chain
 
 
-def continue_chain(path: Path, *, min_difficulty: int = 0) -> tuple[Chain, str | None]:
+def continue_chain(
+    path: Path, *, min_difficulty: int = 0, accept: Callable[[Chain], None] = lambda chain: None
+) -> tuple[Chain, str | None]:
     """Load and verify the chain file PATH and open it to grow further: the checkpoint a
-    restarted server or client goes on from. Return the chain and what was dropped off a torn
-    last line (None if nothing was). Raises OSError, ChainFileError or ChainError."""
+    restarted server or client goes on from. ACCEPT(chain) may raise to refuse it first: the
+    file is changed (a torn last line cut off) only once the chain is taken. Return the chain
+    and what was dropped off a torn last line (None if nothing was). Raises OSError,
+    ChainFileError or ChainError, or what ACCEPT raises."""
     loaded = load_chain(path)
     chain = verify_chain(loaded.blocks, min_difficulty=min_difficulty)
+    accept(chain)
     chain.store = ChainWriter.continuing(path, loaded.whole_bytes)
     return chain, loaded.dropped_tail
 

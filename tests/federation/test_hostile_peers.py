@@ -475,3 +475,22 @@ def test_a_client_back_mid_run_must_bring_the_rows_the_chain_recorded(programs, 
             assert sat_out.missing == {"cli2": "came back during round 2; in from round 3"}
             trained = receive(back.sock)
             assert trained["type"] == "train" and trained["round"] == 3
+
+
+def test_a_client_logging_in_again_mid_round_replaces_its_update_and_the_round_completes(
+    programs, tmp_path
+):
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "--rejoin-timeout-s", "30")
+    cli1, cli2 = join_raw_clients(port, "cli1", "cli2")
+    with cli1, cli2:
+        cli1.send(cli1.update())  # then cli1 restarts: its old connection and update are gone
+        with RawClient(port, "cli1") as again:
+            again.register()
+            server.wait_for(r"^cli1 is left out of the run: logged in again on a new connection")
+            cli2.send(cli2.update())  # one update of the two the round needs: cli1 is taken in
+            train = again.hear_welcome()
+            assert train["type"] == "train" and train["round"] == 1, train
+            again.send(again.update())
+            block = again.hear_block()
+    assert block.cli == ("cli1", "cli2") and not block.missing
+    assert server.finish() == 0, server.output

@@ -280,3 +280,19 @@ def test_a_chain_that_does_not_verify_is_not_continued(tmp_path):
     with pytest.raises(ChainError, match="block 1"):
         continue_chain(path)
     assert path.read_bytes() == before
+
+
+def test_a_chain_refused_by_its_caller_is_left_as_it_is(tmp_path):
+    # A client refusing another run's replica, or a server refusing to resume with other
+    # flags, must not have cut the file's torn last line (or anything) first.
+    blocks = build_chain(rounds=2)
+    path = write_chain(tmp_path / "chain.jsonl", blocks[:2])
+    path.write_bytes(path.read_bytes() + block_to_json(blocks[2]).encode()[:40])
+    before = path.read_bytes()
+
+    def refuse(chain) -> None:
+        raise LookupError("not this run")
+
+    with pytest.raises(LookupError, match="not this run"):
+        continue_chain(path, accept=refuse)
+    assert path.read_bytes() == before
