@@ -557,10 +557,17 @@ class FederationServer:
         if not self._welcome(connection):
             return
         index = self.round_index
-        self.absent[connection.name] = f"came back during round {index}; in from round {index + 1}"
+        if index > self.rounds:  # the closing block is being gathered: no round is left
+            self.absent[connection.name] = "came back as the run was closing"
+            when = "it attests the closing block"
+        else:
+            self.absent[connection.name] = (
+                f"came back during round {index}; in from round {index + 1}"
+            )
+            when = "it takes part from the next round (from this one, if it is short)"
         self.say(
             f"{connection.name} is back from {connection.address}: sent it the "
-            f"{len(self.chain.blocks)} blocks so far; it takes part from the next round"
+            f"{len(self.chain.blocks)} blocks so far; {when}"
         )
 
     def _bring_in_standby(self) -> list[_Connection]:
