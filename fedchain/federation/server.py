@@ -559,7 +559,7 @@ class FederationServer:
         index = self.round_index
         if index > self.rounds:  # the closing block is being gathered: no round is left
             self.absent[connection.name] = "came back as the run was closing"
-            when = "it attests the closing block"
+            when = "the run is closing: it gets the closing block"
         else:
             self.absent[connection.name] = (
                 f"came back during round {index}; in from round {index + 1}"
