@@ -74,10 +74,13 @@ class RawClient:
         )
 
     def hear_welcome(self) -> dict:
-        """Read the welcome and the first round's global model; keep the genesis."""
+        """Read the welcome and the blocks it announces (to catch up on); keep the genesis and
+        the last block; return the next message (the round's global model, say)."""
         welcome = receive(self.sock)
         assert welcome["type"] == "welcome", welcome
         self.genesis = self.last = block_from_json(welcome["genesis"])
+        for _ in range(welcome["height"] - 1):
+            self.hear_block()
         return receive(self.sock)
 
     def update(self, weights=None, *, index=None, previous=None, genesis=None, key=None) -> dict:

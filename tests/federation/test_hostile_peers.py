@@ -8,6 +8,7 @@ import re
 import socket
 import ssl
 import struct
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -17,6 +18,7 @@ from processes import run_blockchain_cli, start_server
 from raw_peers import N_SAMPLES, RawClient, connect, join_raw_clients, write_key
 from wire_helpers import Exploit, frame, receive
 
+from fedchain.federation.server import RESUME_GRACE_S
 from fedchain.ledger.store import block_from_json
 from fedchain.trust.keys import public_hex
 from fedchain.wire.frames import HEADER, MAGIC, VERSION
@@ -494,3 +496,43 @@ def test_a_client_logging_in_again_mid_round_replaces_its_update_and_the_round_c
             block = again.hear_block()
     assert block.cli == ("cli1", "cli2") and not block.missing
     assert server.finish() == 0, server.output
+
+
+def test_a_resumed_run_goes_on_once_its_quorum_is_back_even_if_one_left_meanwhile(
+    programs, tmp_path
+):
+    flags = ("--clients", "3", "--min-clients", "2", "--rounds", "2")
+    server, port = start_server(programs, tmp_path, *flags)
+    clients = join_raw_clients(port, "cli1", "cli2", "cli3")
+    for client in clients:
+        client.send(client.update())
+    for client in clients:
+        client.hear_block()
+        client.sock.close()
+    server.process.kill()  # after block 1, before round 2
+    server.process.wait()
+    resumed, port = start_server(programs, tmp_path, *flags, "--resume", "--rejoin-timeout-s",
+                                 "60")  # fmt: skip
+    first = RawClient(port, "cli1")
+    first.register()
+    # cli2 comes back and leaves again: the quorum is not back after all, and the server waits.
+    with RawClient(port, "cli2") as fickle:
+        fickle.register()
+        resumed.wait_for(r"^cli2 is back")
+    resumed.wait_for(r"^cli2 is left out of the run: disconnected again")
+    # Past the grace period the quorum had started: one client is not a quorum to go on with.
+    time.sleep(RESUME_GRACE_S + 1)
+    assert "round 2" not in resumed.output
+    second = RawClient(port, "cli2")
+    second.register()
+    # Two of three back: after the grace period the round goes on with both, not waiting for
+    # more to come back on top of them.
+    with first, second:
+        for client in (first, second):
+            train = client.hear_welcome()
+            while train["type"] == "waiting":  # told what the resumed server waits for
+                train = receive(client.sock)
+            assert train == {**train, "type": "train", "round": 2}
+            client.send(client.update())
+        block = first.hear_block()
+    assert block.index == 2 and block.cli == ("cli1", "cli2") and "cli3" in block.missing
