@@ -286,7 +286,7 @@ class FederationServer:
         elif connection in self.waiting:
             self._hear_newcomer(connection)
         elif connection in self.standby:
-            self._hear_standby(connection)
+            self._hear_idle(connection)
         elif connection in self.peers:
             hear_peer(connection)
 
@@ -318,7 +318,7 @@ class FederationServer:
                 next_status = now + STATUS_EVERY_S
             return min(next_status, wake_at())
 
-        hear = hear_peer or self._hear_idle_peer
+        hear = hear_peer or self._hear_idle
         return self._serve_until(deadline, finished, lambda c: self._handle(c, hear), tell)
 
     def _ready(self, wake_at: float) -> list[_Connection | None]:
@@ -507,10 +507,7 @@ class FederationServer:
     def _hear_early_peer(self, peer: _Connection) -> None:
         # A client that has joined has nothing to say until the first round: if its socket
         # stirs, it has left (and its name is free again, for a restart) or broken the protocol.
-        try:
-            still_there = peer.reader.receive(peer.sock) is not None
-        except ProtocolError:
-            still_there = True
+        still_there = _spoke(peer)
         self.selector.unregister(peer.sock)
         self.peers.remove(peer)
         if not self.peers:
@@ -579,23 +576,13 @@ class FederationServer:
         self.peers.sort(key=lambda p: p.name)  # the order every round hashes and averages in
         return back
 
-    def _hear_standby(self, connection: _Connection) -> None:
-        # A client waiting for the next round has nothing to say: if its socket stirs, it has
-        # left or broken the protocol.
-        try:
-            spoke = connection.reader.receive(connection.sock) is not None
-        except ProtocolError:
-            spoke = True
-        reason = "spoke out of turn before its round" if spoke else "disconnected again"
-        self._leave_out(connection, self.round_index, reason)
-
-    def _hear_idle_peer(self, peer: _Connection) -> None:
-        # Between its messages a client is silent; one that stirs has left or broken the protocol.
-        try:
-            spoke = peer.reader.receive(peer.sock) is not None
-        except ProtocolError:
-            spoke = True
-        self._leave_out(peer, self.round_index, "spoke out of turn" if spoke else "disconnected")
+    def _hear_idle(self, connection: _Connection) -> None:
+        """A client with nothing to say (between its messages, or back and waiting for its
+        round) whose socket stirs: it has left, or broken the protocol. Either way it is out."""
+        back = any(connection is c for c in self.standby)
+        gone = "disconnected again" if back else "disconnected"
+        spoke = _spoke(connection)
+        self._leave_out(connection, self.round_index, "spoke out of turn" if spoke else gone)
 
     # --- rounds ------------------------------------------------------------------------------
 
@@ -691,7 +678,7 @@ class FederationServer:
             )
 
         def hear_peer(peer: _Connection) -> None:  # one that has sent its update waits quietly
-            self._hear_idle_peer(peer)  # and one that stirs is out, with what it sent
+            self._hear_idle(peer)  # and one that stirs is out, with what it sent
 
         if not self._wait_for_clients(deadline, enough, status, hear_peer=hear_peer):
             gone = "; ".join(f"{name} {why}" for name, why in sorted(self._missing().items()))
@@ -924,6 +911,15 @@ class FederationServer:
         for connection in [*self.peers, *self.standby, *self.waiting]:
             connection.sock.close()
         self.selector.close()
+
+
+def _spoke(connection: _Connection) -> bool:
+    """Whether a client that should be silent has spoken (or sent what is not a frame), rather
+    than closed its connection."""
+    try:
+        return connection.reader.receive(connection.sock) is not None
+    except ProtocolError:
+        return True
 
 
 class _Refusal(Exception):
