@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chain_helpers import CLIENT_KEYS, SERVER_KEY, attest, fixed_key, reseal, signed_update
+from hostile_values import values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from processes import ROOT
@@ -222,23 +223,6 @@ MADE: set[str] = set()  # every valid block the fuzz made: the honest ones, and 
 
 
 # Hostile values for a message's fields, and hostile JSON for a block's.
-numbers = st.one_of(
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(),
-    st.none(),
-)
-arrays = (
-    st.builds(np.array, st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=20))
-    | st.builds(lambda n: np.zeros((n, 2)), st.integers(0, 4))
-    | st.builds(lambda n: np.zeros(n), st.integers(0, 20))
-    | st.just(np.zeros(12, dtype=">f4"))
-    | st.just(np.arange(12))
-)
-values = st.one_of(
-    numbers, st.text(max_size=80), st.binary(max_size=80), arrays,
-    st.lists(st.text(max_size=10), max_size=20), st.dictionaries(st.text(max_size=5), numbers),
-)  # fmt: skip
 message_types = st.sampled_from(
     ["challenge", "welcome", "train", "block", "close", "done", "refused", "waiting",
      "register", "update", "attest", "", "hello"]

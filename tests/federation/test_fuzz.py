@@ -8,6 +8,7 @@ import ssl
 from pathlib import Path
 
 import numpy as np
+from hostile_values import values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from processes import run_blockchain_cli, start_server
@@ -20,22 +21,6 @@ EXAMPLES = 1000
 MAX_RSS_GROWTH_KB = 64 * 1024  # a few connections' worth of buffers, not the inputs' sum
 MARKER = "fuzz-ran-code"
 
-numbers = st.one_of(
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(),
-    st.none(),
-)
-arrays = (
-    st.builds(
-        np.array,
-        st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=20),
-    )
-    | st.builds(lambda n: np.zeros((n, 2)), st.integers(0, 4))
-    | st.just(np.zeros(12, dtype=">f4"))
-)
-values = st.one_of(numbers, st.text(max_size=80), st.binary(max_size=80), arrays,
-                   st.lists(st.text(max_size=10), max_size=20))  # fmt: skip
 message_types = st.sampled_from(
     ["register", "update", "attest", "challenge", "welcome", "block", "done", "hello", ""]
 )
