@@ -30,6 +30,7 @@ from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
 from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
 from fedchain.learning.local_training import LocalProblem, train_locally
 from fedchain.learning.poisoning import parse_poison
+from fedchain.learning.scaffold import SCAFFOLD
 from fedchain.learning.simulation import SimulatedRound, simulate, split_rows
 from fedchain.learning.synthetic import TARGET as SYNTHETIC_TARGET
 from fedchain.learning.synthetic import synthetic_dataset
@@ -441,9 +442,10 @@ def non_iid() -> None:
     print(f"  {'split':36}{'rule':>8}{'5':>10}{'10':>10}{'20':>10}{'goal':>16}")
     for label, (clients, goal, by_round) in NON_IID.items():
         datasets = clients()
-        ratios = pooled_ratios(datasets, simulate(datasets, rounds=20))
-        figures = "".join(f"{ratios[r - 1]:>10.6f}" for r in (5, 10, 20))
-        print(f"  {label:36}{FEDAVG:>8}{figures}{f'<= {goal} by {by_round}':>16}")
+        for rule in (FEDAVG, SCAFFOLD):
+            ratios = pooled_ratios(datasets, simulate(datasets, rounds=20, aggregation=rule))
+            figures = "".join(f"{ratios[r - 1]:>10.6f}" for r in (5, 10, 20))
+            print(f"  {label:36}{rule:>8}{figures}{f'<= {goal} by {by_round}':>16}")
 
 
 ROBUST = [

@@ -13,6 +13,7 @@ import numpy as np
 
 from fedchain import settings
 from fedchain.learning.aggregation import FEDAVG, aggregate
+from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
 from fedchain.learning.dataset import Dataset
 from fedchain.learning.linear_model import LinearModel
 from fedchain.learning.local_training import (
@@ -22,6 +23,15 @@ from fedchain.learning.local_training import (
     train_locally,
 )
 from fedchain.learning.poisoning import Poison
+from fedchain.learning.scaffold import (
+    DEFAULT_PROXIMAL,
+    PROXIMAL,
+    SCAFFOLD,
+    Contribution,
+    SearchRecord,
+    candidate,
+    settle,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class SimulatedRound:
     global_model: LinearModel
     train_s: dict[str, float]  # each client's local training time, as the network run reports
     choice: dict[str, tuple[float, ...]] | None = None  # what the rule chose, as a block records
+    search: SearchRecord | None = None  # scaffold: the server's step, as a block records it
 
 
 def simulate(
@@ -48,6 +59,16 @@ def simulate(
     from a zero model, the clients named in POISON sending poisoned models; return every
     round."""
     poison = poison or {}
+    if aggregation == SCAFFOLD:
+        return _simulate_scaffold(
+            datasets,
+            rounds,
+            run_seed,
+            generations,
+            population,
+            (parameters or {}).get(PROXIMAL, DEFAULT_PROXIMAL),
+            poison,
+        )
     names = sorted(datasets)
     problems = {name: LocalProblem.from_data(datasets[name].X, datasets[name].y) for name in names}
     n_features = datasets[names[0]].X.shape[1]
@@ -74,6 +95,56 @@ def simulate(
         result = aggregate(aggregation, parameters or {}, updates)
         global_model = result.model
         history.append(SimulatedRound(index, client_models, global_model, train_s, result.choice))
+    return history
+
+
+def _simulate_scaffold(
+    datasets: Mapping[str, Dataset],
+    rounds: int,
+    run_seed: int,
+    generations: int,
+    population: int,
+    proximal: float,
+    poison: Mapping[str, Poison],
+) -> list[SimulatedRound]:
+    """The scaffold rule's rounds, as the network run plays them (see learning/scaffold.py):
+    round 1 plain, then corrected training; a probe at the candidate; the server's step."""
+    names = sorted(datasets)
+    problems = {name: LocalProblem.from_data(datasets[name].X, datasets[name].y) for name in names}
+    corrected = {name: CorrectedProblem(problems[name]) for name in names}
+    global_model = LinearModel.zeros(datasets[names[0]].X.shape[1])
+    record: SearchRecord | None = None
+    history = []
+    for index in range(1, rounds + 1):
+        client_models, train_s, start_gradients = {}, {}, {}
+        for name in names:
+            seed = derive_seed(run_seed, name, index)
+            started = time.perf_counter()
+            if record is None:  # round 1: nothing to correct by yet
+                client_models[name] = train_locally(
+                    problems[name], global_model, seed=seed, generations=generations,
+                    population=population,
+                )  # fmt: skip
+            else:
+                client_models[name] = train_corrected(
+                    corrected[name], global_model, np.array(record.gradient), seed=seed,
+                    proximal=proximal, generations=generations, population=population,
+                ).model  # fmt: skip
+            start_gradients[name] = gradient(problems[name], global_model)
+            train_s[name] = time.perf_counter() - started
+            if name in poison:
+                client_models[name] = poison[name].apply(
+                    global_model, client_models[name], seed=seed
+                )
+        probe = candidate([Contribution(client_models[n], datasets[n].n_samples, (), ())
+                           for n in names])  # fmt: skip
+        contributions = [
+            Contribution(client_models[n], datasets[n].n_samples, tuple(start_gradients[n]),
+                         tuple(gradient(problems[n], probe)))
+            for n in names
+        ]  # fmt: skip
+        global_model, record = settle(global_model, record, contributions)
+        history.append(SimulatedRound(index, client_models, global_model, train_s, None, record))
     return history
 
 
