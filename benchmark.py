@@ -25,12 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import settings
 from fedchain.cli.programs import start_client, start_server
-from fedchain.learning.aggregation import BYZANTINE, FEDAVG, KRUM, MEDIAN, TRIMMED_MEAN
+from fedchain.learning.aggregation import BYZANTINE, FEDAVG, KRUM, MEDIAN, SCAFFOLD, TRIMMED_MEAN
 from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
 from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
 from fedchain.learning.local_training import LocalProblem, train_locally
 from fedchain.learning.poisoning import parse_poison
-from fedchain.learning.scaffold import SCAFFOLD
 from fedchain.learning.simulation import SimulatedRound, simulate, split_rows
 from fedchain.learning.synthetic import TARGET as SYNTHETIC_TARGET
 from fedchain.learning.synthetic import synthetic_dataset

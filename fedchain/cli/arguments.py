@@ -6,6 +6,7 @@ import math
 
 from fedchain import settings
 from fedchain.checks import MAX_INT, check_int, check_name
+from fedchain.learning.aggregation import MAX_PROXIMAL
 from fedchain.wire.frames import MAX_FRAME_LIMIT
 
 
@@ -22,6 +23,17 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite number of seconds")
+    return value
+
+
+def proximal_weight(text: str) -> float:
+    """A positive, finite weight, at most the chain's limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_PROXIMAL):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number in (0, {MAX_PROXIMAL:g}]")
     return value
 
 

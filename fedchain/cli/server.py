@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.arguments import add_connection_flags, add_output_flags, integer_in, seconds
+from fedchain.cli.arguments import (
+    add_connection_flags,
+    add_output_flags,
+    integer_in,
+    proximal_weight,
+    seconds,
+)
 from fedchain.cli.console import (
     announce,
     configure_output,
@@ -22,8 +28,17 @@ from fedchain.cli.run_summary import show_chain, summarise_run
 from fedchain.federation.metrics import MetricsFile, metrics_path_for
 from fedchain.federation.resume import RunSettings, differences
 from fedchain.federation.server import ChainUnavailable, FederationServer, RunAborted
-from fedchain.learning.aggregation import BYZANTINE, FEDAVG, KNOWN_RULES, clients_needed
+from fedchain.learning.aggregation import (
+    BYZANTINE,
+    FEDAVG,
+    KNOWN_RULES,
+    PROXIMAL,
+    ROBUST_RULES,
+    SCAFFOLD,
+    clients_needed,
+)
 from fedchain.learning.dataset import DataError, Dataset, load_dataset
+from fedchain.learning.scaffold import DEFAULT_PROXIMAL
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.chain import Chain, continue_chain
 from fedchain.ledger.mining import expected_mining_s, tries_per_second
@@ -80,21 +95,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag("--authorized-keys", type=Path, default=None,
          help="who may join: one 'NAME HEX' a line (default: open enrolment)")  # fmt: skip
     flag("--aggregation", choices=KNOWN_RULES, default=FEDAVG,
-         help="how the clients' models make the global model: FedAvg, or a rule robust to "
-         "--byzantine poisoned updates (coordinate median, trimmed mean, multi-Krum)")  # fmt: skip
+         help="how the clients' models make the global model: FedAvg; a rule robust to "
+         "--byzantine poisoned updates (coordinate median, trimmed mean, multi-Krum); or "
+         "scaffold, which corrects the clients' drift on non-IID data by their gradients and "
+         "reaches the pooled optimum")  # fmt: skip
     flag("--byzantine", type=integer_in(0, 1000), default=None,
          help="attackers a robust rule assumes: trimmed-mean drops this many values at each "
-         "end, krum averages the n - F best-scored (default 1; not for fedavg)")  # fmt: skip
+         "end, krum averages the n - F best-scored (default 1; only for those rules)")  # fmt: skip
+    flag("--proximal", type=proximal_weight, default=None,
+         help="scaffold's proximal weight: how strongly each client's step is held near the "
+         f"global model, in its standardised units (default {DEFAULT_PROXIMAL:g})")  # fmt: skip
     add_output_flags(parser)
     return parser.parse_args(argv)
 
 
 def aggregation_parameters(args: argparse.Namespace) -> dict[str, float] | str:
     """The rule's parameters from the flags, or what is wrong with them."""
+    if args.byzantine is not None and args.aggregation not in ROBUST_RULES:
+        return "--byzantine is for a robust --aggregation (median, trimmed-mean, krum)"
+    if args.proximal is not None and args.aggregation != SCAFFOLD:
+        return "--proximal is for --aggregation scaffold"
     if args.aggregation == FEDAVG:
-        if args.byzantine is not None:
-            return "--byzantine is for a robust --aggregation (median, trimmed-mean, krum)"
         return {}
+    if args.aggregation == SCAFFOLD:
+        return {PROXIMAL: float(DEFAULT_PROXIMAL if args.proximal is None else args.proximal)}
     parameters = {BYZANTINE: float(1 if args.byzantine is None else args.byzantine)}
     needed = clients_needed(args.aggregation, parameters)
     quorum = args.min_clients or args.clients

@@ -4,7 +4,8 @@ process, send back only the weights, and keep a verified replica of the chain.
 The channel is TLS 1.3, and the server's key is pinned (given, or trusted on first use). Every
 block the server sends is checked before its model is trusted: it links to this replica's last
 block, its hash, work and signatures are right, this client's signed update and attestation are
-in it exactly as sent, and its global model is the FedAvg of the client models it records.
+in it exactly as sent, and its global model is what the run's rule makes of the client models
+it records (FedAvg, a robust rule, or scaffold's step from the clients' gradients).
 """
 
 import enum
@@ -13,12 +14,15 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import settings
 from fedchain.checks import printable
+from fedchain.learning.aggregation import PROXIMAL, SCAFFOLD
+from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
 from fedchain.learning.dataset import DataError, Dataset
 from fedchain.learning.linear_model import LinearModel
 from fedchain.learning.local_training import (
@@ -30,7 +34,13 @@ from fedchain.learning.local_training import (
 from fedchain.learning.poisoning import Poison
 from fedchain.ledger.block import Block, ClientUpdate, TrainingSettings
 from fedchain.ledger.chain import Chain, continue_chain, verify_chain
-from fedchain.ledger.signatures import attestation_message, sign_hex, update_message
+from fedchain.ledger.correction import global_gradient
+from fedchain.ledger.signatures import (
+    attestation_message,
+    probe_message,
+    sign_hex,
+    update_message,
+)
 from fedchain.ledger.store import ChainWriter, block_from_json, load_chain
 from fedchain.ledger.verification import ChainError, verify_genesis
 from fedchain.trust.errors import TrustError
@@ -70,7 +80,9 @@ _EXPECTED = {
     Stage.CATCHING_UP: {"block"},
     # A block while ready: a round this client sat out, having come back during it.
     Stage.READY: {"train", "close", "done", "block", "waiting"},
-    Stage.AWAITING_BLOCK: {"block", "waiting"},
+    # A probe (scaffold runs) asks for our gradient at the round's candidate; it comes again
+    # if a client leaves before answering, since the candidate then changes.
+    Stage.AWAITING_BLOCK: {"block", "waiting", "probe"},
     Stage.AWAITING_CLOSE: {"block", "waiting"},
     Stage.DONE: set(),
 }
@@ -98,6 +110,7 @@ class FederatedClient:
         self.data = data
         # Built now as well as after the welcome, so rows too large to use fail before joining.
         self.problem = LocalProblem.from_data(data.X, data.y)
+        self.corrected = CorrectedProblem(self.problem)
         self.seed = seed
         self.generations = generations
         self.population = population
@@ -148,6 +161,8 @@ class FederatedClient:
                 self._accept_welcome(message)
             elif kind == "train":
                 send_message(sock, self._train(message))
+            elif kind == "probe":
+                send_message(sock, self._answer_probe(message))
             elif kind == "close":
                 send_message(sock, self._attest_last(message))
             elif kind == "block":
@@ -273,15 +288,29 @@ class FederatedClient:
         )  # fmt: skip
         notice.daemon = True
         notice.start()
+        scaffold = self.chain.genesis.aggregation == SCAFFOLD
+        correction = global_gradient(self.chain.last) if scaffold else None
         try:
-            result = train_and_score(
-                self.problem,
-                received,
-                seed=derive_seed(self.seed, self.name, index),
-                generations=self.generations,
-                population=self.population,
-                proximal=proximal_weight(index),
-            )
+            if correction is None:
+                result = train_and_score(
+                    self.problem,
+                    received,
+                    seed=derive_seed(self.seed, self.name, index),
+                    generations=self.generations,
+                    population=self.population,
+                    proximal=proximal_weight(index),
+                )
+            else:  # the global gradient at this model is on the chain, verified: correct by it
+                result = train_corrected(
+                    self.corrected,
+                    received,
+                    correction,
+                    seed=derive_seed(self.seed, self.name, index),
+                    proximal=self.chain.genesis.parameters[PROXIMAL],
+                    generations=self.generations,
+                    population=self.population,
+                )
+            start_gradient = gradient(self.problem, received) if scaffold else None
         except ValueError as error:
             raise ClientFailed(f"cannot train round {index}'s global model: {error}") from None
         finally:
@@ -296,7 +325,10 @@ class FederatedClient:
             f"round {index}: trained in {train_s:.2f} s, local MSE {before:.4f} -> {after:.4f}"
         )
         training = TrainingSettings(self.seed, self.generations, self.population)
-        unsigned = ClientUpdate(trained, self.data.n_samples, training=training)
+        sent_gradient = () if start_gradient is None else tuple(map(float, start_gradient))
+        unsigned = ClientUpdate(
+            trained, self.data.n_samples, training=training, gradient=sent_gradient
+        )
         signed = update_message(
             genesis_hash=self.chain.genesis.hash,
             index=index,
@@ -320,13 +352,44 @@ class FederatedClient:
             "signature": bytes.fromhex(signature),
             "attestation": self._attestation_of_last(),
         }
+        if start_gradient is not None:
+            update["gradient"] = start_gradient
         try:
             validate_message(update)  # our own fault, if it fails: say so, not "the server's"
         except ProtocolError as error:
             raise ClientFailed(f"our round {index} update cannot be sent: {error}") from None
-        self.sent = ClientUpdate(trained, self.data.n_samples, training, signature)
+        self.sent = replace(unsigned, signature=signature)
         self.stage = Stage.AWAITING_BLOCK
         return update
+
+    def _answer_probe(self, message: dict) -> dict:
+        """Our gradient at the round's candidate, signed with it: the block must then record
+        the candidate its models make, or our signature will not verify there."""
+        index = message["round"]
+        if index != self.chain.last.index + 1 or self.chain.genesis.aggregation != SCAFFOLD:
+            raise ClientFailed(f"the server sent a probe for round {index} out of turn")
+        candidate = LinearModel(message["weights"], message["bias"])
+        if candidate.n_features != self.problem.n_features:
+            raise ClientFailed(f"the server's candidate for round {index} has "
+                               f"{candidate.n_features} weights")  # fmt: skip
+        try:
+            at_candidate = gradient(self.problem, candidate)
+        except ValueError as error:
+            raise ClientFailed(f"cannot take round {index}'s candidate: {error}") from None
+        signed = probe_message(
+            genesis_hash=self.chain.genesis.hash, index=index, previous_hash=self.chain.last.hash,
+            name=self.name, candidate=candidate, gradient=tuple(map(float, at_candidate)),
+        )  # fmt: skip
+        signature = sign_hex(self.key, signed)
+        self.sent = replace(self.sent, probe_gradient=tuple(map(float, at_candidate)),
+                            probe_signature=signature)  # fmt: skip
+        answer = {"type": "gradient", "round": index, "gradient": at_candidate,
+                  "signature": bytes.fromhex(signature)}  # fmt: skip
+        try:
+            validate_message(answer)
+        except ProtocolError as error:
+            raise ClientFailed(f"our round {index} gradient cannot be sent: {error}") from None
+        return answer
 
     def _attestation_of_last(self) -> bytes:
         """Our signature over the last block we verified, which the next block records."""

@@ -41,8 +41,8 @@ def differences(genesis: Block, wanted: RunSettings) -> list[str]:
     compare("--clients", wanted.n_clients, len(run.participants))
     compare("--min-clients", wanted.min_clients, run.min_clients)
     compare("--aggregation", wanted.aggregation, genesis.aggregation)
-    compare("the rule's parameters (--byzantine)", dict(wanted.aggregation_parameters or {}),
-            genesis.parameters)  # fmt: skip
+    compare("the rule's parameters (--byzantine, --proximal)",
+            dict(wanted.aggregation_parameters or {}), genesis.parameters)  # fmt: skip
     if wanted.server_key != run.server_key:
         found.append(
             f"the server key {wanted.server_key[:16]}… (--key) is not the one the chain was "

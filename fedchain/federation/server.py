@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedchain import settings
 from fedchain.checks import printable
 from fedchain.federation.metrics import MetricsFile
-from fedchain.learning.aggregation import FEDAVG
+from fedchain.learning.aggregation import FEDAVG, SCAFFOLD
 from fedchain.learning.dataset import Dataset, column_difference
 from fedchain.learning.linear_model import LinearModel, mse, r2
 from fedchain.ledger.block import (
@@ -38,9 +38,11 @@ from fedchain.ledger.block import (
     TrainingSettings,
 )
 from fedchain.ledger.chain import Chain, make_closing_block, make_genesis, make_round_block
+from fedchain.ledger.correction import probe_point
 from fedchain.ledger.report import describe_choice
 from fedchain.ledger.signatures import (
     attestation_message,
+    probe_message,
     signature_holds,
     update_message,
 )
@@ -144,6 +146,7 @@ class FederationServer:
         # The round's checked messages so far, by client: its update (None for a closing
         # attestation), its attestation of the last block, and its reported metrics.
         self.received: dict[str, tuple[ClientUpdate | None, str, dict]] = {}
+        self.candidate: LinearModel | None = None  # scaffold: what the round's probe asks at
         self.round_index = 0  # the block being gathered, for the reasons recorded in it
         self.run_features: tuple[str, ...] = ()  # fixed for the run once known
         self.bound_keys: dict[str, str] = {}  # open enrolment: each name's first key
@@ -605,7 +608,12 @@ class FederationServer:
                 trained += fresh
                 deadline = time.monotonic() + self.round_timeout_s
                 self._collect(index, "update", chain, deadline, received)
-                if len(received) >= self.min_clients:
+                # Scaffold asks the round's clients for their gradients at the candidate their
+                # models make; one that leaves meanwhile changes it, and the round goes on
+                # with the others (or waits for its quorum) and asks again.
+                if len(received) >= self.min_clients and (
+                    self.aggregation != SCAFFOLD or self._probe(index, chain, received)
+                ):
                     break
             if rejoin_deadline == math.inf:
                 rejoin_deadline = time.monotonic() + self.rejoin_timeout_s
@@ -660,8 +668,25 @@ class FederationServer:
             f"round {index}/{self.rounds}: {len(contributors)} of {self.n_clients} clients"
             f"{scored}, {1000 * round_s:.0f} ms, block {block.hash[:8]}"
         )
-        if block.choice:  # what the rule chose, naming any outlier it left out
+        if block.choice or block.search:  # what the rule chose, naming any outlier it left out
             self.say(f"  {describe_choice(block)}")
+
+    def _probe(self, index: int, chain: Chain, received: dict) -> bool:
+        """Ask the clients of RECEIVED for their gradients at the candidate their updates make,
+        and add them to their updates; False if one left meanwhile (the candidate changed)."""
+        contributors = [p for p in self.peers if p.name in received]
+        names = [p.name for p in contributors]
+        self.candidate = probe_point(names, {n: received[n][0] for n in names})
+        probe = {"type": "probe", "round": index, "weights": self.candidate.weights.copy(),
+                 "bias": self.candidate.bias}  # fmt: skip
+        self._send_to(contributors, probe, index)
+        answers: dict = {}
+        deadline = time.monotonic() + self.round_timeout_s
+        self._collect(index, "gradient", chain, deadline, answers)
+        if set(answers) != set(names) or set(received) != set(names):
+            return False
+        received.update(answers)
+        return True
 
     def _await_quorum(self, index: int, received: dict, deadline: float) -> None:
         """Round INDEX has RECEIVED fewer updates than its quorum: wait until enough clients
@@ -800,6 +825,8 @@ class FederationServer:
             raise _Refusal(f"sent {message['type']!r} instead of its {kind}")
         if message["round"] != index:
             raise _Refusal(f"sent round {message['round']}'s {kind} in round {index}")
+        if kind == "gradient":
+            return self._check_gradient(peer, message, index, chain)
         attestation = message["attestation"].hex()
         attested = attestation_message(genesis_hash=chain.genesis.hash, block=chain.last)
         if not signature_holds(peer.public_key, attestation, attested):
@@ -812,6 +839,11 @@ class FederationServer:
             raise _Refusal(
                 f"sent {message['weights'].size} weights for {len(self.run_features)} features"
             )
+        start_gradient = ()
+        if self.aggregation == SCAFFOLD:
+            start_gradient = self._gradient_of(message, "update")
+        elif "gradient" in message:
+            raise _Refusal(f"sent a gradient, which a {self.aggregation} run does not take")
         update = ClientUpdate(
             LinearModel(message["weights"], message["bias"]),
             peer.n_samples,
@@ -819,6 +851,7 @@ class FederationServer:
                 message["seed"], message["generations"], message["population"]
             ),
             signature=message["signature"].hex(),
+            gradient=start_gradient,
         )
         signed = update_message(
             genesis_hash=chain.genesis.hash,
@@ -833,6 +866,33 @@ class FederationServer:
                 "(replayed from another round or chain, or forged)"
             )
         return update, attestation, message["metrics"]
+
+    def _gradient_of(self, message: dict, kind: str) -> tuple[float, ...]:
+        if "gradient" not in message:
+            raise _Refusal(f"sent its {kind} without its gradient, which scaffold needs")
+        size = len(self.run_features) + 1
+        if message["gradient"].size != size:
+            raise _Refusal(f"sent a gradient of {message['gradient'].size} numbers, not {size}")
+        return tuple(map(float, message["gradient"]))
+
+    def _check_gradient(
+        self, peer: _Connection, message: dict, index: int, chain: Chain
+    ) -> tuple[ClientUpdate, str, dict]:
+        """A client's answer to the probe: its update with the gradient at the candidate."""
+        if peer.name not in self.received:
+            raise _Refusal(f"sent a gradient for round {index} without an update in it")
+        update, attestation, metrics = self.received[peer.name]
+        at_candidate = self._gradient_of(message, "gradient")
+        signature = message["signature"].hex()
+        signed = probe_message(
+            genesis_hash=chain.genesis.hash, index=index, previous_hash=chain.last.hash,
+            name=peer.name, candidate=self.candidate, gradient=at_candidate,
+        )  # fmt: skip
+        if not signature_holds(peer.public_key, signature, signed):
+            raise _Refusal(f"sent a gradient for round {index} not signed by its key at the "
+                           "round's candidate")  # fmt: skip
+        probed = replace(update, probe_gradient=at_candidate, probe_signature=signature)
+        return probed, attestation, metrics
 
     # --- plumbing ----------------------------------------------------------------------------
 

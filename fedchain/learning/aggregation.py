@@ -45,10 +45,13 @@ def fedavg(updates: Sequence[tuple[LinearModel, int]]) -> LinearModel:
 
 
 FEDAVG, MEDIAN, TRIMMED_MEAN, KRUM = "fedavg", "median", "trimmed-mean", "krum"
+SCAFFOLD = "scaffold"  # drift-corrected: see learning/scaffold.py, which aggregates it
 ROBUST_RULES = (MEDIAN, TRIMMED_MEAN, KRUM)
-KNOWN_RULES = (FEDAVG, *ROBUST_RULES)
+KNOWN_RULES = (FEDAVG, *ROBUST_RULES, SCAFFOLD)
 BYZANTINE = "byzantine"  # the parameter that says how many attackers a robust rule assumes
 MAX_BYZANTINE = 1000
+PROXIMAL = "proximal"  # scaffold's parameter: the clients' proximal weight, standardised units
+MAX_PROXIMAL = 1e6
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ def clients_needed(rule: str, parameters: Mapping[str, float]) -> int:
 
 def check_parameters(rule: str, parameters: Mapping[str, float]) -> None:
     """Raise ValueError unless PARAMETERS are exactly what RULE takes, in range."""
-    expected = {FEDAVG: set(), MEDIAN: {BYZANTINE}, TRIMMED_MEAN: {BYZANTINE}, KRUM: {BYZANTINE}}
+    expected = {FEDAVG: set(), MEDIAN: {BYZANTINE}, TRIMMED_MEAN: {BYZANTINE}, KRUM: {BYZANTINE},
+                SCAFFOLD: {PROXIMAL}}  # fmt: skip
     if rule not in expected:
         raise ValueError(f"unknown aggregation rule {rule!r}")
     if set(parameters) != expected[rule]:
@@ -82,6 +86,10 @@ def check_parameters(rule: str, parameters: Mapping[str, float]) -> None:
         f = parameters[BYZANTINE]
         if not (isinstance(f, float) and f.is_integer() and 0 <= f <= MAX_BYZANTINE):
             raise ValueError(f"byzantine must be a whole number 0..{MAX_BYZANTINE}, not {f!r}")
+    if PROXIMAL in parameters:
+        mu = parameters[PROXIMAL]
+        if not (isinstance(mu, float) and 0 < mu <= MAX_PROXIMAL):
+            raise ValueError(f"proximal must be a number in (0, {MAX_PROXIMAL:g}], not {mu!r}")
 
 
 def aggregate(
@@ -94,6 +102,8 @@ def aggregate(
     if len(updates) < needed:
         raise ValueError(f"{rule} with {parameters} needs at least {needed} clients, "
                          f"not {len(updates)}")  # fmt: skip
+    if rule == SCAFFOLD:
+        raise ValueError("scaffold needs the clients' gradients: learning/scaffold.py settles it")
     names = [name for name, _, _ in updates]
     f = int(parameters.get(BYZANTINE, 0))
     if rule == FEDAVG:

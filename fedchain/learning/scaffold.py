@@ -24,10 +24,9 @@ import numpy as np
 from fedchain.learning.aggregation import fedavg
 from fedchain.learning.linear_model import LinearModel
 
-SCAFFOLD = "scaffold"
-PROXIMAL = "proximal"  # the parameter: the clients' proximal weight, in standardised units
-DEFAULT_PROXIMAL = 0.3  # measured best of 0.3, 1 and 3 on the benchmark's non-IID splits
-MAX_PROXIMAL = 1e6
+# The default of the rule's parameter `proximal` (aggregation.PROXIMAL): the best of 0.3, 1
+# and 3 on the benchmark's non-IID splits.
+DEFAULT_PROXIMAL = 0.3
 # The plane is used only if its two directions are this far from parallel (the determinant of
 # the 2 x 2 curvature against the product of its diagonal): nearer, rounding decides the answer.
 MIN_PLANE_DETERMINANT = 1e-9

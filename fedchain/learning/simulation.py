@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedchain import settings
-from fedchain.learning.aggregation import FEDAVG, aggregate
+from fedchain.learning.aggregation import FEDAVG, PROXIMAL, SCAFFOLD, aggregate
 from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
 from fedchain.learning.dataset import Dataset
 from fedchain.learning.linear_model import LinearModel
@@ -25,8 +25,6 @@ from fedchain.learning.local_training import (
 from fedchain.learning.poisoning import Poison
 from fedchain.learning.scaffold import (
     DEFAULT_PROXIMAL,
-    PROXIMAL,
-    SCAFFOLD,
     Contribution,
     SearchRecord,
     candidate,

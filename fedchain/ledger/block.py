@@ -8,6 +8,9 @@ clients' attestations of the block before; the server's signature of the hash si
 Format 3 is format 2 for a run whose rule is not FedAvg: every block also records the rule's
 parameters and what it chose (which clients Krum kept, which values were trimmed), and a client's
 update what it sent beyond its model; a FedAvg run is still written in format 2, bit for bit.
+Format 4 is format 3 for the drift-corrected rule (scaffold): each update also carries the
+client's gradient at the model it trained from and, signed apart, its gradient at the round's
+candidate, and the block records the server's step (learning/scaffold.py), all under the hash.
 """
 
 import hashlib
@@ -33,8 +36,10 @@ from fedchain.ledger.encoding import (
 FORMAT_UNSIGNED = 1  # the first format: tamper-evident, but nothing says who contributed
 FORMAT_SIGNED = 2
 FORMAT_RULES = 3  # format 2, plus the rule's parameters and choices, for a rule other than FedAvg
+FORMAT_CORRECTED = 4  # format 3, plus the gradients and the server's step of a scaffold run
 FORMAT_VERSION = FORMAT_SIGNED  # what new FedAvg chains are written in
-KNOWN_FORMATS = (FORMAT_UNSIGNED, FORMAT_SIGNED, FORMAT_RULES)
+KNOWN_FORMATS = (FORMAT_UNSIGNED, FORMAT_SIGNED, FORMAT_RULES, FORMAT_CORRECTED)
+WITH_RULES = (FORMAT_RULES, FORMAT_CORRECTED)  # the formats that record a rule's parameters
 AGGREGATION_FEDAVG = FEDAVG
 KNOWN_AGGREGATIONS = KNOWN_RULES
 ZERO_HASH = "0" * 64
@@ -93,6 +98,11 @@ class ClientUpdate:
     n_samples: int
     training: TrainingSettings | None = None
     signature: str = ""  # 128 hex digits, over signatures.update_message(...)
+    # Format 4: the gradients of the client's MSE (weights, then bias) at the model it trained
+    # from (under SIGNATURE) and at the round's candidate (under PROBE_SIGNATURE, sent later).
+    gradient: tuple[float, ...] = ()
+    probe_gradient: tuple[float, ...] = ()
+    probe_signature: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, LinearModel):
@@ -102,6 +112,15 @@ class ClientUpdate:
             raise TypeError("training must be TrainingSettings")
         if self.signature:
             check_hex("a client's signature", self.signature, SIGNATURE_HEX)
+        _check_numbers("gradients", {"at_start": self.gradient, "at_probe": self.probe_gradient},
+                       single=False)  # fmt: skip
+        if self.probe_signature:
+            check_hex("a client's probe signature", self.probe_signature, SIGNATURE_HEX)
+
+    @property
+    def corrected(self) -> bool:
+        """Whether it carries what a format-4 update must: both gradients, signed."""
+        return bool(self.gradient and self.probe_gradient and self.probe_signature)
 
     @property
     def signed(self) -> bool:
@@ -133,6 +152,8 @@ class Block:
     # the rule chose in this block, per client in `cli` order (see learning/aggregation.py).
     parameters: dict[str, float] = field(default_factory=dict)
     choice: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # Format 4: the server's step (learning/scaffold.py SearchRecord), in every round block.
+    search: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Refuse a malformed block at construction, so nothing downstream can hash one.
@@ -180,8 +201,18 @@ class Block:
             check_hex("server_signature", self.server_signature, SIGNATURE_HEX)
         _check_numbers("parameters", self.parameters, single=True)
         _check_numbers("choice", self.choice, single=False)
-        if self.version != FORMAT_RULES and (self.parameters or self.choice):
+        _check_numbers("search", self.search, single=False)
+        if self.version not in WITH_RULES and (self.parameters or self.choice):
             raise ValueError(f"format {self.version} blocks carry no rule parameters or choices")
+        corrected = self.version == FORMAT_CORRECTED
+        if not corrected and (self.search or any(
+            u.gradient or u.probe_gradient or u.probe_signature for u in self.client_model.values()
+        )):  # fmt: skip
+            raise ValueError(f"format {self.version} blocks carry no gradients or search")
+        if corrected:
+            for name, update in self.client_model.items():
+                if not update.corrected:
+                    raise ValueError(f"{name}'s update lacks its gradients or probe signature")
         if signed:
             if (self.run is None) != (self.index != 0):
                 raise ValueError("a format-2 genesis, and only the genesis, records the run")
@@ -203,7 +234,7 @@ class Block:
 
     @property
     def signed(self) -> bool:
-        return self.version in (FORMAT_SIGNED, FORMAT_RULES)
+        return self.version in (FORMAT_SIGNED, *WITH_RULES)
 
     def sample_counts(self) -> dict[str, int]:
         """Each contributing client's row count."""
@@ -249,13 +280,21 @@ def body_digest(block: Block) -> bytes:
             parts.append(U32.pack(len(run.participants)))
             for name in sorted(run.participants):
                 parts += [pack_string(name), pack_hex(run.participants[name])]
-    if block.version == FORMAT_RULES:  # format 2 hashes exactly what it always did
+    if block.version in WITH_RULES:  # format 2 hashes exactly what it always did
         parts.append(U32.pack(len(block.parameters)))
         for name in sorted(block.parameters):
             parts += [pack_string(name), F64.pack(block.parameters[name])]
         parts.append(U32.pack(len(block.choice)))
         for name in sorted(block.choice):
             parts += [pack_string(name), pack_floats(block.choice[name])]
+    if block.version == FORMAT_CORRECTED:  # format 3 hashes exactly what it always did
+        for name in block.cli:
+            update = block.client_model[name]
+            parts += [pack_floats(update.gradient), pack_floats(update.probe_gradient)]
+            parts.append(pack_hex(update.probe_signature))
+        parts.append(U32.pack(len(block.search)))
+        for name in sorted(block.search):
+            parts += [pack_string(name), pack_floats(block.search[name])]
     return hashlib.sha256(b"".join(parts)).digest()
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedchain.learning.aggregation import FEDAVG, aggregate
+from fedchain.learning.aggregation import FEDAVG, SCAFFOLD, aggregate
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
+    FORMAT_CORRECTED,
     FORMAT_RULES,
     FORMAT_SIGNED,
     ZERO_HASH,
@@ -23,6 +24,7 @@ from fedchain.ledger.block import (
     ClientUpdate,
     RunRecord,
 )
+from fedchain.ledger.correction import corrected_step
 from fedchain.ledger.mining import seal
 from fedchain.ledger.signatures import block_message, sign_hex
 from fedchain.ledger.store import ChainWriter, load_chain
@@ -145,7 +147,7 @@ def make_genesis(
         client_model={},
         server_model=initial_model,
         run=run,
-        version=FORMAT_SIGNED if aggregation == FEDAVG else FORMAT_RULES,
+        version={FEDAVG: FORMAT_SIGNED, SCAFFOLD: FORMAT_CORRECTED}.get(aggregation, FORMAT_RULES),
         parameters=dict(sorted((parameters or {}).items())),
     )
     verify_genesis_fields(genesis)
@@ -164,17 +166,24 @@ def make_round_block(
     their aggregate by the run's rule and what the rule chose, the clients' attestations of
     PREVIOUS, and who is MISSING and why. ValueError if the rule cannot aggregate them."""
     cli = tuple(updates)
-    result = aggregate(
-        previous.aggregation,
-        previous.parameters,
-        [(c, updates[c].model, updates[c].n_samples) for c in cli],
-    )
+    search = {}
+    if previous.aggregation == SCAFFOLD:
+        model, search = corrected_step(previous, cli, updates)
+        choice = {}
+    else:
+        result = aggregate(
+            previous.aggregation,
+            previous.parameters,
+            [(c, updates[c].model, updates[c].n_samples) for c in cli],
+        )
+        model, choice = result.model, result.choice
     block = _successor(
         previous,
         cli=cli,
         client_model=dict(updates),
-        server_model=result.model,
-        choice=result.choice,
+        server_model=model,
+        choice=choice,
+        search=search,
         attestations=dict(sorted(attestations.items())),
         missing=dict(sorted((missing or {}).items())),
     )

@@ -77,7 +77,12 @@ def report_chain(
 
 def describe_choice(block: Block, most: int = 3) -> str:
     """What BLOCK's rule chose, naming the outliers: whom Krum left out, whose values were
-    trimmed most (or, for the median, used least). Empty for FedAvg and a closing block."""
+    trimmed most (or, for the median, used least); scaffold's step. Empty for FedAvg and a
+    closing block."""
+    if block.search:
+        along, previous = block.search["coefficients"]
+        return (f"scaffold: the least pooled MSE lies {along:.3g} x the way to the clients' "
+                f"average, {previous:+.3g} x the last step")  # fmt: skip
     if not block.choice:
         return ""
     rule = block.aggregation
@@ -105,7 +110,7 @@ def describe_signatures(chain: Chain, block: Block) -> str:
         what += ", ".join(sorted(block.run.participants))
     elif block.cli:
         what = "updates signed by " + ", ".join(block.cli)
-        if block.choice:
+        if block.choice or block.search:
             what += "; " + describe_choice(block)
     else:
         what = "closes the run"

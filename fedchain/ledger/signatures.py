@@ -10,19 +10,21 @@ from collections import OrderedDict
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import Block, ClientUpdate
-from fedchain.ledger.encoding import U64, pack_hex, pack_model, pack_string
+from fedchain.ledger.encoding import U64, pack_floats, pack_hex, pack_model, pack_string
 from fedchain.trust.keys import public_hex, sign, verify_signature
 
 
 def update_message(
     *, genesis_hash: str, index: int, previous_hash: str, name: str, update: ClientUpdate
 ) -> bytes:
-    """The bytes a client signs for its update to round INDEX."""
+    """The bytes a client signs for its update to round INDEX (in format 4, with its gradient)."""
     training = update.training
+    corrected = [pack_floats(update.gradient)] if update.gradient else []
     return b"".join(
         [
-            b"fedchain update v2\0",
+            b"fedchain update v4\0" if update.gradient else b"fedchain update v2\0",
             pack_hex(genesis_hash),
             U64.pack(index),
             pack_hex(previous_hash),
@@ -32,8 +34,20 @@ def update_message(
             U64.pack(training.seed),
             U64.pack(training.generations),
             U64.pack(training.population),
+            *corrected,
         ]
     )
+
+
+def probe_message(
+    *, genesis_hash: str, index: int, previous_hash: str, name: str, candidate: LinearModel,
+    gradient: tuple[float, ...],
+) -> bytes:  # fmt: skip
+    """The bytes a client signs for its GRADIENT at the CANDIDATE of scaffold round INDEX."""
+    return b"".join(
+        [b"fedchain probe v4\0", pack_hex(genesis_hash), U64.pack(index), pack_hex(previous_hash),
+         pack_string(name), pack_model(candidate), pack_floats(gradient)]
+    )  # fmt: skip
 
 
 def attestation_message(*, genesis_hash: str, block: Block) -> bytes:

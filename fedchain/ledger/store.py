@@ -15,8 +15,10 @@ from fedchain.checks import describe
 from fedchain.files import create_whole, write_all
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
+    FORMAT_CORRECTED,
     FORMAT_RULES,
     FORMAT_SIGNED,
+    WITH_RULES,
     Block,
     ClientUpdate,
     RunRecord,
@@ -29,8 +31,10 @@ _BLOCK_KEYS = {
 }  # fmt: skip
 _SIGNED_BLOCK_KEYS = _BLOCK_KEYS | {"run", "attestations", "missing", "server_signature"}
 _RULES_BLOCK_KEYS = _SIGNED_BLOCK_KEYS | {"parameters", "choice"}
+_CORRECTED_BLOCK_KEYS = _RULES_BLOCK_KEYS | {"search"}
 _UPDATE_KEYS = {"weights", "bias", "n_samples"}
 _SIGNED_UPDATE_KEYS = _UPDATE_KEYS | {"training", "signature"}
+_CORRECTED_UPDATE_KEYS = _SIGNED_UPDATE_KEYS | {"gradient", "probe_gradient", "probe_signature"}
 _TRAINING_KEYS = {"seed", "generations", "population"}
 _RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
 
@@ -79,9 +83,11 @@ def block_to_json(block: Block) -> str:
         record["attestations"] = dict(sorted(block.attestations.items()))
         record["missing"] = dict(sorted(block.missing.items()))
         record["server_signature"] = block.server_signature
-    if block.version == FORMAT_RULES:
+    if block.version in WITH_RULES:
         record["parameters"] = dict(sorted(block.parameters.items()))
         record["choice"] = {name: list(values) for name, values in sorted(block.choice.items())}
+    if block.version == FORMAT_CORRECTED:
+        record["search"] = {name: list(values) for name, values in sorted(block.search.items())}
     # repr-style floats round-trip exactly; allow_nan=False is a second guard behind LinearModel.
     return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
@@ -97,8 +103,9 @@ def block_from_json(line: str) -> Block:
     if not isinstance(record, dict):
         raise TypeError("a block must be a JSON object")
     version = record.get("version")
-    signed = version in (FORMAT_SIGNED, FORMAT_RULES)
-    keys = {FORMAT_SIGNED: _SIGNED_BLOCK_KEYS, FORMAT_RULES: _RULES_BLOCK_KEYS}
+    signed = version in (FORMAT_SIGNED, *WITH_RULES)
+    keys = {FORMAT_SIGNED: _SIGNED_BLOCK_KEYS, FORMAT_RULES: _RULES_BLOCK_KEYS,
+            FORMAT_CORRECTED: _CORRECTED_BLOCK_KEYS}  # fmt: skip
     _expect_keys("block", record, keys.get(version, _BLOCK_KEYS))
     client_model = {
         name: _update_from_record(f"client_model[{name!r}]", entry, version)
@@ -112,12 +119,11 @@ def block_from_json(line: str) -> Block:
         extra["attestations"] = _typed("attestations", record["attestations"], dict)
         extra["missing"] = _typed("missing", record["missing"], dict)
         extra["server_signature"] = _typed("server_signature", record["server_signature"], str)
-    if version == FORMAT_RULES:
+    if version in WITH_RULES:
         extra["parameters"] = _typed("parameters", record["parameters"], dict)
-        extra["choice"] = {
-            name: tuple(_typed(f"choice[{name!r}]", values, list))
-            for name, values in _typed("choice", record["choice"], dict).items()
-        }
+        extra["choice"] = _float_lists("choice", record["choice"])
+    if version == FORMAT_CORRECTED:
+        extra["search"] = _float_lists("search", record["search"])
     return Block(
         version=record["version"],
         index=record["index"],
@@ -144,11 +150,23 @@ def _update_to_record(update: ClientUpdate, version: int) -> dict:
             "population": training.population,
         }  # fmt: skip
         record["signature"] = update.signature
+    if version == FORMAT_CORRECTED:
+        record["gradient"] = list(update.gradient)
+        record["probe_gradient"] = list(update.probe_gradient)
+        record["probe_signature"] = update.probe_signature
     return record
 
 
+def _float_lists(where: str, record: object) -> dict[str, tuple]:
+    return {
+        name: tuple(_typed(f"{where}[{name!r}]", values, list))
+        for name, values in _typed(where, record, dict).items()
+    }
+
+
 def _update_from_record(where: str, entry: object, version: object) -> ClientUpdate:
-    keys = {FORMAT_SIGNED: _SIGNED_UPDATE_KEYS, FORMAT_RULES: _SIGNED_UPDATE_KEYS}
+    keys = {FORMAT_SIGNED: _SIGNED_UPDATE_KEYS, FORMAT_RULES: _SIGNED_UPDATE_KEYS,
+            FORMAT_CORRECTED: _CORRECTED_UPDATE_KEYS}  # fmt: skip
     _expect_keys(where, entry, keys.get(version, _UPDATE_KEYS))
     model = _model_from_record(where, entry)
     if version not in keys:
@@ -160,7 +178,16 @@ def _update_from_record(where: str, entry: object, version: object) -> ClientUpd
         entry["n_samples"],
         training=TrainingSettings(**training),
         signature=_typed(f"{where}.signature", entry["signature"], str),
+        **_gradients(where, entry) if version == FORMAT_CORRECTED else {},
     )
+
+
+def _gradients(where: str, entry: dict) -> dict:
+    return {
+        "gradient": tuple(_typed(f"{where}.gradient", entry["gradient"], list)),
+        "probe_gradient": tuple(_typed(f"{where}.probe_gradient", entry["probe_gradient"], list)),
+        "probe_signature": _typed(f"{where}.probe_signature", entry["probe_signature"], str),
+    }
 
 
 def _run_from_record(record: object) -> RunRecord:

@@ -7,8 +7,15 @@ import time
 from collections.abc import Mapping
 from typing import NoReturn
 
-from fedchain.learning.aggregation import FEDAVG, aggregate, check_parameters, clients_needed
+from fedchain.learning.aggregation import (
+    FEDAVG,
+    SCAFFOLD,
+    aggregate,
+    check_parameters,
+    clients_needed,
+)
 from fedchain.ledger.block import (
+    FORMAT_CORRECTED,
     FORMAT_RULES,
     KNOWN_AGGREGATIONS,
     KNOWN_FORMATS,
@@ -16,10 +23,12 @@ from fedchain.ledger.block import (
     Block,
     compute_hash,
 )
+from fedchain.ledger.correction import corrected_step, probe_point
 from fedchain.ledger.mining import meets_difficulty
 from fedchain.ledger.signatures import (
     attestation_message,
     block_message,
+    probe_message,
     signature_holds,
     update_message,
 )
@@ -65,15 +74,18 @@ def verify_genesis_fields(genesis: Block) -> None:
         fail("the genesis block must have no client models, attestations or missing clients")
     if genesis.aggregation not in KNOWN_AGGREGATIONS:
         fail(f"unknown aggregation rule {genesis.aggregation!r}")
-    if genesis.version != FORMAT_RULES and genesis.aggregation != FEDAVG:
+    if genesis.version < FORMAT_RULES and genesis.aggregation != FEDAVG:
         fail(f"a format-{genesis.version} chain can only record fedavg, not "
              f"{genesis.aggregation!r}")  # fmt: skip
+    if (genesis.version == FORMAT_CORRECTED) != (genesis.aggregation == SCAFFOLD):
+        fail(f"scaffold runs, and only they, are written in format {FORMAT_CORRECTED}, not "
+             f"{genesis.aggregation!r} in format {genesis.version}")  # fmt: skip
     try:
         check_parameters(genesis.aggregation, genesis.parameters)
     except ValueError as error:
         fail(str(error))
-    if genesis.choice:
-        fail("the genesis block must record no choice of the rule")
+    if genesis.choice or genesis.search:
+        fail("the genesis block must record no choice of the rule, nor a search step")
     if not genesis.feature_names:
         fail("the genesis block must name the features")
     if genesis.signed and not genesis.run.participants:
@@ -135,8 +147,8 @@ def verify_next(
             fail("the closing block may hold no client models")
         if block.server_model != previous.server_model:
             fail("the closing block must keep the last round's global model")
-        if block.choice:
-            fail("the closing block must record no choice of the rule")
+        if block.choice or block.search:
+            fail("the closing block must record no choice of the rule, nor a search step")
         return
     if not block.cli:
         fail("a round block must hold at least one client model")
@@ -149,6 +161,9 @@ def verify_next(
             fail(f"{name}'s n_samples changed from {sample_counts[name]} earlier in the chain")
     _verify_model_sizes(position, block)
     rule = block.aggregation
+    if rule == SCAFFOLD:
+        _verify_corrected(position, previous, block, genesis)
+        return
     try:
         result = aggregate(rule, block.parameters, [
             (c, block.client_model[c].model, block.client_model[c].n_samples) for c in block.cli
@@ -161,6 +176,38 @@ def verify_next(
              else f"server_model is not what {rule} makes of the client models")  # fmt: skip
     if _bits(result.choice) != _bits(block.choice):
         fail(f"the recorded choice is not what {rule} chose from the client models")
+
+
+def _verify_corrected(position: int, previous: Block, block: Block, genesis: Block) -> None:
+    """A scaffold round block: every gradient has the parameters' size, the probe gradients are
+    signed at the candidate the block's models make, and the server's step and global model
+    are what those gradients make of them."""
+    size = len(block.feature_names) + 1
+    for name in block.cli:
+        update = block.client_model[name]
+        if len(update.gradient) != size or len(update.probe_gradient) != size:
+            raise ChainError(position, f"{name}'s gradients must have {size} numbers each")
+    candidate = probe_point(block.cli, block.client_model)
+    if genesis.signed:
+        participants = genesis.run.participants
+        for name in block.cli:
+            update = block.client_model[name]
+            message = probe_message(
+                genesis_hash=genesis.hash, index=block.index, previous_hash=block.previous_hash,
+                name=name, candidate=candidate, gradient=update.probe_gradient,
+            )  # fmt: skip
+            if not signature_holds(participants[name], update.probe_signature, message):
+                raise ChainError(position, f"{name}'s signature on its probe gradient does not "
+                                 "verify at the round's candidate")  # fmt: skip
+    try:
+        model, search = corrected_step(previous, block.cli, block.client_model)
+    except ValueError as error:
+        raise ChainError(position, f"the step cannot be worked out: {error}") from None
+    if model != block.server_model:
+        raise ChainError(position, "server_model is not the step scaffold takes from the "
+                         "clients' models and gradients")  # fmt: skip
+    if _bits(search) != _bits(block.search):
+        raise ChainError(position, "the recorded search is not the step scaffold takes")
 
 
 def _bits(record: dict) -> dict:

@@ -1,8 +1,9 @@
 """The messages of a run and their schemas: what each type carries, checked field by field.
 
 Server -> client: challenge, welcome (then, for a client joining late, the blocks it lacks),
-train, block, close, waiting, done, refused.
-Client -> server: register (signing the challenge), update, attest.
+train, probe (scaffold runs: the round's candidate), block, close, waiting, done, refused.
+Client -> server: register (signing the challenge), update, gradient (the answer to a probe),
+attest.
 A refusal names the field and never echoes more of what the peer sent than a short, escaped
 description.
 """
@@ -47,16 +48,23 @@ def _integer(low: int) -> Callable[[object, str], int]:
     return check
 
 
-def _weights(value: object, what: str) -> np.ndarray:
-    if not isinstance(value, np.ndarray) or value.dtype != np.float64:
-        raise TypeError(f"{what} must be a NumPy float64 array")
-    if value.ndim != 1 or not 0 < value.size <= MAX_FEATURES:
-        raise ValueError(f"{what} must be a vector of 1..{MAX_FEATURES} numbers, not {value.shape}")
-    if not np.all(np.isfinite(value)):
-        raise ValueError(f"{what} holds NaN or infinity")
-    if np.max(np.abs(value)) > MAX_MAGNITUDE:
-        raise ValueError(f"{what} holds a number larger than {MAX_MAGNITUDE:g}")
-    return value
+def _vector(most: int) -> Callable[[object, str], np.ndarray]:
+    def check(value: object, what: str) -> np.ndarray:
+        if not isinstance(value, np.ndarray) or value.dtype != np.float64:
+            raise TypeError(f"{what} must be a NumPy float64 array")
+        if value.ndim != 1 or not 0 < value.size <= most:
+            raise ValueError(f"{what} must be a vector of 1..{most} numbers, not {value.shape}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{what} holds NaN or infinity")
+        if np.max(np.abs(value)) > MAX_MAGNITUDE:
+            raise ValueError(f"{what} holds a number larger than {MAX_MAGNITUDE:g}")
+        return value
+
+    return check
+
+
+_weights = _vector(MAX_FEATURES)
+_gradient = _vector(MAX_FEATURES + 1)  # one number per weight, and one for the bias
 
 
 def _text(value: object, what: str) -> str:
@@ -119,12 +127,23 @@ SCHEMAS: dict[str, dict[str, Callable[[object, str], object]]] = {
         "signature": _signature,
         "attestation": _signature,  # of the block before this round, as this client verified it
     },
+    # Scaffold runs: the round's candidate (the FedAvg of its updates), and each client's
+    # gradient there; an update then also carries the client's gradient at the model it trained
+    # from (see OPTIONAL).
+    "probe": {"round": _round, "weights": _weights, "bias": check_magnitude},
+    "gradient": {"round": _round, "gradient": _gradient, "signature": _signature},
     "close": {"round": _round},
     "attest": {"round": _round, "attestation": _signature},
     "block": {"block": _text},
     "waiting": {"reason": _text},  # what the server waits for, so a client is never left silent
     "done": {"blocks": _count},
     "refused": {"reason": _text},
+}
+
+
+# Fields a message may carry or not; the server says which its run needs.
+OPTIONAL: dict[str, dict[str, Callable[[object, str], object]]] = {
+    "update": {"gradient": _gradient},
 }
 
 
@@ -139,10 +158,11 @@ def validate_message(message: object) -> None:
     fields = set(message) - {"type"}
     if missing := set(schema) - fields:
         raise ProtocolError(f"{kind} message lacks {', '.join(sorted(missing))}")
-    if extra := fields - set(schema):
+    optional = {f: c for f, c in OPTIONAL.get(kind, {}).items() if f in fields}
+    if extra := fields - set(schema) - set(optional):
         names = ", ".join(sorted(describe(name) for name in extra)[:5])
         raise ProtocolError(f"{kind} message has unknown field(s) {printable(names)}")
-    for field, check in schema.items():
+    for field, check in (schema | optional).items():
         try:
             check(message[field], f"{kind} message: {field}")
         except (TypeError, ValueError) as error:
