@@ -38,6 +38,10 @@ from fedchain.learning.local_training import (
 
 def gradient(problem: LocalProblem, model: LinearModel) -> np.ndarray:
     """The gradient of MODEL's MSE on the client's rows: the weights', then the bias's."""
+    if model.n_features != problem.n_features:
+        raise ValueError(
+            f"the model has {model.n_features} weights for {problem.n_features} columns"
+        )
     with np.errstate(over="ignore", invalid="ignore"):
         residual = problem.X @ model.weights + model.bias - problem.y
         n = len(problem.y)
@@ -104,8 +108,7 @@ class _CorrectedWhitening:
         self.intercept_stretch = 1.0 / np.sqrt(1.0 + proximal)
         self.correction = correction
 
-    def bowl(self) -> tuple[Bowl, float]:
-        """The bowl, and its MSE part at the start (the scale its search stops by)."""
+    def bowl(self) -> Bowl:
         c, w = self.c, self.received.weights
         e_w, e_b = self.correction[:-1], self.correction[-1]
         with np.errstate(over="ignore", invalid="ignore"):
@@ -128,7 +131,7 @@ class _CorrectedWhitening:
             finite = finite and np.max(np.abs(half_slope), initial=0.0) ** 2 < MAX_STANDARDISED_LOSS
         if not finite:
             raise ValueError("the received model or correction is too large for these rows")
-        return Bowl(float(loss), half_slope, np.zeros(half_slope.size)), float(loss)
+        return Bowl(float(loss), half_slope, np.zeros(half_slope.size))
 
     def to_model(self, genes: np.ndarray) -> LinearModel:
         c = self.c
@@ -139,7 +142,10 @@ class _CorrectedWhitening:
         constant = genes[n_varying : n_varying + n_constant] * self.constant_stretch
         steps[c.constant] = constant * c.y_scale / c.constant_scale
         intercept_step = genes[-1] * self.intercept_stretch * c.y_scale
-        weights = self.received.weights + steps
+        # Only the weights searched move: a zero column's keeps its bits (-0.0 + 0.0 is 0.0).
+        moved = c.varying | c.constant
+        weights = self.received.weights.copy()
+        weights[moved] += steps[moved]
         bias = self.received.bias + intercept_step - steps @ c.x_mean
         return LinearModel(weights, bias)
 
@@ -179,19 +185,23 @@ def train_corrected(
         raise ValueError(
             f"the model has {received.n_features} weights for {problem.n_features} columns"
         )
+    global_gradient = np.asarray(global_gradient, dtype=np.float64)
     if global_gradient.shape != (problem.n_features + 1,):
-        raise ValueError(f"the global gradient has {global_gradient.size} numbers for "
-                         f"{problem.n_features + 1} parameters")  # fmt: skip
+        raise ValueError(f"the global gradient must be a vector of {problem.n_features + 1} "
+                         f"numbers, not shape {global_gradient.shape}")  # fmt: skip
+    if not np.all(np.isfinite(global_gradient)):
+        raise ValueError("the global gradient holds NaN or infinity")
     correction = global_gradient - gradient(problem, received)
-    whitening = _CorrectedWhitening(corrected.coordinates, received, correction, proximal)
-    bowl, loss = whitening.bowl()
+    coordinates = corrected.coordinates
+    whitening = _CorrectedWhitening(coordinates, received, correction, proximal)
+    bowl = whitening.bowl()
+    before = mse(received, problem.X, problem.y)
     # The corrected objective can go below zero, so its own value is no scale to stop by; the
     # client's MSE is, as in plain training: a search need not resolve finer than its rows can.
+    # (Taken from the rows, not the bowl: near an exact fit the bowl's terms cancel to noise.)
     genes = search_bowl(
         bowl, seed=seed, generations=generations, population=population,
-        tolerance_per_gene=tolerance / len(problem.y), scale=loss,
+        tolerance_per_gene=tolerance / len(problem.y), scale=before / coordinates.y_scale**2,
     )  # fmt: skip
     trained = whitening.to_model(genes)
-    return TrainingResult(
-        trained, mse(received, problem.X, problem.y), mse(trained, problem.X, problem.y)
-    )
+    return TrainingResult(trained, before, mse(trained, problem.X, problem.y))

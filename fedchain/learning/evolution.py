@@ -103,7 +103,10 @@ class _Search:
         # F >= 0, so the start is at most sqrt(F) from the bottom; the first generation only
         # probes, with a step far too small to do harm, and the next one knows the distance.
         start_fitness = float(bowl(bowl.start[None, :])[0])
-        bound = start_fitness if scale is None else scale
+        # A bowl that can go below zero gives its scale; its start is |start + gradient| from
+        # the bottom, so a start that fits the rows exactly still probes along the gradient.
+        to_bottom = bowl.start + bowl.gradient
+        bound = start_fitness if scale is None else max(scale, float(to_bottom @ to_bottom))
         self.step = PROBE_STEP * np.sqrt(max(bound, 0.0) / self.n_genes)
         self.squares = np.zeros(population - 1)  # |step direction|² of children 1..
         self.distance2: float | None = None  # the last generation's recombinant's, once known

@@ -30,6 +30,10 @@ DEFAULT_PROXIMAL = 0.3
 # The plane is used only if its two directions are this far from parallel (the determinant of
 # the 2 x 2 curvature against the product of its diagonal): nearer, rounding decides the answer.
 MIN_PLANE_DETERMINANT = 1e-9
+# A candidate this close to the start, against the start's largest parameter, is rounding.
+NEGLIGIBLE_STEP = 1e-12
+# No coefficient beyond this: a line search that far out follows the gradients' rounding.
+MAX_COEFFICIENT = 1e6
 RECORD_KEYS = ("coefficients", "gradient", "step", "step_change")
 
 
@@ -90,49 +94,67 @@ def settle(
     d = _vector(candidate(contributions)) - x
     at_start = _weighted_mean(contributions, lambda c: c.gradient)
     change = _weighted_mean(contributions, lambda c: c.probe_gradient) - at_start  # H d
-    directions = [(d, change)]
+    directions = []
+    # A candidate within rounding of the start (the clients all sent it back) measures no
+    # curvature, only the gradients' rounding: there is no direction to go along then.
+    if np.max(np.abs(d)) > NEGLIGIBLE_STEP * np.max(np.abs(x)):
+        directions.append((d, change))
     if previous is not None and any(previous.step):
         directions.append((np.array(previous.step), np.array(previous.step_change)))
-    alpha, beta = _least_on_plane(directions, at_start)
-    if beta:
-        s, s_change = directions[1]
-        step, step_change = alpha * d + beta * s, alpha * change + beta * s_change
-    else:
-        step, step_change = alpha * d, alpha * change
-    new = x + step
-    new_gradient = at_start + step_change
+    coefficients = _least_on_plane(directions, at_start)
+    step, step_change = np.zeros(size), np.zeros(size)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for coefficient, (direction, direction_change) in zip(
+            coefficients, directions, strict=False
+        ):
+            step = step + coefficient * direction
+            step_change = step_change + coefficient * direction_change
+        new = x + step
+        new_gradient = at_start + step_change
     if not (np.all(np.isfinite(new)) and np.all(np.isfinite(new_gradient))
             and np.all(np.isfinite(step_change))):  # fmt: skip
-        alpha = beta = 0.0
+        coefficients = []
         new, new_gradient = x, at_start
         step = step_change = np.zeros(size)
-    record = SearchRecord(
-        (float(alpha), float(beta)), _floats(new_gradient), _floats(step), _floats(step_change)
-    )
+    alpha, beta = _as_pair(coefficients, directions, d)
+    record = SearchRecord((alpha, beta), _floats(new_gradient), _floats(step), _floats(step_change))
     return LinearModel(new[:-1], float(new[-1])), record
 
 
 def _least_on_plane(
     directions: list[tuple[np.ndarray, np.ndarray]], gradient: np.ndarray
-) -> tuple[float, float]:
-    """The coefficients of the directions that minimise the quadratic whose gradient at the
-    origin is GRADIENT and whose curvature times each direction is given with it."""
+) -> list[float]:
+    """The coefficients of the directions (each given with the curvature times it) that
+    minimise the quadratic whose gradient at the origin is GRADIENT; fewer if the plane is
+    degenerate, none if no direction has a positive curvature."""
     # f(x + a·d + b·s) = f(x) + (a·d + b·s)·g + ½ [a b] Q [a b]ᵀ, with Q_ij = dir_i · H dir_j.
-    d, hd = directions[0]
-    q11, r1 = _dot(d, hd), -_dot(d, gradient)
+    q = [[_dot(u, hv) for _, hv in directions] for u, _ in directions]
+    r = [-_dot(u, gradient) for u, _ in directions]
     if len(directions) == 2:
-        s, hs = directions[1]
-        q22, r2 = _dot(s, hs), -_dot(s, gradient)
-        q12 = (_dot(d, hs) + _dot(s, hd)) / 2.0  # H is symmetric; rounding makes it less so
-        determinant = q11 * q22 - q12 * q12
-        if (q11 > 0 and q22 > 0 and math.isfinite(determinant)
-                and determinant > MIN_PLANE_DETERMINANT * q11 * q22):  # fmt: skip
-            return (r1 * q22 - r2 * q12) / determinant, (q11 * r2 - q12 * r1) / determinant
-    # Along d alone; a curvature that is not positive (no step, or gradients that contradict a
-    # quadratic) takes no step at all.
-    if q11 > 0 and math.isfinite(q11) and math.isfinite(r1):
-        return r1 / q11, 0.0
-    return 0.0, 0.0
+        q12 = (q[0][1] + q[1][0]) / 2.0  # H is symmetric; rounding makes it less so
+        determinant = q[0][0] * q[1][1] - q12 * q12
+        if (q[0][0] > 0 and q[1][1] > 0 and math.isfinite(determinant)
+                and determinant > MIN_PLANE_DETERMINANT * q[0][0] * q[1][1]):  # fmt: skip
+            pair = [(r[0] * q[1][1] - r[1] * q12) / determinant,
+                    (q[0][0] * r[1] - q12 * r[0]) / determinant]  # fmt: skip
+            if all(abs(c) <= MAX_COEFFICIENT for c in pair):
+                return pair
+    # Along the first direction alone; a curvature that is not positive (gradients that
+    # contradict a quadratic) takes no step at all, and a step far beyond the direction's own
+    # length is cut back to it: beyond, the curvature measured is rounding, not the rows'.
+    if directions and q[0][0] > 0 and math.isfinite(q[0][0]) and math.isfinite(r[0]):
+        return [max(-MAX_COEFFICIENT, min(MAX_COEFFICIENT, r[0] / q[0][0]))]
+    return []
+
+
+def _as_pair(
+    coefficients: list[float], directions: list[tuple[np.ndarray, np.ndarray]], d: np.ndarray
+) -> tuple[float, float]:
+    """The coefficients as the block records them: along this round's d, along the last step."""
+    pair = [0.0, 0.0]
+    for coefficient, (direction, _) in zip(coefficients, directions, strict=False):
+        pair[0 if direction is d else 1] = float(coefficient)
+    return pair[0], pair[1]
 
 
 def _weighted_mean(contributions: Sequence[Contribution], which) -> np.ndarray:

@@ -163,8 +163,8 @@ def test_resuming_compares_the_rule_and_its_parameters_with_the_genesis():
                        aggregation_parameters={BYZANTINE: 1.0})  # fmt: skip
     assert differences(first, same) == []
     assert differences(first, replace(same, aggregation_parameters={BYZANTINE: 2.0})) == [
-        "the rule's parameters (--byzantine, --proximal) is {'byzantine': 2.0}, but the chain's genesis "
-        "records {'byzantine': 1.0}"
+        "the rule's parameters (--byzantine, --proximal) is {'byzantine': 2.0}, but the chain's "
+        "genesis records {'byzantine': 1.0}"
     ]
     assert differences(first, replace(same, aggregation=MEDIAN)) == [
         "--aggregation is median, but the chain's genesis records krum"

@@ -1,0 +1,150 @@
+"""Scaffold end to end: a real server and real clients on rows split by a column (non-IID), and
+peers that break the probe's part of the protocol."""
+
+import numpy as np
+import pytest
+from chain_helpers import TRAINING
+from processes import ROOT, run_blockchain_cli, start_server
+from raw_peers import FEATURES, N_SAMPLES, RawClient
+from wire_helpers import receive
+
+from fedchain.learning.aggregation import FEDAVG, PROXIMAL, SCAFFOLD
+from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
+from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
+from fedchain.learning.simulation import simulate
+from fedchain.ledger.block import ClientUpdate
+from fedchain.ledger.signatures import probe_message, update_message
+from fedchain.ledger.store import load_chain
+from fedchain.trust.keys import sign
+
+ROUNDS = 5
+
+
+def split_by_bmi(tmp_path):
+    """The bundled rows pooled, sorted by bmi and halved: each client sees one range of bmi."""
+    parts = [load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)]
+    X, y = np.vstack([p.X for p in parts]), np.concatenate([p.y for p in parts])
+    order = np.argsort(X[:, parts[0].feature_names.index("bmi")], kind="stable")
+    datasets = {}
+    for i, rows in enumerate(np.array_split(order, 2), start=1):
+        datasets[f"cli{i}"] = Dataset(parts[0].feature_names, X[rows], y[rows])
+        save_dataset(datasets[f"cli{i}"], tmp_path / f"cli{i}.csv")
+    # As the clients will read them: the simulation must see the same bits.
+    return {name: load_dataset(tmp_path / f"{name}.csv") for name in datasets}
+
+
+def pooled_ratio(datasets, model):
+    X = np.vstack([d.X for d in datasets.values()])
+    y = np.concatenate([d.y for d in datasets.values()])
+    return mse(model, X, y) / mse(fit_lstsq(X, y), X, y)
+
+
+def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(programs, tmp_path):
+    datasets = split_by_bmi(tmp_path)
+    server, port = start_server(programs, tmp_path, "--rounds", ROUNDS, "--seed", "7",
+                                "--aggregation", "scaffold")  # fmt: skip
+    clients = [
+        programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv", "--port", port,
+                 "--replica", tmp_path / f"{name}.jsonl")
+        for name in datasets
+    ]  # fmt: skip
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+    chain_path = tmp_path / "chain.jsonl"
+    result = run_blockchain_cli("verify", chain_path)
+    assert result.returncode == 0, result.stdout
+    assert f"the run is complete ({ROUNDS} of {ROUNDS} rounds)" in result.stdout
+    assert "scaffold: the least pooled MSE lies" in result.stdout
+    for name in datasets:
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == chain_path.read_bytes()
+    blocks = load_chain(chain_path).blocks
+    simulated = simulate(datasets, rounds=ROUNDS, run_seed=7, aggregation=SCAFFOLD,
+                         parameters={PROXIMAL: 0.3})  # fmt: skip
+    for block, expected in zip(blocks[1:-1], simulated, strict=True):
+        assert block.server_model == expected.global_model  # bit for bit
+        assert block.search == expected.search.as_record()
+        for name in block.cli:
+            assert block.client_model[name].model == expected.client_models[name]
+    # The drift FedAvg leaves, and scaffold removes.
+    fedavg = simulate(datasets, rounds=ROUNDS, run_seed=7, aggregation=FEDAVG)
+    assert pooled_ratio(datasets, fedavg[-1].global_model) > 1.001
+    assert pooled_ratio(datasets, blocks[-1].server_model) <= 1.001
+
+
+def update_with_gradient(raw: RawClient, gradient) -> dict:
+    """A signed scaffold update from RAW: the zero model, with GRADIENT as its start gradient."""
+    index = raw.last.index + 1
+    update = ClientUpdate(LinearModel.zeros(len(FEATURES)), N_SAMPLES, training=TRAINING,
+                          gradient=tuple(map(float, gradient)))  # fmt: skip
+    signed = update_message(genesis_hash=raw.genesis.hash, index=index,
+                            previous_hash=raw.last.hash, name=raw.name, update=update)  # fmt: skip
+    message = raw.update()
+    message["signature"] = sign(raw.key, signed)
+    message["gradient"] = np.asarray(gradient, dtype=np.float64)
+    return message
+
+
+def answer(raw: RawClient, probe: dict, *, elsewhere: bool = False) -> dict:
+    """RAW's signed gradient (zeros) at the probe's candidate, or at another point."""
+    candidate = LinearModel(probe["weights"] + (1.0 if elsewhere else 0.0), probe["bias"])
+    gradient = np.zeros(len(FEATURES) + 1)
+    signed = probe_message(
+        genesis_hash=raw.genesis.hash, index=probe["round"], previous_hash=raw.last.hash,
+        name=raw.name, candidate=candidate, gradient=tuple(map(float, gradient)),
+    )  # fmt: skip
+    return {"type": "gradient", "round": probe["round"], "gradient": gradient,
+            "signature": sign(raw.key, signed)}  # fmt: skip
+
+
+def next_of(raw: RawClient, kind: str) -> dict:
+    message = receive(raw.sock)
+    while message["type"] == "waiting":
+        message = receive(raw.sock)
+    assert message["type"] == kind, message
+    return message
+
+
+# What the third client does wrong, and the reason the server gives for leaving it out.
+BAD_PEERS = {
+    "no gradient": "sent its update without its gradient, which scaffold needs",
+    "short gradient": f"sent a gradient of {len(FEATURES)} numbers, not {len(FEATURES) + 1}",
+    "answers elsewhere": "sent a gradient for round 1 not signed by its key at the round's "
+    "candidate",
+    "leaves at the probe": "disconnected",
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_PEERS))
+def test_a_peer_that_breaks_the_probe_is_left_out_and_the_round_goes_on(programs, tmp_path, bad):
+    server, port = start_server(programs, tmp_path, "--rounds", "2", "--clients", "3",
+                                "--min-clients", "2", "--aggregation", "scaffold")  # fmt: skip
+    with RawClient(port, "cli3") as raw:
+        raw.register()
+        clients = [
+            programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
+            for i in (1, 2)
+        ]  # fmt: skip
+        assert raw.hear_welcome()["type"] == "train"
+        zeros = np.zeros(len(FEATURES) + 1)
+        if bad == "no gradient":
+            raw.send(raw.update())
+        elif bad == "short gradient":
+            raw.send(update_with_gradient(raw, zeros[:-1]))
+        else:
+            raw.send(update_with_gradient(raw, zeros))
+            probe = next_of(raw, "probe")
+            if bad == "answers elsewhere":
+                raw.send(answer(raw, probe, elsewhere=True))
+            else:
+                raw.sock.close()
+        for program in [server, *clients]:
+            assert program.finish() == 0, program.output
+    assert f"cli3 is left out of the run: {BAD_PEERS[bad]}" in server.output
+    assert "Traceback" not in server.output
+    chain_path = tmp_path / "chain.jsonl"
+    result = run_blockchain_cli("verify", chain_path)
+    assert result.returncode == 0 and "the run is complete (2 of 2 rounds)" in result.stdout
+    blocks = load_chain(chain_path).blocks
+    assert blocks[1].cli == ("cli1", "cli2") and "cli3" in blocks[1].missing
+    for i in (1, 2):
+        assert (tmp_path / f"cli{i}.jsonl").read_bytes() == chain_path.read_bytes()

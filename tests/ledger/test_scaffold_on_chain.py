@@ -1,0 +1,232 @@
+"""Scaffold on the chain (format 4): each update carries the client's signed gradients, each
+round block the server's step; verification recomputes the step bit for bit, and catches any
+change to what it came from."""
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from chain_helpers import DIFFICULTY, FEATURES, SERVER_KEY, TRAINING, fixed_key, reseal
+
+from fedchain.learning.aggregation import FEDAVG, PROXIMAL, SCAFFOLD
+from fedchain.learning.corrected_training import gradient
+from fedchain.learning.linear_model import LinearModel, mse
+from fedchain.learning.local_training import LocalProblem
+from fedchain.ledger.block import (
+    FORMAT_CORRECTED,
+    FORMAT_RULES,
+    FORMAT_SIGNED,
+    ClientUpdate,
+    RunRecord,
+)
+from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_block, verify_chain
+from fedchain.ledger.correction import probe_point
+from fedchain.ledger.signatures import (
+    attestation_message,
+    probe_message,
+    sign_hex,
+    update_message,
+)
+from fedchain.ledger.store import block_from_json, block_to_json
+from fedchain.ledger.verification import ChainError
+from fedchain.trust.keys import public_hex
+from fedchain.wire.messages import ProtocolError, validate_message
+
+NAMES = ("s1", "s2", "s3")
+KEYS = {name: fixed_key(name) for name in NAMES}
+
+
+def rows(seed):
+    """Each client's rows: the columns' ranges differ between clients, as in a non-IID split."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(loc=seed, scale=1 + seed, size=(40, len(FEATURES)))
+    return LocalProblem.from_data(X, X @ [1.0, -2.0, 0.5] + 3.0 + rng.normal(size=40))
+
+
+PROBLEMS = {name: rows(i) for i, name in enumerate(NAMES)}
+
+
+def floats(vector):
+    return tuple(map(float, vector))
+
+
+TRAINED = ClientUpdate(LinearModel.zeros(len(FEATURES)), 1, training=TRAINING)
+
+
+def genesis(*, parameters=None, aggregation=SCAFFOLD):
+    run = RunRecord(3, 0, public_hex(SERVER_KEY), {n: public_hex(k) for n, k in KEYS.items()})
+    return make_genesis(
+        initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES,
+        difficulty=DIFFICULTY, run=run, server_key=SERVER_KEY, aggregation=aggregation,
+        parameters={PROXIMAL: 0.3} if parameters is None else parameters,
+    )  # fmt: skip
+
+
+def updates_for(first, previous, rng, names=NAMES):
+    """Each client's signed update (a model near the start, its gradient at the start) and its
+    signed answer to the probe at the candidate those models make."""
+    start, index = previous.server_model, previous.index + 1
+    updates = {}
+    for name in names:
+        model = LinearModel(start.weights + rng.normal(size=3), start.bias + rng.normal())
+        unsigned = replace(TRAINED, model=model, n_samples=len(PROBLEMS[name].y),
+                           gradient=floats(gradient(PROBLEMS[name], start)))  # fmt: skip
+        message = update_message(genesis_hash=first.hash, index=index, name=name,
+                                 previous_hash=previous.hash, update=unsigned)  # fmt: skip
+        updates[name] = replace(unsigned, signature=sign_hex(KEYS[name], message))
+    candidate = probe_point(names, updates)
+    for name in names:
+        updates[name] = probed(first, previous, name, updates[name], candidate)
+    return updates
+
+
+def probed(first, previous, name, update, candidate, at=None):
+    at_candidate = floats(gradient(PROBLEMS[name], candidate)) if at is None else at
+    message = probe_message(genesis_hash=first.hash, index=previous.index + 1,
+                            previous_hash=previous.hash, name=name, candidate=candidate,
+                            gradient=at_candidate)  # fmt: skip
+    return replace(update, probe_gradient=at_candidate,
+                   probe_signature=sign_hex(KEYS[name], message))  # fmt: skip
+
+
+def attested(first, block):
+    message = attestation_message(genesis_hash=first.hash, block=block)
+    return {name: sign_hex(KEYS[name], message) for name in NAMES} if block.index else {}
+
+
+def build(rounds=3, seed=0, names_by_round=None):
+    rng = np.random.default_rng(seed)
+    blocks = [genesis()]
+    for r in range(rounds):
+        names = NAMES if names_by_round is None else names_by_round[r]
+        updates = updates_for(blocks[0], blocks[-1], rng, names)
+        attestations = {n: a for n, a in attested(blocks[0], blocks[-1]).items() if n in names}
+        missing = {n: "disconnected (test)" for n in NAMES if n not in names}
+        blocks.append(make_round_block(blocks[-1], updates, attestations=attestations,
+                                       server_key=SERVER_KEY, missing=missing))  # fmt: skip
+    return blocks
+
+
+def pooled_mse(model):
+    X = np.vstack([p.X for p in PROBLEMS.values()])
+    y = np.concatenate([p.y for p in PROBLEMS.values()])
+    return mse(model, X, y)
+
+
+def test_a_scaffold_chain_verifies_and_every_step_lowers_the_pooled_mse():
+    blocks = build()
+    closing = make_closing_block(blocks[-1], attestations=attested(blocks[0], blocks[-1]),
+                                 server_key=SERVER_KEY)  # fmt: skip
+    verify_chain([*blocks, closing])
+    assert {b.version for b in blocks} == {FORMAT_CORRECTED}
+    assert [block_from_json(block_to_json(b)) for b in [*blocks, closing]] == [*blocks, closing]
+    for previous, block in itertools.pairwise(blocks):
+        candidate = probe_point(block.cli, block.client_model)
+        assert pooled_mse(block.server_model) <= pooled_mse(previous.server_model)
+        assert pooled_mse(block.server_model) <= pooled_mse(candidate) * (1 + 1e-12)
+    # From the second round on, the step uses the last one too (a plane, not a line).
+    assert blocks[1].search["coefficients"][1] == 0.0
+    assert blocks[2].search["coefficients"][1] != 0.0
+
+
+def test_a_change_of_clients_restarts_the_search_along_one_line():
+    blocks = build(names_by_round=[NAMES, NAMES[:2], NAMES[:2]])
+    verify_chain(blocks)
+    assert blocks[2].search["coefficients"][1] == 0.0  # s3 left: the last step is not this MSE's
+    assert blocks[3].search["coefficients"][1] != 0.0
+
+
+def resigned(first, previous, name, update, **changes):
+    """UPDATE with CHANGES, signed again by its client: what the client itself could send."""
+    changed = replace(update, **changes)
+    message = update_message(genesis_hash=first.hash, index=previous.index + 1,
+                             previous_hash=previous.hash, name=name, update=changed)  # fmt: skip
+    return replace(changed, signature=sign_hex(KEYS[name], message))
+
+
+def test_verify_catches_a_changed_input_of_the_step():
+    first, block = build(rounds=1)
+    name = "s1"
+    update = block.client_model[name]
+    other_gradient = tuple(v + 1.0 for v in update.gradient)
+    # A start gradient changed (and signed again by the client): the step no longer follows.
+    updates = dict(block.client_model, s1=resigned(first, first, name, update,
+                                                   gradient=other_gradient))  # fmt: skip
+    with pytest.raises(ChainError, match="block 1: server_model is not the step scaffold takes"):
+        verify_chain([first, reseal(block, client_model=updates)])
+    # Likewise a probe gradient, signed again at the round's candidate.
+    candidate = probe_point(block.cli, block.client_model)
+    updates = dict(block.client_model,
+                   s1=probed(first, first, name, update, candidate, at=other_gradient))  # fmt: skip
+    with pytest.raises(ChainError, match="server_model is not the step"):
+        verify_chain([first, reseal(block, client_model=updates)])
+    # A probe answered at another candidate: the one the server showed this client alone.
+    elsewhere = LinearModel(candidate.weights + 1.0, candidate.bias)
+    updates = dict(block.client_model, s1=probed(first, first, name, update, elsewhere))
+    with pytest.raises(ChainError, match="s1's signature on its probe gradient does not verify"):
+        verify_chain([first, reseal(block, client_model=updates)])
+    # The gradient changed by the server: the client's signature no longer holds.
+    updates = dict(block.client_model, s1=replace(update, gradient=other_gradient))
+    with pytest.raises(ChainError, match="s1's signature on its update does not verify"):
+        verify_chain([first, reseal(block, client_model=updates)])
+    # The step, or the global gradient the next round corrects by, or the model, changed.
+    search = dict(block.search, gradient=tuple(0.0 for _ in block.search["gradient"]))
+    with pytest.raises(ChainError, match="recorded search is not the step"):
+        verify_chain([first, reseal(block, search=search)])
+    candidate_block = reseal(block, server_model=candidate)  # plain FedAvg, the step ignored
+    with pytest.raises(ChainError, match="server_model is not the step"):
+        verify_chain([first, candidate_block])
+
+
+def test_a_gradient_of_the_wrong_size_is_refused():
+    first, block = build(rounds=1)
+    update = block.client_model["s1"]
+    short = resigned(first, first, "s1", update, gradient=update.gradient[:-1])
+    with pytest.raises(ChainError, match="s1's gradients must have 4 numbers each"):
+        verify_chain([first, reseal(block, client_model=dict(block.client_model, s1=short))])
+
+
+def test_the_rule_and_the_format_go_together():
+    with pytest.raises(ChainError, match="scaffold runs, and only they"):
+        verify_chain([reseal(genesis(), version=FORMAT_RULES)])
+    fedavg = genesis(aggregation=FEDAVG, parameters={})
+    assert fedavg.version == FORMAT_SIGNED
+    with pytest.raises(ChainError, match="scaffold runs, and only they"):
+        verify_chain([reseal(fedavg, version=FORMAT_CORRECTED)])
+    for bad in ({}, {PROXIMAL: 0.0}, {PROXIMAL: -1.0}, {PROXIMAL: 1e9}):
+        with pytest.raises(ChainError, match="proximal"):
+            verify_chain([reseal(genesis(), parameters=bad)])
+
+
+def test_gradients_belong_to_format_4_and_a_closing_block_records_no_step():
+    _, block = build(rounds=1)
+    with pytest.raises(ValueError, match="carry no gradients or search"):
+        replace(block, version=FORMAT_RULES)
+    with pytest.raises(ValueError, match="lacks its gradients or probe signature"):
+        replace(
+            block,
+            client_model=dict(
+                block.client_model, s1=replace(block.client_model["s1"], probe_signature="")
+            ),
+        )
+    blocks = build()
+    last = blocks[-1]
+    closing = make_closing_block(
+        last, attestations=attested(blocks[0], last), server_key=SERVER_KEY
+    )
+    with pytest.raises(ChainError, match="closing block must record no choice of the rule, nor"):
+        verify_chain([*blocks, reseal(closing, search=last.search)])
+
+
+def test_the_messages_of_a_probe_are_checked_field_by_field():
+    vector = np.zeros(4)
+    validate_message({"type": "probe", "round": 1, "weights": np.zeros(3), "bias": 0.0})
+    validate_message({"type": "gradient", "round": 1, "gradient": vector, "signature": bytes(64)})
+    for bad in (np.array([np.nan, 0.0]), np.zeros(10_002), [0.0, 1.0], np.array([1e300])):
+        with pytest.raises(ProtocolError, match="gradient message: gradient"):
+            validate_message({"type": "gradient", "round": 1, "gradient": bad,
+                              "signature": bytes(64)})  # fmt: skip
+    with pytest.raises(ProtocolError, match="unknown field"):
+        validate_message({"type": "probe", "round": 1, "weights": np.zeros(3), "bias": 0.0,
+                          "gradient": vector})  # fmt: skip
