@@ -6,6 +6,9 @@ compares with least squares fitted on the pooled rows.
 `python demo.py --clients 5 --poison 1 --aggregation krum` shows a poisoning attack and a robust
 rule: the bundled rows are split into 5 shards, the last client sends the received model plus
 -10 x its honest change, and the chain records whom the rule left out.
+`python demo.py --sort-by bmi --aggregation scaffold --rounds 10` shows drift on non-IID rows and
+its correction: the pooled rows sorted by bmi and cut into one range a client, so FedAvg settles
+short of the pooled fit (try it without --aggregation) and scaffold reaches it.
 """
 
 import argparse
@@ -51,14 +54,18 @@ def show(line: str) -> None:
         print(line, flush=True)
 
 
-def client_files(n_clients: int, run_dir: Path) -> dict[str, Path]:
-    """The bundled two files for two clients; else their rows pooled in file order and split
-    into N_CLIENTS shards, written to RUN_DIR."""
-    if n_clients == len(CLIENTS):
+def client_files(n_clients: int, run_dir: Path, sort_by: str | None = None) -> dict[str, Path]:
+    """The bundled two files for two clients; else their rows pooled in file order (or sorted
+    by the column SORT_BY, so each client holds one range of it) and split into N_CLIENTS
+    shards, written to RUN_DIR."""
+    if n_clients == len(CLIENTS) and sort_by is None:
         return dict(CLIENTS)
     bundled = [load_dataset(path) for path in CLIENTS.values()]
     pooled = Dataset(bundled[0].feature_names, np.vstack([d.X for d in bundled]),
                      np.concatenate([d.y for d in bundled]))  # fmt: skip
+    if sort_by is not None:
+        order = np.argsort(pooled.X[:, pooled.feature_names.index(sort_by)], kind="stable")
+        pooled = Dataset(pooled.feature_names, pooled.X[order], pooled.y[order])
     files = {}
     for name, shard in split_rows(pooled, n_clients).items():
         files[name] = run_dir / f"{name}.csv"
@@ -130,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--aggregation", choices=KNOWN_RULES, default=None,
                         help="default: the server's (fedavg)")  # fmt: skip
+    columns = load_dataset(CLIENTS["cli1"]).feature_names
+    parser.add_argument("--sort-by", choices=columns, default=None, metavar="COLUMN",
+                        help="split the pooled rows sorted by COLUMN, one range a client "
+                        f"(non-IID); one of {', '.join(columns)}")  # fmt: skip
     parser.add_argument("--byzantine", type=integer_in(0), default=None,
                         help="attackers the rule assumes; default: the server's")  # fmt: skip
     add_output_flags(parser)
@@ -155,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         if value is not None:
             server_args += [flag, str(value)]
-    files = client_files(args.clients, run_dir)
+    files = client_files(args.clients, run_dir, args.sort_by)
     attackers = list(files)[len(files) - args.poison :]
 
     processes: dict[str, subprocess.Popen] = {}

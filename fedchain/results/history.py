@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedchain import settings
+from fedchain.learning.aggregation import FEDAVG
 from fedchain.learning.dataset import Dataset, load_dataset
 from fedchain.learning.linear_model import LinearModel, mse
 from fedchain.learning.simulation import simulate
@@ -82,9 +83,12 @@ def simulated_rounds(
     *,
     rounds: int = settings.ROUNDS,
     run_seed: int = settings.RUN_SEED,
+    aggregation: str = FEDAVG,
+    parameters: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Run the federation in this process (no sockets, no chain) and return client_rounds'
-    table without block_hash. By default the clients are the bundled cli1 and cli2."""
+    table without block_hash. By default the clients are the bundled cli1 and cli2, and the
+    rule FedAvg (any rule server.py takes, with its parameters)."""
     if datasets is None:
         test = load_dataset(settings.bundled_data("test.csv"))
         datasets = {
@@ -92,9 +96,12 @@ def simulated_rounds(
             for i, name in enumerate(("cli1", "cli2"), start=1)
         }
     features = list(next(iter(datasets.values())).feature_names)
+    played_rounds = simulate(
+        datasets, rounds=rounds, run_seed=run_seed, aggregation=aggregation, parameters=parameters
+    )
     rows = [
         [played.index, name, datasets[name].n_samples, *_model_row(model)]
-        for played in simulate(datasets, rounds=rounds, run_seed=run_seed)
+        for played in played_rounds
         for name, model in played.client_models.items()
     ]
     return pd.DataFrame(rows, columns=["round", "client", "n_samples", *features, "bias"])

@@ -112,6 +112,21 @@ def test_the_poisoning_demo_shows_krum_leaving_the_attacker_out():
     shutil.rmtree((ROOT / re.search(r"the chain is (\S+)$", out.rstrip())[1]).parent)
 
 
+def demo_ratio(*args: str) -> float:
+    """The demo's federated / central MSE on the pooled rows, its run folder removed."""
+    result = run_script("demo.py", *args, "--difficulty", "8")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    shutil.rmtree((ROOT / re.search(r"the chain is (\S+)$", out.rstrip())[1]).parent)
+    return float(re.search(r"federated / central MSE on the pooled client rows: ([\d.]+)", out)[1])
+
+
+def test_the_non_iid_demo_shows_the_drift_and_scaffold_removing_it():
+    split = ("--sort-by", "bmi", "--rounds", "6")
+    assert demo_ratio(*split) > 1.001  # FedAvg: short of the pooled fit
+    assert demo_ratio(*split, "--aggregation", "scaffold") <= 1.001
+
+
 def test_a_rule_that_needs_more_clients_than_a_round_holds_is_refused_at_start(tmp_path):
     result = run_script("server.py", "--aggregation", "krum", "--clients", "4", "--port", "0",
                         "--chain", tmp_path / "chain.jsonl", cwd=tmp_path)  # fmt: skip
@@ -120,4 +135,8 @@ def test_a_rule_that_needs_more_clients_than_a_round_holds_is_refused_at_start(t
            "--clients is 4" in result.stderr  # fmt: skip
     result = run_script("server.py", "--byzantine", "1", "--port", "0", cwd=tmp_path)
     assert result.returncode == 2 and "--byzantine is for a robust --aggregation" in result.stderr
+    result = run_script("server.py", "--proximal", "1", "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "--proximal is for --aggregation scaffold" in result.stderr
+    result = run_script("server.py", "--aggregation", "scaffold", "--proximal", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "must be a number in (0, 1e+06]" in result.stderr
     assert not (tmp_path / "chain.jsonl").exists()

@@ -148,3 +148,34 @@ def test_a_peer_that_breaks_the_probe_is_left_out_and_the_round_goes_on(programs
     assert blocks[1].cli == ("cli1", "cli2") and "cli3" in blocks[1].missing
     for i in (1, 2):
         assert (tmp_path / f"cli{i}.jsonl").read_bytes() == chain_path.read_bytes()
+
+
+def test_a_scaffold_server_killed_mid_run_resumes_with_the_same_clients(programs, tmp_path):
+    datasets = split_by_bmi(tmp_path)
+    rounds = 6
+    flags = ("--rounds", rounds, "--seed", "7", "--aggregation", "scaffold", "--resume",
+             "--rejoin-timeout-s", "60")  # fmt: skip
+    server, port = start_server(programs, tmp_path, *flags)
+    clients = [
+        programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv", "--port", port,
+                 "--replica", tmp_path / f"{name}.jsonl")
+        for name in datasets
+    ]  # fmt: skip
+    chain_path = tmp_path / "chain.jsonl"
+    for after in (2, 4):  # killed twice, each time after a round, and started again
+        server.wait_for(rf"^round {after}/{rounds}: ")
+        server.process.kill()
+        server.process.wait()
+        server = programs("server.py", "--port", port, "--chain", chain_path, "--difficulty", "8",
+                          *flags)  # fmt: skip
+        server.wait_for(r"^resuming the run of .* after block \d+")
+    for program in [server, *clients]:
+        assert program.finish(timeout_s=120) == 0, program.output
+    result = run_blockchain_cli("verify", chain_path)
+    assert result.returncode == 0 and f"complete ({rounds} of {rounds} rounds)" in result.stdout
+    for name in datasets:
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == chain_path.read_bytes()
+    # The resumed rounds follow the steps the chain recorded: the same models as one long run.
+    blocks = load_chain(chain_path).blocks
+    simulated = simulate(datasets, rounds=rounds, run_seed=7, aggregation=SCAFFOLD)
+    assert [b.server_model for b in blocks[1:-1]] == [r.global_model for r in simulated]
