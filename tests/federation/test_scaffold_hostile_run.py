@@ -2,16 +2,22 @@
 whose columns come in another order than the run's, and peers that break the probe's part of
 the protocol in other ways."""
 
+import itertools
+
 import numpy as np
 import pytest
+from chain_helpers import fixed_key
 from processes import run_blockchain_cli, start_server
-from raw_peers import FEATURES, RawClient
+from raw_peers import FEATURES, RawClient, write_key
 from test_scaffold_run import answer, next_of, split_by_bmi, update_with_gradient
 
 from fedchain.learning.aggregation import SCAFFOLD
-from fedchain.learning.dataset import Dataset, save_dataset
+from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
+from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
+from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
 from fedchain.learning.simulation import simulate
-from fedchain.ledger.store import load_chain
+from fedchain.ledger.correction import global_gradient, probe_point
+from fedchain.ledger.store import SLOW_WRITE_ENV, load_chain
 from fedchain.wire.frames import encode_message
 
 
@@ -89,3 +95,100 @@ def test_a_peer_that_misbehaves_at_the_probe_is_left_out(programs, tmp_path, bad
     result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
     assert result.returncode == 0 and "the run is complete (2 of 2 rounds)" in result.stdout
     assert load_chain(tmp_path / "chain.jsonl").blocks[1].cli == ("cli1", "cli2")
+
+
+def split_in_three(tmp_path):
+    """The bundled rows pooled, sorted by bmi and cut in three, one file a client."""
+    datasets = split_by_bmi(tmp_path)
+    X = np.vstack([d.X for d in datasets.values()])
+    y = np.concatenate([d.y for d in datasets.values()])
+    names = datasets["cli1"].feature_names
+    thirds = {}
+    for i, rows in enumerate(np.array_split(np.arange(len(y)), 3), start=1):
+        save_dataset(Dataset(names, X[rows], y[rows]), tmp_path / f"cli{i}.csv")
+        thirds[f"cli{i}"] = load_dataset(tmp_path / f"cli{i}.csv")
+    return thirds
+
+
+def replay(datasets, blocks, run_seed=7):
+    """Train every client of every round block again, as the chain says who took part and
+    from what: the models and gradients must be the chain's, bit for bit."""
+    problems = {n: LocalProblem.from_data(d.X, d.y) for n, d in datasets.items()}
+    for previous, block in itertools.pairwise(blocks[:-1]):
+        start, correction = previous.server_model, global_gradient(previous)
+        candidate = probe_point(block.cli, block.client_model)
+        for name in block.cli:
+            seed = derive_seed(run_seed, name, block.index)
+            if correction is None:
+                model = train_locally(problems[name], start, seed=seed)
+            else:
+                model = train_corrected(CorrectedProblem(problems[name]), start, correction,
+                                        seed=seed, proximal=0.3).model  # fmt: skip
+            update = block.client_model[name]
+            assert update.model == model, f"round {block.index}: {name}'s model"
+            assert update.gradient == tuple(map(float, gradient(problems[name], start)))
+            assert update.probe_gradient == tuple(map(float, gradient(problems[name], candidate)))
+
+
+def test_a_client_that_misses_a_round_comes_back_corrected_as_the_chain_says(programs, tmp_path):
+    datasets = split_in_three(tmp_path)
+    rounds = 6
+    # Each block takes half a second to write, so the run lasts until cli3 is back.
+    server, port = start_server(programs, tmp_path, "--rounds", rounds, "--seed", "7",
+                                "--clients", "3", "--min-clients", "2", "--aggregation",
+                                "scaffold", env={SLOW_WRITE_ENV: "0.5"})  # fmt: skip
+
+    def client(name):
+        return programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv",
+                        "--port", port, "--replica", tmp_path / f"{name}.jsonl")  # fmt: skip
+
+    clients = {name: client(name) for name in datasets}
+    clients["cli3"].wait_for(r"^block 1 verified")
+    clients["cli3"].kill()
+    server.wait_for(r"^round 2/")  # cli3 is out of round 2
+    clients["cli3"] = client("cli3")
+    for program in [server, *clients.values()]:
+        assert program.finish(timeout_s=120) == 0, program.output
+    assert "Traceback" not in server.output
+    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
+    assert result.returncode == 0 and f"complete ({rounds} of {rounds} rounds)" in result.stdout
+    blocks = load_chain(tmp_path / "chain.jsonl").blocks
+    assert blocks[2].cli == ("cli1", "cli2") and "cli3" in blocks[2].missing
+    assert "cli3" in blocks[-2].cli  # back, and trained with the correction
+    replay(datasets, blocks)
+    # With everyone there, the run is the simulation's.
+    assert blocks[1].server_model == simulate(datasets, rounds=1, run_seed=7,
+                                              aggregation=SCAFFOLD)[0].global_model  # fmt: skip
+
+
+def test_a_client_that_leaves_at_the_probe_below_the_quorum_is_waited_for(programs, tmp_path):
+    datasets = split_in_three(tmp_path)
+    (tmp_path / "keys").mkdir()
+    write_key(tmp_path / "keys" / "cli3.key", fixed_key("cli3"))
+    server, port = start_server(programs, tmp_path, "--rounds", "3", "--seed", "7", "--clients",
+                                "3", "--aggregation", "scaffold", "--rejoin-timeout-s",
+                                "60")  # fmt: skip
+    with RawClient(port, "cli3") as raw:
+        raw.register()
+        clients = [
+            programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv",
+                     "--port", port, "--replica", tmp_path / f"{name}.jsonl")
+            for name in ("cli1", "cli2")
+        ]  # fmt: skip
+        assert raw.hear_welcome()["type"] == "train"
+        raw.send(update_with_gradient(raw, np.zeros(len(FEATURES) + 1)))
+        next_of(raw, "probe")
+    # Round 1 is short of its quorum (all three) now: cli3 comes back, for real, and the round
+    # trains it and asks everyone again.
+    server.wait_for(r"waiting for clients to come back|waiting: round 1 has")
+    clients.append(programs("client.py", "--name", "cli3", "--data", tmp_path / "cli3.csv",
+                            "--port", port, "--replica", tmp_path / "cli3.jsonl"))  # fmt: skip
+    for program in [server, *clients]:
+        assert program.finish(timeout_s=120) == 0, program.output
+    assert "Traceback" not in server.output
+    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
+    assert result.returncode == 0 and "complete (3 of 3 rounds)" in result.stdout
+    blocks = load_chain(tmp_path / "chain.jsonl").blocks
+    assert all(block.cli == ("cli1", "cli2", "cli3") for block in blocks[1:-1])
+    simulated = simulate(datasets, rounds=3, run_seed=7, aggregation=SCAFFOLD)
+    assert [b.server_model for b in blocks[1:-1]] == [r.global_model for r in simulated]
