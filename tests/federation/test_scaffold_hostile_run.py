@@ -10,6 +10,7 @@ from chain_helpers import fixed_key
 from processes import run_blockchain_cli, start_server
 from raw_peers import FEATURES, RawClient, write_key
 from test_scaffold_run import answer, next_of, split_by_bmi, update_with_gradient
+from wire_helpers import receive
 
 from fedchain.learning.aggregation import SCAFFOLD
 from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
@@ -192,3 +193,31 @@ def test_a_client_that_leaves_at_the_probe_below_the_quorum_is_waited_for(progra
     assert all(block.cli == ("cli1", "cli2", "cli3") for block in blocks[1:-1])
     simulated = simulate(datasets, rounds=3, run_seed=7, aggregation=SCAFFOLD)
     assert [b.server_model for b in blocks[1:-1]] == [r.global_model for r in simulated]
+
+
+def test_a_client_that_logs_in_again_at_the_probe_waits_for_the_next_round(programs, tmp_path):
+    # Back during a round that still has its quorum, a client takes part from the next one: a
+    # probe asked again must not train it in this one, or by logging in again at every probe
+    # it would hold the round forever.
+    server, port = three_clients(programs, tmp_path)
+    with RawClient(port, "cli3") as raw:
+        raw.register()
+        clients = [
+            programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
+            for i in (1, 2)
+        ]  # fmt: skip
+        assert raw.hear_welcome()["type"] == "train"
+        raw.send(update_with_gradient(raw, np.zeros(len(FEATURES) + 1)))
+        next_of(raw, "probe")
+        with RawClient(port, "cli3") as again:
+            again.register()
+            message = again.hear_welcome()
+            while message["type"] == "waiting":
+                message = receive(again.sock)
+            assert message["type"] == "block", f"round 1 sent cli3 a {message['type']!r}"
+        for program in [server, *clients]:
+            assert program.finish() == 0, program.output
+    assert "cli3 is left out of the run: logged in again on a new connection" in server.output
+    blocks = load_chain(tmp_path / "chain.jsonl").blocks
+    assert blocks[1].cli == ("cli1", "cli2")
+    assert blocks[1].missing["cli3"].startswith("came back during round 1; in from round 2")
