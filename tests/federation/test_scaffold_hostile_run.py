@@ -221,3 +221,33 @@ def test_a_client_that_logs_in_again_at_the_probe_waits_for_the_next_round(progr
     blocks = load_chain(tmp_path / "chain.jsonl").blocks
     assert blocks[1].cli == ("cli1", "cli2")
     assert blocks[1].missing["cli3"].startswith("came back during round 1; in from round 2")
+
+
+# A message out of place in the update phase, and the reason the server gives for leaving the
+# sender out.
+IN_THE_UPDATE_PHASE = {
+    "fedavg": ("an update with a gradient", "sent a gradient, which a fedavg run does not take"),
+    "scaffold": ("a gradient instead", "sent 'gradient' instead of its update"),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(IN_THE_UPDATE_PHASE))
+def test_a_gradient_out_of_place_is_refused(programs, tmp_path, rule):
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "--clients", "3",
+                                "--min-clients", "2", "--aggregation", rule)  # fmt: skip
+    with RawClient(port, "cli3") as raw:
+        raw.register()
+        clients = [
+            programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
+            for i in (1, 2)
+        ]  # fmt: skip
+        train = raw.hear_welcome()
+        assert train["type"] == "train"
+        if rule == "fedavg":
+            raw.send(update_with_gradient(raw, np.zeros(len(FEATURES) + 1)))
+        else:
+            raw.send(answer(raw, {"round": 1, "weights": train["weights"], "bias": 0.0}))
+        for program in [server, *clients]:
+            assert program.finish() == 0, program.output
+    assert f"cli3 is left out of the run: {IN_THE_UPDATE_PHASE[rule][1]}" in server.output
+    assert "Traceback" not in server.output
