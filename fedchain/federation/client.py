@@ -227,6 +227,9 @@ class FederatedClient:
                     f"the run's features do not fit this client's rows: {error}"
                 ) from None
             self.problem = LocalProblem.from_data(self.data.X, self.data.y)
+            # The corrected search reads its own copy of the rows: it must see the run's order
+            # too, or it fits each weight to another column.
+            self.corrected = CorrectedProblem(self.problem)
         if self.seed is None:
             self.seed = message["seed"]
         self.rounds = run.rounds

@@ -601,7 +601,11 @@ class FederationServer:
         rejoin_deadline = math.inf  # set when the round first falls short of its quorum
         waiting_s = 0.0  # spent waiting for clients to come back, not counted in the round
         while True:
-            self._bring_in_standby()  # short of the quorum, those who came back join at once
+            # Those back before the round join it; those back during it, only if it is short of
+            # its quorum. Not on a probe asked again: a client could log in again at every
+            # probe, be trained afresh each time, and hold the round forever.
+            if not trained or len(self.peers) < self.min_clients:
+                self._bring_in_standby()
             if len(self.peers) >= self.min_clients:
                 fresh = [p for p in self.peers if not any(p is t for t in trained)]
                 self._send_to(fresh, train, index)

@@ -91,9 +91,11 @@ def settle(
         if len(c.gradient) != size or len(c.probe_gradient) != size:
             raise ValueError(f"a client's gradient must have {size} numbers")
     x = _vector(start)
-    d = _vector(candidate(contributions)) - x
     at_start = _weighted_mean(contributions, lambda c: c.gradient)
-    change = _weighted_mean(contributions, lambda c: c.probe_gradient) - at_start  # H d
+    at_candidate = _weighted_mean(contributions, lambda c: c.probe_gradient)
+    with np.errstate(over="ignore"):  # a difference past float64 measures no curvature (_dot)
+        d = _vector(candidate(contributions)) - x
+        change = at_candidate - at_start  # H d
     directions = []
     # A candidate within rounding of the start (the clients all sent it back) measures no
     # curvature, only the gradients' rounding: there is no direction to go along then.
@@ -160,12 +162,26 @@ def _as_pair(
 def _weighted_mean(contributions: Sequence[Contribution], which) -> np.ndarray:
     total = float(sum(c.n_samples for c in contributions))
     columns = zip(*[[float(c.n_samples) * v for v in which(c)] for c in contributions], strict=True)
-    return np.array([math.fsum(column) / total for column in columns])
+    # The wire caps every number at 1e100, but a chain file holds any finite float: a sum past
+    # float64 must be a verdict (ValueError), not fsum's OverflowError (or inf - inf's ValueError).
+    try:
+        mean = np.array([math.fsum(column) / total for column in columns])
+    except (OverflowError, ValueError):
+        mean = np.array([math.inf])
+    if not np.all(np.isfinite(mean)):
+        raise ValueError("the clients' gradients are too large to average in float64 (overflow)")
+    return mean
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
     with np.errstate(over="ignore", invalid="ignore"):
-        return math.fsum(a * b) if np.all(np.isfinite(a * b)) else math.nan
+        products = a * b
+    if not np.all(np.isfinite(products)):
+        return math.nan
+    try:
+        return math.fsum(products)
+    except OverflowError:  # finite terms whose sum is not: no curvature to go by
+        return math.nan
 
 
 def _vector(model: LinearModel) -> np.ndarray:
