@@ -6,7 +6,7 @@ import math
 
 from fedchain import settings
 from fedchain.checks import MAX_INT, check_int, check_name
-from fedchain.learning.aggregation import MAX_PROXIMAL
+from fedchain.learning.aggregation import MAX_PROXIMAL, MIN_PROXIMAL
 from fedchain.wire.frames import MAX_FRAME_LIMIT
 
 
@@ -27,13 +27,15 @@ def seconds(text: str) -> float:
 
 
 def proximal_weight(text: str) -> float:
-    """A positive, finite weight, at most the chain's limit."""
+    """A proximal weight in the range the chain accepts."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and 0 < value <= MAX_PROXIMAL):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number in (0, {MAX_PROXIMAL:g}]")
+    if not (math.isfinite(value) and MIN_PROXIMAL <= value <= MAX_PROXIMAL):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be a number in [{MIN_PROXIMAL:g}, {MAX_PROXIMAL:g}]"
+        )
     return value
 
 

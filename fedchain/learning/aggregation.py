@@ -51,7 +51,9 @@ KNOWN_RULES = (FEDAVG, *ROBUST_RULES, SCAFFOLD)
 BYZANTINE = "byzantine"  # the parameter that says how many attackers a robust rule assumes
 MAX_BYZANTINE = 1000
 PROXIMAL = "proximal"  # scaffold's parameter: the clients' proximal weight, standardised units
-MAX_PROXIMAL = 1e6
+# Below MIN_PROXIMAL a client's step along a direction its rows cannot see has no bound worth
+# the name (1e-12 gave steps of 1e12); above MAX_PROXIMAL no client moves.
+MIN_PROXIMAL, MAX_PROXIMAL = 1e-6, 1e6
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,9 @@ def check_parameters(rule: str, parameters: Mapping[str, float]) -> None:
             raise ValueError(f"byzantine must be a whole number 0..{MAX_BYZANTINE}, not {f!r}")
     if PROXIMAL in parameters:
         mu = parameters[PROXIMAL]
-        if not (isinstance(mu, float) and 0 < mu <= MAX_PROXIMAL):
-            raise ValueError(f"proximal must be a number in (0, {MAX_PROXIMAL:g}], not {mu!r}")
+        if not (isinstance(mu, float) and MIN_PROXIMAL <= mu <= MAX_PROXIMAL):
+            raise ValueError(f"proximal must be a number in [{MIN_PROXIMAL:g}, {MAX_PROXIMAL:g}], "
+                             f"not {mu!r}")  # fmt: skip
 
 
 def aggregate(

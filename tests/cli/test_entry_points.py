@@ -138,5 +138,5 @@ def test_a_rule_that_needs_more_clients_than_a_round_holds_is_refused_at_start(t
     result = run_script("server.py", "--proximal", "1", "--port", "0", cwd=tmp_path)
     assert result.returncode == 2 and "--proximal is for --aggregation scaffold" in result.stderr
     result = run_script("server.py", "--aggregation", "scaffold", "--proximal", "0", cwd=tmp_path)
-    assert result.returncode == 2 and "must be a number in (0, 1e+06]" in result.stderr
+    assert result.returncode == 2 and "must be a number in [1e-06, 1e+06]" in result.stderr
     assert not (tmp_path / "chain.jsonl").exists()

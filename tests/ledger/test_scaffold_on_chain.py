@@ -194,7 +194,7 @@ def test_the_rule_and_the_format_go_together():
     assert fedavg.version == FORMAT_SIGNED
     with pytest.raises(ChainError, match="scaffold runs, and only they"):
         verify_chain([reseal(fedavg, version=FORMAT_CORRECTED)])
-    for bad in ({}, {PROXIMAL: 0.0}, {PROXIMAL: -1.0}, {PROXIMAL: 1e9}):
+    for bad in ({}, {PROXIMAL: 0.0}, {PROXIMAL: -1.0}, {PROXIMAL: 1e-9}, {PROXIMAL: 1e9}):
         with pytest.raises(ChainError, match="proximal"):
             verify_chain([reseal(genesis(), parameters=bad)])
 
