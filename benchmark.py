@@ -29,8 +29,9 @@ from fedchain.learning.aggregation import BYZANTINE, FEDAVG, KRUM, MEDIAN, SCAFF
 from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
 from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
 from fedchain.learning.local_training import LocalProblem, train_locally
+from fedchain.learning.partition import pool, split_by_value, split_rows, split_sorted
 from fedchain.learning.poisoning import parse_poison
-from fedchain.learning.simulation import SimulatedRound, simulate, split_rows
+from fedchain.learning.simulation import SimulatedRound, simulate
 from fedchain.learning.synthetic import TARGET as SYNTHETIC_TARGET
 from fedchain.learning.synthetic import synthetic_dataset
 from fedchain.ledger.mining import mine
@@ -59,9 +60,7 @@ def bundled() -> dict[str, Dataset]:
 
 
 def pooled(datasets: dict[str, Dataset]) -> Dataset:
-    first = next(iter(datasets.values()))
-    X = np.vstack([d.X for d in datasets.values()])
-    return Dataset(first.feature_names, X, np.concatenate([d.y for d in datasets.values()]))
+    return pool(datasets.values())
 
 
 CASES = {
@@ -407,29 +406,19 @@ def pooled_ratios(datasets: dict[str, Dataset], history: list[SimulatedRound]) -
 
 
 def sorted_split(column: str, n_clients: int) -> dict[str, Dataset]:
-    """The bundled rows pooled, sorted by COLUMN (stably) and cut into N_CLIENTS shards."""
-    everything = pooled(bundled())
-    order = np.argsort(everything.X[:, everything.feature_names.index(column)], kind="stable")
-    ordered = Dataset(everything.feature_names, everything.X[order], everything.y[order])
-    return split_rows(ordered, n_clients)
-
-
-def split_by_value(column: str) -> dict[str, Dataset]:
-    """The bundled rows pooled, one client per value of COLUMN: constant within each client."""
-    everything = pooled(bundled())
-    values = everything.X[:, everything.feature_names.index(column)]
-    return {
-        f"cli{i + 1}": Dataset(everything.feature_names, everything.X[values == v],
-                               everything.y[values == v])
-        for i, v in enumerate(np.unique(values))
-    }  # fmt: skip
+    """The bundled rows pooled, sorted by COLUMN and cut into N_CLIENTS shards."""
+    return split_sorted(pooled(bundled()), column, n_clients)
 
 
 NON_IID = {
     "sorted by bmi, 2 clients": (lambda: sorted_split("bmi", 2), 1.001, 10),
     "sorted by age, 2 clients": (lambda: sorted_split("age", 2), 1.001, 10),
     "sorted by age, 8 clients": (lambda: sorted_split("age", 8), 1.001, 10),
-    "split by OHE_yes (smokers apart)": (lambda: split_by_value("OHE_yes"), 1.001, 20),
+    "split by OHE_yes (smokers apart)": (
+        lambda: split_by_value(pooled(bundled()), "OHE_yes"),
+        1.001,
+        20,
+    ),
     "the bundled IID split": (bundled, 1.0001, 5),
 }
 

@@ -25,9 +25,9 @@ import numpy as np
 from fedchain.cli.arguments import add_output_flags, integer_in
 from fedchain.cli.programs import start_client, start_server
 from fedchain.learning.aggregation import KNOWN_RULES
-from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
+from fedchain.learning.dataset import load_dataset, save_dataset
 from fedchain.learning.linear_model import fit_lstsq, mse
-from fedchain.learning.simulation import split_rows
+from fedchain.learning.partition import pool, split_rows, split_sorted
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.store import load_chain
 from fedchain.settings import bundled_data
@@ -60,14 +60,14 @@ def client_files(n_clients: int, run_dir: Path, sort_by: str | None = None) -> d
     shards, written to RUN_DIR."""
     if n_clients == len(CLIENTS) and sort_by is None:
         return dict(CLIENTS)
-    bundled = [load_dataset(path) for path in CLIENTS.values()]
-    pooled = Dataset(bundled[0].feature_names, np.vstack([d.X for d in bundled]),
-                     np.concatenate([d.y for d in bundled]))  # fmt: skip
-    if sort_by is not None:
-        order = np.argsort(pooled.X[:, pooled.feature_names.index(sort_by)], kind="stable")
-        pooled = Dataset(pooled.feature_names, pooled.X[order], pooled.y[order])
+    pooled = pool(load_dataset(path) for path in CLIENTS.values())
+    shards = (
+        split_rows(pooled, n_clients)
+        if sort_by is None
+        else split_sorted(pooled, sort_by, n_clients)
+    )
     files = {}
-    for name, shard in split_rows(pooled, n_clients).items():
+    for name, shard in shards.items():
         files[name] = run_dir / f"{name}.csv"
         save_dataset(shard, files[name])
     return files

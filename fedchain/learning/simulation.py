@@ -144,12 +144,3 @@ def _simulate_scaffold(
         global_model, record = settle(global_model, record, contributions)
         history.append(SimulatedRound(index, client_models, global_model, train_s, None, record))
     return history
-
-
-def split_rows(data: Dataset, n_clients: int) -> dict[str, Dataset]:
-    """DATA's rows in N_CLIENTS consecutive shards of near-equal size, named cli01, cli02, ..."""
-    width = len(str(n_clients))
-    return {
-        f"cli{i + 1:0{width}d}": Dataset(data.feature_names, data.X[rows], data.y[rows])
-        for i, rows in enumerate(np.array_split(np.arange(data.n_samples), n_clients))
-    }

@@ -6,7 +6,7 @@ import numpy as np
 from processes import ROOT, run_blockchain_cli, start_server
 
 from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
-from fedchain.learning.simulation import split_rows
+from fedchain.learning.partition import split_rows
 from fedchain.ledger.store import load_chain
 
 N_CLIENTS, ROUNDS = 32, 5

@@ -14,7 +14,7 @@ from wire_helpers import receive
 
 from fedchain.learning.aggregation import SCAFFOLD
 from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
-from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
+from fedchain.learning.dataset import Dataset, save_dataset
 from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.correction import global_gradient, probe_point
@@ -100,15 +100,7 @@ def test_a_peer_that_misbehaves_at_the_probe_is_left_out(programs, tmp_path, bad
 
 def split_in_three(tmp_path):
     """The bundled rows pooled, sorted by bmi and cut in three, one file a client."""
-    datasets = split_by_bmi(tmp_path)
-    X = np.vstack([d.X for d in datasets.values()])
-    y = np.concatenate([d.y for d in datasets.values()])
-    names = datasets["cli1"].feature_names
-    thirds = {}
-    for i, rows in enumerate(np.array_split(np.arange(len(y)), 3), start=1):
-        save_dataset(Dataset(names, X[rows], y[rows]), tmp_path / f"cli{i}.csv")
-        thirds[f"cli{i}"] = load_dataset(tmp_path / f"cli{i}.csv")
-    return thirds
+    return split_by_bmi(tmp_path, 3)
 
 
 def replay(datasets, blocks, run_seed=7):

@@ -9,8 +9,9 @@ from raw_peers import FEATURES, N_SAMPLES, RawClient
 from wire_helpers import receive
 
 from fedchain.learning.aggregation import FEDAVG, PROXIMAL, SCAFFOLD
-from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
+from fedchain.learning.dataset import load_dataset, save_dataset
 from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
+from fedchain.learning.partition import pool, split_sorted
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.block import ClientUpdate
 from fedchain.ledger.signatures import probe_message, update_message
@@ -20,23 +21,21 @@ from fedchain.trust.keys import sign
 ROUNDS = 5
 
 
-def split_by_bmi(tmp_path):
-    """The bundled rows pooled, sorted by bmi and halved: each client sees one range of bmi."""
-    parts = [load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)]
-    X, y = np.vstack([p.X for p in parts]), np.concatenate([p.y for p in parts])
-    order = np.argsort(X[:, parts[0].feature_names.index("bmi")], kind="stable")
-    datasets = {}
-    for i, rows in enumerate(np.array_split(order, 2), start=1):
-        datasets[f"cli{i}"] = Dataset(parts[0].feature_names, X[rows], y[rows])
-        save_dataset(datasets[f"cli{i}"], tmp_path / f"cli{i}.csv")
+def split_by_bmi(tmp_path, n_clients=2):
+    """The bundled rows pooled, sorted by bmi and cut: each client sees one range of bmi."""
+    everything = pool(load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2))
+    for name, shard in split_sorted(everything, "bmi", n_clients).items():
+        save_dataset(shard, tmp_path / f"{name}.csv")
     # As the clients will read them: the simulation must see the same bits.
-    return {name: load_dataset(tmp_path / f"{name}.csv") for name in datasets}
+    return {name: load_dataset(tmp_path / f"{name}.csv")
+            for name in split_sorted(everything, "bmi", n_clients)}  # fmt: skip
 
 
 def pooled_ratio(datasets, model):
-    X = np.vstack([d.X for d in datasets.values()])
-    y = np.concatenate([d.y for d in datasets.values()])
-    return mse(model, X, y) / mse(fit_lstsq(X, y), X, y)
+    everything = pool(datasets.values())
+    return mse(model, everything.X, everything.y) / mse(
+        fit_lstsq(everything.X, everything.y), everything.X, everything.y
+    )
 
 
 def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(programs, tmp_path):

@@ -4,6 +4,7 @@ bits."""
 
 import numpy as np
 import pytest
+from learning_helpers import some_model, synthetic
 
 from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
 from fedchain.learning.local_training import (
@@ -16,20 +17,6 @@ from fedchain.learning.local_training import (
 )
 
 EXACT = 1e-6  # a tolerance that asks the search for the fit to ~1e-8 of the MSE
-
-
-def synthetic(seed: int, n_rows: int = 300, n_features: int = 6):
-    rng = np.random.default_rng(seed)
-    # Columns on very different scales and offsets, as raw data has them.
-    X = rng.normal(size=(n_rows, n_features)) * rng.uniform(0.01, 100, n_features)
-    X += rng.uniform(-50, 50, n_features)
-    y = X @ rng.normal(size=n_features) + 3.0 + 0.5 * rng.normal(size=n_rows)
-    return X, y
-
-
-def some_model(seed: int, n_features: int) -> LinearModel:
-    rng = np.random.default_rng(seed)
-    return LinearModel(rng.normal(size=n_features), float(rng.normal()))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

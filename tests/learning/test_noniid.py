@@ -12,7 +12,8 @@ import pytest
 from fedchain import settings
 from fedchain.learning.dataset import Dataset, load_dataset
 from fedchain.learning.linear_model import fit_lstsq, mse
-from fedchain.learning.simulation import simulate, split_rows
+from fedchain.learning.partition import pool, split_by_value, split_sorted
+from fedchain.learning.simulation import simulate
 
 FEDAVG, SCAFFOLD = "fedavg", "scaffold"  # the rules' names, as a run's flags give them
 PROXIMAL = {"proximal": 0.3}
@@ -22,37 +23,15 @@ def bundled() -> dict[str, Dataset]:
     return {f"cli{i}": load_dataset(settings.bundled_data(f"client{i}.csv")) for i in (1, 2)}
 
 
-def pooled(datasets: dict[str, Dataset]) -> Dataset:
-    first = next(iter(datasets.values()))
-    X = np.vstack([d.X for d in datasets.values()])
-    y = np.concatenate([d.y for d in datasets.values()])
-    return Dataset(first.feature_names, X, y)
-
-
 def sorted_split(column: str, n_clients: int) -> dict[str, Dataset]:
-    """The bundled rows pooled, sorted by COLUMN (stably) and cut into N_CLIENTS shards."""
-    everything = pooled(bundled())
-    order = np.argsort(everything.X[:, everything.feature_names.index(column)], kind="stable")
-    ordered = Dataset(everything.feature_names, everything.X[order], everything.y[order])
-    return split_rows(ordered, n_clients)
-
-
-def split_by_value(column: str) -> dict[str, Dataset]:
-    """The bundled rows pooled, one client per value of COLUMN: constant on each client."""
-    everything = pooled(bundled())
-    values = everything.X[:, everything.feature_names.index(column)]
-    return {
-        f"cli{i + 1}": Dataset(everything.feature_names, everything.X[values == v],
-                               everything.y[values == v])
-        for i, v in enumerate(np.unique(values))
-    }  # fmt: skip
+    return split_sorted(pool(bundled().values()), column, n_clients)
 
 
 SPLITS = {
     "bmi2": lambda: sorted_split("bmi", 2),
     "age2": lambda: sorted_split("age", 2),
     "age8": lambda: sorted_split("age", 8),
-    "smokers": lambda: split_by_value("OHE_yes"),
+    "smokers": lambda: split_by_value(pool(bundled().values()), "OHE_yes"),
     "iid": bundled,
 }
 
@@ -66,7 +45,7 @@ def runs():
     @functools.cache
     def run(name: str, rule: str, rounds: int):
         datasets = splits(name)
-        everything = pooled(datasets)
+        everything = pool(datasets.values())
         reference = mse(fit_lstsq(everything.X, everything.y), everything.X, everything.y)
         parameters = PROXIMAL if rule == SCAFFOLD else None
         history = simulate(datasets, rounds=rounds, aggregation=rule, parameters=parameters)

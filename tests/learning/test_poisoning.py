@@ -9,8 +9,9 @@ from test_simulation import DATA, least_squares_mse, pooled
 from fedchain.learning.aggregation import BYZANTINE, FEDAVG, KRUM, MEDIAN, TRIMMED_MEAN
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.linear_model import LinearModel, mse
+from fedchain.learning.partition import split_rows
 from fedchain.learning.poisoning import Poison, parse_poison
-from fedchain.learning.simulation import simulate, split_rows
+from fedchain.learning.simulation import simulate
 
 ATTACK = {"cli5": parse_poison("scale=-10")}
 # (rule, parameters, most quality without the attacker, most with it)

@@ -8,7 +8,8 @@ from processes import ROOT
 
 from fedchain.learning.dataset import Dataset, load_dataset
 from fedchain.learning.linear_model import fit_lstsq, mse
-from fedchain.learning.simulation import simulate, split_rows
+from fedchain.learning.partition import split_rows
+from fedchain.learning.simulation import simulate
 from fedchain.learning.synthetic import synthetic_dataset
 from fedchain.settings import ROUNDS as DEFAULT_ROUNDS
 
