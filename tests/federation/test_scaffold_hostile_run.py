@@ -9,7 +9,14 @@ import pytest
 from chain_helpers import fixed_key
 from processes import run_blockchain_cli, start_server
 from raw_peers import FEATURES, RawClient, write_key
-from test_scaffold_run import answer, next_of, split_by_bmi, update_with_gradient
+from test_scaffold_run import (
+    answer,
+    bundled_clients,
+    next_of,
+    split_by_bmi,
+    split_client,
+    update_with_gradient,
+)
 from wire_helpers import receive
 
 from fedchain.learning.aggregation import SCAFFOLD
@@ -32,11 +39,7 @@ def test_a_client_whose_columns_come_in_another_order_trains_the_runs_columns(pr
     rounds = 3
     server, port = start_server(programs, tmp_path, "--rounds", rounds, "--seed", "7",
                                 "--aggregation", "scaffold")  # fmt: skip
-    clients = [
-        programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv", "--port", port,
-                 "--replica", tmp_path / f"{name}.jsonl")
-        for name in datasets
-    ]  # fmt: skip
+    clients = [split_client(programs, tmp_path, port, name) for name in datasets]
     for program in [server, *clients]:
         assert program.finish() == 0, program.output
     blocks = load_chain(tmp_path / "chain.jsonl").blocks
@@ -72,10 +75,7 @@ def test_a_peer_that_misbehaves_at_the_probe_is_left_out(programs, tmp_path, bad
     server, port = three_clients(programs, tmp_path)
     with RawClient(port, "cli3") as raw:
         raw.register()
-        clients = [
-            programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
-            for i in (1, 2)
-        ]  # fmt: skip
+        clients = bundled_clients(programs, tmp_path, port)
         assert raw.hear_welcome()["type"] == "train"
         update = update_with_gradient(raw, np.zeros(len(FEATURES) + 1))
         raw.send(update)
@@ -132,8 +132,7 @@ def test_a_client_that_misses_a_round_comes_back_corrected_as_the_chain_says(pro
                                 "scaffold", env={SLOW_WRITE_ENV: "0.5"})  # fmt: skip
 
     def client(name):
-        return programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv",
-                        "--port", port, "--replica", tmp_path / f"{name}.jsonl")  # fmt: skip
+        return split_client(programs, tmp_path, port, name)
 
     clients = {name: client(name) for name in datasets}
     clients["cli3"].wait_for(r"^block 1 verified")
@@ -163,19 +162,14 @@ def test_a_client_that_leaves_at_the_probe_below_the_quorum_is_waited_for(progra
                                 "60")  # fmt: skip
     with RawClient(port, "cli3") as raw:
         raw.register()
-        clients = [
-            programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv",
-                     "--port", port, "--replica", tmp_path / f"{name}.jsonl")
-            for name in ("cli1", "cli2")
-        ]  # fmt: skip
+        clients = [split_client(programs, tmp_path, port, name) for name in ("cli1", "cli2")]
         assert raw.hear_welcome()["type"] == "train"
         raw.send(update_with_gradient(raw, np.zeros(len(FEATURES) + 1)))
         next_of(raw, "probe")
     # Round 1 is short of its quorum (all three) now: cli3 comes back, for real, and the round
     # trains it and asks everyone again.
     server.wait_for(r"waiting for clients to come back|waiting: round 1 has")
-    clients.append(programs("client.py", "--name", "cli3", "--data", tmp_path / "cli3.csv",
-                            "--port", port, "--replica", tmp_path / "cli3.jsonl"))  # fmt: skip
+    clients.append(split_client(programs, tmp_path, port, "cli3"))
     for program in [server, *clients]:
         assert program.finish(timeout_s=120) == 0, program.output
     assert "Traceback" not in server.output
@@ -194,10 +188,7 @@ def test_a_client_that_logs_in_again_at_the_probe_waits_for_the_next_round(progr
     server, port = three_clients(programs, tmp_path)
     with RawClient(port, "cli3") as raw:
         raw.register()
-        clients = [
-            programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
-            for i in (1, 2)
-        ]  # fmt: skip
+        clients = bundled_clients(programs, tmp_path, port)
         assert raw.hear_welcome()["type"] == "train"
         raw.send(update_with_gradient(raw, np.zeros(len(FEATURES) + 1)))
         next_of(raw, "probe")
@@ -229,10 +220,7 @@ def test_a_gradient_out_of_place_is_refused(programs, tmp_path, rule):
                                 "--min-clients", "2", "--aggregation", rule)  # fmt: skip
     with RawClient(port, "cli3") as raw:
         raw.register()
-        clients = [
-            programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
-            for i in (1, 2)
-        ]  # fmt: skip
+        clients = bundled_clients(programs, tmp_path, port)
         train = raw.hear_welcome()
         assert train["type"] == "train"
         if rule == "fedavg":

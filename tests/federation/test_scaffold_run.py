@@ -38,15 +38,23 @@ def pooled_ratio(datasets, model):
     )
 
 
+def split_client(programs, tmp_path, port, name):
+    """client.py as NAME on its shard TMP_PATH/NAME.csv, its replica beside it."""
+    return programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv", "--port",
+                    port, "--replica", tmp_path / f"{name}.jsonl")  # fmt: skip
+
+
+def bundled_clients(programs, tmp_path, port):
+    """client1.py and client2.py on the bundled rows, their replicas in TMP_PATH."""
+    return [programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
+            for i in (1, 2)]  # fmt: skip
+
+
 def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(programs, tmp_path):
     datasets = split_by_bmi(tmp_path)
     server, port = start_server(programs, tmp_path, "--rounds", ROUNDS, "--seed", "7",
                                 "--aggregation", "scaffold")  # fmt: skip
-    clients = [
-        programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv", "--port", port,
-                 "--replica", tmp_path / f"{name}.jsonl")
-        for name in datasets
-    ]  # fmt: skip
+    clients = [split_client(programs, tmp_path, port, name) for name in datasets]
     for program in [server, *clients]:
         assert program.finish() == 0, program.output
     chain_path = tmp_path / "chain.jsonl"
@@ -119,10 +127,7 @@ def test_a_peer_that_breaks_the_probe_is_left_out_and_the_round_goes_on(programs
                                 "--min-clients", "2", "--aggregation", "scaffold")  # fmt: skip
     with RawClient(port, "cli3") as raw:
         raw.register()
-        clients = [
-            programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
-            for i in (1, 2)
-        ]  # fmt: skip
+        clients = bundled_clients(programs, tmp_path, port)
         assert raw.hear_welcome()["type"] == "train"
         zeros = np.zeros(len(FEATURES) + 1)
         if bad == "no gradient":
@@ -155,11 +160,7 @@ def test_a_scaffold_server_killed_mid_run_resumes_with_the_same_clients(programs
     flags = ("--rounds", rounds, "--seed", "7", "--aggregation", "scaffold", "--resume",
              "--rejoin-timeout-s", "60")  # fmt: skip
     server, port = start_server(programs, tmp_path, *flags)
-    clients = [
-        programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv", "--port", port,
-                 "--replica", tmp_path / f"{name}.jsonl")
-        for name in datasets
-    ]  # fmt: skip
+    clients = [split_client(programs, tmp_path, port, name) for name in datasets]
     chain_path = tmp_path / "chain.jsonl"
     for after in (2, 4):  # killed twice, each time after a round, and started again
         server.wait_for(rf"^round {after}/{rounds}: ")
