@@ -621,6 +621,14 @@ class FederationServer:
                     break
             if rejoin_deadline == math.inf:
                 rejoin_deadline = time.monotonic() + self.rejoin_timeout_s
+            elif time.monotonic() >= rejoin_deadline:
+                # The bound is on the round's whole wait: a needed client that leaves and comes
+                # back at once (logging in again, say), over and over, never leaves the round
+                # short for long, but must not hold it for ever.
+                raise RunAborted(
+                    f"round {index} kept losing clients it needs (--min-clients) for more than "
+                    f"{self.rejoin_timeout_s:g} s (--rejoin-timeout-s)"
+                )
             waited = time.monotonic()
             self._await_quorum(index, received, rejoin_deadline)
             waiting_s += time.monotonic() - waited

@@ -536,3 +536,31 @@ def test_a_resumed_run_goes_on_once_its_quorum_is_back_even_if_one_left_meanwhil
             client.send(client.update())
         block = first.hear_block()
     assert block.index == 2 and block.cli == ("cli1", "cli2") and "cli3" in block.missing
+
+
+def test_a_needed_client_logging_in_again_and_again_cannot_hold_a_round_forever(programs, tmp_path):
+    # Both clients are needed (the default quorum). Each new login of cli2 closes its old
+    # connection, so the round falls short and takes the new one in at once: without a bound
+    # on the round's whole wait, this could go on for ever.
+    server, port = start_server(programs, tmp_path, "--rounds", "1")
+    honest, suspect = join_raw_clients(port, "cli1", "cli2")
+    with honest, suspect:
+        honest.send(honest.update())
+        logins, stop_at = [suspect], time.monotonic() + 30
+        while server.process.poll() is None and time.monotonic() < stop_at:
+            try:
+                again = RawClient(port, "cli2")
+                again.register()
+            except OSError:  # ConnectionError and ssl.SSLError too: the server has stopped
+                break
+            logins.append(again)
+            time.sleep(0.2)
+        for login in logins:
+            login.sock.close()
+        assert server.finish() == 1, server.output
+    assert re.search(
+        r"run stopped: round 1 kept losing clients it needs \(--min-clients\) for more than "
+        r"1 s \(--rejoin-timeout-s\)",
+        server.output,
+    ), server.output
+    assert "Traceback" not in server.output
