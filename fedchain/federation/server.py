@@ -270,7 +270,11 @@ class FederationServer:
             last_look = settled
             wake = time.monotonic() if settled else min(deadline, wake_at(), self._next_expiry())
             for connection in self._ready(wake):
-                handle(connection)
+                # One handled earlier in this batch may have closed it (a newcomer shed to make
+                # room, a connection replaced by its client's new login): nothing is left to
+                # read, and its socket is no longer the selector's to unregister.
+                if connection is None or connection.sock.fileno() >= 0:
+                    handle(connection)
             self._expire_newcomers()
 
     def _next_expiry(self) -> float:

@@ -261,10 +261,15 @@ def test_a_crowd_that_completes_tls_and_idles_is_shed_before_honest_clients(prog
         clients = run_two_clients(programs, tmp_path, port)
         finish_cleanly(server, clients, rounds=1)
         reasons = [receive(idle.sock)["reason"] for idle in crowd]
-        # The first honest client took the place of the oldest idler; the rest were turned
-        # away when the run began.
-        assert reasons[0] == "busy: too many connections are waiting to register"
-        assert set(reasons[1:]) == {"the run is full (2 clients)"}
+        # The first honest client took the place of the oldest idler, and the second the next
+        # one's if it came before the first had registered; the rest were turned away when the
+        # run began.
+        busy, full = (
+            "busy: too many connections are waiting to register",
+            "the run is full (2 clients)",
+        )
+        assert reasons[0] == busy and reasons[1] in (busy, full)
+        assert set(reasons[2:]) == {full}
     finally:
         for idle in crowd:
             idle.sock.close()
