@@ -65,13 +65,7 @@ def _draw_errors(axes, data: Convergence) -> None:
     title = "Mean squared error per round"
     if data.start_mse is not None:  # the zero model's error would flatten every other point
         title += f"\n(the starting model's, round 0: {data.start_mse:.4g}, not drawn)"
-    axes.set_title(title, fontsize=FONT_PT + 1)
-    axes.set_xlabel("round", fontsize=FONT_PT)
-    axes.set_ylabel(f"mean squared error [({data.target})²]", fontsize=FONT_PT)
-    axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=FONT_PT - 1, title=data.source, title_fontsize=FONT_PT - 2)
-    axes.tick_params(labelsize=FONT_PT - 1)
+    _label(axes, title, "round", f"mean squared error [({data.target})²]", data.source)
 
 
 def _draw_weights(axes, data: Convergence) -> None:
@@ -88,12 +82,18 @@ def _draw_weights(axes, data: Convergence) -> None:
     title = "The global model's weights per round"
     if others:
         title += f"\n(the {len(labelled)} largest at the end named, {others} more in grey)"
+    y_label = f"weight [{data.target} per unit of the feature]"
+    _label(axes, title, "round (0: the starting model)", y_label, "feature (bias not shown)")
+
+
+def _label(axes, title: str, x_label: str, y_label: str, legend_title: str) -> None:
+    """Title, axis labels, whole-number rounds, grid and legend, the same on both panels."""
     axes.set_title(title, fontsize=FONT_PT + 1)
-    axes.set_xlabel("round (0: the starting model)", fontsize=FONT_PT)
-    axes.set_ylabel(f"weight [{data.target} per unit of the feature]", fontsize=FONT_PT)
+    axes.set_xlabel(x_label, fontsize=FONT_PT)
+    axes.set_ylabel(y_label, fontsize=FONT_PT)
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=FONT_PT - 1, title="feature (bias not shown)", title_fontsize=FONT_PT - 2)
+    axes.legend(fontsize=FONT_PT - 1, title=legend_title, title_fontsize=FONT_PT - 2)
     axes.tick_params(labelsize=FONT_PT - 1)
 
 
