@@ -3,9 +3,7 @@ owner only), its public key as 64 hex digits, and signatures a peer's bad input 
 crash.
 """
 
-import contextlib
 import os
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -15,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedchain.checks import describe
 from fedchain.files import create_whole
 from fedchain.trust.errors import TrustError
+from fedchain.trust.strict_modes import check_folder_of, make_private_folders, read_trust_file
 
 PUBLIC_HEX_DIGITS = 64  # an Ed25519 public key is 32 bytes
 SIGNATURE_BYTES = 64
@@ -91,24 +90,7 @@ def verify_signature(public_hex: str, signature: bytes, message: bytes) -> bool:
 
 
 def _load_private_key(path: Path) -> Ed25519PrivateKey:
-    # Checks and reads the same open file, so the file checked is the file read. O_NONBLOCK: a
-    # FIFO put where the key should be is refused below instead of hanging the open.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise TrustError(f"{path} is not a regular file, so it cannot be a private key")
-        if mode & 0o077:
-            raise TrustError(
-                f"{path} can be read or written by others (mode {stat.S_IMODE(mode):03o}), so"
-                f" the key in it may be known; if it is still secret, run `chmod 600 {path}`"
-            )
-        with open(fd, "rb", closefd=False) as file:
-            data = file.read(MAX_KEY_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise TrustError(f"{path} is over {MAX_KEY_FILE_BYTES} bytes, too large to be a key")
+    data = read_trust_file(path, secret=True, max_bytes=MAX_KEY_FILE_BYTES)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:  # cryptography's way to say that the key needs a password
@@ -128,8 +110,8 @@ def _load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def _write_new_file(path: Path, data: bytes) -> bool:
     """Write DATA to PATH if PATH does not exist, whole or not at all; False if it appeared."""
-    with contextlib.suppress(FileExistsError):
-        path.parent.mkdir(mode=0o700, parents=True)  # mode applies to the last folder only
+    check_folder_of(path)  # before the key is made: it would be refused once made
+    make_private_folders(path.parent)
     try:
         os.close(create_whole(path, data, mode=0o600))  # private before anything is in it
     except FileExistsError:

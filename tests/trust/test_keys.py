@@ -77,6 +77,42 @@ def test_a_key_others_can_reach_is_refused(tmp_path, mode):
         load_or_create_key(path)
 
 
+def test_a_key_in_a_folder_others_may_write_is_refused(tmp_path):
+    # They could have put a key of their own there, and so know the one in use.
+    folder = tmp_path / "keys"
+    load_or_create_key(folder / "server.key")
+    folder.chmod(0o777)
+    with pytest.raises(TrustError, match=f"run `chmod go-w {folder}`"):
+        load_or_create_key(folder / "server.key")
+
+
+def test_no_key_is_made_in_a_folder_others_may_write(tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o775)
+    folder.chmod(0o775)
+    with pytest.raises(TrustError, match=f"{folder}, the folder of {folder / 'cli1.key'}"):
+        load_or_create_key(folder / "cli1.key")
+    assert os.listdir(folder) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file away")
+def test_a_key_someone_else_owns_is_refused(tmp_path):
+    path = tmp_path / "server.key"
+    load_or_create_key(path)
+    os.chown(path, 54_321, -1)
+    with pytest.raises(TrustError, match=f"{path} belongs to user 54321"):
+        load_or_create_key(path)
+
+
+def test_the_folders_made_above_a_new_key_are_private_too(tmp_path):
+    previous = os.umask(0)
+    try:
+        load_or_create_key(tmp_path / "run" / "keys" / "server.key")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o700
+
+
 def test_a_file_that_is_not_a_key_is_refused(tmp_path):
     path = tmp_path / "server.key"
     path.write_text("hello\n")
