@@ -1,5 +1,6 @@
 """The line format of the authorized-keys and known-servers files: `LABEL HEX` one a line, `#`
-comments, blank lines; every fault names the file and the line.
+comments, blank lines; every fault names the file and the line. Both decide whom to trust, so
+they are read only if nobody but their owner could have changed them.
 
 A `#` starts a comment at the start of a line or after a space, so `team#1 HEX` lists the name
 `team#1`. The key is the last field, so a name may hold spaces inside it (`Zoë Li HEX`).
@@ -12,6 +13,7 @@ from typing import NamedTuple
 from fedchain.checks import printable
 from fedchain.trust.errors import TrustError
 from fedchain.trust.keys import check_public_hex
+from fedchain.trust.strict_modes import read_trust_file
 
 _COMMENT = re.compile(r"(?:^|\s)#.*")
 
@@ -23,8 +25,9 @@ class KeyLine(NamedTuple):
 
 
 def read_key_lines(path: Path) -> list[KeyLine]:
-    """Every entry of PATH in order; TrustError naming the file and line of the first bad one."""
-    data = Path(path).read_bytes()
+    """Every entry of PATH in order; TrustError naming the file and line of the first bad one,
+    or saying what to run if others could have changed the file (strict_modes.py)."""
+    data = read_trust_file(path)
     try:
         text = data.decode("utf-8-sig")  # -sig: a byte-order mark some editors add is no name
     except UnicodeDecodeError as error:

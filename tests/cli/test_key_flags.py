@@ -34,6 +34,20 @@ def test_a_key_file_others_can_read_is_refused(tmp_path):
     assert refused.stdout == ""
 
 
+def test_authorized_keys_anyone_may_write_are_refused(tmp_path):
+    # Issue 16's report, as written: `printf 'cli1 %064d\n' 0 > ak; chmod 666 ak`.
+    (tmp_path / "ak").write_text(f"cli1 {0:064d}\n")
+    (tmp_path / "ak").chmod(0o666)
+    refused = run_script("server.py", "--authorized-keys", "ak", "--show-key", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "ak can be written by others (mode 666)" in refused.stderr
+    assert "run `chmod go-w ak`" in refused.stderr
+    assert refused.stdout == ""
+    (tmp_path / "ak").chmod(0o644)  # what the message says to run
+    shown = run_script("server.py", "--authorized-keys", "ak", "--show-key", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+
+
 def test_a_malformed_pinned_server_key_is_a_usage_error(tmp_path):
     result = run_script("client1.py", "--server-key", "abc", cwd=tmp_path)
     assert result.returncode == 2 and "--server-key" in result.stderr

@@ -76,3 +76,21 @@ def test_text_that_is_not_utf8_names_its_line(tmp_path):
     path = write(tmp_path, "", data=f"cli1 {A}\n".encode() + b"cli\xff2 " + B.encode())
     with pytest.raises(TrustError, match=f"{path}: line 2: not UTF-8 text"):
         load_authorized_keys(path)
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o664, 0o646], ids=oct)
+def test_a_file_others_may_write_is_refused(tmp_path, mode):
+    # Whoever may write it decides who joins the run.
+    path = write(tmp_path, f"cli1 {A}\n")
+    path.chmod(mode)
+    with pytest.raises(TrustError, match=f"run `chmod go-w {path}`"):
+        load_authorized_keys(path)
+
+
+def test_a_file_in_a_folder_others_may_write_is_refused(tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = write(folder, f"cli1 {A}\n")
+    folder.chmod(0o777)
+    with pytest.raises(TrustError, match=f"{folder}, the folder of {path}, can be written"):
+        load_authorized_keys(path)
