@@ -133,7 +133,10 @@ def main(
         # Whatever would fail after joining, and so end the run for everyone, is checked first.
         validate_message(client.registration())
         prepare_replica(args.replica)
-    except (DataError, ValueError, OSError) as error:  # ValueError: values too large to use
+        known_servers = KnownServers(args.known_servers)
+        if args.server_key is None:  # the file is not read with a pinned key
+            known_servers.check_file()
+    except (DataError, ValueError, OSError) as error:  # ValueError: too large to use, or TrustError
         print(f"error: {name}: {shown(error)}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -144,7 +147,7 @@ def main(
             within_s=args.connect_timeout_s,
             timeout_s=args.timeout_s,
             server_key=args.server_key,
-            known_servers=KnownServers(args.known_servers),
+            known_servers=known_servers,
             max_frame_bytes=args.max_frame_bytes,
             reconnect_s=args.reconnect_timeout_s,
         )

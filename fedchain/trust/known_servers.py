@@ -3,7 +3,6 @@
 that is what a machine in the middle looks like.
 """
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from fedchain.files import fsync_directory
 from fedchain.trust.errors import TrustError
 from fedchain.trust.keyfile import line_error, read_key_lines
 from fedchain.trust.keys import check_public_hex
+from fedchain.trust.strict_modes import check_folder_of, check_trust_file, make_private_folders
 
 MAX_PORT = 65_535
 
@@ -76,20 +76,30 @@ class KnownServers:
             raise ServerKeyChanged(address, expected, presented, path=self.path, line=line)
         return True
 
+    def check_file(self) -> None:
+        """Refuse now what check() and remember() would refuse later: a file or a folder others
+        could change, or a bad line."""
+        if self.path.exists():
+            self._entries()
+        else:
+            check_folder_of(self.path)
+
     def remember(self, address: str, public_hex: str) -> None:
         """Record PUBLIC_HEX as ADDRESS's key, on disk before this returns."""
         # check() first: the file may have gained this address since the caller looked.
         if self.check(address, public_hex):
             return
         entry = f"{check_address(address)} {check_public_hex(public_hex)}\n".encode()
-        with contextlib.suppress(FileExistsError):
-            self.path.parent.mkdir(mode=0o700, parents=True)
+        check_folder_of(self.path)
+        make_private_folders(self.path.parent)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
             created = True
         except FileExistsError:
             fd, created = os.open(self.path, os.O_RDWR | os.O_APPEND), False
         try:
+            if not created:  # another client may have made it since check() read it
+                check_trust_file(self.path, opened=fd)
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 entry = b"\n" + entry  # a last line someone saved without its newline

@@ -350,6 +350,19 @@ def test_a_server_whose_key_changed_since_first_use_is_refused(programs, tmp_pat
     assert not (tmp_path / "two.jsonl").exists()
 
 
+def test_a_known_servers_file_anyone_may_write_is_not_followed(programs, tmp_path):
+    # Issue 16: anyone could have pinned a server of theirs in it, here the one listening.
+    server = FakeServer(lambda s: s.run_honestly())
+    known = tmp_path / "known_servers"
+    known.write_text(f"127.0.0.1:{server.port} {public_hex(SERVER_KEY)}\n")
+    known.chmod(0o666)
+    client = start_client(programs, tmp_path, server.port)
+    assert client.finish() == 2, client.output  # refused before it connects
+    assert f"{known} can be written by others (mode 666)" in client.output
+    assert f"run `chmod go-w {known}`" in client.output
+    assert not (tmp_path / "cli1.jsonl").exists()
+
+
 def test_a_server_that_does_not_speak_tls_is_refused(programs, tmp_path):
     server = FakeServer(lambda conn: conn.recv(1000), tls=False)
     client = start_client(programs, tmp_path, server.port, "--connect-timeout-s", "2")

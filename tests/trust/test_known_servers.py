@@ -61,6 +61,45 @@ def test_remembering_another_key_for_a_known_server_is_refused(tmp_path):
     assert known.path.read_text() == f"127.0.0.1:10000 {A}\n"
 
 
+def test_a_file_others_may_write_is_not_followed(tmp_path):
+    # Anyone could have pinned their own server's key in it.
+    path = tmp_path / "known_servers"
+    path.write_text(f"127.0.0.1:10000 {A}\n")
+    path.chmod(0o666)
+    known = KnownServers(path)
+    for look in (lambda: known.check("127.0.0.1:10000", A), known.check_file):
+        with pytest.raises(TrustError, match=f"run `chmod go-w {path}`"):
+            look()
+    with pytest.raises(TrustError, match="chmod go-w"):
+        known.remember("127.0.0.1:10001", B)
+    assert path.read_text() == f"127.0.0.1:10000 {A}\n"
+
+
+def test_no_server_is_trusted_on_first_use_in_a_folder_others_may_write(tmp_path):
+    # There anyone could delete the file, and the next server would be trusted as new.
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o777)
+    known = KnownServers(folder / "known_servers")
+    assert known.check("127.0.0.1:10000", A) is False  # no file: no server known
+    for act in (known.check_file, lambda: known.remember("127.0.0.1:10000", A)):
+        with pytest.raises(TrustError, match=f"run `chmod go-w {folder}`"):
+            act()
+    assert os.listdir(folder) == []
+
+
+def test_a_file_made_under_a_permissive_umask_is_private(tmp_path):
+    path = tmp_path / "home" / "keys" / "known_servers"
+    previous = os.umask(0)
+    try:
+        KnownServers(path).remember("127.0.0.1:10000", A)
+    finally:
+        os.umask(previous)
+    for made, mode in ((path, 0o600), (path.parent, 0o700), (path.parent.parent, 0o700)):
+        assert stat.S_IMODE(made.stat().st_mode) == mode, made
+    assert KnownServers(path).check("127.0.0.1:10000", A)  # and trusted when read again
+
+
 def test_a_pinned_key_that_changed_says_so_without_a_file():
     message = str(ServerKeyChanged("127.0.0.1:10000", A, B))
     assert A in message and B in message and "the pinned key is" in message
