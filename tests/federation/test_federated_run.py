@@ -1,8 +1,10 @@
 """The federated run end to end: a real server and real clients on 127.0.0.1."""
 
 import contextlib
+import os
 import re
 import socket
+import stat
 from pathlib import Path
 
 import pandas as pd
@@ -279,3 +281,25 @@ def test_a_difficulty_that_would_outlast_the_clients_wait_is_refused_at_start(pr
         server.output,
     ), server.output
     assert not (tmp_path / "chain.jsonl").exists()
+
+
+def test_runs_under_a_permissive_umask_trust_the_files_they_made(programs, tmp_path):
+    # The three terminals' defaults under `umask 000`: keys/ and what is in it are made private
+    # all the same, so the second run reads back the keys and known_servers of the first.
+    previous = os.umask(0)  # inherited by the programs started below
+    try:
+        for run in (1, 2):
+            chain = tmp_path / f"chain{run}.jsonl"
+            server, port = start_server(
+                programs, tmp_path, "--clients", "1", "--rounds", "1", "--chain", chain
+            )
+            client = programs("client1.py", *client_args(f"cli1-{run}", port, tmp_path))
+            assert client.finish() == 0, client.output
+            assert server.finish() == 0, server.output
+    finally:
+        os.umask(previous)
+    keys = tmp_path / "keys"
+    assert len((keys / "known_servers").read_text().splitlines()) == 2  # a port a run
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    for name in ("server.key", "cli1.key", "known_servers"):
+        assert stat.S_IMODE((keys / name).stat().st_mode) == 0o600, name
