@@ -1,7 +1,18 @@
 """Fixtures shared by the tests."""
 
+import os
+
 import pytest
 from processes import Program
+
+
+@pytest.fixture(autouse=True)
+def usual_umask():
+    """Files the tests write are 644 and their folders 755 whatever the umask of whoever runs
+    them (002 on some systems): a trust file others may write is refused."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
 
 
 @pytest.fixture
