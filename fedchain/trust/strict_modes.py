@@ -55,11 +55,11 @@ def check_trust_file(path: Path, *, secret: bool = False, opened: int | None = N
             f" it trusts; if what it holds is still yours, run `chmod go-w {shown}`"
         )
     if status.st_uid not in _trusted_owners():
-        owner = _user_name(status.st_uid)
+        owner, me = _user_name(status.st_uid), _user_name(os.geteuid())
         raise TrustError(
-            f"{path} belongs to {owner}, not to you ({_user_name(os.geteuid())}) or root, so"
-            f" {owner} could change whom it trusts; if what it holds is yours, run"
-            f" `chown {_user_name(os.geteuid())} {shown}` as root"
+            f"{path} belongs to {owner}, not to you ({me}) or root, so {owner} could change"
+            f" whom it trusts; if what it holds is yours, run `chown {os.geteuid()} {shown}`"
+            " as root"
         )
     check_folder_of(path)
 

@@ -113,6 +113,8 @@ def test_a_file_someone_else_owns_is_refused(tmp_path):
     os.chown(path, STRANGER_UID, -1)
     with pytest.raises(TrustError, match=f"^{path} belongs to user {STRANGER_UID}, not to you"):
         check_trust_file(path)
+    with pytest.raises(TrustError, match=f"run `chown {os.geteuid()} {path}` as root$"):
+        check_trust_file(path)
     os.chown(path, 0, -1)
     check_trust_file(path)
 
