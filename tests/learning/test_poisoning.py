@@ -78,9 +78,10 @@ def test_krum_leaves_the_attacker_out_every_round():
 @pytest.mark.parametrize("rows_claimed", [1, 20])
 def test_krum_is_not_steered_by_a_close_noisy_model_or_a_claimed_row_count(rows_claimed):
     # Noise of 0.02 on the weight of age shifts a prediction by 0.02 x age (0.8 in ln(charges)
-    # at 40), yet in raw weight units it looked closer than the honest clients' differences: Krum kept it in 4 rounds of 5 (1.027 x lstsq's MSE), and weighted by a
-    # claimed 20x rows, 1.369 x. With each weight times its feature's scale on the held-out
-    # rows, and the kept models averaged with equal weights, it is left out every round.
+    # at 40), yet in raw weight units it looked closer than the honest clients' differences:
+    # Krum kept it in 4 rounds of 5 (1.027 x lstsq's MSE), and weighted by a claimed 20x rows,
+    # 1.369 x. With each weight times its feature's scale on the held-out rows, and the kept
+    # models averaged with equal weights, it is left out every round.
     datasets = five_clients()
     claimed = {"cli5": rows_claimed * datasets["cli5"].n_samples}
     history = simulate(datasets, rounds=5, aggregation=KRUM, parameters={BYZANTINE: 1.0},
