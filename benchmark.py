@@ -25,7 +25,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import settings
 from fedchain.cli.programs import start_client, start_server
-from fedchain.learning.aggregation import BYZANTINE, FEDAVG, KRUM, MEDIAN, SCAFFOLD, TRIMMED_MEAN
+from fedchain.learning.aggregation import (
+    BYZANTINE,
+    FEDAVG,
+    KRUM,
+    MEDIAN,
+    SCAFFOLD,
+    TRIMMED_MEAN,
+    feature_scale,
+)
 from fedchain.learning.dataset import Dataset, load_dataset, save_dataset
 from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
 from fedchain.learning.local_training import LocalProblem, train_locally
@@ -450,19 +458,38 @@ ROBUST = [
 
 def poisoning() -> None:
     print("poisoning: 5 clients (the bundled rows in 5 shards), 5 rounds; pooled-rows MSE / "
-          "lstsq's, without and with cli5 sending scale=-10")  # fmt: skip
+          "lstsq's, without and with cli5 sending\n  scale=-10 (attacked), its honest model "
+          "plus noise=0.02 (close), and the same claiming 20x its rows;\n  Krum's scale from "
+          "the held-out test.csv, as the server takes it")  # fmt: skip
     warm_up()
     datasets = split_rows(pooled(bundled()), 5)
-    attack = {"cli5": parse_poison("scale=-10")}
-    print(f"  {'rule (byzantine 1)':20}{'honest':>12}{'attacked':>14}{'goal (attacked)':>18}")
+    test = load_dataset(settings.bundled_data("test.csv")).in_order(datasets["cli1"].feature_names)
+    close = {"cli5": parse_poison("noise=0.02")}
+    attacks = {
+        "honest": ({}, None),
+        "attacked": ({"cli5": parse_poison("scale=-10")}, None),
+        "close": (close, None),
+        "close, 20x rows": (close, {"cli5": 20 * datasets["cli5"].n_samples}),
+    }
+    print(f"  {'rule (byzantine 1)':20}{'honest':>12}{'attacked':>14}{'goal (attacked)':>18}"
+          f"{'close':>12}{'close, 20x rows':>17}")  # fmt: skip
+    by_round = {}
     for rule, parameters, goal in ROBUST:
-        clean, attacked = (
-            pooled_ratios(datasets, simulate(datasets, rounds=5, aggregation=rule,
-                                             parameters=parameters, poison=poison))[-1]
-            for poison in ({}, attack)
-        )  # fmt: skip
+        ratios = {
+            label: pooled_ratios(datasets, simulate(
+                datasets, rounds=5, aggregation=rule, parameters=parameters, poison=poison,
+                declared_rows=claimed, scale=feature_scale(test.X),
+            ))
+            for label, (poison, claimed) in attacks.items()
+        }  # fmt: skip
+        by_round[rule] = ratios
         wanted = "shows the harm" if goal is None else f"<= {goal}"
-        print(f"  {rule:20}{clean:>12.6f}{attacked:>14.6g}{wanted:>18}")
+        final = {label: values[-1] for label, values in ratios.items()}
+        print(f"  {rule:20}{final['honest']:>12.6f}{final['attacked']:>14.6g}{wanted:>18}"
+              f"{final['close']:>12.6g}{final['close, 20x rows']:>17.6g}")  # fmt: skip
+    for label in ("close", "close, 20x rows"):
+        figures = " ".join(f"{ratio:.6f}" for ratio in by_round[KRUM][label])
+        print(f"  by round, krum, {label}: {figures}")
 
 
 SECTIONS = {

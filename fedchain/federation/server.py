@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedchain import settings
 from fedchain.checks import printable
 from fedchain.federation.metrics import MetricsFile
-from fedchain.learning.aggregation import FEDAVG, SCAFFOLD
+from fedchain.learning.aggregation import FEDAVG, KRUM, SCAFFOLD, feature_scale
 from fedchain.learning.dataset import Dataset, column_difference
 from fedchain.learning.linear_model import LinearModel, mse, r2
 from fedchain.ledger.block import (
@@ -187,6 +187,7 @@ class FederationServer:
             server_key=self.key,
             aggregation=self.aggregation,
             parameters=self.aggregation_parameters,
+            scale=self._krum_scale(),
         )
         # The file is made only now, so a run that never starts leaves nothing in the way.
         try:
@@ -205,6 +206,21 @@ class FederationServer:
             self._welcome(peer)
         self.say(f"genesis block mined (hash {genesis.hash[:16]}…); {self.rounds} rounds to go")
         return self.chain
+
+    def _krum_scale(self) -> tuple[float, ...] | None:
+        """For Krum, each feature's root mean square on the held-out rows, which the genesis
+        records and Krum multiplies each weight by before it measures a distance (so a
+        distance is a change of prediction); None, raw weight units, without held-out rows."""
+        if self.aggregation != KRUM:
+            return None
+        if self.test_data is None:
+            self.say("krum measures distances in raw weight units: there are no held-out rows "
+                     "(--test) to scale the features by")  # fmt: skip
+            return None
+        rows = self.test_data.in_order(self.run_features)
+        self.detail(f"krum measures distances with each weight times its feature's root mean "
+                    f"square on the {rows.n_samples} held-out rows")  # fmt: skip
+        return feature_scale(rows.X)
 
     def _resume(self, chain: Chain) -> Chain:
         """Take the run's settings and clients from CHAIN's genesis and wait for the clients to

@@ -6,11 +6,12 @@ float additions, so the server and every verifier get the same bits.
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from fedchain.checks import MAX_MAGNITUDE
 from fedchain.learning.linear_model import LinearModel
 
 
@@ -56,6 +57,26 @@ PROXIMAL = "proximal"  # scaffold's parameter: the clients' proximal weight, sta
 MIN_PROXIMAL, MAX_PROXIMAL = 1e-6, 1e6
 
 
+def feature_scale(X: np.ndarray) -> tuple[float, ...]:
+    """Each column's root mean square over the rows X (1 for a column of zeros): what Krum
+    multiplies each weight by, so its distances mean a change of prediction on such rows."""
+    scale = np.sqrt(np.mean(np.square(X), axis=0))
+    scale[scale == 0.0] = 1.0  # nothing to measure it by: raw units, as without a scale
+    return tuple(map(float, scale))
+
+
+def check_scale(scale: object, n_features: int) -> None:
+    """Raise ValueError unless SCALE is a tuple of N_FEATURES positive floats at most
+    MAX_MAGNITUDE."""
+    if not isinstance(scale, tuple) or len(scale) != n_features:
+        raise ValueError(f"a feature scale must hold one number for each of the {n_features} "
+                         "features")  # fmt: skip
+    for value in scale:
+        if type(value) is not float or not 0.0 < value <= MAX_MAGNITUDE:
+            raise ValueError(f"a feature scale holds positive numbers of at most "
+                             f"{MAX_MAGNITUDE:g}, not {value!r}")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Aggregate:
     """A rule's global model and what it chose: per client, in the order given, a vector of
@@ -99,8 +120,13 @@ def aggregate(
     rule: str,
     parameters: Mapping[str, float],
     updates: Sequence[tuple[str, LinearModel, int]],
+    *,
+    scale: Sequence[float] | None = None,
+    kept_by_rows: bool = False,
 ) -> Aggregate:
-    """Apply RULE to the named, counted client models UPDATES, in the order given."""
+    """Apply RULE to the named, counted client models UPDATES, in the order given; Krum
+    measures distance with each weight times its feature's SCALE (None: raw units), and
+    averages what it keeps by row counts only if KEPT_BY_ROWS (as format-3 chains did)."""
     needed = clients_needed(rule, parameters)
     if len(updates) < needed:
         raise ValueError(f"{rule} with {parameters} needs at least {needed} clients, "
@@ -112,7 +138,7 @@ def aggregate(
     if rule == FEDAVG:
         return Aggregate(fedavg([(model, n) for _, model, n in updates]), {})
     if rule == KRUM:
-        return multi_krum(updates, f)
+        return multi_krum(updates, f, scale=scale, kept_by_rows=kept_by_rows)
     models = [model for _, model, _ in updates]
     trim = (len(models) - 1) // 2 if rule == MEDIAN else f
     model, sides = trimmed_mean(models, trim)
@@ -148,32 +174,67 @@ def trimmed_mean(models: Sequence[LinearModel], trim: int) -> tuple[LinearModel,
     return LinearModel(mean[:-1], float(mean[-1])), sides
 
 
-def multi_krum(updates: Sequence[tuple[str, LinearModel, int]], f: int) -> Aggregate:
+def multi_krum(
+    updates: Sequence[tuple[str, LinearModel, int]],
+    f: int,
+    *,
+    scale: Sequence[float] | None = None,
+    kept_by_rows: bool = False,
+) -> Aggregate:
     """Score each model by its squared distances to its n - f - 2 nearest others, keep the n - f
-    best-scored and FedAvg them; the choice is each client's (score, 1 if kept else 0)."""
+    best-scored and average them with equal weights (by row counts if KEPT_BY_ROWS); the choice
+    is each client's (score, 1 if kept else 0). SCALE: see scaled; None, raw units."""
     # Blanchard et al. 2017, "Machine Learning with Adversaries: Byzantine Tolerant Gradient
-    # Descent" (Krum, and multi-Krum averaging the m best). Distances are exactly rounded sums
-    # (math.fsum), so they do not depend on summation order; ties go to the earlier client.
+    # Descent" (Krum, and multi-Krum averaging the m best with equal weights: a row count is
+    # the client's word, and weighting by it would hand an attacker the average). Distances are
+    # exactly rounded sums (math.fsum), so they do not depend on summation order; ties go to
+    # the earlier client.
     n = len(updates)
     if n < 2 * f + 3:
         raise ValueError(f"krum with {f} attackers needs at least {2 * f + 3} clients, not {n}")
-    values = _stacked([model for _, model, _ in updates])
+    models = [model for _, model, _ in updates]
+    values = _stacked(models) if scale is None else scaled(models, scale)
     distances = np.zeros((n, n))
     with np.errstate(over="ignore"):  # overflow is checked once, below, with a clear message
         for i in range(n):
             for j in range(i + 1, n):
                 gap = values[i] - values[j]
-                distances[i, j] = distances[j, i] = math.fsum(gap * gap)
+                distances[i, j] = distances[j, i] = _exact_sum(gap * gap)
     scores = []
     for i in range(n):
         nearest = sorted(distances[i, j] for j in range(n) if j != i)[: n - f - 2]
-        scores.append(math.fsum(nearest))
+        scores.append(_exact_sum(nearest))
     if not all(math.isfinite(s) for s in scores):
         raise ValueError("the client models are too far apart to score in float64 (overflow)")
     kept = sorted(sorted(range(n), key=lambda i: scores[i])[: n - f])
-    model = fedavg([(updates[i][1], updates[i][2]) for i in kept])
+    model = fedavg([(updates[i][1], updates[i][2] if kept_by_rows else 1) for i in kept])
     choice = {name: (scores[i], float(i in kept)) for i, (name, _, _) in enumerate(updates)}
     return Aggregate(model, choice)
+
+
+def scaled(models: Sequence[LinearModel], scale: Sequence[float]) -> np.ndarray:
+    """The models as rows of weights then bias, each weight times its feature's SCALE."""
+    # With each feature's root mean square on some rows as its scale, the squared distance
+    # between two models is the sum of the mean squared change of prediction on those rows
+    # that each weight's difference (and the bias's) makes on its own: the target's units,
+    # whatever units each feature is in. In raw weight units a feature with small values
+    # dominates, and noise on one with large values (age) changes every prediction while
+    # looking close.
+    values = _stacked(models)
+    if len(scale) != values.shape[1] - 1:
+        raise ValueError(f"the feature scale has {len(scale)} features, the models "
+                         f"{values.shape[1] - 1}")  # fmt: skip
+    with np.errstate(over="ignore"):  # an overflow shows as an infinite score, refused after
+        values[:, :-1] = values[:, :-1] * np.array(scale)
+    return values
+
+
+def _exact_sum(values: Iterable[float]) -> float:
+    """math.fsum, infinite where the sum overflows (fsum raises instead)."""
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return math.inf
 
 
 def _stacked(models: Sequence[LinearModel]) -> np.ndarray:

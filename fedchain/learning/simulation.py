@@ -6,7 +6,7 @@ and the benchmark lean on that.
 """
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,14 +52,19 @@ def simulate(
     aggregation: str = FEDAVG,
     parameters: Mapping[str, float] | None = None,
     poison: Mapping[str, Poison] | None = None,
+    declared_rows: Mapping[str, int] | None = None,
+    scale: Sequence[float] | None = None,
 ) -> list[SimulatedRound]:
     """Run ROUNDS of train-locally-then-aggregate (FedAvg unless AGGREGATION says otherwise)
-    from a zero model, the clients named in POISON sending poisoned models; return every
-    round."""
+    from a zero model, the clients named in POISON sending poisoned models and those in
+    DECLARED_ROWS claiming that many rows; Krum measures distance in SCALE (see aggregation.py).
+    Return every round."""
     poison = poison or {}
+    rows = {name: data.n_samples for name, data in datasets.items()} | dict(declared_rows or {})
     if aggregation == SCAFFOLD:
         return _simulate_scaffold(
             datasets,
+            rows,
             rounds,
             run_seed,
             generations,
@@ -89,8 +94,8 @@ def simulate(
                 seed = derive_seed(run_seed, name, index)
                 sent = poison[name].apply(global_model, client_models[name], seed=seed)
                 client_models[name] = sent
-        updates = [(n, client_models[n], datasets[n].n_samples) for n in names]
-        result = aggregate(aggregation, parameters or {}, updates)
+        updates = [(n, client_models[n], rows[n]) for n in names]
+        result = aggregate(aggregation, parameters or {}, updates, scale=scale)
         global_model = result.model
         history.append(SimulatedRound(index, client_models, global_model, train_s, result.choice))
     return history
@@ -98,6 +103,7 @@ def simulate(
 
 def _simulate_scaffold(
     datasets: Mapping[str, Dataset],
+    rows: Mapping[str, int],
     rounds: int,
     run_seed: int,
     generations: int,
@@ -134,10 +140,10 @@ def _simulate_scaffold(
                 client_models[name] = poison[name].apply(
                     global_model, client_models[name], seed=seed
                 )
-        probe = candidate([Contribution(client_models[n], datasets[n].n_samples, (), ())
+        probe = candidate([Contribution(client_models[n], rows[n], (), ())
                            for n in names])  # fmt: skip
         contributions = [
-            Contribution(client_models[n], datasets[n].n_samples, tuple(start_gradients[n]),
+            Contribution(client_models[n], rows[n], tuple(start_gradients[n]),
                          tuple(gradient(problems[n], probe)))
             for n in names
         ]  # fmt: skip

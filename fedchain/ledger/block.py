@@ -11,6 +11,10 @@ update what it sent beyond its model; a FedAvg run is still written in format 2,
 Format 4 is format 3 for the drift-corrected rule (scaffold): each update also carries the
 client's gradient at the model it trained from and, signed apart, its gradient at the round's
 candidate, and the block records the server's step (learning/scaffold.py), all under the hash.
+Format 5 is format 3 for Krum as it is now: every block also records each feature's scale, which
+Krum's distances are measured in, and the models Krum keeps are averaged with equal weights (a
+format-3 Krum chain, written before, averaged them by row counts and measured raw weights, and
+still verifies so).
 """
 
 import hashlib
@@ -37,9 +41,11 @@ FORMAT_UNSIGNED = 1  # the first format: tamper-evident, but nothing says who co
 FORMAT_SIGNED = 2
 FORMAT_RULES = 3  # format 2, plus the rule's parameters and choices, for a rule other than FedAvg
 FORMAT_CORRECTED = 4  # format 3, plus the gradients and the server's step of a scaffold run
+FORMAT_SCALED = 5  # format 3, plus each feature's scale, for Krum (equal weights, scaled distance)
 FORMAT_VERSION = FORMAT_SIGNED  # what new FedAvg chains are written in
-KNOWN_FORMATS = (FORMAT_UNSIGNED, FORMAT_SIGNED, FORMAT_RULES, FORMAT_CORRECTED)
-WITH_RULES = (FORMAT_RULES, FORMAT_CORRECTED)  # the formats that record a rule's parameters
+KNOWN_FORMATS = (FORMAT_UNSIGNED, FORMAT_SIGNED, FORMAT_RULES, FORMAT_CORRECTED, FORMAT_SCALED)
+# the formats that record a rule's parameters
+WITH_RULES = (FORMAT_RULES, FORMAT_CORRECTED, FORMAT_SCALED)
 AGGREGATION_FEDAVG = FEDAVG
 KNOWN_AGGREGATIONS = KNOWN_RULES
 ZERO_HASH = "0" * 64
@@ -154,6 +160,10 @@ class Block:
     choice: dict[str, tuple[float, ...]] = field(default_factory=dict)
     # Format 4: the server's step (learning/scaffold.py SearchRecord), in every round block.
     search: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # Format 5: what Krum multiplies each feature's weight by before it measures a distance
+    # (fixed by the genesis, repeated in every block), so its distances mean a change of
+    # prediction (learning/aggregation.py feature_scale).
+    scale: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         # Refuse a malformed block at construction, so nothing downstream can hash one.
@@ -202,6 +212,12 @@ class Block:
         _check_numbers("parameters", self.parameters, single=True)
         _check_numbers("choice", self.choice, single=False)
         _check_numbers("search", self.search, single=False)
+        if not isinstance(self.scale, tuple):  # a list could change under the hash
+            raise TypeError("scale must be a tuple of floats")
+        if not all(type(v) is float and math.isfinite(v) for v in self.scale):
+            raise ValueError("scale must hold finite floats")
+        if (self.version == FORMAT_SCALED) != bool(self.scale):
+            raise ValueError("format-5 blocks, and only they, record each feature's scale")
         if self.version not in WITH_RULES and (self.parameters or self.choice):
             raise ValueError(f"format {self.version} blocks carry no rule parameters or choices")
         corrected = self.version == FORMAT_CORRECTED
@@ -235,6 +251,12 @@ class Block:
     @property
     def signed(self) -> bool:
         return self.version in (FORMAT_SIGNED, *WITH_RULES)
+
+    def rule_options(self) -> dict:
+        """What the rule needs besides its parameters, as this block's format defines it: the
+        features' scale, and whether Krum's kept models are averaged by their row counts (as
+        format 3 did) or with equal weights."""
+        return {"scale": self.scale or None, "kept_by_rows": self.version == FORMAT_RULES}
 
     def sample_counts(self) -> dict[str, int]:
         """Each contributing client's row count."""
@@ -295,6 +317,8 @@ def body_digest(block: Block) -> bytes:
         parts.append(U32.pack(len(block.search)))
         for name in sorted(block.search):
             parts += [pack_string(name), pack_floats(block.search[name])]
+    if block.version == FORMAT_SCALED:  # format 3 hashes exactly what it always did
+        parts.append(pack_floats(block.scale))
     return hashlib.sha256(b"".join(parts)).digest()
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedchain.learning.aggregation import FEDAVG, SCAFFOLD, aggregate
+from fedchain.learning.aggregation import FEDAVG, KRUM, SCAFFOLD, aggregate
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
     FORMAT_CORRECTED,
     FORMAT_RULES,
+    FORMAT_SCALED,
     FORMAT_SIGNED,
     ZERO_HASH,
     Block,
@@ -133,9 +134,14 @@ def make_genesis(
     server_key: Ed25519PrivateKey,
     aggregation: str = FEDAVG,
     parameters: Mapping[str, float] | None = None,
+    scale: Sequence[float] | None = None,
 ) -> Block:
     """Mine and sign block 0, which records the run: its parameters, keys, starting model and
-    aggregation rule (a FedAvg run in format 2, as before; any other rule in format 3)."""
+    aggregation rule (a FedAvg run in format 2, as before; scaffold in format 4; Krum in format
+    5, with each feature's SCALE, None for raw units; any other rule in format 3)."""
+    versions = {FEDAVG: FORMAT_SIGNED, SCAFFOLD: FORMAT_CORRECTED, KRUM: FORMAT_SCALED}
+    if aggregation == KRUM and scale is None:
+        scale = (1.0,) * len(feature_names)
     genesis = Block(
         index=0,
         timestamp=time.time(),
@@ -147,8 +153,9 @@ def make_genesis(
         client_model={},
         server_model=initial_model,
         run=run,
-        version={FEDAVG: FORMAT_SIGNED, SCAFFOLD: FORMAT_CORRECTED}.get(aggregation, FORMAT_RULES),
+        version=versions.get(aggregation, FORMAT_RULES),
         parameters=dict(sorted((parameters or {}).items())),
+        scale=tuple(map(float, scale)) if aggregation == KRUM else (),
     )
     verify_genesis_fields(genesis)
     return _seal_and_sign(genesis, server_key)
@@ -175,6 +182,7 @@ def make_round_block(
             previous.aggregation,
             previous.parameters,
             [(c, updates[c].model, updates[c].n_samples) for c in cli],
+            **previous.rule_options(),
         )
         model, choice = result.model, result.choice
     block = _successor(
@@ -220,6 +228,7 @@ def _successor(previous: Block, **fields: object) -> Block:
         aggregation=previous.aggregation,
         version=previous.version,
         parameters=previous.parameters,
+        scale=previous.scale,
         **fields,
     )
 

@@ -17,6 +17,7 @@ from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
     FORMAT_CORRECTED,
     FORMAT_RULES,
+    FORMAT_SCALED,
     FORMAT_SIGNED,
     WITH_RULES,
     Block,
@@ -32,6 +33,7 @@ _BLOCK_KEYS = {
 _SIGNED_BLOCK_KEYS = _BLOCK_KEYS | {"run", "attestations", "missing", "server_signature"}
 _RULES_BLOCK_KEYS = _SIGNED_BLOCK_KEYS | {"parameters", "choice"}
 _CORRECTED_BLOCK_KEYS = _RULES_BLOCK_KEYS | {"search"}
+_SCALED_BLOCK_KEYS = _RULES_BLOCK_KEYS | {"scale"}
 _UPDATE_KEYS = {"weights", "bias", "n_samples"}
 _SIGNED_UPDATE_KEYS = _UPDATE_KEYS | {"training", "signature"}
 _CORRECTED_UPDATE_KEYS = _SIGNED_UPDATE_KEYS | {"gradient", "probe_gradient", "probe_signature"}
@@ -88,6 +90,8 @@ def block_to_json(block: Block) -> str:
         record["choice"] = {name: list(values) for name, values in sorted(block.choice.items())}
     if block.version == FORMAT_CORRECTED:
         record["search"] = {name: list(values) for name, values in sorted(block.search.items())}
+    if block.version == FORMAT_SCALED:
+        record["scale"] = list(block.scale)
     # repr-style floats round-trip exactly; allow_nan=False is a second guard behind LinearModel.
     return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
@@ -105,7 +109,7 @@ def block_from_json(line: str) -> Block:
     version = record.get("version")
     signed = version in (FORMAT_SIGNED, *WITH_RULES)
     keys = {FORMAT_SIGNED: _SIGNED_BLOCK_KEYS, FORMAT_RULES: _RULES_BLOCK_KEYS,
-            FORMAT_CORRECTED: _CORRECTED_BLOCK_KEYS}  # fmt: skip
+            FORMAT_CORRECTED: _CORRECTED_BLOCK_KEYS, FORMAT_SCALED: _SCALED_BLOCK_KEYS}  # fmt: skip
     _expect_keys("block", record, keys.get(version, _BLOCK_KEYS))
     client_model = {
         name: _update_from_record(f"client_model[{name!r}]", entry, version)
@@ -124,6 +128,8 @@ def block_from_json(line: str) -> Block:
         extra["choice"] = _float_lists("choice", record["choice"])
     if version == FORMAT_CORRECTED:
         extra["search"] = _float_lists("search", record["search"])
+    if version == FORMAT_SCALED:
+        extra["scale"] = tuple(_typed("scale", record["scale"], list))
     return Block(
         version=record["version"],
         index=record["index"],
@@ -166,7 +172,8 @@ def _float_lists(where: str, record: object) -> dict[str, tuple]:
 
 def _update_from_record(where: str, entry: object, version: object) -> ClientUpdate:
     keys = {FORMAT_SIGNED: _SIGNED_UPDATE_KEYS, FORMAT_RULES: _SIGNED_UPDATE_KEYS,
-            FORMAT_CORRECTED: _CORRECTED_UPDATE_KEYS}  # fmt: skip
+            FORMAT_CORRECTED: _CORRECTED_UPDATE_KEYS,
+            FORMAT_SCALED: _SIGNED_UPDATE_KEYS}  # fmt: skip
     _expect_keys(where, entry, keys.get(version, _UPDATE_KEYS))
     model = _model_from_record(where, entry)
     if version not in keys:

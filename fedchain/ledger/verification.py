@@ -9,14 +9,17 @@ from typing import NoReturn
 
 from fedchain.learning.aggregation import (
     FEDAVG,
+    KRUM,
     SCAFFOLD,
     aggregate,
     check_parameters,
+    check_scale,
     clients_needed,
 )
 from fedchain.ledger.block import (
     FORMAT_CORRECTED,
     FORMAT_RULES,
+    FORMAT_SCALED,
     KNOWN_AGGREGATIONS,
     KNOWN_FORMATS,
     ZERO_HASH,
@@ -80,8 +83,12 @@ def verify_genesis_fields(genesis: Block) -> None:
     if (genesis.version == FORMAT_CORRECTED) != (genesis.aggregation == SCAFFOLD):
         fail(f"scaffold runs, and only they, are written in format {FORMAT_CORRECTED}, not "
              f"{genesis.aggregation!r} in format {genesis.version}")  # fmt: skip
+    if genesis.version == FORMAT_SCALED and genesis.aggregation != KRUM:
+        fail(f"format {FORMAT_SCALED} records krum runs only, not {genesis.aggregation!r}")
     try:
         check_parameters(genesis.aggregation, genesis.parameters)
+        if genesis.version == FORMAT_SCALED:
+            check_scale(genesis.scale, len(genesis.feature_names))
     except ValueError as error:
         fail(str(error))
     if genesis.choice or genesis.search:
@@ -136,6 +143,8 @@ def verify_next(
     if _bits(block.parameters) != _bits(genesis.parameters):
         fail(f"the rule's parameters {block.parameters} differ from the genesis's "
              f"{genesis.parameters}")  # fmt: skip
+    if _bits({"scale": block.scale}) != _bits({"scale": genesis.scale}):
+        fail("the features' scale differs from the genesis's")
     closing = genesis.signed and position == genesis.run.rounds + 1
     if genesis.signed:
         _verify_server_signature(position, block, genesis)
@@ -167,7 +176,7 @@ def verify_next(
     try:
         result = aggregate(rule, block.parameters, [
             (c, block.client_model[c].model, block.client_model[c].n_samples) for c in block.cli
-        ])  # fmt: skip
+        ], **block.rule_options())  # fmt: skip
     except ValueError as error:
         how = "averaged" if rule == FEDAVG else f"aggregated by {rule}"
         fail(f"the client models cannot be {how}: {error}")

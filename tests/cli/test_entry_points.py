@@ -10,7 +10,9 @@ from chain_helpers import FEATURES, build_chain
 from processes import ROOT, run_script
 
 import model
-from fedchain.learning.aggregation import fedavg
+from fedchain.learning.aggregation import feature_scale, fedavg
+from fedchain.learning.dataset import load_dataset
+from fedchain.ledger.block import FORMAT_SCALED
 from fedchain.ledger.store import ChainWriter, block_to_json, load_chain
 
 
@@ -109,7 +111,13 @@ def test_the_poisoning_demo_shows_krum_leaving_the_attacker_out():
     assert out.count("krum left out cli5") == 3
     ratio = float(re.search(r"federated / central MSE on the pooled client rows: ([\d.]+)", out)[1])
     assert 1.0 <= ratio <= 1.01
-    shutil.rmtree((ROOT / re.search(r"the chain is (\S+)$", out.rstrip())[1]).parent)
+    chain_path = ROOT / re.search(r"the chain is (\S+)$", out.rstrip())[1]
+    # Krum's distances are in the scale the server took from its held-out rows (the bundled
+    # test.csv), recorded in the genesis, which every client and verify recomputed with.
+    genesis = load_chain(chain_path).blocks[0]
+    test = load_dataset(ROOT / "data" / "test.csv").in_order(genesis.feature_names)
+    assert genesis.version == FORMAT_SCALED and genesis.scale == feature_scale(test.X)
+    shutil.rmtree(chain_path.parent)
 
 
 def demo_ratio(*args: str) -> float:

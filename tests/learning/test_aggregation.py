@@ -13,6 +13,7 @@ from fedchain.learning.aggregation import (
     aggregate,
     check_parameters,
     clients_needed,
+    feature_scale,
     fedavg,
 )
 from fedchain.learning.linear_model import LinearModel
@@ -58,8 +59,10 @@ def test_trimmed_mean_drops_f_at_each_end(n_clients, f):
     assert np.all(low <= np.nanmin(kept, axis=0)) and np.all(np.nanmax(kept, axis=0) <= high)
 
 
-def krum_reference(updates, f):
+def krum_reference(updates, f, scale=None):
     rows = as_rows(updates)
+    if scale is not None:
+        rows[:, :-1] *= scale
     n = len(rows)
     distances = np.linalg.norm(rows[:, None, :] - rows[None, :, :], axis=2) ** 2
     scores = [np.sort(np.delete(distances[i], i))[: n - f - 2].sum() for i in range(n)]
@@ -76,7 +79,55 @@ def test_multi_krum_keeps_the_best_scored_and_averages_them(n_clients, f):
     assert chosen == kept
     np.testing.assert_allclose([result.choice[name][0] for name, _, _ in updates], scores,
                                rtol=1e-12)  # fmt: skip
-    assert result.model == fedavg([(updates[i][1], updates[i][2]) for i in kept])
+    # Equal weights, as Blanchard et al. define it: a row count is only the client's word.
+    assert result.model == fedavg([(updates[i][1], 1) for i in kept])
+    # As format-3 chains recorded it, the kept models FedAvg'ed by their row counts.
+    by_rows = aggregate(KRUM, {BYZANTINE: float(f)}, updates, kept_by_rows=True)
+    assert by_rows.model == fedavg([(updates[i][1], updates[i][2]) for i in kept])
+    assert by_rows.choice == result.choice
+
+
+@pytest.mark.parametrize(("n_clients", "f"), [(5, 1), (7, 2)])
+def test_scaled_krum_measures_each_weight_times_its_scale(n_clients, f):
+    updates = random_updates(n_clients, seed=30 + n_clients)
+    scale = tuple(float(s) for s in np.random.default_rng(n_clients).uniform(0.01, 50, size=6))
+    scores, kept = krum_reference(updates, f, np.array(scale))
+    result = aggregate(KRUM, {BYZANTINE: float(f)}, updates, scale=scale)
+    np.testing.assert_allclose([result.choice[name][0] for name, _, _ in updates], scores,
+                               rtol=1e-12)  # fmt: skip
+    assert [i for i, (name, _, _) in enumerate(updates) if result.choice[name][1]] == kept
+    # A scale of ones is raw units, bit for bit.
+    ones = aggregate(KRUM, {BYZANTINE: float(f)}, updates, scale=(1.0,) * 6)
+    assert ones == aggregate(KRUM, {BYZANTINE: float(f)}, updates)
+
+
+def test_scaled_krum_sees_noise_on_a_feature_of_large_values():
+    # Feature 0 takes values near 40 (age), feature 1 near 0.1: the honest clients disagree on
+    # the weight of feature 1, which barely moves a prediction, while the attacker moves the
+    # weight of feature 0 by 0.05, which moves every prediction by about 2.
+    honest = [LinearModel([0.03, w1], 7.0) for w1 in (-0.2, -0.1, 0.0, 0.1)]
+    attacker = LinearModel([0.08, 0.0], 7.0)
+    updates = [(f"cli{i}", m, 100) for i, m in enumerate([*honest, attacker], start=1)]
+    raw = aggregate(KRUM, {BYZANTINE: 1.0}, updates)
+    assert raw.choice["cli5"][1] == 1.0  # in raw units it looks closer than cli1
+    rows = np.array([[40.0, 0.1], [38.0, 0.12], [42.0, 0.08]])
+    result = aggregate(KRUM, {BYZANTINE: 1.0}, updates, scale=feature_scale(rows))
+    assert result.choice["cli5"][1] == 0.0
+    assert result.model == fedavg([(m, 1) for m in honest])
+
+
+@pytest.mark.parametrize("rule", [MEDIAN, TRIMMED_MEAN, KRUM])
+def test_a_robust_rule_does_not_weigh_a_claimed_row_count(rule):
+    updates = random_updates(5, seed=4)
+    inflated = [*updates[:4], (updates[4][0], updates[4][1], 20 * updates[4][2])]
+    assert aggregate(rule, {BYZANTINE: 1.0}, inflated) == aggregate(rule, {BYZANTINE: 1.0}, updates)
+    # FedAvg trusts each client's count (McMahan et al. weigh by it): the 20x claim moves it.
+    assert aggregate(FEDAVG, {}, inflated).model != aggregate(FEDAVG, {}, updates).model
+
+
+def test_feature_scale_is_each_columns_root_mean_square():
+    rows = np.array([[3.0, 0.0, -1.0], [4.0, 0.0, 1.0]])
+    assert feature_scale(rows) == (np.sqrt(12.5), 1.0, 1.0)  # a column of zeros: raw units
 
 
 def test_krum_leaves_out_the_outlier():
@@ -143,3 +194,11 @@ def test_krum_refuses_models_too_far_apart_to_score():
     updates = [(f"c{i}", LinearModel([(-1) ** i * 1e200], 0.0), 1) for i in range(5)]
     with pytest.raises(ValueError, match="overflow"):
         aggregate(KRUM, {BYZANTINE: 1.0}, updates)
+    # Within the protocol's magnitudes, a large scale overflows the same way.
+    updates = [(f"c{i}", LinearModel([(-1) ** i * 1e100, 1e100], 0.0), 1) for i in range(5)]
+    with pytest.raises(ValueError, match="overflow"):
+        aggregate(KRUM, {BYZANTINE: 1.0}, updates, scale=(1e100, 1e100))
+    # Sums of finite squares that overflow (math.fsum raises on them) are refused alike.
+    updates = [(f"c{i}", LinearModel([(-1) ** i * 1e100] * 4, 0.0), 1) for i in range(5)]
+    with pytest.raises(ValueError, match="overflow"):
+        aggregate(KRUM, {BYZANTINE: 1.0}, updates, scale=(5e53,) * 4)
