@@ -223,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     figure = run_dir / "convergence.png"
     plotted = subprocess.run(
         [sys.executable, str(HERE / "blockchain.py"), "plot", str(chain_path), "--metrics",
-         str(chain_path.with_name("chain.metrics.csv")), "-o", str(figure)],
+         str(chain_path.with_name("chain.metrics.csv")), "-o", str(figure),
+         "--known-servers", str(keys / "known_servers")],  # the key the clients pinned
         capture_output=True, text=True, cwd=HERE,
     )  # fmt: skip
     if plotted.returncode != 0:

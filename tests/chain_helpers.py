@@ -34,18 +34,20 @@ SERVER_KEY = fixed_key("server")
 CLIENT_KEYS = {name: fixed_key(name) for name in CLIENTS}
 
 
-def run_record(rounds: int, clients=CLIENT_KEYS) -> RunRecord:
+def run_record(rounds: int, clients=CLIENT_KEYS, server_key=SERVER_KEY) -> RunRecord:
     participants = {name: public_hex(key) for name, key in clients.items()}
-    return RunRecord(rounds, 0, public_hex(SERVER_KEY), participants)
+    return RunRecord(rounds, 0, public_hex(server_key), participants)
 
 
-def genesis_for(rounds: int, features=FEATURES, initial=None) -> Block:
+def genesis_for(
+    rounds: int, features=FEATURES, initial=None, server_key=SERVER_KEY, client_keys=CLIENT_KEYS
+) -> Block:
     return make_genesis(
         initial_model=initial or LinearModel.zeros(len(features)),
         feature_names=features,
         difficulty=DIFFICULTY,
-        run=run_record(rounds),
-        server_key=SERVER_KEY,
+        run=run_record(rounds, client_keys, server_key),
+        server_key=server_key,
     )
 
 
@@ -66,35 +68,43 @@ def signed_update(
     return ClientUpdate(model, n_samples, training=TRAINING, signature=signature)
 
 
-def attest(genesis: Block, block: Block, names=tuple(CLIENTS)) -> dict[str, str]:
+def attest(genesis: Block, block: Block, names=tuple(CLIENTS), keys=CLIENT_KEYS) -> dict[str, str]:
     message = attestation_message(genesis_hash=genesis.hash, block=block)
-    return {name: sign_hex(CLIENT_KEYS[name], message) for name in names}
+    return {name: sign_hex(keys[name], message) for name in names}
 
 
-def next_round(genesis: Block, previous: Block, rng, clients=CLIENTS) -> Block:
-    updates = {
-        name: signed_update(
-            genesis, previous, name, LinearModel(rng.normal(size=len(FEATURES)), rng.normal()), n
-        )
-        for name, n in clients.items()
-    }
-    attestations = attest(genesis, previous, tuple(clients)) if previous.index > 0 else {}
+def next_round(
+    genesis: Block, previous: Block, rng, clients=CLIENTS, server_key=SERVER_KEY,
+    client_keys=CLIENT_KEYS,
+) -> Block:  # fmt: skip
+    updates = {}
+    for name, n in clients.items():
+        model = LinearModel(rng.normal(size=len(FEATURES)), rng.normal())
+        updates[name] = signed_update(genesis, previous, name, model, n, key=client_keys[name])
+    attestations = (
+        attest(genesis, previous, tuple(clients), client_keys) if previous.index > 0 else {}
+    )
     missing = {name: "sat this round out" for name in CLIENTS if name not in clients}
     return make_round_block(
-        previous, updates, attestations=attestations, server_key=SERVER_KEY, missing=missing
+        previous, updates, attestations=attestations, server_key=server_key, missing=missing
     )
 
 
-def build_chain(rounds: int = 3, seed: int = 0, *, closed: bool = False) -> list[Block]:
-    """A valid signed chain of ROUNDS rounds (and its closing block, if CLOSED)."""
+def build_chain(
+    rounds: int = 3, seed: int = 0, *, closed: bool = False, server_key=SERVER_KEY,
+    client_keys=CLIENT_KEYS,
+) -> list[Block]:  # fmt: skip
+    """A valid signed chain of ROUNDS rounds (and its closing block, if CLOSED), signed by
+    SERVER_KEY and CLIENT_KEYS (the fixed ones unless a test plays a forger with its own)."""
     rng = np.random.default_rng(seed)
-    blocks = [genesis_for(rounds)]
+    keys = {"server_key": server_key, "client_keys": client_keys}
+    blocks = [genesis_for(rounds, **keys)]
     for _ in range(rounds):
-        blocks.append(next_round(blocks[0], blocks[-1], rng))
+        blocks.append(next_round(blocks[0], blocks[-1], rng, **keys))
     if closed:
-        attestations = attest(blocks[0], blocks[-1])
+        attestations = attest(blocks[0], blocks[-1], keys=client_keys)
         blocks.append(
-            make_closing_block(blocks[-1], attestations=attestations, server_key=SERVER_KEY)
+            make_closing_block(blocks[-1], attestations=attestations, server_key=server_key)
         )
     return blocks
 

@@ -3,10 +3,14 @@ message and every program spells the common flags the same way."""
 
 import argparse
 import math
+from pathlib import Path
 
 from fedchain import settings
 from fedchain.checks import MAX_INT, check_int, check_name
 from fedchain.learning.aggregation import MAX_PROXIMAL, MIN_PROXIMAL
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS
+from fedchain.trust.errors import TrustError
+from fedchain.trust.keys import check_public_hex
 from fedchain.wire.frames import MAX_FRAME_LIMIT
 
 
@@ -59,6 +63,48 @@ def client_name(text: str) -> str:
         return check_name(text, "a client's name")
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def public_key(text: str) -> str:
+    """A public key flag: 64 hex digits."""
+    try:
+        return check_public_hex(text, "--server-key")
+    except (TrustError, TypeError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_chain_reading_flags(
+    parser: argparse.ArgumentParser, *, require_signed: bool = False
+) -> None:
+    """What a reader expects of a chain before using it: --min-difficulty, the server's key
+    (--server-key or --known-servers), --allow-unsigned; and, where it was once needed,
+    --require-signed, now the default."""
+    parser.add_argument(
+        "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
+        help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
+    )  # fmt: skip
+    pinned = parser.add_mutually_exclusive_group()
+    pinned.add_argument(
+        "--server-key", type=public_key, default=None, metavar="HEX",
+        help="refuse a chain not signed by this server key, 64 hex digits (`python server.py "
+        "--show-key` prints it); without it, anyone's key is accepted, and a note says so",
+    )  # fmt: skip
+    pinned.add_argument(
+        "--known-servers", type=Path, default=None, metavar="FILE",
+        help="refuse a chain not signed by a key this file records, for any server address "
+        "(a client's keys/known_servers: HOST:PORT HEX a line)",
+    )  # fmt: skip
+    unsigned = parser.add_mutually_exclusive_group()
+    unsigned.add_argument(
+        "--allow-unsigned", action="store_true",
+        help="read an unsigned (format-1) chain, which anyone can make, instead of refusing it",
+    )  # fmt: skip
+    if require_signed:
+        unsigned.add_argument(
+            "--require-signed", action="store_true",
+            help="the default now: an unsigned chain is refused unless --allow-unsigned "
+            "(accepted so that older scripts still run)",
+        )  # fmt: skip
 
 
 def add_connection_flags(parser: argparse.ArgumentParser, *, listening: bool) -> None:

@@ -2,9 +2,10 @@
 `export PATH`, `plot PATH`, or `fedchain-chain`.
 
 `show` prints a chain for a person; `verify` checks every link, hash, proof of work, average and
-signature, and names the first block that is wrong; `compare` finds where two copies part and
-whether that proves the server signed two different blocks; `export` writes a verified chain's
-global model as JSON; `plot` draws how a verified chain's run converged.
+signature, and names the first block that is wrong; `compare` verifies two copies and finds where
+they part and whether that proves the server signed two different blocks; `export` writes a
+verified chain's global model as JSON; `plot` draws how a verified chain's run converged. Each
+refuses an unsigned chain unless allowed, and a chain signed by another key than the one pinned.
 """
 
 import argparse
@@ -13,44 +14,42 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.arguments import add_output_flags, integer_in
-from fedchain.cli.console import configure_output, quiet_on_broken_pipe, say, shown
+from fedchain.cli.arguments import add_chain_reading_flags, add_output_flags, integer_in
+from fedchain.cli.console import configure_output, quiet_on_broken_pipe, say, shown, warn
 from fedchain.learning.dataset import DataError, column_difference, load_dataset
-from fedchain.ledger.block import MAX_DIFFICULTY_BITS, Block
-from fedchain.ledger.chain import Chain, verify_chain
+from fedchain.ledger.block import Block
+from fedchain.ledger.chain import Chain, UntrustedChain, check_server_key, verify_chain
 from fedchain.ledger.compare import compare_chains
 from fedchain.ledger.report import Verdict, report_chain
 from fedchain.ledger.store import ChainFileError, load_chain
 from fedchain.ledger.verification import ChainError
 from fedchain.results.history import MetricsError, last_round, model_of_round, read_metrics
+from fedchain.trust.errors import TrustError
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE, EXIT_INCOMPLETE = 0, 1, 2, 3
 EXIT_DIVERGED, EXIT_EQUIVOCATION = 4, 5
+EXIT_REFUSED = 6  # valid, but unsigned (and not allowed) or not signed by the pinned key
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Show, verify or compare chain files.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
-        ("verify", "check a chain; exit 0 valid and complete, 1 invalid, 3 incomplete"),
+        ("verify", "check a chain; exit 0 valid and complete, 1 invalid, 3 incomplete, "
+         "6 refused (unsigned, or not signed by the pinned key)"),
         ("show", "print every block, then verify"),
-    ):
+    ):  # fmt: skip
         command = commands.add_parser(name, help=help_text)
         command.add_argument("path", help="a chain file (JSON Lines)")
-        command.add_argument(
-            "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
-            help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
-        )  # fmt: skip
-        command.add_argument(
-            "--require-signed", action="store_true",
-            help="refuse an unsigned (format-1) chain: anyone can re-mine one",
-        )  # fmt: skip
+        add_chain_reading_flags(command, require_signed=True)
     compare = commands.add_parser(
-        "compare", help="where two copies part; exit 0 if one extends the other, 4 if they "
-        "part, 5 if the server signed both versions (proof of equivocation)",
+        "compare", help="verify two copies, then where they part; exit 0 if one holds every "
+        "block of the other, byte for byte, 4 if they part, 5 if the server signed both "
+        "versions (proof of equivocation), 1 if a copy does not verify, 6 if one is refused",
     )  # fmt: skip
     compare.add_argument("first")
     compare.add_argument("second")
+    add_chain_reading_flags(compare)
     export = commands.add_parser(
         "export", help="verify a chain, then write the global model of a round as JSON"
     )
@@ -75,10 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "--target", default=settings.TARGET,
             help="the column the model predicts (the chain does not record it)",
         )  # fmt: skip
-        command.add_argument(
-            "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
-            help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
-        )  # fmt: skip
+        add_chain_reading_flags(command)
     for command in commands.choices.values():
         add_output_flags(command)
     return parser.parse_args(argv)
@@ -92,39 +88,47 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     configure_output(quiet=args.quiet, verbose=args.verbose)
     if args.command == "compare":
-        first, second = _load(args.first), _load(args.second)
-        if isinstance(first, int) or isinstance(second, int):
-            return first if isinstance(first, int) else second
-        comparison = compare_chains(first, second)
-        say(comparison.summary)
-        if comparison.index is None:
-            return EXIT_OK
-        return EXIT_EQUIVOCATION if comparison.equivocation else EXIT_DIVERGED
+        return _compare(args)
     if args.command in ("export", "plot"):
-        chain = verified(args.path, min_difficulty=args.min_difficulty)
+        chain = verified(args.path, **reading(args))
         if isinstance(chain, int):
             return chain
         return (_export if args.command == "export" else _plot)(args, chain)
     blocks = _load(args.path)
     if isinstance(blocks, int):
         return blocks
-    verdict = report_chain(
-        blocks, say, show_blocks=args.command == "show", min_difficulty=args.min_difficulty,
-        require_signed=args.require_signed,
-    )  # fmt: skip
-    return {Verdict.VALID: EXIT_OK, Verdict.INCOMPLETE: EXIT_INCOMPLETE}.get(verdict, EXIT_INVALID)
-
-
-def verified(path: str, *, min_difficulty: int) -> Chain | int:
-    """The verified chain in PATH, or the exit code after saying in one line why not."""
     try:
-        chain = verify_chain(load_chain(path).blocks, min_difficulty=min_difficulty)
-    except (ChainFileError, ChainError) as error:
-        print(f"error: {path} does not verify: {shown(error)}", file=sys.stderr)
-        return EXIT_INVALID
-    except OSError as error:
-        print(f"error: cannot read {path}: {error.strerror}", file=sys.stderr)
-        return EXIT_UNREADABLE
+        verdict = report_chain(
+            blocks, say, show_blocks=args.command == "show", note=warn, **reading(args)
+        )
+    except BrokenPipeError:
+        raise  # the reader of our output went away: quiet_on_broken_pipe's to handle
+    except (OSError, TrustError) as error:  # the known-servers file
+        return _unreadable(error)
+    return {
+        Verdict.VALID: EXIT_OK, Verdict.INCOMPLETE: EXIT_INCOMPLETE, Verdict.REFUSED: EXIT_REFUSED
+    }.get(verdict, EXIT_INVALID)  # fmt: skip
+
+
+def reading(args: argparse.Namespace) -> dict:
+    """What the flags of add_chain_reading_flags ask of a chain, as keyword arguments."""
+    return {
+        "min_difficulty": args.min_difficulty,
+        "server_key": args.server_key,
+        "known_servers": args.known_servers,
+        "allow_unsigned": args.allow_unsigned,
+    }
+
+
+def verified(path: str, **expected: object) -> Chain | int:
+    """The verified chain in PATH, as EXPECTED (reading's keywords) asks, or the exit code
+    after saying in one line why not; a note if no server key was pinned."""
+    chain = _verify(path, **expected)
+    if isinstance(chain, int):
+        return chain
+    chain, caveat = chain
+    if caveat is not None:
+        warn(f"note: {caveat}")
     if chain.planned_rounds is not None and not chain.closed:
         print(
             f"warning: {path}: the run is incomplete ({chain.rounds_done} of "
@@ -132,6 +136,59 @@ def verified(path: str, *, min_difficulty: int) -> Chain | int:
             file=sys.stderr,
         )
     return chain
+
+
+def _verify(
+    path: str,
+    *,
+    min_difficulty: int = 0,
+    server_key: str | None = None,
+    known_servers: Path | None = None,
+    allow_unsigned: bool = False,
+) -> tuple[Chain, str | None] | int:
+    try:
+        loaded = load_chain(path)
+        chain = verify_chain(loaded.blocks, min_difficulty=min_difficulty)
+        caveat = check_server_key(
+            chain, server_key=server_key, known_servers=known_servers,
+            allow_unsigned=allow_unsigned,
+        )  # fmt: skip
+    except UntrustedChain as error:
+        print(f"error: {path} is refused: {shown(error)}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (ChainFileError, ChainError) as error:
+        print(f"error: {path} does not verify: {shown(error)}", file=sys.stderr)
+        return EXIT_INVALID
+    except (OSError, TrustError) as error:
+        return _unreadable(error, path)
+    if loaded.dropped_tail:
+        print(f"warning: {path}: {loaded.dropped_tail}", file=sys.stderr)
+    return chain, caveat
+
+
+def _unreadable(error: OSError | TrustError, path: str | None = None) -> int:
+    if isinstance(error, OSError):
+        print(f"error: cannot read {error.filename or path}: {error.strerror}", file=sys.stderr)
+    else:
+        print(f"error: {shown(error)}", file=sys.stderr)
+    return EXIT_UNREADABLE
+
+
+def _compare(args: argparse.Namespace) -> int:
+    # Both copies are verified first: a copy altered after it was sealed would otherwise
+    # be compared as if its blocks were what their stored hashes claim.
+    copies = [_verify(path, **reading(args)) for path in (args.first, args.second)]
+    for copy in copies:
+        if isinstance(copy, int):
+            return copy
+    for caveat in dict.fromkeys(caveat for _, caveat in copies if caveat is not None):
+        warn(f"note: {caveat}")
+    (first, _), (second, _) = copies
+    comparison = compare_chains(first.blocks, second.blocks)
+    say(comparison.summary)
+    if comparison.index is None:
+        return EXIT_OK
+    return EXIT_EQUIVOCATION if comparison.equivocation else EXIT_DIVERGED
 
 
 def _export(args: argparse.Namespace, chain: Chain) -> int:

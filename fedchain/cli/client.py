@@ -12,6 +12,7 @@ from fedchain.cli.arguments import (
     add_output_flags,
     client_name,
     integer_in,
+    public_key,
     seconds,
 )
 from fedchain.cli.console import configure_output, detail, say, shown
@@ -24,20 +25,12 @@ from fedchain.federation.client import (
 from fedchain.learning.dataset import DataError, load_dataset
 from fedchain.learning.poisoning import parse_poison
 from fedchain.trust.errors import TrustError
-from fedchain.trust.keys import check_public_hex, load_or_create_key, public_hex
+from fedchain.trust.keys import load_or_create_key, public_hex
 from fedchain.trust.known_servers import KnownServers
 from fedchain.wire.frames import ConnectionClosed
 from fedchain.wire.messages import ProtocolError, validate_message
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def public_key(text: str) -> str:
-    """A public key flag: 64 hex digits."""
-    try:
-        return check_public_hex(text, "--server-key")
-    except (TrustError, TypeError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def poison(text: str):

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from fedchain import settings
-from fedchain.cli.arguments import add_output_flags, integer_in
-from fedchain.cli.chain import verified
+from fedchain.cli.arguments import add_chain_reading_flags, add_output_flags, integer_in
+from fedchain.cli.chain import reading, verified
 from fedchain.cli.console import configure_output, quiet_on_broken_pipe, say, shown
 from fedchain.learning.dataset import DataError, load_rows
-from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.results import read_model_file
 from fedchain.results.chain_model import ChainModel, ModelFileError
 from fedchain.results.history import model_of_round
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
+# and, as blockchain.py, 6 for a chain refused: unsigned, or not signed by the pinned key
 COMMANDS = ("predict", "score")
 
 
@@ -43,11 +43,11 @@ def _show(argv: list[str]) -> int:
     )
     parser.add_argument("chain", help="a chain file (JSON Lines)")
     parser.add_argument("--round", type=integer_in(0), default=None, help="which round's model")
-    _add_min_difficulty(parser)
+    add_chain_reading_flags(parser)
     add_output_flags(parser)
     args = parser.parse_args(argv)
     configure_output(quiet=args.quiet, verbose=args.verbose)
-    model = _from_chain(args.chain, args.round, settings.TARGET, args.min_difficulty)
+    model = _from_chain(args.chain, args.round, settings.TARGET, args)
     if isinstance(model, int):
         return model
     say(f"global model of round {model.round} (block hash {model.block_hash[:16]}…), y = X·w + b:")
@@ -77,13 +77,16 @@ def _use(command: str, argv: list[str]) -> int:
     )  # fmt: skip
     if command == "predict":
         parser.add_argument("-o", "--output", help="the CSV to write (default: print it)")
-    _add_min_difficulty(parser)
+    add_chain_reading_flags(parser)
     add_output_flags(parser)
     args = parser.parse_args(argv)
     configure_output(quiet=args.quiet, verbose=args.verbose)
     if args.model is not None:
         if args.round is not None:
             parser.error("--round picks a round of a --chain; a model file holds one round")
+        if args.server_key or args.known_servers or args.allow_unsigned:
+            parser.error("--server-key, --known-servers and --allow-unsigned check a --chain; "
+                         "a model file is taken as it is")  # fmt: skip
         try:
             model = read_model_file(args.model)
         except ModelFileError as error:
@@ -96,7 +99,7 @@ def _use(command: str, argv: list[str]) -> int:
             model.target = args.target
     else:
         target = args.target or settings.TARGET
-        model = _from_chain(args.chain, args.round, target, args.min_difficulty)
+        model = _from_chain(args.chain, args.round, target, args)
         if isinstance(model, int):
             return model
     try:
@@ -133,8 +136,10 @@ def _predict(model: ChainModel, X: np.ndarray, output: str | None) -> int:
     return EXIT_OK
 
 
-def _from_chain(path: str, round: int | None, target: str, min_difficulty: int) -> ChainModel | int:
-    chain = verified(path, min_difficulty=min_difficulty)
+def _from_chain(
+    path: str, round: int | None, target: str, args: argparse.Namespace
+) -> ChainModel | int:
+    chain = verified(path, **reading(args))
     if isinstance(chain, int):
         return chain
     try:
@@ -142,10 +147,3 @@ def _from_chain(path: str, round: int | None, target: str, min_difficulty: int) 
     except ValueError as error:
         print(f"error: {path}: {error}", file=sys.stderr)
         return EXIT_INVALID
-
-
-def _add_min_difficulty(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
-        help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
-    )  # fmt: skip

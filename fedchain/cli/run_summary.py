@@ -20,9 +20,11 @@ def summarise_run(
     test_data: Dataset | None,
     target: str,
     say: Callable[[str], None],
+    *,
+    server_key: str,
 ) -> bool:
     """Say what the run learned and where it is, then the stored chain's blocks and verdict;
-    True if the chain verifies."""
+    True if the chain verifies, signed by SERVER_KEY."""
     blocks = _read(chain_path, say)
     if blocks is None:
         return False
@@ -47,17 +49,24 @@ def summarise_run(
             f"{metrics_path} -o {figure}")  # fmt: skip
     say(f"every block in full: python blockchain.py show {chain_path}")
     say(f"the model on new rows: python model.py predict --chain {chain_path} --data ROWS.csv")
-    return show_chain(chain_path, say, blocks)
+    return show_chain(chain_path, say, blocks, server_key=server_key)
 
 
-def show_chain(path: Path, say: Callable[[str], None], blocks: list[Block] | None = None) -> bool:
+def show_chain(
+    path: Path,
+    say: Callable[[str], None],
+    blocks: list[Block] | None = None,
+    *,
+    server_key: str,
+) -> bool:
     """The chain as stored: one line a block (who signed, who attested), and whether it
-    verifies; True if it does and the run it records is complete."""
+    verifies; True if it does, is signed by SERVER_KEY (the server's own: pinned, so no note
+    that anyone could have made it), and the run it records is complete."""
     blocks = _read(path, say) if blocks is None else blocks
     if blocks is None:
         return False
     say(f"the chain, from {path}:")
-    return report_chain(blocks, say, show_blocks=False) is Verdict.VALID
+    return report_chain(blocks, say, show_blocks=False, server_key=server_key) is Verdict.VALID
 
 
 def _read(path: Path, say: Callable[[str], None]) -> list[Block] | None:

@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_RUN_FAILED
         except RunAborted as error:
             warn(f"run stopped: {error}")
-            show_chain(args.chain, say)
+            show_chain(args.chain, say, server_key=public_hex(key))
             return EXIT_RUN_FAILED
         except KeyboardInterrupt:
             if args.chain.exists():
@@ -242,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             server.metrics.close()
     say("run complete")
-    complete = summarise_run(args.chain, args.metrics, test_data, args.target, say)
+    complete = summarise_run(
+        args.chain, args.metrics, test_data, args.target, say, server_key=public_hex(key)
+    )
     return EXIT_OK if complete else EXIT_RUN_FAILED
 
 
@@ -282,7 +284,8 @@ def open_for_resuming(
     except _NotResumed as refusal:
         if refusal.complete:
             say(f"the run of {args.chain} is already complete; nothing to resume")
-            return EXIT_OK if show_chain(args.chain, say) else EXIT_RUN_FAILED
+            verified = show_chain(args.chain, say, server_key=server_key)
+            return EXIT_OK if verified else EXIT_RUN_FAILED
         print(f"error: {args.chain} {refusal}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, ValueError) as error:  # ChainFileError and ChainError are ValueErrors

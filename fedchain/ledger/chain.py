@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -35,6 +36,19 @@ from fedchain.ledger.verification import (
     verify_genesis_fields,
     verify_next,
 )
+from fedchain.trust.keys import check_public_hex
+from fedchain.trust.known_servers import KnownServers
+
+
+class PinHints(NamedTuple):
+    """How the reader's program spells pinning a server and allowing an unsigned chain."""
+
+    pin: str
+    allow_unsigned: str
+
+
+FLAG_HINTS = PinHints("--server-key HEX or --known-servers FILE", "--allow-unsigned")
+MAX_KEYS_NAMED = 3  # of a known-servers file, in a refusal
 
 
 class Chain:
@@ -108,6 +122,64 @@ def verify_chain(
     for block in blocks[1:]:
         chain.append(block)
     return chain
+
+
+class UntrustedChain(ChainError):
+    """A chain that verifies but is not the work of a server the reader trusts: unsigned
+    (format 1) where that is not allowed, or signed by another key than the one pinned."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(0, reason)  # the genesis names the key that signs every block
+
+
+def check_server_key(
+    chain: Chain,
+    *,
+    server_key: str | None = None,
+    known_servers: str | Path | None = None,
+    allow_unsigned: bool = False,
+    hints: PinHints = FLAG_HINTS,
+) -> str | None:
+    """Raise UntrustedChain unless the verified CHAIN is signed by SERVER_KEY, or by a key the
+    KNOWN_SERVERS file records (for any address), or, with neither pinned, is signed at all (or
+    ALLOW_UNSIGNED). Return None if a pinned key matched, else a one-line caveat for the reader
+    (HINTS says how to pin). Reading KNOWN_SERVERS may raise OSError or TrustError."""
+    # Anyone can make a key, sign a chain with it and mine it: a signature proves who made a
+    # chain only to a reader who knows which key to expect.
+    if server_key is not None and known_servers is not None:
+        raise ValueError("pin the server by server_key or by known_servers, not both")
+    found = chain.genesis.run.server_key if chain.genesis.signed else None
+    made = (
+        f"the chain is signed by the server key {found}, not"
+        if found
+        else "the chain is unsigned (format 1), so not signed"
+    )
+    if server_key is not None:
+        expected = check_public_hex(server_key, "the pinned server key")
+        if found != expected:
+            raise UntrustedChain(f"{made} by the pinned key {expected}")
+        return None
+    if known_servers is not None:
+        servers = KnownServers(Path(known_servers)).servers()
+        if found not in servers.values():
+            listed = [f"{key} ({address})" for address, key in servers.items()]
+            if len(listed) > MAX_KEYS_NAMED:
+                listed[MAX_KEYS_NAMED:] = [f"{len(listed) - MAX_KEYS_NAMED} more"]
+            raise UntrustedChain(
+                f"{made} by a key {known_servers} records: {', '.join(listed) or 'it records none'}"
+            )
+        return None
+    if found is None:
+        if not allow_unsigned:
+            raise UntrustedChain(
+                "the chain is unsigned (format 1): anyone could have made it; to read it all "
+                f"the same: {hints.allow_unsigned}"
+            )
+        return "the chain is unsigned (format 1): anyone could have made it"
+    return (
+        f"no server key pinned: anyone holding some key could have made this chain (it names "
+        f"the server key {found}); to pin the key you expect: {hints.pin}"
+    )
 
 
 def continue_chain(

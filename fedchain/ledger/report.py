@@ -3,10 +3,11 @@
 import enum
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from fedchain.learning.aggregation import KRUM, MEDIAN
 from fedchain.ledger.block import Block
-from fedchain.ledger.chain import Chain, verify_chain
+from fedchain.ledger.chain import Chain, UntrustedChain, check_server_key, verify_chain
 from fedchain.ledger.verification import ChainError
 
 SHOWN_WEIGHTS = 16  # per block; a wide model would otherwise bury the rest
@@ -38,6 +39,7 @@ class Verdict(enum.Enum):
     VALID = "valid"  # and, for a signed chain, complete: every planned round and the closing
     INCOMPLETE = "incomplete"  # valid so far, but the run it records did not finish
     INVALID = "invalid"
+    REFUSED = "refused"  # valid, but unsigned or signed by another key than the one pinned
 
 
 def report_chain(
@@ -46,9 +48,14 @@ def report_chain(
     *,
     show_blocks: bool = True,
     min_difficulty: int = 0,
-    require_signed: bool = False,
+    server_key: str | None = None,
+    known_servers: str | Path | None = None,
+    allow_unsigned: bool = False,
+    note: Callable[[str], None] | None = None,
 ) -> Verdict:
-    """Print the blocks (if asked), who signed and attested each, and the verdict."""
+    """Print the blocks (if asked), who signed and attested each, and the verdict; the caveat
+    of a chain whose server no key pinned goes to NOTE (default SAY). check_server_key says
+    what is refused; reading KNOWN_SERVERS may raise OSError or TrustError."""
     if show_blocks:
         for block in blocks:
             say(format_block(block))
@@ -57,11 +64,18 @@ def report_chain(
     except ChainError as error:
         say(f"invalid: {error}")
         return Verdict.INVALID
+    try:
+        caveat = check_server_key(
+            chain, server_key=server_key, known_servers=known_servers,
+            allow_unsigned=allow_unsigned,
+        )  # fmt: skip
+    except UntrustedChain as error:
+        say(f"refused: {error}")
+        return Verdict.REFUSED
+    if caveat is not None:
+        (note or say)(f"note: {caveat}")
     count = f"{len(blocks)} block{'s' if len(blocks) != 1 else ''}"
     if not chain.genesis.signed:
-        if require_signed:
-            say("invalid: block 0: the chain is unsigned (format 1), and signatures are required")
-            return Verdict.INVALID
         say(f"valid: {count} (format 1: unsigned, so no contribution is attributable)")
         return Verdict.VALID
     for block in chain.blocks:

@@ -1,6 +1,7 @@
 """A verified chain as tables: each client's model and the global model, round by round, their
 errors on held-out rows, and the server's metrics file checked against the chain."""
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from fedchain.learning.dataset import Dataset, load_dataset
 from fedchain.learning.linear_model import LinearModel, mse
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.block import Block
-from fedchain.ledger.chain import Chain, verify_chain
+from fedchain.ledger.chain import Chain, PinHints, check_server_key, verify_chain
 from fedchain.ledger.store import load_chain
 from fedchain.results.chain_model import ChainModel
 
@@ -20,13 +21,38 @@ METRICS_COLUMNS = ("round", "client", "local_mse_after", "test_mse", "block_hash
 MIN_HASH_PREFIX = 8  # hex digits of a block's hash the metrics file must give, at the least
 
 
+PYTHON_HINTS = PinHints("server_key=HEX or known_servers=FILE", "allow_unsigned=True")
+
+
 class MetricsError(ValueError):
     """A metrics file that cannot be read, or that does not describe the chain it is given with."""
 
 
-def verified_chain(path: str | Path, *, min_difficulty: int = 0) -> Chain:
-    """The chain in the file PATH, verified; raises OSError, ChainFileError or ChainError."""
-    return verify_chain(load_chain(path).blocks, min_difficulty=min_difficulty)
+class UnpinnedChainWarning(UserWarning):
+    """A chain read with no server key pinned: whoever holds any key could have made it."""
+
+
+def verified_chain(
+    path: str | Path,
+    *,
+    min_difficulty: int = 0,
+    server_key: str | None = None,
+    known_servers: str | Path | None = None,
+    allow_unsigned: bool = False,
+) -> Chain:
+    """The chain in the file PATH, verified and signed by SERVER_KEY (or a key the KNOWN_SERVERS
+    file records); with neither, an UnpinnedChainWarning says anyone could have made it, and an
+    unsigned chain is refused unless ALLOW_UNSIGNED. Raises OSError, ChainFileError, ChainError
+    (UntrustedChain for a refusal) or TrustError (a bad known-servers file)."""
+    chain = verify_chain(load_chain(path).blocks, min_difficulty=min_difficulty)
+    caveat = check_server_key(
+        chain, server_key=server_key, known_servers=known_servers,
+        allow_unsigned=allow_unsigned, hints=PYTHON_HINTS,
+    )  # fmt: skip
+    if caveat is not None:
+        # stacklevel 3: the line that called load_rounds (or another load_*), not this one.
+        warnings.warn(f"{path}: {caveat}", UnpinnedChainWarning, stacklevel=3)
+    return chain
 
 
 def last_round(blocks: Sequence[Block]) -> int:

@@ -3,6 +3,7 @@
 that is what a machine in the middle looks like.
 """
 
+import errno
 import os
 from pathlib import Path
 
@@ -112,6 +113,14 @@ class KnownServers:
             os.close(fd)
         if created:
             fsync_directory(self.path.parent)
+
+    def servers(self) -> dict[str, str]:
+        """Each address the file records, with its key; FileNotFoundError if there is no file
+        (a client starts without one, but a reader who names the file expects it)."""
+        entries = self._entries()
+        if not entries and not self.path.exists():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.path))
+        return {address: key for address, (key, _) in entries.items()}
 
     def _entries(self) -> dict[str, tuple[str, int]]:
         """Each address's key and line; TrustError for a bad line or an address with two keys."""

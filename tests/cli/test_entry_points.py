@@ -61,6 +61,7 @@ def test_the_demo_runs_the_federation_and_ends_with_the_comparison():
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "[server] valid: 4 blocks; the run is complete (2 of 2 rounds)" in out
+    assert "note:" not in out + result.stderr  # the server's own key is pinned: no caveat
     assert "cli1's replica is the server's chain, byte for byte" in out
     assert "cli2's replica is the server's chain, byte for byte" in out
     ratio = float(re.search(r"federated / central MSE on the pooled client rows: ([\d.]+)", out)[1])

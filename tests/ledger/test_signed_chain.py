@@ -147,14 +147,15 @@ def test_a_block_dated_in_the_future_is_refused():
     verify_chain([blocks[0], ahead], now=ahead.timestamp)  # a clock that agrees accepts it
 
 
-def test_a_format_1_chain_still_verifies_reported_unsigned():
+def test_a_format_1_chain_still_verifies_reported_unsigned_on_request():
     chain = verify_chain(load_chain(FORMAT_1_CHAIN).blocks)
     assert not chain.genesis.signed and chain.planned_rounds is None
-    result = run_blockchain_cli("verify", FORMAT_1_CHAIN)
+    result = run_blockchain_cli("verify", FORMAT_1_CHAIN, "--allow-unsigned")
     assert result.returncode == 0
     assert result.stdout.strip() == (
         "valid: 4 blocks (format 1: unsigned, so no contribution is attributable)"
     )
+    assert result.stderr == "note: the chain is unsigned (format 1): anyone could have made it\n"
 
 
 def test_compare_proves_equivocation_when_the_server_signed_both_versions(tmp_path):
@@ -230,11 +231,13 @@ def test_every_participant_is_accounted_for_in_every_block():
         verify_chain([genesis, replace(alone, missing={"cli2": "something else"})])
 
 
-def test_verify_can_require_a_signed_chain():
-    result = run_blockchain_cli("verify", FORMAT_1_CHAIN, "--require-signed")
-    assert result.returncode == 1
+@pytest.mark.parametrize("flags", [(), ("--require-signed",)], ids=["default", "require-signed"])
+def test_verify_refuses_an_unsigned_chain_unless_allowed(flags):
+    result = run_blockchain_cli("verify", FORMAT_1_CHAIN, *flags)
+    assert result.returncode == 6
     assert result.stdout.strip() == (
-        "invalid: block 0: the chain is unsigned (format 1), and signatures are required"
+        "refused: block 0: the chain is unsigned (format 1): anyone could have made it; to read "
+        "it all the same: --allow-unsigned"
     )
 
 

@@ -23,6 +23,10 @@ from fedchain.results import (
 from fedchain.results.chain_model import model_from_json
 from fedchain.results.history import MetricsError, errors_on, read_metrics
 
+# These tests read tables and models off chains no one pinned a key for: the warning that says
+# so is tested with the forged chains (tests/cli/test_forged_chains.py).
+pytestmark = pytest.mark.filterwarnings("ignore::fedchain.results.UnpinnedChainWarning")
+
 
 @pytest.fixture(scope="module")
 def blocks():
