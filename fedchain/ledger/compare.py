@@ -3,6 +3,9 @@
 A server signs every block's hash. Two different blocks at the same index, both carrying valid
 signatures by the key the shared genesis names, are a proof anyone can check that the server
 told two stories (equivocation): no one else holds the key that made them.
+
+Blocks are compared whole, every field as the chain file holds it, not by their stored hashes:
+a copy altered after it was sealed keeps the hash it had.
 """
 
 from collections.abc import Sequence
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from fedchain.ledger.block import Block, compute_hash
 from fedchain.ledger.chain import verify_chain
 from fedchain.ledger.signatures import block_message, signature_holds
+from fedchain.ledger.store import block_to_json
 from fedchain.ledger.verification import ChainError
 
 
@@ -22,9 +26,10 @@ class Comparison:
 
 
 def compare_chains(a: Sequence[Block], b: Sequence[Block]) -> Comparison:
-    """Find where A and B part and judge the two blocks there."""
+    """Find where A and B part, comparing every field of every block, and judge the two
+    blocks there."""
     for index, (block_a, block_b) in enumerate(zip(a, b, strict=False)):
-        if block_a.hash != block_b.hash:
+        if block_to_json(block_a) != block_to_json(block_b):
             return _judge(index, a[:index], block_a, block_b)
     if len(a) == len(b):
         return Comparison(None, False, f"the copies are the same {len(a)} blocks")
@@ -36,6 +41,13 @@ def compare_chains(a: Sequence[Block], b: Sequence[Block]) -> Comparison:
 
 
 def _judge(index: int, shared: Sequence[Block], block_a: Block, block_b: Block) -> Comparison:
+    if block_a.hash == block_b.hash:
+        return Comparison(
+            index, False,
+            f"the copies part at block {index}: its contents differ under the same stored hash "
+            f"{block_a.hash[:16]}…, so at least one copy was altered after the block was sealed; "
+            "that is no proof against the server",
+        )  # fmt: skip
     if index == 0:
         return Comparison(0, False, "the copies start from different genesis blocks: two runs")
     try:  # a proof stands on a shared history that verifies, whatever came after it
