@@ -191,16 +191,19 @@ def readme_example() -> str:
 
 def test_the_readmes_notebook_example_runs_as_written(run, tmp_path):
     code = readme_example()
-    assert len([line for line in code.splitlines() if line.strip()]) == 5
-    # From the top of a checkout holding the run's chain.jsonl, as the README says.
+    assert len([line for line in code.splitlines() if line.strip()]) == 6
+    # From the top of a checkout holding the run's chain.jsonl, as the README says, and the
+    # known_servers file its clients wrote there.
     shutil.copy(run / "chain.jsonl", tmp_path / "chain.jsonl")
+    (tmp_path / "keys").mkdir()
+    shutil.copy(run / "keys" / "known_servers", tmp_path / "keys" / "known_servers")
     (tmp_path / "data").mkdir()
     shutil.copy(TEST_CSV, tmp_path / "data" / "test.csv")
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
         timeout=WAIT_S, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # pinned: no warning
     r2_text, same = result.stdout.split()
     assert 0.7 < float(r2_text) < 0.8 and same == "True"  # the simulation is the chain's run
 
