@@ -167,6 +167,10 @@ def test_known_servers_pins_any_key_the_file_records(rekeyed, honest, tmp_path):
         assert accepted.returncode == 0 and accepted.stderr == "", accepted.stderr
     missing = run_main("model.py", honest, "--known-servers", tmp_path / "nothing")
     assert missing.returncode == 2 and "cannot read " in missing.stderr
+    known.chmod(0o666)  # the clients' own rule for the file holds here too
+    writable = run_main("blockchain.py", "verify", honest, "--known-servers", known)
+    assert writable.returncode == 2 and "can be written by others" in writable.stderr
+    known.chmod(0o600)
     known.write_text("127.0.0.1:10000 not-a-key\n")
     bad = run_main("blockchain.py", "verify", honest, "--known-servers", known)
     assert bad.returncode == 2 and f"{known}: line 1: " in bad.stderr
