@@ -1,6 +1,7 @@
 """The files that decide whom to trust (private keys, authorized keys, known servers) are read
 only if nobody but their owner could have changed them, as OpenSSH's StrictModes: the file and
-its folder must belong to the user or root and be writable by their owner alone.
+every folder on the way to it must belong to the user or root and be writable by their owner
+alone.
 
 A folder others may write lets them delete or replace the file in it, unless it has the sticky
 bit (as /tmp has): there only a file's owner may remove or rename it, and a file someone else
@@ -18,6 +19,7 @@ from pathlib import Path
 from fedchain.trust.errors import TrustError
 
 PRIVATE_FOLDER_MODE = 0o700
+MAX_LINKS = 40  # as Linux's own limit on the links one path may pass through
 
 
 def read_trust_file(path: Path, *, secret: bool = False, max_bytes: int | None = None) -> bytes:
@@ -65,33 +67,75 @@ def check_trust_file(path: Path, *, secret: bool = False, opened: int | None = N
 
 
 def check_folder_of(path: Path) -> None:
-    """TrustError, saying what to run, if others may replace PATH: its folder (and the real
-    file's, when PATH is a symbolic link) must be writable by its owner, the user or root, only.
-    A folder not made yet passes: make_private_folders makes it."""
+    """TrustError, saying what to run, if others may replace PATH: every folder the system
+    passes through to reach it (following symbolic links, as opening it does) must belong to
+    the user or root and be writable by its owner only, or be sticky; and every link on the way
+    must be the user's or root's. A folder not made yet passes: make_private_folders makes it."""
+    # As OpenSSH's StrictModes, every folder on the way, not only the last: whoever may write
+    # any of them may rename the folder below it and put another in its place.
     path = Path(path)
-    seen = set()
-    for folder in (path.parent, Path(os.path.realpath(path)).parent):
-        try:
-            status = os.stat(folder)
-        except FileNotFoundError:
-            continue
-        if (status.st_dev, status.st_ino) in seen:
-            continue
-        seen.add((status.st_dev, status.st_ino))
-        named = folder if folder != Path(".") else Path.cwd()  # `chmod go-w .` reads as a typo
+    folders = _folders_on_the_way(path)
+    for number, (folder, status) in enumerate(folders, start=1):
+        where = "the folder of" if number == len(folders) else "a folder on the way to"
         mode = stat.S_IMODE(status.st_mode)
         if status.st_uid not in _trusted_owners():
             owner = _user_name(status.st_uid)
             raise TrustError(
-                f"{named}, the folder of {path}, belongs to {owner}, not to you"
+                f"{folder}, {where} {path}, belongs to {owner}, not to you"
                 f" ({_user_name(os.geteuid())}) or root, so {owner} could replace the file;"
                 " keep it in a folder of your own"
             )
         if mode & 0o022 and not mode & stat.S_ISVTX:
             raise TrustError(
-                f"{named}, the folder of {path}, can be written by others (mode {mode:03o}), so"
-                f" anyone could replace the file; run `chmod go-w {_quoted(named)}`"
+                f"{folder}, {where} {path}, can be written by others (mode {mode:03o}), so"
+                f" anyone could replace the file; run `chmod go-w {_quoted(folder)}`"
             )
+
+
+def _folders_on_the_way(path: Path) -> list[tuple[Path, os.stat_result]]:
+    """The real folders that opening PATH passes through, with their status, from the root
+    down to PATH's own (last), or to the first one not made yet; TrustError for a symbolic link
+    on the way that someone else made (in a sticky folder anyone may put one there, and Linux
+    follows it unless fs.protected_symlinks is set)."""
+    folder = Path("/")
+    folders = [(folder, os.lstat(folder))]
+    # Not resolve() or abspath(): each link must be seen, and `link/..` is the link target's
+    # parent, not the link's folder.
+    remaining = list((Path.cwd() / path).parts[1:])
+    links = 0
+    while remaining:
+        name = remaining.pop(0)
+        if name == "..":
+            folder = folder.parent  # a real folder: its parent was checked on the way down
+            continue
+        entry = folder / name
+        try:
+            status = os.lstat(entry)
+        except (FileNotFoundError, NotADirectoryError):
+            break  # not made yet, or not a folder: opening it fails without reading anything
+        if stat.S_ISLNK(status.st_mode):
+            links += 1
+            if links > MAX_LINKS:
+                raise TrustError(f"{path}: too many levels of symbolic links")
+            if status.st_uid not in _trusted_owners():
+                owner = _user_name(status.st_uid)
+                raise TrustError(
+                    f"{entry}, a symbolic link on the way to {path}, belongs to {owner}, not to"
+                    f" you ({_user_name(os.geteuid())}) or root, so {owner} chose where it"
+                    " leads; give the real path"
+                )
+            target = Path(os.readlink(entry))
+            if target.is_absolute():
+                folder = Path("/")
+            remaining[:0] = target.parts[1:] if target.is_absolute() else target.parts
+            continue
+        if not remaining or not stat.S_ISDIR(status.st_mode):
+            break  # PATH itself, which the caller checks; or a file that no path goes through
+        folder = entry
+        folders.append((folder, status))
+    if folders[-1][0] != folder:  # PATH went back up (`..`) to a folder passed on the way
+        folders.append((folder, os.lstat(folder)))
+    return folders
 
 
 def make_private_folders(folder: Path) -> None:

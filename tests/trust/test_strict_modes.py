@@ -145,3 +145,61 @@ def test_folders_made_for_trust_files_are_private_whatever_the_umask(tmp_path):
     for folder in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "keys"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755  # a folder that exists keeps its mode
+
+
+def test_a_folder_others_may_write_anywhere_above_the_file_is_refused(tmp_path):
+    # Whoever may write `shared` may rename `keys` away and put another folder in its place.
+    shared = tmp_path / "shared"
+    (shared / "keys").mkdir(parents=True)
+    path = trust_file(shared / "keys")
+    shared.chmod(0o777)
+    with pytest.raises(TrustError) as caught:
+        check_trust_file(path)
+    assert str(caught.value).startswith(
+        f"{shared}, a folder on the way to {path}, can be written by others (mode 777)"
+    )
+    assert str(caught.value).endswith(f"run `chmod go-w {shared}`")
+    shared.chmod(0o1777)  # sticky, as /tmp: nobody may rename what is not theirs
+    check_trust_file(path)
+
+
+def test_a_symbolic_link_to_a_folder_is_checked_all_the_way_to_where_it_leads(tmp_path):
+    shared = tmp_path / "shared"
+    (shared / "keys").mkdir(parents=True)
+    trust_file(shared / "keys")
+    shared.chmod(0o777)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "keys").symlink_to(shared / "keys")
+    with pytest.raises(TrustError, match=f"^{shared}, a folder on the way to {home}/keys/"):
+        read_trust_file(home / "keys" / "authorized_keys")
+
+
+def test_a_chain_of_links_is_checked_at_every_link_it_passes(tmp_path):
+    # home/authorized_keys -> shared/hop -> safe/authorized_keys: the file and both ends sit
+    # in safe folders, but whoever may write `shared` chooses where the hop leads.
+    safe, shared, home = tmp_path / "safe", tmp_path / "shared", tmp_path / "home"
+    for folder in (safe, shared, home):
+        folder.mkdir(mode=0o700)
+    real = trust_file(safe)
+    (shared / "hop").symlink_to(real)
+    (home / "authorized_keys").symlink_to(shared / "hop")
+    read_trust_file(home / "authorized_keys")
+    shared.chmod(0o777)
+    with pytest.raises(TrustError, match=f"^{shared}, a folder on the way to {home}/authorized"):
+        read_trust_file(home / "authorized_keys")
+
+
+@needs_root
+def test_a_link_someone_else_put_in_a_sticky_folder_is_not_followed(tmp_path):
+    # In /tmp anyone may make a link; Linux follows it unless fs.protected_symlinks is set.
+    sticky = tmp_path / "tmp"
+    sticky.mkdir(mode=0o1777)
+    real = trust_file(tmp_path)
+    link = sticky / "authorized_keys"
+    link.symlink_to(real)
+    read_trust_file(link)
+    os.lchown(link, STRANGER_UID, -1)
+    with pytest.raises(TrustError, match=f"^{link}, a symbolic link on the way to {link}, "
+                       f"belongs to user {STRANGER_UID}"):  # fmt: skip
+        read_trust_file(link)
