@@ -84,9 +84,9 @@ def _use(command: str, argv: list[str]) -> int:
     if args.model is not None:
         if args.round is not None:
             parser.error("--round picks a round of a --chain; a model file holds one round")
-        if args.server_key or args.known_servers or args.allow_unsigned:
-            parser.error("--server-key, --known-servers and --allow-unsigned check a --chain; "
-                         "a model file is taken as it is")  # fmt: skip
+        if args.server_key or args.known_servers or args.allow_unsigned or args.min_difficulty:
+            parser.error("--server-key, --known-servers, --allow-unsigned and --min-difficulty "
+                         "check a --chain; a model file is taken as it is")  # fmt: skip
         try:
             model = read_model_file(args.model)
         except ModelFileError as error:

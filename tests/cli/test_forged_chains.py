@@ -200,3 +200,16 @@ def test_the_results_api_refuses_forged_chains_and_warns_when_nothing_is_pinned(
         model = load_model(honest, known_servers=known)
         assert load_model(honest, server_key=HONEST_KEY).block_hash == model.block_hash
     assert model.feature_names == FEATURES
+
+
+def test_a_model_file_is_not_taken_with_flags_that_only_a_chain_can_meet(honest, tmp_path):
+    # A model file records no work and no signature: a flag asking for them there would be
+    # a check that silently never ran.
+    exported = run_main("blockchain.py", "export", honest, "-o", tmp_path / "model.json")
+    assert exported.returncode == 0, exported.stderr
+    rows = readers(honest, tmp_path)["model.py score"][-1]
+    for flags in (["--server-key", HONEST_KEY], ["--allow-unsigned"], ["--min-difficulty", "20"]):
+        result = run_main("model.py", "predict", "--model", tmp_path / "model.json",
+                          "--data", rows, *flags)  # fmt: skip
+        assert result.returncode == 2 and result.stdout == "", (flags, result.stdout)
+        assert "a model file is taken as it is" in result.stderr, flags
