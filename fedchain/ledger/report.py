@@ -6,11 +6,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedchain.learning.aggregation import KRUM, MEDIAN
-from fedchain.ledger.block import Block
+from fedchain.ledger.block import FORMAT_RULES, Block
 from fedchain.ledger.chain import Chain, UntrustedChain, check_server_key, verify_chain
 from fedchain.ledger.verification import ChainError
 
 SHOWN_WEIGHTS = 16  # per block; a wide model would otherwise bury the rest
+LEGACY_KRUM_NOTE = (
+    "note: krum in the legacy format 3: distances in raw weight units, and the kept models "
+    "averaged by the row counts the clients claim (servers now write krum in format 5)"
+)
 
 
 def format_block(block: Block) -> str:
@@ -74,6 +78,10 @@ def report_chain(
         return Verdict.REFUSED
     if caveat is not None:
         (note or say)(f"note: {caveat}")
+    if chain.genesis.aggregation == KRUM and chain.genesis.version == FORMAT_RULES:
+        # Still valid (it verifies as written), but no server writes it now: a run started in
+        # it lets a client steer the average by the row count it claims.
+        (note or say)(LEGACY_KRUM_NOTE)
     count = f"{len(blocks)} block{'s' if len(blocks) != 1 else ''}"
     if not chain.genesis.signed:
         say(f"valid: {count} (format 1: unsigned, so no contribution is attributable)")

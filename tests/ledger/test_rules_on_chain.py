@@ -19,6 +19,7 @@ from fedchain.ledger.block import (
     RunRecord,
 )
 from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_block, verify_chain
+from fedchain.ledger.report import LEGACY_KRUM_NOTE, Verdict, report_chain
 from fedchain.ledger.signatures import attestation_message, sign_hex, update_message
 from fedchain.ledger.store import block_from_json, block_to_json, load_chain
 from fedchain.ledger.verification import ChainError
@@ -263,3 +264,15 @@ def test_a_scale_outside_a_krum_genesis_of_format_5_is_refused():
         verify_chain([reseal(first, aggregation=MEDIAN)])
     with pytest.raises(ValueError, match="format-5 blocks, and only they"):
         reseal(genesis(MEDIAN, 1.0), scale=(1.0, 1.0, 1.0))
+
+
+def test_verify_says_when_a_krum_chain_is_in_the_legacy_format_3():
+    # It verifies as written, but a run started in it today would weigh the kept models by the
+    # row counts the clients claim: a reader is told, once.
+    said = []
+    verdict = report_chain(load_chain(FORMAT_3_KRUM_CHAIN).blocks, said.append)
+    assert verdict is Verdict.VALID
+    assert said.count(LEGACY_KRUM_NOTE) == 1
+    said.clear()
+    report_chain(build(KRUM, 1.0), said.append)
+    assert LEGACY_KRUM_NOTE not in said
