@@ -34,14 +34,15 @@ from fedchain.learning.local_training import (
 from fedchain.learning.poisoning import Poison
 from fedchain.ledger.block import Block, ClientUpdate, TrainingSettings
 from fedchain.ledger.chain import ChainTip, continue_chain, verify_tip
-from fedchain.ledger.correction import global_gradient
+from fedchain.ledger.correction import global_gradient, probe_point
 from fedchain.ledger.signatures import (
     attestation_message,
     probe_message,
     sign_hex,
+    signature_holds,
     update_message,
 )
-from fedchain.ledger.store import ChainReader, ChainWriter, block_from_json
+from fedchain.ledger.store import ChainReader, ChainWriter, block_from_json, updates_from_json
 from fedchain.ledger.verification import ChainError, verify_genesis
 from fedchain.trust.errors import TrustError
 from fedchain.trust.handshake import login_message
@@ -49,7 +50,7 @@ from fedchain.trust.keys import public_hex, sign
 from fedchain.trust.known_servers import KnownServers
 from fedchain.trust.tls import client_context, peer_public_hex
 from fedchain.wire.frames import ConnectionClosed, receive_message, send_message
-from fedchain.wire.messages import BUSY, ProtocolError, validate_message
+from fedchain.wire.messages import BUSY, MAX_PROBES, ProtocolError, validate_message
 
 RETRY_INTERVAL_S = 0.2
 
@@ -107,7 +108,7 @@ class FederatedClient:
         self.key = key
         self.public_key = public_hex(key)
         self.min_difficulty = min_difficulty
-        self.max_rounds = max_rounds  # a run planning more is refused: its chain would be
+        self.max_rounds = max_rounds  # a genesis planning more rounds is refused
         self.server_key = ""  # pinned when the channel is opened
         self.data = data
         # Built now as well as after the welcome, so rows too large to use fail before joining.
@@ -128,6 +129,10 @@ class FederatedClient:
         self.ours: Iterator[Block] | None = None  # while catching up: our replica, read along
         self.rounds = 0  # as the genesis planned it
         self.sent: ClientUpdate | None = None  # the update awaiting its block
+        # Scaffold: the updates each probe we answered showed, in the round after the block
+        # PROBES_AFTER; kept across connections, so a server that reconnects asks no more.
+        self.probes: list[dict[str, ClientUpdate]] = []
+        self.probes_after = ""
         self.attestation = ""  # what we sent with it: our signature of the last block
         self.poison: Poison | None = None  # for the demo and tests: an attacker's updates
 
@@ -397,14 +402,30 @@ class FederatedClient:
 
     def _answer_probe(self, message: dict) -> dict:
         """Our gradient at the round's candidate, signed with it: the block must then record
-        the candidate its models make, or our signature will not verify there."""
+        the candidate its models make, or our signature will not verify there. Each answer
+        tells the server our curvature along one more direction, so a round gets at most two,
+        and only at the FedAvg of updates its clients signed."""
         index = message["round"]
         if index != self.chain.last.index + 1 or self.chain.genesis.aggregation != SCAFFOLD:
             raise ClientFailed(f"the server sent a probe for round {index} out of turn")
+        if self.probes_after != self.chain.last.hash:  # a new round (a new connection is not)
+            self.probes, self.probes_after = [], self.chain.last.hash
+        if len(self.probes) == MAX_PROBES:
+            raise ClientFailed(
+                f"the server probed round {index} a third time: a client answers at most "
+                f"{MAX_PROBES} probes a round (the second only after a client left)"
+            )
         candidate = LinearModel(message["weights"], message["bias"])
         if candidate.n_features != self.problem.n_features:
             raise ClientFailed(f"the server's candidate for round {index} has "
                                f"{candidate.n_features} weights")  # fmt: skip
+        updates = self._probed_updates(message, index)
+        if candidate != probe_point(tuple(updates), updates):
+            raise ClientFailed(
+                f"the server's candidate for round {index} is not the FedAvg of the updates "
+                "its probe shows"
+            )
+        self.probes.append(updates)
         try:
             at_candidate = gradient(self.problem, candidate)
         except ValueError as error:
@@ -423,6 +444,54 @@ class FederatedClient:
         except ProtocolError as error:
             raise ClientFailed(f"our round {index} gradient cannot be sent: {error}") from None
         return answer
+
+    def _probed_updates(self, message: dict, index: int) -> dict[str, ClientUpdate]:
+        """The updates a probe of round INDEX shows, checked: ours as we sent it, every other
+        signed by its client for this round, and, in a second probe, the first probe's except
+        those of the clients it names as having left since (gone, or back with a new update)."""
+        try:
+            updates = updates_from_json(message["updates"])
+        except (ValueError, TypeError) as error:
+            raise ClientFailed(
+                f"the server's probe for round {index} shows malformed updates: {error}"
+            ) from None
+        unprobed = replace(self.sent, probe_gradient=(), probe_signature="")
+        if updates.get(self.name) != unprobed:
+            raise ClientFailed(
+                f"the server's probe for round {index} does not show our update as we sent it"
+            )
+        participants = self.chain.genesis.run.participants
+        for name, update in updates.items():
+            signed = update_message(
+                genesis_hash=self.chain.genesis.hash, index=index,
+                previous_hash=self.chain.last.hash, name=name, update=update,
+            )  # fmt: skip
+            if name not in participants or not signature_holds(
+                participants[name], update.signature, signed
+            ):
+                raise ClientFailed(
+                    f"the server's probe for round {index} shows an update of "
+                    f"{printable(name)} that it did not sign for this round"
+                )
+        if not self.probes:
+            return updates  # LEFT may name a client whose earlier probe we never saw
+        first, left = self.probes[0], set(message["left"])
+        if strangers := sorted(left - set(first)):
+            raise ClientFailed(
+                f"the server's second probe of round {index} says {names(strangers)} left, "
+                "but its first probe did not show them"
+            )
+        if changed := [n for n in first if n not in left and updates.get(n) != first[n]]:
+            raise ClientFailed(
+                f"the server's second probe of round {index} drops or changes the updates of "
+                f"{names(changed)}, which it does not say left"
+            )
+        if not left and updates != first:  # the same probe again (a lost connection) is not new
+            raise ClientFailed(
+                f"the server probed round {index} a second time at another point, naming no "
+                "client that left since its first probe"
+            )
+        return updates
 
     def _attestation_of_last(self) -> bytes:
         """Our signature over the last block we verified, which the next block records."""

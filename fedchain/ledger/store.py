@@ -8,11 +8,11 @@ hash the same as the value that was written while reading differently to a perso
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedchain.checks import describe
+from fedchain.checks import check_name, describe
 from fedchain.files import create_whole, write_all
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
@@ -140,6 +140,29 @@ def block_from_json(line: str) -> Block:
         hash=_typed("hash", record["hash"], str),
         **extra,
     )
+
+
+def updates_to_json(updates: Mapping[str, ClientUpdate]) -> str:
+    """A scaffold round's signed updates, in order, as one line of JSON: what a probe shows the
+    clients, so each can work out the candidate it is asked about."""
+    record = {name: _update_to_record(update, FORMAT_CORRECTED) for name, update in updates.items()}
+    return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def updates_from_json(text: str) -> dict[str, ClientUpdate]:
+    """Parse what updates_to_json wrote, in its order; ValueError or TypeError naming the fault."""
+    try:
+        record = json.loads(
+            text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_nan
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply to be a round's updates") from None
+    return {
+        check_name(name, "a client's name"): _update_from_record(
+            f"updates[{name!r}]", entry, FORMAT_CORRECTED
+        )
+        for name, entry in _typed("updates", record, dict).items()
+    }
 
 
 def _update_to_record(update: ClientUpdate, version: int) -> dict:
