@@ -11,6 +11,9 @@ PORT = 10000
 # The run itself.
 CLIENTS = 2
 ROUNDS = 5
+# A client takes part in a run of at most this many rounds: far beyond any run here, but a
+# server cannot have a client follow a chain without end.
+MAX_ROUNDS = 10_000
 RUN_SEED = 0
 DIFFICULTY_BITS = 18  # about a quarter of a second of mining a block here
 # A client refuses a run mined at less: at 0 bits anyone re-mines a forged history in no time.

@@ -80,6 +80,8 @@ def parse_args(
          help="server keys trusted on first use, as SSH's known_hosts")  # fmt: skip
     flag("--min-difficulty", type=integer_in(0, 64), default=settings.MIN_DIFFICULTY_BITS,
          help="refuse a run whose chain is mined at fewer bits")  # fmt: skip
+    flag("--max-rounds", type=integer_in(1), default=settings.MAX_ROUNDS,
+         help="refuse a run whose genesis plans more rounds")  # fmt: skip
     flag("--poison", type=poison, default=None,
          help="for demonstrating the robust rules only: make this client an attacker that "
          "sends scale=S (the received model plus S x its honest change) or noise=S")  # fmt: skip
@@ -120,6 +122,7 @@ def main(
             say=say,
             key=key,
             min_difficulty=args.min_difficulty,
+            max_rounds=args.max_rounds,
         )
         client.detail = detail
         client.poison = args.poison

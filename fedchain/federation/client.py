@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,15 +33,16 @@ from fedchain.learning.local_training import (
 )
 from fedchain.learning.poisoning import Poison
 from fedchain.ledger.block import Block, ClientUpdate, TrainingSettings
-from fedchain.ledger.chain import Chain, continue_chain, verify_chain
-from fedchain.ledger.correction import global_gradient
+from fedchain.ledger.chain import ChainTip, continue_chain, verify_tip
+from fedchain.ledger.correction import global_gradient, probe_point
 from fedchain.ledger.signatures import (
     attestation_message,
     probe_message,
     sign_hex,
+    signature_holds,
     update_message,
 )
-from fedchain.ledger.store import ChainWriter, block_from_json, load_chain
+from fedchain.ledger.store import ChainReader, ChainWriter, block_from_json, updates_from_json
 from fedchain.ledger.verification import ChainError, verify_genesis
 from fedchain.trust.errors import TrustError
 from fedchain.trust.handshake import login_message
@@ -49,7 +50,7 @@ from fedchain.trust.keys import public_hex, sign
 from fedchain.trust.known_servers import KnownServers
 from fedchain.trust.tls import client_context, peer_public_hex
 from fedchain.wire.frames import ConnectionClosed, receive_message, send_message
-from fedchain.wire.messages import BUSY, ProtocolError, validate_message
+from fedchain.wire.messages import BUSY, MAX_PROBES, ProtocolError, validate_message
 
 RETRY_INTERVAL_S = 0.2
 
@@ -101,11 +102,13 @@ class FederatedClient:
         say: Callable[[str], None],
         key: Ed25519PrivateKey,
         min_difficulty: int = settings.MIN_DIFFICULTY_BITS,
+        max_rounds: int = settings.MAX_ROUNDS,
     ) -> None:
         self.name = name
         self.key = key
         self.public_key = public_hex(key)
         self.min_difficulty = min_difficulty
+        self.max_rounds = max_rounds  # a genesis planning more rounds is refused
         self.server_key = ""  # pinned when the channel is opened
         self.data = data
         # Built now as well as after the welcome, so rows too large to use fail before joining.
@@ -118,11 +121,18 @@ class FederatedClient:
         self.say = say
         self.stage = Stage.LOGGING_IN
         self.detail: Callable[[str], None] = lambda line: None  # what only -v shows
-        self.chain: Chain | None = None  # kept across connections: the server may come back
+        # The verified replica: on disk, with only its tip in memory. Kept across connections:
+        # the server may come back.
+        self.chain: ChainTip | None = None
         self.height = 0  # the blocks the server held when it welcomed this connection
         self.caught_up = 0  # how many of them this client has checked or taken
+        self.ours: Iterator[Block] | None = None  # while catching up: our replica, read along
         self.rounds = 0  # as the genesis planned it
         self.sent: ClientUpdate | None = None  # the update awaiting its block
+        # Scaffold: the updates each probe we answered showed, in the round after the block
+        # PROBES_AFTER; kept across connections, so a server that reconnects asks no more.
+        self.probes: list[dict[str, ClientUpdate]] = []
+        self.probes_after = ""
         self.attestation = ""  # what we sent with it: our signature of the last block
         self.poison: Poison | None = None  # for the demo and tests: an attacker's updates
 
@@ -138,10 +148,11 @@ class FederatedClient:
             "login_signature": sign(self.key, login),
         }
 
-    def run(self, sock: ssl.SSLSocket, max_frame_bytes: int, server_key: str) -> list[Block]:
+    def run(self, sock: ssl.SSLSocket, max_frame_bytes: int, server_key: str) -> ChainTip:
         """Take part in a run over SOCK, whose server holds SERVER_KEY (pinned when the
-        channel was opened); return the verified chain. Called again on a new connection after
-        a lost one, it goes on with the chain it holds."""
+        channel was opened); return the verified chain (its tip: the blocks are in the
+        replica). Called again on a new connection after a lost one, it goes on with the chain
+        it holds."""
         self.server_key = server_key
         self.stage = Stage.LOGGING_IN  # afresh: every connection logs in
         while self.stage is not Stage.DONE:
@@ -171,10 +182,11 @@ class FederatedClient:
                 self.say(f"{self.name}: the server says: {printable(message['reason'])}")
             else:
                 self._finish(message)
-        return self.chain.blocks
+        return self.chain
 
     def close(self) -> None:
         """Close the replica's file."""
+        self._stop_reading_ours()
         if self.chain is not None and self.chain.store is not None:
             self.chain.store.close()
 
@@ -188,7 +200,9 @@ class FederatedClient:
                 f"the server came back with another run (genesis {genesis.hash[:16]}…), not the "
                 f"one this client holds (genesis {self.chain.genesis.hash[:16]}…)"
             )
-        held = len(self.chain.blocks)
+        else:
+            self._check_height(height, self.rounds)
+        held = self.chain.length
         if height < held:
             # It lost blocks we verified and kept: a server whose history shrank is refused.
             raise ClientFailed(
@@ -198,6 +212,10 @@ class FederatedClient:
         self.height = height
         self.stage = Stage.CATCHING_UP if height > 1 else Stage.READY
         self.caught_up = 1  # the server's next block to check against ours, or to take
+        self._stop_reading_ours()
+        if held > 1 and height > 1:  # the blocks we hold are checked against the replica's
+            self.ours = iter(ChainReader(self.chain.store.path))
+            self._read_ours()  # past the genesis, checked above
         if height > held:
             self.say(f"{self.name}: catching up on blocks {held} to {height - 1}")
 
@@ -218,6 +236,14 @@ class FederatedClient:
             raise ClientFailed("the genesis does not admit this client with its own key")
         if run.rounds != message["rounds"] or run.seed != message["seed"]:
             raise ClientFailed("the welcome's rounds or seed differ from the genesis's")
+        if run.rounds > self.max_rounds:
+            raise ClientFailed(
+                f"the genesis plans {run.rounds} rounds, more than this client takes part in "
+                f"(--max-rounds {self.max_rounds})"
+            )
+        # Before the replica is made: a server claiming a longer chain than its run can hold
+        # would have the client wait for blocks that cannot come.
+        self._check_height(message["height"], run.rounds)
         if genesis.feature_names != self.data.feature_names:
             try:
                 # Columns are matched by name: the model's weights follow the run's order.
@@ -242,7 +268,7 @@ class FederatedClient:
         except OSError as error:
             raise ClientFailed(f"cannot make the replica {path}: {error}") from None
         try:
-            self.chain = Chain(genesis, store=writer, min_difficulty=self.min_difficulty)
+            self.chain = ChainTip(genesis, store=writer, min_difficulty=self.min_difficulty)
         except ChainError as error:
             writer.close()
             raise ClientFailed(f"the server's genesis block is invalid: {error}") from None
@@ -251,8 +277,17 @@ class FederatedClient:
             raise ClientFailed(f"cannot write block 0 to {path}: {error}") from None
         self.say(f"joined; genesis {genesis.hash[:16]}… verified; replica in {path}")
 
-    def _continue_replica(self, path: Path, genesis: Block) -> Chain:
-        def of_this_run(chain: Chain) -> None:  # checked before the file is touched
+    def _check_height(self, height: int, rounds: int) -> None:
+        """A run of ROUNDS has at most the genesis, its rounds and the closing block."""
+        if height > rounds + 2:
+            raise ClientFailed(
+                f"the server claims to hold {height} blocks, but the genesis plans {rounds} "
+                f"rounds: a run holds at most {rounds + 2} blocks (the genesis, the rounds and "
+                "the closing block)"
+            )
+
+    def _continue_replica(self, path: Path, genesis: Block) -> ChainTip:
+        def of_this_run(chain: ChainTip) -> None:  # checked before the file is touched
             if chain.genesis != genesis:
                 raise ClientFailed(
                     f"the replica {path} holds another run (genesis "
@@ -262,7 +297,7 @@ class FederatedClient:
 
         try:
             chain, dropped = continue_chain(
-                path, min_difficulty=self.min_difficulty, accept=of_this_run
+                path, min_difficulty=self.min_difficulty, accept=of_this_run, tip_only=True
             )
         except (OSError, ValueError) as error:  # ChainFileError and ChainError are ValueErrors
             raise ClientFailed(f"cannot go on with the replica {path}: {error}") from None
@@ -270,7 +305,7 @@ class FederatedClient:
             self.say(f"{self.name}: {path}: {dropped}")
         self.say(
             f"joined again; genesis {genesis.hash[:16]}… verified; going on with the "
-            f"{len(chain.blocks)} blocks of {path}"
+            f"{chain.length} blocks of {path}"
         )
         return chain
 
@@ -367,14 +402,30 @@ class FederatedClient:
 
     def _answer_probe(self, message: dict) -> dict:
         """Our gradient at the round's candidate, signed with it: the block must then record
-        the candidate its models make, or our signature will not verify there."""
+        the candidate its models make, or our signature will not verify there. Each answer
+        tells the server our curvature along one more direction, so a round gets at most two,
+        and only at the FedAvg of updates its clients signed."""
         index = message["round"]
         if index != self.chain.last.index + 1 or self.chain.genesis.aggregation != SCAFFOLD:
             raise ClientFailed(f"the server sent a probe for round {index} out of turn")
+        if self.probes_after != self.chain.last.hash:  # a new round (a new connection is not)
+            self.probes, self.probes_after = [], self.chain.last.hash
+        if len(self.probes) == MAX_PROBES:
+            raise ClientFailed(
+                f"the server probed round {index} a third time: a client answers at most "
+                f"{MAX_PROBES} probes a round (the second only after a client left)"
+            )
         candidate = LinearModel(message["weights"], message["bias"])
         if candidate.n_features != self.problem.n_features:
             raise ClientFailed(f"the server's candidate for round {index} has "
                                f"{candidate.n_features} weights")  # fmt: skip
+        updates = self._probed_updates(message, index)
+        if candidate != probe_point(tuple(updates), updates):
+            raise ClientFailed(
+                f"the server's candidate for round {index} is not the FedAvg of the updates "
+                "its probe shows"
+            )
+        self.probes.append(updates)
         try:
             at_candidate = gradient(self.problem, candidate)
         except ValueError as error:
@@ -393,6 +444,54 @@ class FederatedClient:
         except ProtocolError as error:
             raise ClientFailed(f"our round {index} gradient cannot be sent: {error}") from None
         return answer
+
+    def _probed_updates(self, message: dict, index: int) -> dict[str, ClientUpdate]:
+        """The updates a probe of round INDEX shows, checked: ours as we sent it, every other
+        signed by its client for this round, and, in a second probe, the first probe's except
+        those of the clients it names as having left since (gone, or back with a new update)."""
+        try:
+            updates = updates_from_json(message["updates"])
+        except (ValueError, TypeError) as error:
+            raise ClientFailed(
+                f"the server's probe for round {index} shows malformed updates: {error}"
+            ) from None
+        unprobed = replace(self.sent, probe_gradient=(), probe_signature="")
+        if updates.get(self.name) != unprobed:
+            raise ClientFailed(
+                f"the server's probe for round {index} does not show our update as we sent it"
+            )
+        participants = self.chain.genesis.run.participants
+        for name, update in updates.items():
+            signed = update_message(
+                genesis_hash=self.chain.genesis.hash, index=index,
+                previous_hash=self.chain.last.hash, name=name, update=update,
+            )  # fmt: skip
+            if name not in participants or not signature_holds(
+                participants[name], update.signature, signed
+            ):
+                raise ClientFailed(
+                    f"the server's probe for round {index} shows an update of "
+                    f"{printable(name)} that it did not sign for this round"
+                )
+        if not self.probes:
+            return updates  # LEFT may name a client whose earlier probe we never saw
+        first, left = self.probes[0], set(message["left"])
+        if strangers := sorted(left - set(first)):
+            raise ClientFailed(
+                f"the server's second probe of round {index} says {names(strangers)} left, "
+                "but its first probe did not show them"
+            )
+        if changed := [n for n in first if n not in left and updates.get(n) != first[n]]:
+            raise ClientFailed(
+                f"the server's second probe of round {index} drops or changes the updates of "
+                f"{names(changed)}, which it does not say left"
+            )
+        if not left and updates != first:  # the same probe again (a lost connection) is not new
+            raise ClientFailed(
+                f"the server probed round {index} a second time at another point, naming no "
+                "client that left since its first probe"
+            )
+        return updates
 
     def _attestation_of_last(self) -> bytes:
         """Our signature over the last block we verified, which the next block records."""
@@ -413,6 +512,11 @@ class FederatedClient:
             self._catch_up(block)
             return
         index = self.chain.last.index + 1
+        if self.chain.closed:
+            raise ClientFailed(
+                f"the server sent block {block.index} after the closing block: the genesis "
+                f"plans {self.rounds} rounds, and block {self.rounds + 1} closed the run"
+            )
         # Judged before it is appended: the replica never holds a block without what we sent.
         if block.index != index:
             raise ClientFailed(f"block {block.index} arrived where block {index} was due")
@@ -440,8 +544,8 @@ class FederatedClient:
         """The server's next block after a (re)join: one we hold must be exactly ours; a newer
         one is verified and kept like any other."""
         position = self.caught_up
-        if position < len(self.chain.blocks):
-            ours = self.chain.blocks[position]
+        if self.ours is not None:
+            ours = self._read_ours()
             if block != ours:
                 raise ClientFailed(
                     f"the server's block {position} (hash {printable(block.hash[:16])}…) "
@@ -452,6 +556,8 @@ class FederatedClient:
                 raise ClientFailed(f"block {block.index} arrived where block {position} was due")
             self._append(block)
         self.caught_up += 1
+        if self.ours is not None and self.caught_up == self.chain.length:
+            self._stop_reading_ours()  # every block we held is checked: the rest are new
         if self.caught_up == self.height:
             self.sent = None  # a round it had trained is either on the chain now or asked again
             self.stage = Stage.DONE if self.chain.closed else Stage.READY
@@ -461,6 +567,21 @@ class FederatedClient:
             )
             if self.chain.closed:
                 self.say(f"run complete: {self.height} blocks verified, in {self.chain.store.path}")
+
+    def _read_ours(self) -> Block:
+        """The next block of our replica, read from its file."""
+        try:
+            return next(self.ours)
+        except StopIteration:
+            reason = f"it holds fewer than the {self.chain.length} blocks verified"
+        except (OSError, ValueError) as error:  # ChainFileError is a ValueError
+            reason = shown_error(error)
+        raise ClientFailed(f"cannot read the replica {self.chain.store.path} back: {reason}")
+
+    def _stop_reading_ours(self) -> None:
+        if self.ours is not None:
+            self.ours.close()  # the generator closes the file
+            self.ours = None
 
     def _append(self, block: Block) -> None:
         try:
@@ -473,7 +594,7 @@ class FederatedClient:
             ) from None
 
     def _finish(self, message: dict) -> None:
-        held = len(self.chain.blocks)
+        held = self.chain.length
         if message["blocks"] != held or not self.chain.closed:
             raise ClientFailed(
                 f"the server ended the run after {self.chain.rounds_done} of {self.rounds} "
@@ -501,7 +622,7 @@ def take_part(
     known_servers: KnownServers,
     max_frame_bytes: int,
     reconnect_s: float = settings.RECONNECT_TIMEOUT_S,
-) -> list[Block]:
+) -> ChainTip:
     """Open a channel to the server and take part in its run; return the verified chain. A busy
     server is tried again until WITHIN_S has passed. A server that vanishes mid-run (killed, or
     restarted) is looked for again for RECONNECT_S, with the key it had; the client then catches
@@ -668,7 +789,7 @@ def prepare_replica(replica: Path | None) -> None:
     folder now, before joining a run: a replica that cannot be continued fails here."""
     if replica is not None and replica.exists():
         try:
-            verify_chain(load_chain(replica).blocks)
+            verify_tip(ChainReader(replica))  # a line at a time: a long replica costs no more
         except (OSError, ValueError) as error:  # ChainFileError and ChainError are ValueErrors
             raise ValueError(
                 f"{replica} cannot be continued: {error}; move it away or choose another --replica"

@@ -46,13 +46,13 @@ from fedchain.ledger.signatures import (
     signature_holds,
     update_message,
 )
-from fedchain.ledger.store import ChainWriter, block_to_json
+from fedchain.ledger.store import ChainWriter, block_to_json, updates_to_json
 from fedchain.ledger.verification import ChainError
 from fedchain.trust.handshake import new_challenge, verify_login
 from fedchain.trust.keys import public_hex
 from fedchain.trust.tls import server_context
 from fedchain.wire.frames import FrameReader, encode_message, send_message
-from fedchain.wire.messages import BUSY, ProtocolError
+from fedchain.wire.messages import BUSY, MAX_PROBES, ProtocolError
 
 MAX_WAITING = 32  # newcomers not yet registered; past this, the least advanced one is shed
 # A client's message takes a few hundred bytes a feature at most (a name in a registration, a
@@ -147,6 +147,7 @@ class FederationServer:
         # attestation), its attestation of the last block, and its reported metrics.
         self.received: dict[str, tuple[ClientUpdate | None, str, dict]] = {}
         self.candidate: LinearModel | None = None  # scaffold: what the round's probe asks at
+        self.probed: list[dict[str, ClientUpdate]] = []  # what each of the round's probes showed
         self.round_index = 0  # the block being gathered, for the reasons recorded in it
         self.run_features: tuple[str, ...] = ()  # fixed for the run once known
         self.bound_keys: dict[str, str] = {}  # open enrolment: each name's first key
@@ -617,6 +618,7 @@ class FederationServer:
                  "bias": model.bias}  # fmt: skip
         # The round's updates so far: a client that leaves, or logs in again, takes its own out.
         received = self.received = {}
+        self.probed = []
         trained: list[_Connection] = []  # the connections sent this round's model
         rejoin_deadline = math.inf  # set when the round first falls short of its quorum
         waiting_s = 0.0  # spent waiting for clients to come back, not counted in the round
@@ -708,9 +710,22 @@ class FederationServer:
         and add them to their updates; False if one left meanwhile (the candidate changed)."""
         contributors = [p for p in self.peers if p.name in received]
         names = [p.name for p in contributors]
-        self.candidate = probe_point(names, {n: received[n][0] for n in names})
+        updates = {n: received[n][0] for n in names}
+        self.candidate = probe_point(names, updates)
+        # Each answer tells us a client's curvature along one more direction: a client answers a
+        # second probe only if it names who left since the first (gone, or back with a new
+        # update), and no third, which would leave the round with no client to finish it.
+        if len(self.probed) == MAX_PROBES:
+            raise RunAborted(
+                f"round {index} lost clients at {MAX_PROBES} probes; a client answers no more "
+                "probes a round"
+            )
+        last = self.probed[-1] if self.probed else {}
+        left = [n for n, u in last.items() if n not in received or received[n][0] is not u]
+        self.probed.append(updates)
         probe = {"type": "probe", "round": index, "weights": self.candidate.weights.copy(),
-                 "bias": self.candidate.bias}  # fmt: skip
+                 "bias": self.candidate.bias, "updates": updates_to_json(updates),
+                 "left": left}  # fmt: skip
         self._send_to(contributors, probe, index)
         answers: dict = {}
         deadline = time.monotonic() + self.round_timeout_s

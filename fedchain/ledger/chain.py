@@ -7,7 +7,7 @@ rules and the record of each client's sample count live in one place.
 """
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -29,7 +29,7 @@ from fedchain.ledger.block import (
 from fedchain.ledger.correction import corrected_step
 from fedchain.ledger.mining import seal
 from fedchain.ledger.signatures import block_message, sign_hex
-from fedchain.ledger.store import ChainWriter, load_chain
+from fedchain.ledger.store import ChainReader, ChainWriter
 from fedchain.ledger.verification import (
     ChainError,
     verify_genesis,
@@ -51,8 +51,11 @@ FLAG_HINTS = PinHints("--server-key HEX or --known-servers FILE", "--allow-unsig
 MAX_KEYS_NAMED = 3  # of a known-servers file, in a refusal
 
 
-class Chain:
-    """Verified blocks from the genesis on, each on disk (when STORE is given) before it is kept."""
+class ChainTip:
+    """A chain verified block by block that holds only what the next block is checked against:
+    the genesis (the run), the last block and each client's row count as first recorded. Its
+    blocks are on disk (when STORE is given), not in memory, so a long chain costs no more to
+    follow than a short one: what a client's replica needs."""
 
     def __init__(
         self,
@@ -65,17 +68,14 @@ class Chain:
         verify_genesis(genesis, min_difficulty=min_difficulty, now=now)
         self.store = store
         self.now = now  # None: the clock at each check
-        self.blocks: list[Block] = []
+        self.genesis = self.last = genesis
         self.sample_counts: dict[str, int] = {}  # each client's rows, as first recorded
         self._keep(genesis)
 
     @property
-    def genesis(self) -> Block:
-        return self.blocks[0]
-
-    @property
-    def last(self) -> Block:
-        return self.blocks[-1]
+    def length(self) -> int:
+        """How many blocks the chain holds, the genesis included."""
+        return self.last.index + 1  # indexes are contiguous from 0: verify_next checks it
 
     @property
     def planned_rounds(self) -> int | None:
@@ -92,12 +92,6 @@ class Chain:
         """True once the closing block, which ends a format-2 run, is on the chain."""
         return self.planned_rounds is not None and self.last.index == self.planned_rounds + 1
 
-    def attesters(self, index: int) -> tuple[str, ...]:
-        """The clients that attested block INDEX (recorded in the block after it)."""
-        if index + 1 >= len(self.blocks):
-            return ()
-        return tuple(sorted(self.blocks[index + 1].attestations))
-
     def append(self, block: Block) -> None:
         """Verify BLOCK against the last block, write it (OSError if that fails), keep it."""
         verify_next(
@@ -108,18 +102,51 @@ class Chain:
     def _keep(self, block: Block) -> None:
         if self.store is not None:
             self.store.append(block)
-        self.blocks.append(block)
+        self.last = block
         self.sample_counts |= block.sample_counts()
 
 
+class Chain(ChainTip):
+    """Verified blocks from the genesis on, every one kept in memory as well (the server sends
+    them to clients that join late; the tools print them)."""
+
+    def __init__(self, genesis: Block, **options: object) -> None:
+        self.blocks: list[Block] = []
+        super().__init__(genesis, **options)
+
+    def attesters(self, index: int) -> tuple[str, ...]:
+        """The clients that attested block INDEX (recorded in the block after it)."""
+        if index + 1 >= len(self.blocks):
+            return ()
+        return tuple(sorted(self.blocks[index + 1].attestations))
+
+    def _keep(self, block: Block) -> None:
+        super()._keep(block)
+        self.blocks.append(block)
+
+
 def verify_chain(
-    blocks: Sequence[Block], *, min_difficulty: int = 0, now: float | None = None
+    blocks: Iterable[Block], *, min_difficulty: int = 0, now: float | None = None
 ) -> Chain:
     """Return the verified chain; raise ChainError naming the first block that is wrong."""
-    if not blocks:
+    return _grow(Chain, blocks, min_difficulty=min_difficulty, now=now)
+
+
+def verify_tip(
+    blocks: Iterable[Block], *, min_difficulty: int = 0, now: float | None = None
+) -> ChainTip:
+    """Verify BLOCKS one at a time (a file read as it goes, say), keeping none of them but the
+    last; raise ChainError naming the first block that is wrong."""
+    return _grow(ChainTip, blocks, min_difficulty=min_difficulty, now=now)
+
+
+def _grow(kind: type[ChainTip], blocks: Iterable[Block], **options: object) -> ChainTip:
+    blocks = iter(blocks)
+    genesis = next(blocks, None)
+    if genesis is None:
         raise ChainError(0, "the chain is empty: no genesis block")
-    chain = Chain(blocks[0], min_difficulty=min_difficulty, now=now)
-    for block in blocks[1:]:
+    chain = kind(genesis, **options)
+    for block in blocks:
         chain.append(block)
     return chain
 
@@ -183,18 +210,23 @@ def check_server_key(
 
 
 def continue_chain(
-    path: Path, *, min_difficulty: int = 0, accept: Callable[[Chain], None] = lambda chain: None
-) -> tuple[Chain, str | None]:
-    """Load and verify the chain file PATH and open it to grow further: the checkpoint a
-    restarted server or client goes on from. ACCEPT(chain) may raise to refuse it first: the
-    file is changed (a torn last line cut off) only once the chain is taken. Return the chain
-    and what was dropped off a torn last line (None if nothing was). Raises OSError,
-    ChainFileError or ChainError, or what ACCEPT raises."""
-    loaded = load_chain(path)
-    chain = verify_chain(loaded.blocks, min_difficulty=min_difficulty)
+    path: Path,
+    *,
+    min_difficulty: int = 0,
+    accept: Callable[[ChainTip], None] = lambda chain: None,
+    tip_only: bool = False,
+) -> tuple[ChainTip, str | None]:
+    """Read and verify the chain file PATH and open it to grow further: the checkpoint a
+    restarted server or client goes on from (a ChainTip if TIP_ONLY, read in constant memory;
+    else a Chain). ACCEPT(chain) may raise to refuse it first: the file is changed (a torn last
+    line cut off) only once the chain is taken. Return the chain and what was dropped off a
+    torn last line (None if nothing was). Raises OSError, ChainFileError or ChainError, or what
+    ACCEPT raises."""
+    reader = ChainReader(path)
+    chain = _grow(ChainTip if tip_only else Chain, reader, min_difficulty=min_difficulty)
     accept(chain)
-    chain.store = ChainWriter.continuing(path, loaded.whole_bytes)
-    return chain, loaded.dropped_tail
+    chain.store = ChainWriter.continuing(path, reader.whole_bytes)
+    return chain, reader.dropped_tail
 
 
 def make_genesis(

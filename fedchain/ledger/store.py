@@ -8,10 +8,11 @@ hash the same as the value that was written while reading differently to a perso
 import json
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedchain.checks import describe
+from fedchain.checks import check_name, describe
 from fedchain.files import create_whole, write_all
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
@@ -147,6 +148,29 @@ def block_from_json(line: str) -> Block:
     )
 
 
+def updates_to_json(updates: Mapping[str, ClientUpdate]) -> str:
+    """A scaffold round's signed updates, in order, as one line of JSON: what a probe shows the
+    clients, so each can work out the candidate it is asked about."""
+    record = {name: _update_to_record(update, FORMAT_CORRECTED) for name, update in updates.items()}
+    return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def updates_from_json(text: str) -> dict[str, ClientUpdate]:
+    """Parse what updates_to_json wrote, in its order; ValueError or TypeError naming the fault."""
+    try:
+        record = json.loads(
+            text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_nan
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply to be a round's updates") from None
+    return {
+        check_name(name, "a client's name"): _update_from_record(
+            f"updates[{name!r}]", entry, FORMAT_CORRECTED
+        )
+        for name, entry in _typed("updates", record, dict).items()
+    }
+
+
 def _update_to_record(update: ClientUpdate, version: int) -> dict:
     record = {**_model_to_record(update.model), "n_samples": update.n_samples}
     if update.signed:
@@ -277,21 +301,38 @@ def _exists(path: Path) -> str:
 
 def load_chain(path: str | Path) -> LoadedChain:
     """Read every block of PATH; a torn last line is dropped and reported, other damage raised."""
-    path = Path(path)
-    data = path.read_bytes()  # OSError (a missing file, say) is the caller's to report
-    lines = data.split(b"\n")
-    tail = lines.pop()  # the bytes after the last newline: empty if the file ends cleanly
-    blocks = [_parse_line(path, number, raw) for number, raw in enumerate(lines, start=1)]
-    dropped, whole_bytes = None, len(data) - len(tail)
-    if tail:
-        number = len(lines) + 1
-        if _looks_torn(tail):
-            # A crash mid-append leaves a prefix of the last line and no newline after it.
-            dropped = f"line {number}: {len(tail)} bytes of an unfinished block dropped"
-        else:
-            blocks.append(_parse_line(path, number, tail))  # whole, or damaged: either is said
-            whole_bytes = len(data)
-    return LoadedChain(blocks, dropped, whole_bytes)
+    reader = ChainReader(path)
+    blocks = list(reader)
+    return LoadedChain(blocks, reader.dropped_tail, reader.whole_bytes)
+
+
+class ChainReader:
+    """The blocks of a chain file, one line at a time, so that a long chain is checked in
+    constant memory. Once they are all read, DROPPED_TAIL and WHOLE_BYTES say what was cut off a
+    torn last line (None if nothing was) and where the last whole block's line ends."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.dropped_tail: str | None = None
+        self.whole_bytes = 0
+
+    def __iter__(self) -> Iterator[Block]:
+        self.dropped_tail, self.whole_bytes = None, 0
+        # OSError (a missing file, say) is the caller's to report.
+        with self.path.open("rb") as file:
+            for number, raw in enumerate(file, start=1):
+                if raw.endswith(b"\n"):
+                    block = _parse_line(self.path, number, raw[:-1])
+                elif _looks_torn(raw):
+                    # A crash mid-append leaves a prefix of the last line and no newline after it.
+                    self.dropped_tail = (
+                        f"line {number}: {len(raw)} bytes of an unfinished block dropped"
+                    )
+                    return
+                else:  # a last line without its newline, whole or damaged: either is said
+                    block = _parse_line(self.path, number, raw)
+                self.whole_bytes += len(raw)
+                yield block
 
 
 def _looks_torn(tail: bytes) -> bool:

@@ -27,6 +27,10 @@ from fedchain.checks import (
 MAX_TEXT_CHARS = 1 << 26  # a block as JSON, or a reason; in practice the frame limit binds first
 MAX_METRICS = 16
 BUSY = "busy:"  # how a refusal worth retrying begins: the client tries again in its window
+# A scaffold client answers at most this many probes a round: one, and one more after a client
+# leaves (the candidate then changes). Each answer tells the server the client's curvature (its
+# XᵀX) along one more direction; answered without limit, they would tell it all of XᵀX.
+MAX_PROBES = 2
 
 
 class ProtocolError(ValueError):
@@ -39,6 +43,12 @@ def _feature_names(value: object, what: str) -> tuple:
     if not value:
         raise ValueError(f"{what} must name at least one feature")
     return check_names(value, what)
+
+
+def _client_names(value: object, what: str) -> tuple:
+    if not isinstance(value, list):
+        raise TypeError(f"{what} must be a list, not {type(value).__name__}")
+    return check_names(value, what)  # none at all is a list too
 
 
 def _integer(low: int) -> Callable[[object, str], int]:
@@ -127,10 +137,18 @@ SCHEMAS: dict[str, dict[str, Callable[[object, str], object]]] = {
         "signature": _signature,
         "attestation": _signature,  # of the block before this round, as this client verified it
     },
-    # Scaffold runs: the round's candidate (the FedAvg of its updates), and each client's
-    # gradient there; an update then also carries the client's gradient at the model it trained
-    # from (see OPTIONAL).
-    "probe": {"round": _round, "weights": _weights, "bias": check_magnitude},
+    # Scaffold runs: the round's candidate, and each client's gradient there; an update then
+    # also carries the client's gradient at the model it trained from (see OPTIONAL). The probe
+    # shows the signed updates the candidate is the FedAvg of (as one line of JSON, written by
+    # the ledger's store) and names the clients that left since the round's last probe, so a
+    # client can check the point it is asked about and is asked again only after a departure.
+    "probe": {
+        "round": _round,
+        "weights": _weights,
+        "bias": check_magnitude,
+        "updates": _text,
+        "left": _client_names,
+    },
     "gradient": {"round": _round, "gradient": _gradient, "signature": _signature},
     "close": {"round": _round},
     "attest": {"round": _round, "attestation": _signature},

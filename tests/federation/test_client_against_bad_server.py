@@ -15,6 +15,7 @@ from chain_helpers import SERVER_KEY, fixed_key, reseal, signed_update
 from processes import ROOT
 from wire_helpers import Exploit, frame, receive
 
+from fedchain.cli.client import main as client_main
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import Block, ClientUpdate, RunRecord, TrainingSettings
@@ -54,13 +55,16 @@ class Session:
             difficulty=difficulty, run=run, server_key=run_key or self.key,
         )  # fmt: skip
 
-    def welcome(self, genesis: Block | None = None, blocks: tuple[Block, ...] = ()) -> None:
-        """Welcome the client to GENESIS's run, and send BLOCKS after it to catch up on."""
+    def welcome(
+        self, genesis: Block | None = None, blocks: tuple[Block, ...] = (), *, height=None
+    ) -> None:
+        """Welcome the client to GENESIS's run, and send BLOCKS after it to catch up on (saying
+        it holds HEIGHT blocks, if given: a lie)."""
         self.genesis = self.last = genesis or self.genesis
         rounds = self.genesis.run.rounds if self.genesis.signed else 1
         send_message(self.conn, {"type": "welcome", "genesis": block_to_json(self.genesis),
                                  "seed": 0, "rounds": rounds,
-                                 "height": 1 + len(blocks)})  # fmt: skip
+                                 "height": height or 1 + len(blocks)})  # fmt: skip
         for block in blocks:
             self.send_block(block)
 
@@ -82,7 +86,7 @@ class Session:
         send_message(self.conn, {"type": "block", "block": block_to_json(block)})
         self.last = block
 
-    def run_honestly(self, rounds: int = 1) -> None:
+    def run_honestly(self, rounds: int = 1, *, done: bool = True) -> None:
         self.welcome(self.make_genesis(rounds=rounds))
         for _ in range(rounds):
             self.send_block(self.honest_block(self.train()))
@@ -92,7 +96,8 @@ class Session:
             self.last, attestations={"cli1": attest["attestation"].hex()}, server_key=self.key
         )
         self.send_block(closing)
-        send_message(self.conn, {"type": "done", "blocks": rounds + 2})
+        if done:
+            send_message(self.conn, {"type": "done", "blocks": rounds + 2})
 
 
 def as_client_update(update: dict) -> ClientUpdate:
@@ -287,13 +292,26 @@ SCRIPTS = {
         lambda s: send_message(s.conn, {"type": "refused", "reason": "no room"}),
         "the server refused: no room",
     ),
+    "a height beyond the run": (
+        lambda s: s.welcome(s.make_genesis(rounds=2), height=10**9),
+        "the server claims to hold 1000000000 blocks, but the genesis plans 2 rounds: a run "
+        "holds at most 4 blocks",
+    ),
+    "a block after the closing block": (
+        lambda s: (
+            s.run_honestly(rounds=2, done=False),
+            s.send_block(make_closing_block(s.last, attestations={}, server_key=s.key)),
+        ),
+        "the server sent block 4 after the closing block: the genesis plans 2 rounds, and "
+        "block 3 closed the run",
+    ),
     "a refusal of four megabytes": (
         lambda s: send_message(s.conn, {"type": "refused", "reason": "x" * (1 << 22)}),
         "the server refused: xxxx",
     ),
 }
 # How many blocks each lie leaves in the client's replica: what it had verified before.
-KEPT_BLOCKS = {"rewritten history": 2}
+KEPT_BLOCKS = {"rewritten history": 2, "a block after the closing block": 4}
 
 
 def start_client(programs, tmp_path, port, *extra):
@@ -476,6 +494,10 @@ COMEBACKS = {
         lambda s, genesis, block: s.welcome(genesis),
         "the server holds 1 blocks, but this client verified 2",
     ),
+    "a height beyond the run": (
+        lambda s, genesis, block: s.welcome(genesis, (block,), height=10**9),
+        "the server claims to hold 1000000000 blocks, but the genesis plans 2 rounds",
+    ),
     "another run": (
         lambda s, genesis, block: s.welcome(s.make_genesis(rounds=2)),
         "the server came back with another run",
@@ -515,3 +537,32 @@ def test_a_client_gives_up_on_a_server_that_stays_away_naming_the_flag(programs,
     client = start_client(programs, tmp_path, server.port, "--reconnect-timeout-s", "1")
     assert client.finish() == 1, client.output
     assert "within 1 s (--reconnect-timeout-s)" in client.output
+
+
+def test_a_run_planning_more_rounds_than_max_rounds_is_refused_naming_the_flag(programs, tmp_path):
+    server = FakeServer(lambda s: s.welcome(s.make_genesis(rounds=4)))
+    client = start_client(programs, tmp_path, server.port, "--max-rounds", "3")
+    assert client.finish() == 1, client.output
+    assert "the genesis plans 4 rounds, more than this client takes part in (--max-rounds 3)" in (
+        client.output
+    )
+    server.finish()
+    assert not (tmp_path / "cli1.jsonl").exists()
+    # As many rounds as the flag allows is a run like any other.
+    server = FakeServer(lambda s: s.run_honestly(rounds=3))
+    client = start_client(programs, tmp_path, server.port, "--max-rounds", "3")
+    assert client.finish() == 0, client.output
+    server.finish()
+    assert len(load_chain(tmp_path / "cli1.jsonl").blocks) == 5
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("0", "must be a positive integer, not 0"), ("ten", "'ten' is not a whole number"),
+     ("-3", "must be a positive integer, not -3")],
+)  # fmt: skip
+def test_max_rounds_must_be_a_positive_whole_number(capsys, value, reason):
+    with pytest.raises(SystemExit) as exit_:
+        client_main(["--data", "x.csv", f"--max-rounds={value}"], default_name="cli1")
+    assert exit_.value.code == 2
+    assert f"argument --max-rounds: {reason}" in capsys.readouterr().err

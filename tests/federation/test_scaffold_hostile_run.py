@@ -25,7 +25,7 @@ from fedchain.learning.dataset import Dataset, save_dataset
 from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.correction import global_gradient, probe_point
-from fedchain.ledger.store import SLOW_WRITE_ENV, load_chain
+from fedchain.ledger.store import SLOW_WRITE_ENV, load_chain, updates_from_json
 from fedchain.wire.frames import encode_message
 
 
@@ -231,3 +231,34 @@ def test_a_gradient_out_of_place_is_refused(programs, tmp_path, rule):
             assert program.finish() == 0, program.output
     assert f"cli3 is left out of the run: {IN_THE_UPDATE_PHASE[rule][1]}" in server.output
     assert "Traceback" not in server.output
+
+
+def test_a_round_that_loses_clients_at_two_probes_stops_the_run(programs, tmp_path):
+    # cli3 leaves at the first probe and cli4 at the second: the clients would answer no third,
+    # so the server stops the run, saying why, rather than ask for one.
+    server, port = start_server(programs, tmp_path, "--rounds", "2", "--clients", "4",
+                                "--min-clients", "2", "--aggregation", "scaffold")  # fmt: skip
+    with RawClient(port, "cli3") as cli3, RawClient(port, "cli4") as cli4:
+        cli3.register()
+        cli4.register()
+        clients = bundled_clients(programs, tmp_path, port)
+        for raw in (cli3, cli4):
+            assert raw.hear_welcome()["type"] == "train"
+            raw.send(update_with_gradient(raw, np.zeros(len(FEATURES) + 1)))
+        next_of(cli3, "probe")
+        cli3.sock.close()
+        first = next_of(cli4, "probe")
+        assert first["left"] == []
+        cli4.send(answer(cli4, first))
+        second = next_of(cli4, "probe")
+        assert second["left"] == ["cli3"]
+        assert list(updates_from_json(second["updates"])) == ["cli1", "cli2", "cli4"]
+        cli4.sock.close()
+        for program in [server, *clients]:
+            assert program.finish() == 1, program.output
+    stopped = "round 1 lost clients at 2 probes; a client answers no more probes a round"
+    assert stopped in server.output
+    assert all(stopped in client.output for client in clients)
+    assert "Traceback" not in server.output
+    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
+    assert result.returncode == 3 and "incomplete" in result.stdout

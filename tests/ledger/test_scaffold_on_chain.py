@@ -221,12 +221,23 @@ def test_gradients_belong_to_format_4_and_a_closing_block_records_no_step():
 
 def test_the_messages_of_a_probe_are_checked_field_by_field():
     vector = np.zeros(4)
-    validate_message({"type": "probe", "round": 1, "weights": np.zeros(3), "bias": 0.0})
+    probe = {"type": "probe", "round": 1, "weights": np.zeros(3), "bias": 0.0, "updates": "{}",
+             "left": []}  # fmt: skip
+    validate_message(probe)
+    validate_message(probe | {"left": ["cli2", "cli3"]})
+    for field, bad, reason in [
+        ("left", ["cli2", "cli2"], "repeated name"), ("left", "cli2", "must be a list"),
+        ("left", [" cli2"], "no spaces around it"), ("updates", "{\n}", "printable text"),
+        ("updates", None, "must be a string"),
+    ]:  # fmt: skip
+        with pytest.raises(ProtocolError, match=f"probe message: {field}.*{reason}"):
+            validate_message(probe | {field: bad})
+    with pytest.raises(ProtocolError, match="probe message lacks left, updates"):
+        validate_message({"type": "probe", "round": 1, "weights": np.zeros(3), "bias": 0.0})
     validate_message({"type": "gradient", "round": 1, "gradient": vector, "signature": bytes(64)})
     for bad in (np.array([np.nan, 0.0]), np.zeros(10_002), [0.0, 1.0], np.array([1e300])):
         with pytest.raises(ProtocolError, match="gradient message: gradient"):
             validate_message({"type": "gradient", "round": 1, "gradient": bad,
                               "signature": bytes(64)})  # fmt: skip
     with pytest.raises(ProtocolError, match="unknown field"):
-        validate_message({"type": "probe", "round": 1, "weights": np.zeros(3), "bias": 0.0,
-                          "gradient": vector})  # fmt: skip
+        validate_message(probe | {"gradient": vector})

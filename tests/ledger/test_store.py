@@ -1,6 +1,7 @@
 """Chain files: exact round trips, crash recovery of a torn last line, and strict reading."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from fedchain.ledger.store import (
     block_from_json,
     block_to_json,
     load_chain,
+    updates_from_json,
+    updates_to_json,
 )
 from fedchain.ledger.verification import ChainError
 
@@ -296,3 +299,35 @@ def test_a_chain_refused_by_its_caller_is_left_as_it_is(tmp_path):
     with pytest.raises(LookupError, match="not this run"):
         continue_chain(path, accept=refuse)
     assert path.read_bytes() == before
+
+
+def test_a_rounds_updates_round_trip_in_order_for_a_probe():
+    genesis = genesis_for(1)
+    gradient = (0.1, -0.0, 5e-324, 1e100)
+    updates = {
+        name: replace(
+            signed_update(
+                genesis,
+                genesis,
+                name,
+                LinearModel([0.1, -0.0, 1e-300], 2.5),
+                rows,
+                key=fixed_key(name),
+            ),
+            gradient=gradient,
+        )
+        for name, rows in (("zed", 3), ("cli1", 535))  # not in name order: the order is kept
+    }
+    parsed = updates_from_json(updates_to_json(updates))
+    assert parsed == updates and list(parsed) == ["zed", "cli1"]
+    text = updates_to_json(updates)
+    for bad, reason in [
+        ("[]", "updates must be a JSON dict"),
+        ('{"a":{},"a":{}}', "repeats a key"),
+        ('{" a":{}}', "no spaces around it"),
+        (text.replace('"n_samples":3', '"n_samples":3.0'), "n_samples must be a positive integer"),
+        (text.replace('"weights":[0.1', '"weights":[NaN'), "NaN is not a finite number"),
+        (text.replace(',"probe_signature":""', ""), "lacks probe_signature"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=reason):
+            updates_from_json(bad)
