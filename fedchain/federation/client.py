@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import settings
 from fedchain.checks import printable
-from fedchain.learning.aggregation import PROXIMAL, SCAFFOLD
+from fedchain.learning.aggregation import KRUM, PROXIMAL, SCAFFOLD
 from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
 from fedchain.learning.dataset import DataError, Dataset
 from fedchain.learning.linear_model import LinearModel
@@ -32,7 +32,7 @@ from fedchain.learning.local_training import (
     train_and_score,
 )
 from fedchain.learning.poisoning import Poison
-from fedchain.ledger.block import Block, ClientUpdate, TrainingSettings
+from fedchain.ledger.block import FORMAT_RULES, Block, ClientUpdate, TrainingSettings
 from fedchain.ledger.chain import ChainTip, continue_chain, verify_tip
 from fedchain.ledger.correction import global_gradient, probe_point
 from fedchain.ledger.signatures import (
@@ -226,6 +226,13 @@ class FederatedClient:
             raise ClientFailed(f"the server's genesis block is invalid: {error}") from None
         if not genesis.signed:
             raise ClientFailed("the server's genesis block is unsigned (format 1)")
+        if genesis.aggregation == KRUM and genesis.version == FORMAT_RULES:
+            # It still verifies, as old chains must, but a run started in it lets a client steer
+            # the average by the row count it claims.
+            raise ClientFailed(
+                "the run records krum in the legacy format 3, which averages the kept models by "
+                "the row counts clients claim; this client joins krum runs in format 5 only"
+            )
         run = genesis.run
         if run.server_key != self.server_key:
             raise ClientFailed(

@@ -18,7 +18,13 @@ from wire_helpers import Exploit, frame, receive
 from fedchain.cli.client import main as client_main
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import Block, ClientUpdate, RunRecord, TrainingSettings
+from fedchain.ledger.block import (
+    FORMAT_RULES,
+    Block,
+    ClientUpdate,
+    RunRecord,
+    TrainingSettings,
+)
 from fedchain.ledger.chain import (
     make_closing_block,
     make_genesis,
@@ -224,6 +230,18 @@ def unsigned_genesis(s: Session) -> None:
     s.welcome(seal(genesis))
 
 
+def legacy_krum(s: Session) -> None:
+    # Krum as servers wrote it before format 5 (raw-unit distances, the kept models averaged by
+    # the row counts clients claim), signed today: it verifies, but no client should join it.
+    others = {f"cli{i}": public_hex(fixed_key(f"cli{i}")) for i in (2, 3)}
+    run = RunRecord(1, 0, public_hex(s.key), {"cli1": s.client_key, **others}, min_clients=3)
+    current = make_genesis(
+        initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES, difficulty=8,
+        run=run, server_key=s.key, aggregation="krum", parameters={"byzantine": 0.0},
+    )  # fmt: skip
+    s.welcome(reseal(current, version=FORMAT_RULES, scale=()))
+
+
 SCRIPTS = {
     "wrong global model": (
         lambda s: (s.welcome(), s.train(model=LinearModel(np.ones(len(FEATURES)), 0.0))),
@@ -246,6 +264,11 @@ SCRIPTS = {
     "genesis leaves us out": (
         lambda s: s.welcome(s.make_genesis(participants={"cli1": public_hex(fixed_key("x"))})),
         "the genesis does not admit this client with its own key",
+    ),
+    "krum in the legacy format": (
+        legacy_krum,
+        "the run records krum in the legacy format 3, which averages the kept models by the "
+        "row counts clients claim; this client joins krum runs in format 5 only",
     ),
     "unsigned genesis": (unsigned_genesis, "the server's genesis block is unsigned (format 1)"),
     "malformed genesis": (
