@@ -27,7 +27,7 @@ import numpy as np
 
 from fedchain import settings
 from fedchain.learning.evolution import Bowl, search_bowl
-from fedchain.learning.linear_model import LinearModel, mse
+from fedchain.learning.linear_model import LinearModel
 from fedchain.learning.local_training import (
     MAX_STANDARDISED_LOSS,
     TOLERANCE,
@@ -42,6 +42,8 @@ def gradient(problem: LocalProblem, model: LinearModel) -> np.ndarray:
         raise ValueError(
             f"the model has {model.n_features} weights for {problem.n_features} columns"
         )
+    if problem.moments is not None:
+        return problem.moments.gradient(model)
     with np.errstate(over="ignore", invalid="ignore"):
         residual = problem.X @ model.weights + model.bias - problem.y
         n = len(problem.y)
@@ -69,6 +71,12 @@ class _Coordinates:
 
     @classmethod
     def of(cls, problem: LocalProblem) -> "_Coordinates":
+        if problem.moments is not None:  # noisy sums: every column varies, already whitened
+            p, none = problem, np.zeros(problem.n_features, dtype=bool)
+            return cls(
+                p.seen, none, p.x_mean, p.x_scale, np.zeros(0), p.y_mean, p.y_scale,
+                p.curvature, p.basis, p.moment, p.t_square,
+            )  # fmt: skip
         X, y, n = problem.X, problem.y, len(problem.y)
         varying = ~np.equal(X, X[0]).all(axis=0)
         constant = ~varying & (X[0] != 0)
@@ -195,13 +203,13 @@ def train_corrected(
     coordinates = corrected.coordinates
     whitening = _CorrectedWhitening(coordinates, received, correction, proximal)
     bowl = whitening.bowl()
-    before = mse(received, problem.X, problem.y)
+    before = problem.mse(received)
     # The corrected objective can go below zero, so its own value is no scale to stop by; the
     # client's MSE is, as in plain training: a search need not resolve finer than its rows can.
     # (Taken from the rows, not the bowl: near an exact fit the bowl's terms cancel to noise.)
     genes = search_bowl(
         bowl, seed=seed, generations=generations, population=population,
-        tolerance_per_gene=tolerance / len(problem.y), scale=before / coordinates.y_scale**2,
+        tolerance_per_gene=tolerance / problem.n_samples, scale=before / coordinates.y_scale**2,
     )  # fmt: skip
     trained = whitening.to_model(genes)
-    return TrainingResult(trained, before, mse(trained, problem.X, problem.y))
+    return TrainingResult(trained, before, problem.mse(trained))

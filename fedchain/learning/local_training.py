@@ -16,6 +16,7 @@ import numpy as np
 from fedchain import settings
 from fedchain.learning.evolution import Bowl, search_bowl
 from fedchain.learning.linear_model import LinearModel, mse
+from fedchain.learning.moments import Moments
 
 # A direction whose curvature is below this fraction of the largest is one the rows cannot see:
 # rounding leaves ~1e-16 along a difference of two equal columns, real information far more.
@@ -31,10 +32,11 @@ PROXIMAL_WEIGHT = 1.0  # from round 2, in units of the client's standardised cur
 
 @dataclass(frozen=True, eq=False)
 class LocalProblem:
-    """A client's rows reduced to their scaling, the directions they can see, and their sums."""
+    """A client's rows reduced to their scaling, the directions they can see, and their sums;
+    or, for a differentially private client, its noisy sums alone (X and y are then None)."""
 
-    X: np.ndarray
-    y: np.ndarray
+    X: np.ndarray | None
+    y: np.ndarray | None
     x_mean: np.ndarray  # (n_features,); a constant column's mean is its value, exactly
     seen: np.ndarray  # (n_features,) bool: the columns that vary on this client
     group: np.ndarray  # (n_seen,): each seen column's distinct column; equal columns share one
@@ -48,6 +50,7 @@ class LocalProblem:
     moment: np.ndarray  # (rank,): Zᵀt/n along each of them
     t_square: float  # tᵀt/n
     # Z: the distinct columns, centred, standardised and times sqrt(copies); t: y, likewise.
+    moments: Moments | None = None  # the noisy sums a private client trains on, instead of rows
 
     @classmethod
     def from_data(cls, X: np.ndarray, y: np.ndarray) -> "LocalProblem":
@@ -91,9 +94,47 @@ class LocalProblem:
             basis, hidden, curvature[visible], basis.T @ moment, t_square,
         )  # fmt: skip
 
+    @classmethod
+    def from_moments(cls, moments: Moments) -> "LocalProblem":
+        """The problem posed by a private client's noisy sums: every column counts as varying
+        and distinct (noise hides which are not), so its sums must be positive definite."""
+        d, n = moments.n_features, moments.count
+        a = moments.gram / n
+        x_mean = a[:d, d].copy()
+        y_mean = float(a[d + 1, d])
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below
+            covariance = a[:d, :d] - np.outer(x_mean, x_mean)
+            x_scale = _nonzero(np.sqrt(np.maximum(np.diag(covariance), 0.0)))
+            y_variance = float(a[d + 1, d + 1]) - y_mean * y_mean
+            # Noise can leave y's variance at or below zero; any positive scale is only a unit.
+            y_scale = float(np.sqrt(y_variance)) if y_variance > 0 else 1.0
+            gram = covariance / np.outer(x_scale, x_scale)
+            moment = (a[:d, d + 1] - x_mean * y_mean) / x_scale / y_scale
+            t_square = y_variance / (y_scale * y_scale)
+        sums = np.concatenate([gram.ravel(), moment, [t_square]])
+        if not np.all(np.isfinite(sums)):
+            raise ValueError("the sums' values are too large to use in float64")
+        curvature, basis = np.linalg.eigh(gram)
+        if not curvature[0] > RANK_TOLERANCE * curvature[-1]:
+            raise ValueError("the noisy sums are not positive definite: nothing to search in")
+        everything = np.ones(d, dtype=bool)
+        return cls(
+            None, None, x_mean, everything, np.arange(d), np.ones(d), x_scale, y_mean, y_scale,
+            basis, np.zeros((d, 0)), curvature, basis.T @ moment, t_square, moments,
+        )  # fmt: skip
+
     @property
     def n_features(self) -> int:
         return self.x_mean.size
+
+    @property
+    def n_samples(self) -> float:
+        """The rows behind the problem (a private client's noisy count is not whole)."""
+        return len(self.y) if self.moments is None else self.moments.count
+
+    def mse(self, model: LinearModel) -> float:
+        """MODEL's MSE on the client's rows, or on its noisy sums for a private client."""
+        return mse(model, self.X, self.y) if self.moments is None else self.moments.mse(model)
 
     @property
     def rank(self) -> int:
@@ -168,7 +209,7 @@ def train_and_score(
     bowl = whitening.bowl()
     # Sampling noise puts MSE x genes / rows into even an exact fit; a block of genes may stop
     # at TOLERANCE of its share of that.
-    tolerance_per_gene = tolerance / len(problem.y)
+    tolerance_per_gene = tolerance / problem.n_samples
     genes = search_bowl(
         bowl,
         seed=seed,
@@ -179,8 +220,8 @@ def train_and_score(
     trained = whitening.to_model(genes)
     # The trip through whitened coordinates rounds; judge on the raw rows so the promise holds
     # bit for bit.
-    before = mse(received, problem.X, problem.y)
-    after = mse(trained, problem.X, problem.y)
+    before = problem.mse(received)
+    after = problem.mse(trained)
     if after <= before:
         return TrainingResult(trained, before, after)
     return TrainingResult(received, before, before)

@@ -23,6 +23,7 @@ from fedchain.learning.local_training import (
     train_locally,
 )
 from fedchain.learning.poisoning import Poison
+from fedchain.learning.privacy import PrivateRelease
 from fedchain.learning.scaffold import (
     DEFAULT_PROXIMAL,
     Contribution,
@@ -54,16 +55,19 @@ def simulate(
     poison: Mapping[str, Poison] | None = None,
     declared_rows: Mapping[str, int] | None = None,
     scale: Sequence[float] | None = None,
+    private: Mapping[str, PrivateRelease] | None = None,
 ) -> list[SimulatedRound]:
     """Run ROUNDS of train-locally-then-aggregate (FedAvg unless AGGREGATION says otherwise)
-    from a zero model, the clients named in POISON sending poisoned models and those in
-    DECLARED_ROWS claiming that many rows; Krum measures distance in SCALE (see aggregation.py).
-    Return every round."""
+    from a zero model, the clients named in POISON sending poisoned models, those in
+    DECLARED_ROWS claiming that many rows and those in PRIVATE training on their private release
+    instead of their rows; Krum measures distance in SCALE (see aggregation.py). Return every
+    round."""
     poison = poison or {}
-    rows = {name: data.n_samples for name, data in datasets.items()} | dict(declared_rows or {})
+    problems, rows = _problems(datasets, private or {})
+    rows |= dict(declared_rows or {})
     if aggregation == SCAFFOLD:
         return _simulate_scaffold(
-            datasets,
+            problems,
             rows,
             rounds,
             run_seed,
@@ -73,9 +77,7 @@ def simulate(
             poison,
         )
     names = sorted(datasets)
-    problems = {name: LocalProblem.from_data(datasets[name].X, datasets[name].y) for name in names}
-    n_features = datasets[names[0]].X.shape[1]
-    global_model = LinearModel.zeros(n_features)
+    global_model = LinearModel.zeros(problems[names[0]].n_features)
     history = []
     for index in range(1, rounds + 1):
         client_models, train_s = {}, {}
@@ -101,8 +103,23 @@ def simulate(
     return history
 
 
+def _problems(
+    datasets: Mapping[str, Dataset], private: Mapping[str, PrivateRelease]
+) -> tuple[dict[str, LocalProblem], dict[str, int]]:
+    """Each client's problem and the row count it declares: its private release's, if any."""
+    problems, counts = {}, {}
+    for name, data in datasets.items():
+        if name in private:
+            problems[name] = LocalProblem.from_moments(private[name].moments)
+            counts[name] = private[name].n_samples
+        else:
+            problems[name] = LocalProblem.from_data(data.X, data.y)
+            counts[name] = data.n_samples
+    return problems, counts
+
+
 def _simulate_scaffold(
-    datasets: Mapping[str, Dataset],
+    problems: Mapping[str, LocalProblem],
     rows: Mapping[str, int],
     rounds: int,
     run_seed: int,
@@ -113,10 +130,9 @@ def _simulate_scaffold(
 ) -> list[SimulatedRound]:
     """The scaffold rule's rounds, as the network run plays them (see learning/scaffold.py):
     round 1 plain, then corrected training; a probe at the candidate; the server's step."""
-    names = sorted(datasets)
-    problems = {name: LocalProblem.from_data(datasets[name].X, datasets[name].y) for name in names}
+    names = sorted(problems)
     corrected = {name: CorrectedProblem(problems[name]) for name in names}
-    global_model = LinearModel.zeros(datasets[names[0]].X.shape[1])
+    global_model = LinearModel.zeros(problems[names[0]].n_features)
     record: SearchRecord | None = None
     history = []
     for index in range(1, rounds + 1):
