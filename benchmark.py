@@ -1,6 +1,6 @@
 """Print the project's speed and quality figures, each measured against a reference in this run.
 
-`python benchmark.py [quality|noniid|poisoning|speed|csv|rows|mining|network|trust|clients]`
+`python benchmark.py [quality|noniid|poisoning|privacy|speed|csv|rows|mining|network|trust|clients]`
 (all: a few minutes).
 Figures, not pass/fail: the machines are shared and noisy, so every number that matters is a
 ratio of two measurements taken side by side.
@@ -39,9 +39,11 @@ from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
 from fedchain.learning.local_training import LocalProblem, train_locally
 from fedchain.learning.partition import pool, split_by_value, split_rows, split_sorted
 from fedchain.learning.poisoning import parse_poison
+from fedchain.learning.privacy import PrivateRelease, release
+from fedchain.learning.schema import Schema, load_schema
 from fedchain.learning.simulation import SimulatedRound, simulate
 from fedchain.learning.synthetic import TARGET as SYNTHETIC_TARGET
-from fedchain.learning.synthetic import synthetic_dataset
+from fedchain.learning.synthetic import synthetic_dataset, synthetic_schema
 from fedchain.ledger.mining import mine
 from fedchain.ledger.signatures import signature_holds
 from fedchain.ledger.store import load_chain
@@ -492,10 +494,108 @@ def poisoning() -> None:
         print(f"  by round, krum, {label}: {figures}")
 
 
+PRIVACY_SEEDS = 10
+PRIVACY_ROWS = 20_000  # a client's, in the synthetic cases
+PRIVACY_FEATURES = 12
+PRIVACY_EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, None)  # None: no privacy
+
+
+def private_releases(
+    datasets: dict[str, Dataset], schema: Schema, target: str, epsilon: float, seed: int,
+    *, adaptive_ridge: bool = True,
+) -> dict[str, PrivateRelease]:  # fmt: skip
+    """Each client's release at EPSILON (δ 1e-5), its noise drawn from SEED: a benchmark's
+    seed; a real client's noise comes from a secret one."""
+    rng = np.random.default_rng([seed, 1])
+    low, high = schema.ranges(next(iter(datasets.values())).feature_names, target)
+    return {name: release(data.X, data.y, low, high, epsilon=epsilon, rng=rng,
+                          adaptive_ridge=adaptive_ridge)
+            for name, data in sorted(datasets.items())}  # fmt: skip
+
+
+def private_ratio(datasets: dict[str, Dataset], private, aggregation: str = FEDAVG) -> float:
+    """The pooled-rows MSE / lstsq's of the global model after 5 rounds on private releases."""
+    history = simulate(datasets, rounds=5, aggregation=aggregation, private=private)
+    return pooled_ratios(datasets, history)[-1]
+
+
+def privacy() -> None:
+    print(
+        f"privacy: pooled-rows MSE / non-private lstsq's after 5 rounds, each client's sums "
+        f"released once with (ε, δ = 1e-5)-DP; median and worst of {PRIVACY_SEEDS} seeds"
+    )
+    warm_up()
+    cases = [  # label, r2, epsilon, split, rule, goal
+        ("ε 1", 0.8, 1.0, split_rows, FEDAVG, "<= 1.03"),
+        ("ε 4", 0.8, 4.0, split_rows, FEDAVG, "<= 1.003"),
+        ("ε 1, sorted by x1", 0.8, 1.0, lambda d, n: split_sorted(d, "x1", n), FEDAVG, "shows"),
+        ("ε 1, sorted by x1", 0.8, 1.0, lambda d, n: split_sorted(d, "x1", n), SCAFFOLD,
+         "<= 1.03, <= fedavg"),
+        ("ε 1, R² 0.99", 0.99, 1.0, split_rows, FEDAVG, "report"),
+    ]  # fmt: skip
+    print(
+        f"  synthetic: 2 clients x {PRIVACY_ROWS:,} rows, {PRIVACY_FEATURES} features "
+        "(R² 0.8 unless said); 'naive': the textbook perturbation (sensitivity 1, the whole "
+        "budget on the sums, no adaptive ridge); 'better': seeds where ours is below naive's"
+    )
+    print(f"  {'case':22}{'rule':>10}{'median':>10}{'worst':>10}{'naive med':>11}"
+          f"{'naive worst':>12}{'better':>8}{'goal':>22}")  # fmt: skip
+    for label, r2, epsilon, split, rule, goal in cases:
+        ours, naive = [], []
+        for seed in range(PRIVACY_SEEDS):
+            data = synthetic_dataset(
+                2 * PRIVACY_ROWS, PRIVACY_FEATURES, seed=seed, r2=r2, bounded=True
+            )
+            schema = synthetic_schema(PRIVACY_FEATURES, seed=seed, r2=r2)
+            datasets = split(data, 2)
+            for adaptive, ratios in ((True, ours), (False, naive)):
+                private = private_releases(datasets, schema, SYNTHETIC_TARGET, epsilon, seed,
+                                           adaptive_ridge=adaptive)  # fmt: skip
+                ratios.append(private_ratio(datasets, private, rule))
+        figures = [statistics.median(ours), max(ours), statistics.median(naive), max(naive)]
+        better = sum(o < n for o, n in zip(ours, naive, strict=True))
+        print(f"  {label:22}{rule:>10}{figures[0]:>10.4f}{figures[1]:>10.4f}{figures[2]:>11.4f}"
+              f"{figures[3]:>12.4f}{f'{better}/{len(ours)}':>8}{goal:>22}")  # fmt: skip
+    datasets = bundled()
+    bundled_schema = load_schema(settings.bundled_data("schema.csv"))
+    test = load_dataset(settings.bundled_data("test.csv"), target=settings.TARGET)
+    test = test.in_order(datasets["cli1"].feature_names)
+    print(
+        "  bundled data (535 rows a client, data/schema.csv's bounds): by ε, the median of "
+        f"{PRIVACY_SEEDS} seeds"
+    )
+    print(f"  {'ε':>8}{'pooled / lstsq':>16}{'worst':>10}{'test MSE':>10}")
+    for epsilon in PRIVACY_EPSILONS:
+        ratios, test_mse = [], []
+        for seed in range(PRIVACY_SEEDS if epsilon else 1):
+            private = None if epsilon is None else private_releases(
+                datasets, bundled_schema, settings.TARGET, epsilon, seed)  # fmt: skip
+            history = simulate(datasets, rounds=5, private=private)
+            ratios.append(pooled_ratios(datasets, history)[-1])
+            test_mse.append(mse(history[-1].global_model, test.X, test.y))
+        label = "∞" if epsilon is None else f"{epsilon:g}"
+        print(
+            f"  {label:>8}{statistics.median(ratios):>16.4f}{max(ratios):>10.4f}"
+            f"{statistics.median(test_mse):>10.4f}"
+        )
+    print("  the one-time release (clipping, sums, noise, calibration), per client:")
+    for label, data, target, schema in (
+        (f"{PRIVACY_ROWS:,} rows x {PRIVACY_FEATURES}",
+         synthetic_dataset(PRIVACY_ROWS, PRIVACY_FEATURES, bounded=True), SYNTHETIC_TARGET,
+         synthetic_schema(PRIVACY_FEATURES)),
+        ("bundled cli1", datasets["cli1"], settings.TARGET, bundled_schema),
+    ):  # fmt: skip
+        seconds = best_time(
+            lambda d=data, t=target, s=schema: private_releases({"c": d}, s, t, 1.0, 0), 9
+        )
+        print(f"  {label:>24}: {seconds * 1000:.1f} ms (goal <= 50 ms)")
+
+
 SECTIONS = {
     "quality": quality,
     "noniid": non_iid,
     "poisoning": poisoning,
+    "privacy": privacy,
     "speed": speed,
     "csv": csv_loading,
     "rows": training_cost_by_rows,

@@ -1,12 +1,13 @@
 """Record-level differential privacy for one client: its rows' sums released once, with noise.
 
 Before the first round the client clips every value to the run's public bounds (schema.py),
-maps each row to z = [x scaled to [-1, 1], 1, y likewise] / sqrt(d + 2), so |z| <= 1, and
-releases the sums ZᵀZ with symmetric Gaussian noise (sufficient-statistics perturbation). Adding
-or removing one row moves ZᵀZ by z·zᵀ, whose entries have an L2 norm of |z|² <= 1: that is the
-sensitivity the noise is calibrated to. Every local search, gradient and probe answer after that
-is computed from the noisy sums alone, so they are post-processing and the guarantee does not
-grow with the rounds.
+maps each row to z = [x scaled to [-1, 1], 1, y likewise] / sqrt(d + 2), so every |z_i| is at
+most 1 / sqrt(d + 2), and releases the upper triangle of the sums ZᵀZ with Gaussian noise
+(sufficient-statistics perturbation). Adding or removing one row moves that triangle by z·zᵀ's,
+whose L2 norm is sqrt((|z|⁴ + Σ z_i⁴) / 2) <= sqrt((1 + 1 / (d + 2)) / 2): the sensitivity the
+noise is calibrated to. Every local search, gradient and probe answer after that is computed
+from the noisy sums alone, so they are post-processing and the guarantee does not grow with the
+rounds.
 
 A noisy Gram matrix need not be positive definite, and a least-squares fit on one that is barely
 so is wild. As AdaSSP does (Wang 2018, "Revisiting differentially private linear regression"),
@@ -67,16 +68,26 @@ def check_budget(epsilon: float, delta: float) -> None:
 
 
 def noise_multiplier(epsilon: float, delta: float) -> float:
-    """The smallest sigma for which one Gaussian release of sensitivity 1 is (ε, δ)-DP."""
+    """The smallest noise, in units of the sensitivity, for which one Gaussian release is
+    (ε, δ)-DP."""
     check_budget(epsilon, delta)
     return float(gaussian_mechanism.get_sigma_gaussian(epsilon, delta))
 
 
-def split_noise(sigma: float) -> tuple[float, float]:
-    """The noise of the sums and of the smallest eigenvalue that compose to one Gaussian sigma."""
-    # Gaussian releases of sensitivity 1 compose to one with 1/sigma² = Σ 1/sigma_i² (their privacy
-    # losses are Gaussian and add): a share of 1/sigma² for each.
-    return sigma / math.sqrt(1.0 - RIDGE_SHARE), sigma / math.sqrt(RIDGE_SHARE)
+def sensitivities(n_features: int) -> tuple[float, float]:
+    """How far one row can move the released triangle of sums (L2) and the smallest eigenvalue
+    of the features' and intercept's sums."""
+    p = n_features + 2
+    return math.sqrt((1.0 + 1.0 / p) / 2.0), (p - 1) / p
+
+
+def noise_scales(epsilon: float, delta: float, n_features: int) -> tuple[float, float]:
+    """The standard deviations of the noise on the sums and on the smallest eigenvalue."""
+    # Gaussian releases compose to one whose (sensitivity / noise)² is the sum of theirs (their
+    # privacy losses are Gaussian and add): RIDGE_SHARE of it for the eigenvalue.
+    unit = noise_multiplier(epsilon, delta)
+    sums, floor = sensitivities(n_features)
+    return sums * unit / math.sqrt(1.0 - RIDGE_SHARE), floor * unit / math.sqrt(RIDGE_SHARE)
 
 
 def scaled_rows(
@@ -102,24 +113,30 @@ def release(
     epsilon: float,
     delta: float = DEFAULT_DELTA,
     rng: np.random.Generator,
+    adaptive_ridge: bool = True,
 ) -> PrivateRelease:
     """Release the rows' sums with (EPSILON, DELTA)-DP, clipping to the public bounds LOW and
     HIGH (the features', then the target's). RNG must be secret: whoever knows it can take the
-    noise out."""
+    noise out. ADAPTIVE_RIDGE False gives the textbook perturbation, to compare against: the
+    whole budget on the sums, for a sensitivity of 1, and only the ridge that makes them positive
+    definite."""
     if not len(y):
         raise ValueError("a private release needs at least one row")
     Z, cut = scaled_rows(X, y, low, high)
     d = X.shape[1]
     q = d + 1  # the features and the intercept: what the fit inverts
-    sigma_sums, sigma_floor = split_noise(noise_multiplier(epsilon, delta))
     gram = Z.T @ Z
-    # AdaSSP: a private, high-probability lower bound on the smallest eigenvalue (adding a row
-    # moves it by |z|² <= 1 at most), and a ridge that tops it up to what the noise may take
-    # away: the spectral norm of a symmetric Gaussian matrix, about sigma (2 sqrt(q) + t).
-    tail = math.sqrt(2.0 * math.log(1.0 / RIDGE_FAILURE))
-    smallest = float(np.linalg.eigvalsh(gram[:q, :q])[0])
-    floor = max(smallest + sigma_floor * (rng.standard_normal() - tail), 0.0)
-    ridge = max(sigma_sums * (2.0 * math.sqrt(q) + tail) - floor, 0.0)
+    if adaptive_ridge:
+        sigma_sums, sigma_floor = noise_scales(epsilon, delta, d)
+        # AdaSSP: a private, high-probability lower bound on the smallest eigenvalue, and a
+        # ridge that tops it up to what the noise may take away: the spectral norm of a
+        # symmetric Gaussian matrix, about sigma (2 sqrt(q) + t).
+        tail = math.sqrt(2.0 * math.log(1.0 / RIDGE_FAILURE))
+        smallest = float(np.linalg.eigvalsh(gram[:q, :q])[0])
+        floor = max(smallest + sigma_floor * (rng.standard_normal() - tail), 0.0)
+        ridge = max(sigma_sums * (2.0 * math.sqrt(q) + tail) - floor, 0.0)
+    else:
+        sigma_sums, ridge = noise_multiplier(epsilon, delta), 0.0  # for |z|² <= 1, as usual
     noise = np.triu(rng.normal(0.0, sigma_sums, size=gram.shape))
     noisy = gram + noise + np.triu(noise, 1).T
     count = noisy[d, d] * (d + 2)
