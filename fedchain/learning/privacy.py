@@ -17,6 +17,7 @@ paid from the same budget; the two compose to one Gaussian mechanism, whose nois
 calibrates exactly (Balle and Wang 2018, the analytic Gaussian mechanism).
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -67,6 +68,7 @@ def check_budget(epsilon: float, delta: float) -> None:
         raise ValueError(f"δ must be a number in (0, {MAX_DELTA:g}], not {delta!r}")
 
 
+@functools.cache  # a root search: the same budget gives the same noise
 def noise_multiplier(epsilon: float, delta: float) -> float:
     """The smallest noise, in units of the sensitivity, for which one Gaussian release is
     (ε, δ)-DP."""
@@ -147,8 +149,9 @@ def release(
     if shortfall > 0:
         noisy[:q, :q] += shortfall * np.eye(q)
         ridge += shortfall
+    T = scaling(low, high)
     return PrivateRelease(
-        moments=Moments(_to_data_units(noisy, low, high)),
+        moments=Moments(T @ noisy @ T.T),
         n_samples=max(1, round(count)),
         ridge=ridge,
         clipped=cut,
@@ -156,16 +159,15 @@ def release(
     )
 
 
-def _to_data_units(scaled_sums: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """The sums of [x, 1, y][x, 1, y]ᵀ from those of the scaled rows z (a linear change)."""
+def scaling(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """T such that [x, 1, y] = T z for every row: the sums in data units are T (ZᵀZ) Tᵀ."""
     d = low.size - 1
     middle, half = (low + high) / 2.0, (high - low) / 2.0
-    # [x, 1, y] = T z: x = sqrt(d + 2) (half · z_x + middle · z_1), and so on.
+    # x = sqrt(d + 2) (half · z_x + middle · z_1), 1 = sqrt(d + 2) z_1, y likewise.
     T = np.zeros((d + 2, d + 2))
     T[:d, :d] = np.diag(half[:d])
     T[:d, d] = middle[:d]
     T[d, d] = 1.0
     T[d + 1, d] = middle[d]
     T[d + 1, d + 1] = half[d]
-    T *= math.sqrt(d + 2)
-    return T @ scaled_sums @ T.T
+    return T * math.sqrt(d + 2)
