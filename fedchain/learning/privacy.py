@@ -22,11 +22,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from dp_accounting import gaussian_mechanism
 
 from fedchain.learning.moments import Moments
 
 MECHANISM = "gaussian-ssp"  # the name recorded for this mechanism
+MECHANISMS = (MECHANISM,)  # those a verifier knows
 DEFAULT_DELTA = 1e-5
 MIN_EPSILON, MAX_EPSILON = 0.01, 100.0
 MAX_DELTA = 0.1
@@ -73,6 +73,9 @@ def noise_multiplier(epsilon: float, delta: float) -> float:
     """The smallest noise, in units of the sensitivity, for which one Gaussian release is
     (ε, δ)-DP."""
     check_budget(epsilon, delta)
+    # Imported here: it brings SciPy's statistics, a second's start-up no other program needs.
+    from dp_accounting import gaussian_mechanism
+
     return float(gaussian_mechanism.get_sigma_gaussian(epsilon, delta))
 
 

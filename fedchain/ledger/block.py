@@ -15,6 +15,10 @@ Format 5 is format 3 for Krum as it is now: every block also records each featur
 Krum's distances are measured in, and the models Krum keeps are averaged with equal weights (a
 format-3 Krum chain, written before, averaged them by row counts and measured raw weights, and
 still verifies so).
+Formats 6 to 9 are formats 2 to 5 for a run with differential privacy: the genesis also records
+the public bounds every client clips to, the most ε the run admits, and each private client's
+signed statement of its mechanism, ε and δ (learning/privacy.py). A block's layout is that of
+its public twin; the version alone says which.
 """
 
 import hashlib
@@ -42,16 +46,20 @@ FORMAT_SIGNED = 2
 FORMAT_RULES = 3  # format 2, plus the rule's parameters and choices, for a rule other than FedAvg
 FORMAT_CORRECTED = 4  # format 3, plus the gradients and the server's step of a scaffold run
 FORMAT_SCALED = 5  # format 3, plus each feature's scale, for Krum (equal weights, scaled distance)
+# The same, with the genesis also recording the run's privacy terms (PrivacyTerms).
+PRIVATE_TWIN = {FORMAT_SIGNED: 6, FORMAT_RULES: 7, FORMAT_CORRECTED: 8, FORMAT_SCALED: 9}
+PUBLIC_TWIN = {private: public for public, private in PRIVATE_TWIN.items()}
 FORMAT_VERSION = FORMAT_SIGNED  # what new FedAvg chains are written in
-KNOWN_FORMATS = (FORMAT_UNSIGNED, FORMAT_SIGNED, FORMAT_RULES, FORMAT_CORRECTED, FORMAT_SCALED)
-# the formats that record a rule's parameters
-WITH_RULES = (FORMAT_RULES, FORMAT_CORRECTED, FORMAT_SCALED)
+KNOWN_FORMATS = (FORMAT_UNSIGNED, FORMAT_SIGNED, FORMAT_RULES, FORMAT_CORRECTED, FORMAT_SCALED,
+                 *PUBLIC_TWIN)  # fmt: skip
+WITH_RULES = (FORMAT_RULES, FORMAT_CORRECTED, FORMAT_SCALED)  # layouts with a rule's parameters
 AGGREGATION_FEDAVG = FEDAVG
 KNOWN_AGGREGATIONS = KNOWN_RULES
 ZERO_HASH = "0" * 64
 MAX_DIFFICULTY_BITS = 64  # far beyond what anyone mines on a CPU; keeps the target in range
 HASH_HEX, KEY_HEX, SIGNATURE_HEX = 64, 64, 128  # lengths in hex digits
 MAX_REASON_CHARS = 300
+MAX_SCHEMA_CHARS = 1 << 22  # a schema's CSV: about 100,000 columns' bounds
 _MAGIC = b"FLBC"
 _U16_MAX = 2**16 - 1
 _HEX_DIGITS = "0123456789abcdef"
@@ -72,14 +80,62 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
+class PrivacyStatement:
+    """A client's word, under its signature, on how it protects each of its rows: it trains on
+    its sums released once by MECHANISM with (EPSILON, DELTA)-differential privacy, clipped to
+    the run's schema."""
+
+    mechanism: str
+    epsilon: float
+    delta: float
+    signature: str  # 128 hex digits, over signatures.privacy_message(...)
+
+    def __post_init__(self) -> None:
+        check_name(self.mechanism, "a privacy mechanism")
+        for name, value in (("epsilon", self.epsilon), ("delta", self.delta)):
+            if type(value) is not float or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"a privacy statement's {name} must be a positive float")
+        check_hex("a privacy statement's signature", self.signature, SIGNATURE_HEX)
+
+
+@dataclass(frozen=True)
+class PrivacyTerms:
+    """What a private run's genesis fixes: the public bounds every client clips to (the schema's
+    canonical CSV, learning/schema.py), the most ε a client may spend (None: no limit), and each
+    private client's statement; a client without one keeps no promise about its rows."""
+
+    schema: str
+    max_epsilon: float | None
+    statements: dict[str, PrivacyStatement]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.schema, str) or not 0 < len(self.schema) <= MAX_SCHEMA_CHARS:
+            raise ValueError(f"the schema must be 1..{MAX_SCHEMA_CHARS} characters of CSV")
+        if self.max_epsilon is not None and (
+            type(self.max_epsilon) is not float
+            or not math.isfinite(self.max_epsilon)
+            or self.max_epsilon <= 0
+        ):
+            raise ValueError("max_epsilon must be a positive float or None")
+        if not isinstance(self.statements, dict):
+            raise TypeError("statements must map names to PrivacyStatement")
+        check_names(tuple(self.statements), "privacy statements")
+        for statement in self.statements.values():
+            if not isinstance(statement, PrivacyStatement):
+                raise TypeError("statements must map names to PrivacyStatement")
+
+
+@dataclass(frozen=True)
 class RunRecord:
-    """What a format-2 genesis fixes for the whole run: its length, seed and keys."""
+    """What a format-2 genesis fixes for the whole run: its length, seed and keys (and in
+    formats 6 to 9, its privacy terms)."""
 
     rounds: int
     seed: int
     server_key: str  # the server's Ed25519 public key, 64 hex digits
     participants: dict[str, str]  # each admitted client's name and public key
     min_clients: int = 1  # the fewest contributions a round block may hold (the quorum)
+    privacy: PrivacyTerms | None = None
 
     def __post_init__(self) -> None:
         check_int(self.rounds, 1, MAX_INT, "rounds")
@@ -93,6 +149,12 @@ class RunRecord:
             check_hex(f"{name}'s key", key, KEY_HEX)
         if len(set(self.participants.values())) != len(self.participants):
             raise ValueError("two participants share one public key")
+        if self.privacy is not None:
+            if not isinstance(self.privacy, PrivacyTerms):
+                raise TypeError("privacy must be PrivacyTerms")
+            if strangers := set(self.privacy.statements) - set(self.participants):
+                raise ValueError(f"privacy statements of clients not admitted: "
+                                 f"{', '.join(sorted(strangers))}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -216,11 +278,12 @@ class Block:
             raise TypeError("scale must be a tuple of floats")
         if not all(type(v) is float and math.isfinite(v) for v in self.scale):
             raise ValueError("scale must hold finite floats")
-        if (self.version == FORMAT_SCALED) != bool(self.scale):
+        layout = self.layout
+        if (layout == FORMAT_SCALED) != bool(self.scale):
             raise ValueError("format-5 blocks, and only they, record each feature's scale")
-        if self.version not in WITH_RULES and (self.parameters or self.choice):
+        if layout not in WITH_RULES and (self.parameters or self.choice):
             raise ValueError(f"format {self.version} blocks carry no rule parameters or choices")
-        corrected = self.version == FORMAT_CORRECTED
+        corrected = layout == FORMAT_CORRECTED
         if not corrected and (self.search or any(
             u.gradient or u.probe_gradient or u.probe_signature for u in self.client_model.values()
         )):  # fmt: skip
@@ -232,6 +295,10 @@ class Block:
         if signed:
             if (self.run is None) != (self.index != 0):
                 raise ValueError("a format-2 genesis, and only the genesis, records the run")
+            if self.run is not None and self.private != (self.run.privacy is not None):
+                raise ValueError(f"a format-{PRIVATE_TWIN[FORMAT_SIGNED]} to "
+                                 f"{PRIVATE_TWIN[FORMAT_SCALED]} genesis, and only one, records "
+                                 "privacy terms")  # fmt: skip
             for name, update in self.client_model.items():
                 if not update.signed:
                     raise ValueError(f"{name}'s update lacks its signature or training settings")
@@ -250,7 +317,17 @@ class Block:
 
     @property
     def signed(self) -> bool:
-        return self.version in (FORMAT_SIGNED, *WITH_RULES)
+        return self.layout in (FORMAT_SIGNED, *WITH_RULES)
+
+    @property
+    def layout(self) -> int:
+        """The format whose fields this block carries: a private format's public twin."""
+        return PUBLIC_TWIN.get(self.version, self.version)
+
+    @property
+    def private(self) -> bool:
+        """Whether the run's genesis records privacy terms (formats 6 to 9)."""
+        return self.version in PUBLIC_TWIN
 
     def rule_options(self) -> dict:
         """What the rule needs besides its parameters, as this block's format defines it: the
@@ -302,14 +379,16 @@ def body_digest(block: Block) -> bytes:
             parts.append(U32.pack(len(run.participants)))
             for name in sorted(run.participants):
                 parts += [pack_string(name), pack_hex(run.participants[name])]
-    if block.version in WITH_RULES:  # format 2 hashes exactly what it always did
+            if block.private:  # formats 2 to 5 hash exactly what they always did
+                parts += _privacy_parts(run.privacy)
+    if block.layout in WITH_RULES:  # format 2 hashes exactly what it always did
         parts.append(U32.pack(len(block.parameters)))
         for name in sorted(block.parameters):
             parts += [pack_string(name), F64.pack(block.parameters[name])]
         parts.append(U32.pack(len(block.choice)))
         for name in sorted(block.choice):
             parts += [pack_string(name), pack_floats(block.choice[name])]
-    if block.version == FORMAT_CORRECTED:  # format 3 hashes exactly what it always did
+    if block.layout == FORMAT_CORRECTED:  # format 3 hashes exactly what it always did
         for name in block.cli:
             update = block.client_model[name]
             parts += [pack_floats(update.gradient), pack_floats(update.probe_gradient)]
@@ -317,9 +396,21 @@ def body_digest(block: Block) -> bytes:
         parts.append(U32.pack(len(block.search)))
         for name in sorted(block.search):
             parts += [pack_string(name), pack_floats(block.search[name])]
-    if block.version == FORMAT_SCALED:  # format 3 hashes exactly what it always did
+    if block.layout == FORMAT_SCALED:  # format 3 hashes exactly what it always did
         parts.append(pack_floats(block.scale))
     return hashlib.sha256(b"".join(parts)).digest()
+
+
+def _privacy_parts(privacy: PrivacyTerms) -> list[bytes]:
+    limit = privacy.max_epsilon
+    parts = [pack_string(privacy.schema), U8.pack(limit is not None), F64.pack(limit or 0.0)]
+    parts.append(U32.pack(len(privacy.statements)))
+    for name in sorted(privacy.statements):
+        statement = privacy.statements[name]
+        parts += [pack_string(name), pack_string(statement.mechanism)]
+        parts += [F64.pack(statement.epsilon), F64.pack(statement.delta)]
+        parts.append(pack_hex(statement.signature))
+    return parts
 
 
 def compute_hash(block: Block) -> str:

@@ -21,6 +21,7 @@ from fedchain.ledger.block import (
     FORMAT_RULES,
     FORMAT_SCALED,
     FORMAT_SIGNED,
+    PRIVATE_TWIN,
     ZERO_HASH,
     Block,
     ClientUpdate,
@@ -242,8 +243,12 @@ def make_genesis(
 ) -> Block:
     """Mine and sign block 0, which records the run: its parameters, keys, starting model and
     aggregation rule (a FedAvg run in format 2, as before; scaffold in format 4; Krum in format
-    5, with each feature's SCALE, None for raw units; any other rule in format 3)."""
+    5, with each feature's SCALE, None for raw units; any other rule in format 3; each in its
+    private twin, 6 to 9, when RUN records privacy terms)."""
     versions = {FEDAVG: FORMAT_SIGNED, SCAFFOLD: FORMAT_CORRECTED, KRUM: FORMAT_SCALED}
+    version = versions.get(aggregation, FORMAT_RULES)
+    if run.privacy is not None:
+        version = PRIVATE_TWIN[version]
     if aggregation == KRUM and scale is None:
         scale = (1.0,) * len(feature_names)
     genesis = Block(
@@ -257,7 +262,7 @@ def make_genesis(
         client_model={},
         server_model=initial_model,
         run=run,
-        version=versions.get(aggregation, FORMAT_RULES),
+        version=version,
         parameters=dict(sorted((parameters or {}).items())),
         scale=tuple(map(float, scale)) if aggregation == KRUM else (),
     )

@@ -88,6 +88,8 @@ def report_chain(
         return Verdict.VALID
     for block in chain.blocks:
         say(describe_signatures(chain, block))
+    if chain.genesis.private:
+        say(describe_privacy(chain.genesis))
     planned, done = chain.planned_rounds, chain.rounds_done
     if not chain.closed:
         verb = "verifies" if len(blocks) == 1 else "verify"
@@ -95,6 +97,19 @@ def report_chain(
         return Verdict.INCOMPLETE
     say(f"valid: {count}; the run is complete ({done} of {planned} rounds)")
     return Verdict.VALID
+
+
+def describe_privacy(genesis: Block) -> str:
+    """One line: each client's signed privacy guarantee, and the run's limit."""
+    terms = genesis.run.privacy
+    each = [
+        f"{name} ε {s.epsilon:g}, δ {s.delta:g} ({s.mechanism})"
+        if (s := terms.statements.get(name)) else f"{name} none"
+        for name in sorted(genesis.run.participants)
+    ]  # fmt: skip
+    limit = "no limit" if terms.max_epsilon is None else f"at most ε {terms.max_epsilon:g}"
+    return (f"privacy, per row of each client's data, as each client signed: {'; '.join(each)} "
+            f"(the run admits {limit})")  # fmt: skip
 
 
 def describe_choice(block: Block, most: int = 3) -> str:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import Block, ClientUpdate
-from fedchain.ledger.encoding import U64, pack_floats, pack_hex, pack_model, pack_string
+from fedchain.ledger.encoding import F64, U64, pack_floats, pack_hex, pack_model, pack_string
 from fedchain.trust.keys import public_hex, sign, verify_signature
 
 
@@ -47,6 +47,18 @@ def probe_message(
     return b"".join(
         [b"fedchain probe v4\0", pack_hex(genesis_hash), U64.pack(index), pack_hex(previous_hash),
          pack_string(name), pack_model(candidate), pack_floats(gradient)]
+    )  # fmt: skip
+
+
+def privacy_message(
+    *, server_key: str, name: str, mechanism: str, epsilon: float, delta: float,
+    schema_digest: str,
+) -> bytes:  # fmt: skip
+    """The bytes a private client signs when it joins: how it protects its rows, for the runs of
+    the server SERVER_KEY with the schema SCHEMA_DIGEST (the genesis it attests binds the run)."""
+    return b"".join(
+        [b"fedchain privacy v1\0", pack_hex(server_key), pack_string(name),
+         pack_string(mechanism), F64.pack(epsilon), F64.pack(delta), pack_hex(schema_digest)]
     )  # fmt: skip
 
 

@@ -20,9 +20,12 @@ from fedchain.ledger.block import (
     FORMAT_RULES,
     FORMAT_SCALED,
     FORMAT_SIGNED,
+    PUBLIC_TWIN,
     WITH_RULES,
     Block,
     ClientUpdate,
+    PrivacyStatement,
+    PrivacyTerms,
     RunRecord,
     TrainingSettings,
 )
@@ -40,6 +43,9 @@ _SIGNED_UPDATE_KEYS = _UPDATE_KEYS | {"training", "signature"}
 _CORRECTED_UPDATE_KEYS = _SIGNED_UPDATE_KEYS | {"gradient", "probe_gradient", "probe_signature"}
 _TRAINING_KEYS = {"seed", "generations", "population"}
 _RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
+_PRIVATE_RUN_KEYS = _RUN_KEYS | {"privacy"}
+_PRIVACY_KEYS = {"schema", "max_epsilon", "statements"}
+_STATEMENT_KEYS = {"mechanism", "epsilon", "delta", "signature"}
 
 
 # Test-only: seconds to pause half-way through writing a block, so a test can kill the writer
@@ -70,7 +76,7 @@ def block_to_json(block: Block) -> str:
         "aggregation": block.aggregation,
         "cli": list(block.cli),
         "client_model": {
-            name: _update_to_record(block.client_model[name], block.version) for name in block.cli
+            name: _update_to_record(block.client_model[name], block.layout) for name in block.cli
         },
         "server_model": _model_to_record(block.server_model),
         "nonce": block.nonce,
@@ -83,15 +89,18 @@ def block_to_json(block: Block) -> str:
             "participants": dict(sorted(run.participants.items())),
             "min_clients": run.min_clients,
         }  # fmt: skip
+        if run is not None and run.privacy is not None:
+            record["run"]["privacy"] = _privacy_to_record(run.privacy)
         record["attestations"] = dict(sorted(block.attestations.items()))
         record["missing"] = dict(sorted(block.missing.items()))
         record["server_signature"] = block.server_signature
-    if block.version in WITH_RULES:
+    layout = block.layout
+    if layout in WITH_RULES:
         record["parameters"] = dict(sorted(block.parameters.items()))
         record["choice"] = {name: list(values) for name, values in sorted(block.choice.items())}
-    if block.version == FORMAT_CORRECTED:
+    if layout == FORMAT_CORRECTED:
         record["search"] = {name: list(values) for name, values in sorted(block.search.items())}
-    if block.version == FORMAT_SCALED:
+    if layout == FORMAT_SCALED:
         record["scale"] = list(block.scale)
     # repr-style floats round-trip exactly; allow_nan=False is a second guard behind LinearModel.
     return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
@@ -108,6 +117,8 @@ def block_from_json(line: str) -> Block:
     if not isinstance(record, dict):
         raise TypeError("a block must be a JSON object")
     version = record.get("version")
+    private = isinstance(version, int) and version in PUBLIC_TWIN
+    version = PUBLIC_TWIN.get(version, version) if isinstance(version, int) else version
     signed = version in (FORMAT_SIGNED, *WITH_RULES)
     keys = {FORMAT_SIGNED: _SIGNED_BLOCK_KEYS, FORMAT_RULES: _RULES_BLOCK_KEYS,
             FORMAT_CORRECTED: _CORRECTED_BLOCK_KEYS, FORMAT_SCALED: _SCALED_BLOCK_KEYS}  # fmt: skip
@@ -120,7 +131,7 @@ def block_from_json(line: str) -> Block:
     _expect_keys("server_model", server, {"weights", "bias"})
     extra = {}
     if signed:
-        extra["run"] = None if record["run"] is None else _run_from_record(record["run"])
+        extra["run"] = None if record["run"] is None else _run_from_record(record["run"], private)
         extra["attestations"] = _typed("attestations", record["attestations"], dict)
         extra["missing"] = _typed("missing", record["missing"], dict)
         extra["server_signature"] = _typed("server_signature", record["server_signature"], str)
@@ -221,14 +232,47 @@ def _gradients(where: str, entry: dict) -> dict:
     }
 
 
-def _run_from_record(record: object) -> RunRecord:
-    _expect_keys("run", record, _RUN_KEYS)
+def _run_from_record(record: object, private: bool) -> RunRecord:
+    _expect_keys("run", record, _PRIVATE_RUN_KEYS if private else _RUN_KEYS)
     return RunRecord(
         rounds=record["rounds"],
         seed=record["seed"],
         server_key=_typed("run.server_key", record["server_key"], str),
         participants=_typed("run.participants", record["participants"], dict),
         min_clients=record["min_clients"],
+        privacy=_privacy_from_record(record["privacy"]) if private else None,
+    )
+
+
+def _privacy_to_record(privacy: PrivacyTerms) -> dict:
+    return {
+        "schema": privacy.schema,
+        "max_epsilon": privacy.max_epsilon,
+        "statements": {
+            name: {"mechanism": s.mechanism, "epsilon": s.epsilon, "delta": s.delta,
+                   "signature": s.signature}
+            for name, s in sorted(privacy.statements.items())
+        },
+    }  # fmt: skip
+
+
+def _privacy_from_record(record: object) -> PrivacyTerms:
+    _expect_keys("run.privacy", record, _PRIVACY_KEYS)
+    limit = record["max_epsilon"]
+    statements = {}
+    for name, entry in _typed("run.privacy.statements", record["statements"], dict).items():
+        where = f"run.privacy.statements[{name!r}]"
+        _expect_keys(where, entry, _STATEMENT_KEYS)
+        statements[name] = PrivacyStatement(
+            mechanism=_typed(f"{where}.mechanism", entry["mechanism"], str),
+            epsilon=_typed(f"{where}.epsilon", entry["epsilon"], float),
+            delta=_typed(f"{where}.delta", entry["delta"], float),
+            signature=_typed(f"{where}.signature", entry["signature"], str),
+        )
+    return PrivacyTerms(
+        schema=_typed("run.privacy.schema", record["schema"], str),
+        max_epsilon=None if limit is None else _typed("run.privacy.max_epsilon", limit, float),
+        statements=statements,
     )
 
 

@@ -16,12 +16,15 @@ from fedchain.learning.aggregation import (
     check_scale,
     clients_needed,
 )
+from fedchain.learning.privacy import MECHANISMS, check_budget
+from fedchain.learning.schema import parse_schema
 from fedchain.ledger.block import (
     FORMAT_CORRECTED,
     FORMAT_RULES,
     FORMAT_SCALED,
     KNOWN_AGGREGATIONS,
     KNOWN_FORMATS,
+    PRIVATE_TWIN,
     ZERO_HASH,
     Block,
     compute_hash,
@@ -31,6 +34,7 @@ from fedchain.ledger.mining import meets_difficulty
 from fedchain.ledger.signatures import (
     attestation_message,
     block_message,
+    privacy_message,
     probe_message,
     signature_holds,
     update_message,
@@ -77,17 +81,19 @@ def verify_genesis_fields(genesis: Block) -> None:
         fail("the genesis block must have no client models, attestations or missing clients")
     if genesis.aggregation not in KNOWN_AGGREGATIONS:
         fail(f"unknown aggregation rule {genesis.aggregation!r}")
-    if genesis.version < FORMAT_RULES and genesis.aggregation != FEDAVG:
+    layout = genesis.layout  # a private format is checked as its public twin, and then some
+    if layout < FORMAT_RULES and genesis.aggregation != FEDAVG:
         fail(f"a format-{genesis.version} chain can only record fedavg, not "
              f"{genesis.aggregation!r}")  # fmt: skip
-    if (genesis.version == FORMAT_CORRECTED) != (genesis.aggregation == SCAFFOLD):
-        fail(f"scaffold runs, and only they, are written in format {FORMAT_CORRECTED}, not "
-             f"{genesis.aggregation!r} in format {genesis.version}")  # fmt: skip
-    if genesis.version == FORMAT_SCALED and genesis.aggregation != KRUM:
-        fail(f"format {FORMAT_SCALED} records krum runs only, not {genesis.aggregation!r}")
+    if (layout == FORMAT_CORRECTED) != (genesis.aggregation == SCAFFOLD):
+        fail(f"scaffold runs, and only they, are written in format {FORMAT_CORRECTED} (or "
+             f"{PRIVATE_TWIN[FORMAT_CORRECTED]}), not {genesis.aggregation!r} in format "
+             f"{genesis.version}")  # fmt: skip
+    if layout == FORMAT_SCALED and genesis.aggregation != KRUM:
+        fail(f"format {genesis.version} records krum runs only, not {genesis.aggregation!r}")
     try:
         check_parameters(genesis.aggregation, genesis.parameters)
-        if genesis.version == FORMAT_SCALED:
+        if layout == FORMAT_SCALED:
             check_scale(genesis.scale, len(genesis.feature_names))
     except ValueError as error:
         fail(str(error))
@@ -105,6 +111,49 @@ def verify_genesis_fields(genesis: Block) -> None:
         fail(f"{genesis.aggregation} needs every round to hold at least {needed} clients, but "
              f"min_clients is {genesis.run.min_clients}")  # fmt: skip
     _verify_model_sizes(0, genesis)
+    if genesis.private:
+        _verify_privacy(genesis)
+
+
+def _verify_privacy(genesis: Block) -> None:
+    """The privacy terms hold together: a schema that bounds exactly the run's columns, and a
+    statement signed by each private client that keeps within the run's limit."""
+    run, terms = genesis.run, genesis.run.privacy
+    try:
+        schema = parse_schema(terms.schema, source="the privacy terms' schema")
+    except ValueError as error:
+        raise ChainError(0, str(error)) from None
+    # The schema also bounds the target, which the chain does not name: one column more.
+    beyond = set(schema.bounds) - set(genesis.feature_names)
+    if not set(genesis.feature_names) <= set(schema.bounds) or len(beyond) != 1:
+        raise ChainError(0, "the privacy terms' schema must bound every feature and the target")
+    if schema.canonical() != terms.schema:
+        raise ChainError(0, "the privacy terms' schema is not written in its canonical form")
+    digest = schema.digest()
+    limit = terms.max_epsilon
+    for name in sorted(run.participants):
+        statement = terms.statements.get(name)
+        if statement is None:
+            if limit is not None:
+                raise ChainError(0, f"{name} states no privacy, but the run admits clients "
+                                    f"only with ε at most {limit:g}")  # fmt: skip
+            continue
+        if statement.mechanism not in MECHANISMS:
+            raise ChainError(0, f"{name}'s privacy mechanism {statement.mechanism!r} is not "
+                                "one this program knows")  # fmt: skip
+        try:
+            check_budget(statement.epsilon, statement.delta)
+        except ValueError as error:
+            raise ChainError(0, f"{name}'s privacy statement: {error}") from None
+        if limit is not None and statement.epsilon > limit:
+            raise ChainError(0, f"{name} states ε {statement.epsilon:g}, above the run's most, "
+                                f"{limit:g}")  # fmt: skip
+        message = privacy_message(
+            server_key=run.server_key, name=name, mechanism=statement.mechanism,
+            epsilon=statement.epsilon, delta=statement.delta, schema_digest=digest,
+        )  # fmt: skip
+        if not signature_holds(run.participants[name], statement.signature, message):
+            raise ChainError(0, f"{name}'s signature on its privacy statement fails")
 
 
 def verify_next(
