@@ -11,7 +11,7 @@ from collections import OrderedDict
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import Block, ClientUpdate
+from fedchain.ledger.block import Block, ClientUpdate, PrivacyStatement
 from fedchain.ledger.encoding import F64, U64, pack_floats, pack_hex, pack_model, pack_string
 from fedchain.trust.keys import public_hex, sign, verify_signature
 
@@ -60,6 +60,18 @@ def privacy_message(
         [b"fedchain privacy v1\0", pack_hex(server_key), pack_string(name),
          pack_string(mechanism), F64.pack(epsilon), F64.pack(delta), pack_hex(schema_digest)]
     )  # fmt: skip
+
+
+def sign_privacy(
+    key: Ed25519PrivateKey, *, server_key: str, name: str, mechanism: str, epsilon: float,
+    delta: float, schema_digest: str,
+) -> PrivacyStatement:  # fmt: skip
+    """NAME's privacy statement for the runs of SERVER_KEY with the schema SCHEMA_DIGEST."""
+    message = privacy_message(
+        server_key=server_key, name=name, mechanism=mechanism, epsilon=epsilon, delta=delta,
+        schema_digest=schema_digest,
+    )  # fmt: skip
+    return PrivacyStatement(mechanism, epsilon, delta, sign_hex(key, message))
 
 
 def attestation_message(*, genesis_hash: str, block: Block) -> bytes:
