@@ -1,9 +1,10 @@
 """The messages of a run and their schemas: what each type carries, checked field by field.
 
-Server -> client: challenge, welcome (then, for a client joining late, the blocks it lacks),
-train, probe (scaffold runs: the round's candidate), block, close, waiting, done, refused.
-Client -> server: register (signing the challenge), update, gradient (the answer to a probe),
-attest.
+Server -> client: challenge (in a private run, with its schema), welcome (then, for a client
+joining late, the blocks it lacks), train, probe (scaffold runs: the round's candidate), block,
+close, waiting, done, refused.
+Client -> server: register (signing the challenge; a private client also states its privacy),
+update, gradient (the answer to a probe), attest.
 A refusal names the field and never echoes more of what the peer sent than a short, escaped
 description.
 """
@@ -111,6 +112,36 @@ def _key_hex(value: object, what: str) -> str:
 
 _count, _round, _seed = _integer(1), _integer(1), _integer(0)
 _signature = _exactly_bytes(64)  # Ed25519
+MAX_SCHEMA_CHARS = 1 << 22
+
+
+def _schema(value: object, what: str) -> str:
+    """A schema's CSV text: lines of printable text."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_SCHEMA_CHARS:
+        raise ValueError(f"{what} must be a string of 1..{MAX_SCHEMA_CHARS} characters")
+    if not all(line.isprintable() for line in value.split("\n")):
+        raise ValueError(f"{what} must be lines of printable text")
+    return value
+
+
+def _positive(value: object, what: str) -> float:
+    if type(value) is not float or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive finite float, not {describe(value)}")
+    return value
+
+
+_PRIVACY = {"mechanism": check_name, "epsilon": _positive, "delta": _positive,
+            "signature": _signature}  # fmt: skip
+
+
+def _privacy(value: object, what: str) -> dict:
+    """A private client's statement: its mechanism, ε and δ, signed (ledger/signatures.py)."""
+    if not isinstance(value, dict) or set(value) != set(_PRIVACY):
+        raise ValueError(f"{what} must hold exactly {', '.join(_PRIVACY)}")
+    for field, check in _PRIVACY.items():
+        check(value[field], f"{what}.{field}")
+    return value
+
 
 # Each check takes the value and how to name it in a refusal ("update message: weights").
 SCHEMAS: dict[str, dict[str, Callable[[object, str], object]]] = {
@@ -162,6 +193,9 @@ SCHEMAS: dict[str, dict[str, Callable[[object, str], object]]] = {
 # Fields a message may carry or not; the server says which its run needs.
 OPTIONAL: dict[str, dict[str, Callable[[object, str], object]]] = {
     "update": {"gradient": _gradient},
+    # A private run's public bounds (learning/schema.py), and a private client's statement.
+    "challenge": {"schema": _schema},
+    "register": {"privacy": _privacy},
 }
 
 
