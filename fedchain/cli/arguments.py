@@ -8,6 +8,7 @@ from pathlib import Path
 from fedchain import settings
 from fedchain.checks import MAX_INT, check_int, check_name
 from fedchain.learning.aggregation import MAX_PROXIMAL, MIN_PROXIMAL
+from fedchain.learning.privacy import MAX_DELTA, MAX_EPSILON, MIN_EPSILON
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.trust.errors import TrustError
 from fedchain.trust.keys import check_public_hex
@@ -32,14 +33,29 @@ def seconds(text: str) -> float:
 
 def proximal_weight(text: str) -> float:
     """A proximal weight in the range the chain accepts."""
+    return _number_in(text, MIN_PROXIMAL, MAX_PROXIMAL)
+
+
+def epsilon(text: str) -> float:
+    """A differential-privacy ε in the range the mechanism takes."""
+    return _number_in(text, MIN_EPSILON, MAX_EPSILON)
+
+
+def delta(text: str) -> float:
+    """A differential-privacy δ in the range the mechanism takes."""
+    value = _number_in(text, 0.0, MAX_DELTA)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
+
+
+def _number_in(text: str, low: float, high: float) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and MIN_PROXIMAL <= value <= MAX_PROXIMAL):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} must be a number in [{MIN_PROXIMAL:g}, {MAX_PROXIMAL:g}]"
-        )
+    if not (math.isfinite(value) and low <= value <= high):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number in [{low:g}, {high:g}]")
     return value
 
 

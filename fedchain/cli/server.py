@@ -11,6 +11,7 @@ from fedchain import settings
 from fedchain.cli.arguments import (
     add_connection_flags,
     add_output_flags,
+    epsilon,
     integer_in,
     proximal_weight,
     seconds,
@@ -39,6 +40,7 @@ from fedchain.learning.aggregation import (
 )
 from fedchain.learning.dataset import DataError, Dataset, load_dataset
 from fedchain.learning.scaffold import DEFAULT_PROXIMAL
+from fedchain.learning.schema import Schema, load_schema
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.chain import Chain, continue_chain
 from fedchain.ledger.mining import expected_mining_s, tries_per_second
@@ -105,8 +107,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag("--proximal", type=proximal_weight, default=None,
          help="scaffold's proximal weight: how strongly each client's step is held near the "
          f"global model, in its standardised units (default {DEFAULT_PROXIMAL:g})")  # fmt: skip
+    flag("--schema", type=Path, default=None,
+         help="public bounds for every column, a CSV 'column,low,high' (never read off the "
+         "data): a private client clips its rows to them; recorded in the genesis")  # fmt: skip
+    flag("--max-epsilon", type=epsilon, default=None,
+         help="admit only clients with differential privacy at this ε or less (needs "
+         "--schema; default: any client, private or not)")  # fmt: skip
     add_output_flags(parser)
     return parser.parse_args(argv)
+
+
+def load_run_schema(args: argparse.Namespace, test_data: Dataset | None) -> Schema | str | None:
+    """The --schema, checked against the --test columns; or what is wrong with it."""
+    if args.max_epsilon is not None and args.schema is None:
+        return "--max-epsilon needs --schema: a private client clips its rows to its bounds"
+    if args.schema is None:
+        return None
+    try:
+        schema = load_schema(args.schema)
+        if test_data is not None:
+            schema.ranges(test_data.feature_names, args.target)
+    except DataError as error:
+        return str(error)
+    except OSError as error:
+        return f"cannot read {args.schema}: {error.strerror}"
+    return schema
 
 
 def aggregation_parameters(args: argparse.Namespace) -> dict[str, float] | str:
@@ -155,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    schema = load_run_schema(args, test_data)
+    if isinstance(schema, str):
+        print(f"error: {schema}", file=sys.stderr)
+        return EXIT_USAGE
     if args.chain is None:
         if args.resume:
             print("error: --resume needs --chain PATH, the chain of the run to go on with",
@@ -177,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {args.chain} already exists; move it away, choose another --chain, "
                   "or --resume to go on with its run", file=sys.stderr)  # fmt: skip
             return EXIT_USAGE
-        resumed = open_for_resuming(args, public_hex(key), authorized, test_data, parameters)
+        resumed = open_for_resuming(
+            args, public_hex(key), authorized, test_data, parameters, schema
+        )
         if isinstance(resumed, int):
             return resumed
         if test_data is not None:  # scored in the chain's column order
@@ -223,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.mining_estimate_s = mining_s
         server.metrics = MetricsFile(args.metrics)
         server.aggregation, server.aggregation_parameters = args.aggregation, parameters
+        server.schema, server.max_epsilon = schema, args.max_epsilon
         try:
             server.run()
         except ChainUnavailable as error:
@@ -254,6 +286,7 @@ def open_for_resuming(
     authorized: dict | None,
     test_data: Dataset | None,
     parameters: dict[str, float],
+    schema: Schema | None,
 ) -> Chain | int:
     """The chain of --chain, verified and open for appending, if the flags match its genesis;
     else the exit code, having said why. A chain refused is left as it is."""
@@ -268,6 +301,8 @@ def open_for_resuming(
         authorized_keys=authorized,
         aggregation=args.aggregation,
         aggregation_parameters=parameters,
+        schema=None if schema is None else schema.canonical(),
+        max_epsilon=args.max_epsilon,
     )
 
     def resumable(chain: Chain) -> None:  # checked before the file is touched

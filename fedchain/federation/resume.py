@@ -24,6 +24,8 @@ class RunSettings:
     authorized_keys: Mapping[str, str] | None = None  # None: open enrolment
     aggregation: str = AGGREGATION_FEDAVG
     aggregation_parameters: Mapping[str, float] | None = None  # None: none
+    schema: str | None = None  # the --schema's canonical text; None: not a private run
+    max_epsilon: float | None = None
 
 
 def differences(genesis: Block, wanted: RunSettings) -> list[str]:
@@ -43,6 +45,13 @@ def differences(genesis: Block, wanted: RunSettings) -> list[str]:
     compare("--aggregation", wanted.aggregation, genesis.aggregation)
     compare("the rule's parameters (--byzantine, --proximal)",
             dict(wanted.aggregation_parameters or {}), genesis.parameters)  # fmt: skip
+    privacy = run.privacy
+    if wanted.schema != (None if privacy is None else privacy.schema):
+        found.append("--schema differs from the bounds the chain's genesis records"
+                     if privacy is not None and wanted.schema is not None
+                     else f"--schema is {'given' if wanted.schema else 'not given'}, but the "
+                     f"chain's genesis records {'bounds' if privacy else 'none'}")  # fmt: skip
+    compare("--max-epsilon", wanted.max_epsilon, None if privacy is None else privacy.max_epsilon)
     if wanted.server_key != run.server_key:
         found.append(
             f"the server key {wanted.server_key[:16]}… (--key) is not the one the chain was "

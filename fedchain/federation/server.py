@@ -30,10 +30,14 @@ from fedchain.federation.metrics import MetricsFile
 from fedchain.learning.aggregation import FEDAVG, KRUM, SCAFFOLD, feature_scale
 from fedchain.learning.dataset import Dataset, column_difference
 from fedchain.learning.linear_model import LinearModel, mse, r2
+from fedchain.learning.privacy import MECHANISMS, check_budget
+from fedchain.learning.schema import Schema, parse_schema
 from fedchain.ledger.block import (
     MAX_REASON_CHARS,
     Block,
     ClientUpdate,
+    PrivacyStatement,
+    PrivacyTerms,
     RunRecord,
     TrainingSettings,
 )
@@ -42,6 +46,7 @@ from fedchain.ledger.correction import probe_point
 from fedchain.ledger.report import describe_choice
 from fedchain.ledger.signatures import (
     attestation_message,
+    privacy_message,
     probe_message,
     signature_holds,
     update_message,
@@ -84,6 +89,7 @@ class _Connection:
     name: str = ""
     public_key: str = ""
     n_samples: int = 0
+    privacy: PrivacyStatement | None = None  # a private client's signed statement
     inbox: list[dict] = field(default_factory=list)
 
 
@@ -124,6 +130,10 @@ class FederationServer:
     # The rule that makes each global model, and its parameters; fixed in the genesis.
     aggregation: str = FEDAVG
     aggregation_parameters: dict[str, float] = {}  # noqa: RUF012 (read, never changed in place)
+    # A private run: the public bounds every client clips to, sent with the login challenge and
+    # fixed in the genesis; and the most ε a client may join with (None: any, or none at all).
+    schema: Schema | None = None
+    max_epsilon: float | None = None
 
     def __init__(
         self,
@@ -184,7 +194,14 @@ class FederationServer:
             initial_model=LinearModel.zeros(len(self.run_features)),
             feature_names=self.run_features,
             difficulty=self.difficulty_bits,
-            run=RunRecord(self.rounds, self.seed, self.public_key, participants, self.min_clients),
+            run=RunRecord(
+                self.rounds,
+                self.seed,
+                self.public_key,
+                participants,
+                self.min_clients,
+                self._privacy_terms(),
+            ),
             server_key=self.key,
             aggregation=self.aggregation,
             parameters=self.aggregation_parameters,
@@ -207,6 +224,14 @@ class FederationServer:
             self._welcome(peer)
         self.say(f"genesis block mined (hash {genesis.hash[:16]}…); {self.rounds} rounds to go")
         return self.chain
+
+    def _privacy_terms(self) -> PrivacyTerms | None:
+        """What the genesis of a run with a schema records: the bounds, the limit, and each
+        private client's statement."""
+        if self.schema is None:
+            return None
+        statements = {p.name: p.privacy for p in self.peers if p.privacy is not None}
+        return PrivacyTerms(self.schema.canonical(), self.max_epsilon, statements)
 
     def _krum_scale(self) -> tuple[float, ...] | None:
         """For Krum, each feature's root mean square on the held-out rows, which the genesis
@@ -231,6 +256,9 @@ class FederationServer:
         self.rounds, self.seed, self.min_clients = run.rounds, run.seed, run.min_clients
         self.aggregation = chain.genesis.aggregation
         self.aggregation_parameters = chain.genesis.parameters
+        if run.privacy is not None:
+            self.schema = parse_schema(run.privacy.schema)
+            self.max_epsilon = run.privacy.max_epsilon
         self.n_clients = len(run.participants)
         self._fix_features(chain.genesis.feature_names, "the chain's genesis")
         self.round_index = chain.last.index + 1
@@ -423,10 +451,11 @@ class FederationServer:
             self._drop(connection, f"no TLS 1.3 handshake ({reason})")
             return
         connection.challenge = new_challenge()
+        challenge = {"type": "challenge", "challenge": connection.challenge}
+        if self.schema is not None:  # a private client clips to it before it registers
+            challenge["schema"] = self.schema.canonical()
         try:
-            self._send_now(
-                connection.sock, {"type": "challenge", "challenge": connection.challenge}
-            )
+            self._send_now(connection.sock, challenge)
         except OSError as error:
             self._drop(connection, f"it left during the login ({error})")
             return
@@ -483,6 +512,7 @@ class FederationServer:
             self._check_newcomer(name, key)
         else:
             self._check_returning(name, key, message["n_samples"])
+        privacy = self._check_privacy(name, key, features, message.get("privacy"))
         # Columns are matched by name: a client may hold them in any order.
         if self.run_features and (difference := column_difference(self.run_features, features)):
             raise _Refusal(f"{name}'s columns differ from the run's: {difference}")
@@ -490,7 +520,56 @@ class FederationServer:
             self._fix_features(features, name)
         self.bound_keys.setdefault(name, key)
         connection.name, connection.n_samples = name, message["n_samples"]
-        connection.public_key = key
+        connection.public_key, connection.privacy = key, privacy
+
+    def _check_privacy(
+        self, name: str, key: str, features: tuple[str, ...], offered: dict | None
+    ) -> PrivacyStatement | None:
+        """NAME's privacy statement, if this run has a schema: refused if the run's limit or
+        the genesis (for a client coming back) says otherwise, or if its signature fails."""
+        if self.schema is None:
+            if offered is not None:
+                raise _Refusal(f"{name} states a privacy guarantee, but this run has no schema "
+                               "(--schema) to clip to")  # fmt: skip
+            return None
+        beyond = set(self.schema.bounds) - set(features)
+        if not set(features) <= set(self.schema.bounds) or len(beyond) != 1:
+            missing = sorted(set(features) - set(self.schema.bounds))
+            raise _Refusal(f"{name}'s columns do not fit the run's schema, which must bound each "
+                           f"of them and the target (missing from it: "
+                           f"{', '.join(missing) or 'none'})")  # fmt: skip
+        statement = None if offered is None else PrivacyStatement(
+            offered["mechanism"], offered["epsilon"], offered["delta"], offered["signature"].hex()
+        )  # fmt: skip
+        if self.chain is not None:
+            recorded = self.chain.genesis.run.privacy.statements.get(name)
+            if statement != recorded:
+                raise _Refusal(f"{name}'s privacy statement is not the one this run's genesis "
+                               "records (a private client reuses its one release)")  # fmt: skip
+            return statement
+        if statement is None:
+            if self.max_epsilon is not None:
+                raise _Refusal(f"{name} joins without differential privacy, but this run admits "
+                               f"clients only with ε at most {self.max_epsilon:g} "
+                               "(--max-epsilon)")  # fmt: skip
+            return None
+        if statement.mechanism not in MECHANISMS:
+            raise _Refusal(f"{name}'s privacy mechanism {statement.mechanism!r} is not one this "
+                           "server knows")  # fmt: skip
+        try:
+            check_budget(statement.epsilon, statement.delta)
+        except ValueError as error:
+            raise _Refusal(f"{name}'s privacy statement: {error}") from None
+        if self.max_epsilon is not None and statement.epsilon > self.max_epsilon:
+            raise _Refusal(f"{name} joins with ε {statement.epsilon:g}, above the most this run "
+                           f"admits, ε {self.max_epsilon:g} (--max-epsilon)")  # fmt: skip
+        signed = privacy_message(
+            server_key=self.public_key, name=name, mechanism=statement.mechanism,
+            epsilon=statement.epsilon, delta=statement.delta, schema_digest=self.schema.digest(),
+        )  # fmt: skip
+        if not signature_holds(key, statement.signature, signed):
+            raise _Refusal(f"{name}'s signature on its privacy statement does not verify")
+        return statement
 
     def _check_newcomer(self, name: str, key: str) -> None:
         """Before the run: may NAME join with KEY?"""
