@@ -11,6 +11,8 @@ from fedchain.cli.arguments import (
     add_connection_flags,
     add_output_flags,
     client_name,
+    delta,
+    epsilon,
     integer_in,
     public_key,
     seconds,
@@ -19,11 +21,13 @@ from fedchain.cli.console import configure_output, detail, say, shown
 from fedchain.federation.client import (
     ClientFailed,
     FederatedClient,
+    PrivacyWish,
     prepare_replica,
     take_part,
 )
 from fedchain.learning.dataset import DataError, load_dataset
 from fedchain.learning.poisoning import parse_poison
+from fedchain.learning.privacy import DEFAULT_DELTA
 from fedchain.trust.errors import TrustError
 from fedchain.trust.keys import load_or_create_key, public_hex
 from fedchain.trust.known_servers import KnownServers
@@ -82,6 +86,11 @@ def parse_args(
          help="refuse a run whose chain is mined at fewer bits")  # fmt: skip
     flag("--max-rounds", type=integer_in(1), default=settings.MAX_ROUNDS,
          help="refuse a run whose genesis plans more rounds")  # fmt: skip
+    flag("--dp-epsilon", type=epsilon, default=None,
+         help="train only on this client's sums, released once with (ε, δ)-differential "
+         "privacy for each of its rows; needs a run with a schema (server --schema)")  # fmt: skip
+    flag("--dp-delta", type=delta, default=DEFAULT_DELTA,
+         help="the δ of --dp-epsilon's guarantee")  # fmt: skip
     flag("--poison", type=poison, default=None,
          help="for demonstrating the robust rules only: make this client an attacker that "
          "sends scale=S (the received model plus S x its honest change) or noise=S")  # fmt: skip
@@ -128,6 +137,9 @@ def main(
         client.poison = args.poison
         # Whatever would fail after joining, and so end the run for everyone, is checked first.
         validate_message(client.registration())
+        if args.dp_epsilon is not None:  # the release waits for the server's schema
+            client.privacy = PrivacyWish(args.dp_epsilon, args.dp_delta, args.target,
+                                         key_path.parent)  # fmt: skip
         prepare_replica(args.replica)
         known_servers = KnownServers(args.known_servers)
         if args.server_key is None:  # the file is not read with a pinned key

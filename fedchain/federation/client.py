@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,13 +32,23 @@ from fedchain.learning.local_training import (
     train_and_score,
 )
 from fedchain.learning.poisoning import Poison
-from fedchain.ledger.block import FORMAT_RULES, Block, ClientUpdate, TrainingSettings
+from fedchain.learning.privacy import MECHANISM, PrivateRelease
+from fedchain.learning.release_file import in_order, load_or_release, release_path
+from fedchain.learning.schema import parse_schema
+from fedchain.ledger.block import (
+    FORMAT_RULES,
+    Block,
+    ClientUpdate,
+    PrivacyStatement,
+    TrainingSettings,
+)
 from fedchain.ledger.chain import ChainTip, continue_chain, verify_tip
 from fedchain.ledger.correction import global_gradient, probe_point
 from fedchain.ledger.signatures import (
     attestation_message,
     probe_message,
     sign_hex,
+    sign_privacy,
     signature_holds,
     update_message,
 )
@@ -89,6 +99,16 @@ _EXPECTED = {
 }
 
 
+@dataclass(frozen=True)
+class PrivacyWish:
+    """A client's choice of differential privacy: its budget, and what keeping it needs."""
+
+    epsilon: float
+    delta: float
+    target: str  # the column it predicts, which the run's schema bounds too
+    folder: Path  # where its one release is kept (learning/release_file.py)
+
+
 class FederatedClient:
     def __init__(
         self,
@@ -135,18 +155,76 @@ class FederatedClient:
         self.probes_after = ""
         self.attestation = ""  # what we sent with it: our signature of the last block
         self.poison: Poison | None = None  # for the demo and tests: an attacker's updates
+        # Differential privacy: what the client asked for, then its release and statement (made
+        # once the server's schema is known, at the first login).
+        self.privacy: PrivacyWish | None = None
+        self.release: PrivateRelease | None = None
+        self.statement: PrivacyStatement | None = None
+        self.schema_text = ""
 
-    def registration(self, challenge: bytes = bytes(32)) -> dict:
-        """Our registration, signing the server's CHALLENGE for this connection."""
+    def registration(self, challenge: bytes = bytes(32), schema: str | None = None) -> dict:
+        """Our registration, signing the server's CHALLENGE for this connection; a private
+        client first releases its sums under the run's SCHEMA, and states how."""
         login = login_message(self.server_key or "0" * 64, challenge, self.name)
-        return {
+        message = {
             "type": "register",
             "name": self.name,
             "feature_names": list(self.data.feature_names),
-            "n_samples": self.data.n_samples,
+            "n_samples": self.n_samples,
             "public_key": self.public_key,
             "login_signature": sign(self.key, login),
         }
+        if self.privacy is not None:
+            self._make_private(schema)
+            message["n_samples"] = self.n_samples
+            message["privacy"] = {
+                "mechanism": self.statement.mechanism, "epsilon": self.statement.epsilon,
+                "delta": self.statement.delta, "signature": bytes.fromhex(self.statement.signature),
+            }  # fmt: skip
+        return message
+
+    @property
+    def n_samples(self) -> int:
+        """The rows this client declares: a private client's noisy count."""
+        return self.data.n_samples if self.release is None else self.release.n_samples
+
+    def _make_private(self, schema_text: str | None) -> None:
+        """Release this client's sums under the run's schema (or take the release it made
+        before), train on them alone from now on, and sign what it promises."""
+        if schema_text is None:
+            raise ClientFailed(
+                "the server's run has no schema (server.py --schema): a private client needs "
+                "public bounds to clip its rows to, so it does not join"
+            )
+        if self.release is not None:
+            if schema_text != self.schema_text:
+                raise ClientFailed("the server's schema changed since this client joined")
+            return
+        wish = self.privacy
+        try:
+            schema = parse_schema(schema_text, source="the server's schema")
+            path = release_path(wish.folder, self.name, schema)
+            self.release, new = load_or_release(
+                path, self.data, target=wish.target, schema=schema, epsilon=wish.epsilon,
+                delta=wish.delta,
+            )  # fmt: skip
+        except DataError as error:
+            raise ClientFailed(str(error)) from None
+        except OSError as error:
+            raise ClientFailed(f"cannot keep this client's release in {path}: {error}") from None
+        self.schema_text = schema_text
+        self.problem = LocalProblem.from_moments(self.release.moments)
+        self.corrected = CorrectedProblem(self.problem)
+        self.statement = sign_privacy(
+            self.key, server_key=self.server_key, name=self.name, mechanism=MECHANISM,
+            epsilon=wish.epsilon, delta=wish.delta, schema_digest=schema.digest(),
+        )  # fmt: skip
+        clipped = f"; the bounds clipped {self.release.clipped} values" if new else ""
+        self.say(
+            f"{self.name}: trains on its sums released {'now' if new else 'before'} with "
+            f"(ε {wish.epsilon:g}, δ {wish.delta:g})-differential privacy, kept in {path}"
+            f"{clipped}"
+        )
 
     def run(self, sock: ssl.SSLSocket, max_frame_bytes: int, server_key: str) -> ChainTip:
         """Take part in a run over SOCK, whose server holds SERVER_KEY (pinned when the
@@ -166,7 +244,8 @@ class FederatedClient:
                     f"the server sent a {kind!r} message while this client was {self.stage.value}"
                 )
             if kind == "challenge":
-                send_message(sock, self.registration(message["challenge"]))
+                registration = self.registration(message["challenge"], message.get("schema"))
+                send_message(sock, registration)
                 self.stage = Stage.JOINING
             elif kind == "welcome":
                 self._accept_welcome(message)
@@ -251,15 +330,21 @@ class FederatedClient:
         # Before the replica is made: a server claiming a longer chain than its run can hold
         # would have the client wait for blocks that cannot come.
         self._check_height(message["height"], run.rounds)
+        self._check_privacy_terms(genesis)
         if genesis.feature_names != self.data.feature_names:
             try:
                 # Columns are matched by name: the model's weights follow the run's order.
+                ours = self.data.feature_names
                 self.data = self.data.in_order(genesis.feature_names)
             except DataError as error:
                 raise ClientFailed(
                     f"the run's features do not fit this client's rows: {error}"
                 ) from None
-            self.problem = LocalProblem.from_data(self.data.X, self.data.y)
+            if self.release is None:
+                self.problem = LocalProblem.from_data(self.data.X, self.data.y)
+            else:
+                sums = in_order(self.release.moments, ours, genesis.feature_names)
+                self.problem = LocalProblem.from_moments(sums)
             # The corrected search reads its own copy of the rows: it must see the run's order
             # too, or it fits each weight to another column.
             self.corrected = CorrectedProblem(self.problem)
@@ -292,6 +377,22 @@ class FederatedClient:
                 f"rounds: a run holds at most {rounds + 2} blocks (the genesis, the rounds and "
                 "the closing block)"
             )
+
+    def _check_privacy_terms(self, genesis: Block) -> None:
+        """The genesis records what this client stated, exactly, and nothing if it stated
+        nothing."""
+        terms = genesis.run.privacy
+        recorded = None if terms is None else terms.statements.get(self.name)
+        if recorded != self.statement:
+            raise ClientFailed(
+                "the genesis records another privacy statement for this client than it made"
+                if self.statement is not None and recorded is not None
+                else "the genesis records no privacy statement for this private client"
+                if self.statement is not None
+                else "the genesis records a privacy statement for this client, which made none"
+            )
+        if terms is not None and self.statement is not None and terms.schema != self.schema_text:
+            raise ClientFailed("the genesis records another schema than the server sent")
 
     def _continue_replica(self, path: Path, genesis: Block) -> ChainTip:
         def of_this_run(chain: ChainTip) -> None:  # checked before the file is touched
@@ -328,7 +429,7 @@ class FederatedClient:
         notice = threading.Timer(
             settings.SLOW_TRAINING_S,
             self.say,
-            [f"{self.name}: round {index}: still training ({self.data.n_samples} rows, "
+            [f"{self.name}: round {index}: still training ({self.n_samples} rows, "
              f"{len(self.data.feature_names)} columns, population {self.population})…"],
         )  # fmt: skip
         notice.daemon = True
@@ -371,9 +472,7 @@ class FederatedClient:
         )
         training = TrainingSettings(self.seed, self.generations, self.population)
         sent_gradient = () if start_gradient is None else tuple(map(float, start_gradient))
-        unsigned = ClientUpdate(
-            trained, self.data.n_samples, training=training, gradient=sent_gradient
-        )
+        unsigned = ClientUpdate(trained, self.n_samples, training=training, gradient=sent_gradient)
         signed = update_message(
             genesis_hash=self.chain.genesis.hash,
             index=index,
@@ -389,7 +488,7 @@ class FederatedClient:
             "round": index,
             "weights": trained.weights.copy(),
             "bias": trained.bias,
-            "n_samples": self.data.n_samples,
+            "n_samples": self.n_samples,
             "metrics": {"local_mse_before": before, "local_mse": after, "train_s": train_s},
             "seed": training.seed,
             "generations": training.generations,

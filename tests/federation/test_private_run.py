@@ -1,0 +1,88 @@
+"""A private run end to end: real processes, the bundled schema, clients with ε 1 and 2, and a
+server that admits at most ε 2. What the clients send follows from their one release alone."""
+
+import stat
+
+import numpy as np
+from processes import ROOT, run_blockchain_cli, start_server
+
+from fedchain.learning.dataset import load_dataset
+from fedchain.learning.privacy import MECHANISM
+from fedchain.learning.release_file import load_or_release, release_path
+from fedchain.learning.schema import load_schema
+from fedchain.learning.simulation import simulate
+from fedchain.ledger.store import load_chain
+
+SCHEMA = ROOT / "data" / "schema.csv"
+ROUNDS = 2
+
+
+def client(programs, tmp_path, port, name, *extra):
+    script = {"cli1": "client1.py", "cli2": "client2.py"}.get(name, "client.py")
+    named = [] if name in ("cli1", "cli2") else ["--name", name, "--data",
+                                                 ROOT / "data" / "client1.csv"]  # fmt: skip
+    return programs(script, "--port", port, "--replica", tmp_path / f"{name}.jsonl", *named,
+                    *extra)  # fmt: skip
+
+
+def test_a_private_run_records_each_guarantee_and_trains_on_the_releases_alone(programs, tmp_path):
+    server, port = start_server(
+        programs, tmp_path, "--rounds", ROUNDS, "--seed", "3", "--schema", SCHEMA,
+        "--max-epsilon", "2",
+    )  # fmt: skip
+    # Refused at the door: a client without privacy, and one that would spend more than 2.
+    plain = client(programs, tmp_path, port, "cli8")
+    assert plain.finish() == 1
+    assert ("cli8 joins without differential privacy, but this run admits clients only with ε "
+            "at most 2 (--max-epsilon)") in plain.output  # fmt: skip
+    greedy = client(programs, tmp_path, port, "cli9", "--dp-epsilon", "3")
+    assert greedy.finish() == 1
+    assert "cli9 joins with ε 3, above the most this run admits, ε 2" in greedy.output
+    clients = [
+        client(programs, tmp_path, port, "cli1", "--dp-epsilon", "1"),
+        client(programs, tmp_path, port, "cli2", "--dp-epsilon", "2", "--dp-delta", "1e-6"),
+    ]
+    for program in [server, *clients]:
+        assert program.finish() == 0, program.output
+    chain_path = tmp_path / "chain.jsonl"
+    blocks = load_chain(chain_path).blocks
+    statements = blocks[0].run.privacy.statements
+    assert blocks[0].version == 6
+    assert {n: (s.epsilon, s.delta) for n, s in statements.items()} == {
+        "cli1": (1.0, 1e-5), "cli2": (2.0, 1e-6)
+    }  # fmt: skip
+    verified = run_blockchain_cli("verify", chain_path)
+    assert verified.returncode == 0, verified.stdout
+    assert (f"cli1 ε 1, δ 1e-05 ({MECHANISM}); cli2 ε 2, δ 1e-06 ({MECHANISM}) (the run admits "
+            "at most ε 2)") in verified.stdout  # fmt: skip
+    # Each client kept its release beside its key, private to it; with those alone, and rows
+    # that are noise, the simulation makes the run's models bit for bit.
+    schema = load_schema(SCHEMA)
+    releases, stand_ins = {}, {}
+    for i, (name, epsilon, delta) in enumerate((("cli1", 1.0, 1e-5), ("cli2", 2.0, 1e-6))):
+        path = release_path(tmp_path / "keys", name, schema)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        data = load_dataset(ROOT / "data" / f"client{i + 1}.csv")
+        releases[name], new = load_or_release(path, data, target="charges", schema=schema,
+                                              epsilon=epsilon, delta=delta)  # fmt: skip
+        assert not new
+        noise = np.random.default_rng(i).normal(size=data.X.shape)
+        stand_ins[name] = type(data)(data.feature_names, noise, noise[:, 0])
+    simulated = simulate(stand_ins, rounds=ROUNDS, run_seed=3, private=releases)
+    for block, expected in zip(blocks[1:-1], simulated, strict=True):
+        assert block.server_model == expected.global_model
+        for name in block.cli:
+            assert block.client_model[name].model == expected.client_models[name]
+            assert block.client_model[name].n_samples == releases[name].n_samples
+
+
+def test_a_private_client_does_not_join_a_run_without_a_schema(programs, tmp_path):
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "--clients", "1")
+    private = client(programs, tmp_path, port, "cli1", "--dp-epsilon", "1")
+    assert private.finish() == 1
+    assert (
+        "the server's run has no schema (server.py --schema): a private client needs "
+        "public bounds to clip its rows to, so it does not join"
+    ) in private.output
+    assert not (tmp_path / "keys" / "cli1-release").exists()
+    server.process.kill()
