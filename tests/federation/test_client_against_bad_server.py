@@ -134,8 +134,12 @@ class FakeServer:
     The script runs in a thread, where a failed assertion would go unseen: finish() re-raises
     it in the test."""
 
-    def __init__(self, script, *, key=SERVER_KEY, tls: bool = True, record=None) -> None:
+    def __init__(
+        self, script, *, key=SERVER_KEY, tls: bool = True, record=None, schema: str | None = None
+    ) -> None:
+        """SCHEMA: a private run's, sent with the challenge."""
         self.record = bytearray() if record is None else record
+        self.schema = schema
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(30)
         self.port = self.listener.getsockname()[1]
@@ -166,7 +170,8 @@ class FakeServer:
             # The client hangs up as soon as it refuses: that ends the script.
             raw.settimeout(30)
             tls = Recording(raw, self.record)
-            send_message(tls, {"type": "challenge", "challenge": bytes(32)})
+            challenge = {"type": "challenge", "challenge": bytes(32)}
+            send_message(tls, challenge | ({"schema": self.schema} if self.schema else {}))
             registration = receive(tls)
             assert registration["type"] == "register"
             self.session = Session(tls, registration, self.key)

@@ -4,14 +4,20 @@ server that admits at most ε 2. What the clients send follows from their one re
 import stat
 
 import numpy as np
+import pytest
 from processes import ROOT, run_blockchain_cli, start_server
+from test_client_against_bad_server import FEATURES, FakeServer, Session, start_client
 
 from fedchain.learning.dataset import load_dataset
+from fedchain.learning.linear_model import LinearModel
 from fedchain.learning.privacy import MECHANISM
 from fedchain.learning.release_file import load_or_release, release_path
 from fedchain.learning.schema import load_schema
 from fedchain.learning.simulation import simulate
+from fedchain.ledger.block import PrivacyTerms, RunRecord
+from fedchain.ledger.chain import make_genesis
 from fedchain.ledger.store import load_chain
+from fedchain.trust.keys import public_hex
 
 SCHEMA = ROOT / "data" / "schema.csv"
 ROUNDS = 2
@@ -86,3 +92,36 @@ def test_a_private_client_does_not_join_a_run_without_a_schema(programs, tmp_pat
     ) in private.output
     assert not (tmp_path / "keys" / "cli1-release").exists()
     server.process.kill()
+
+
+def drop_the_statement(s: Session) -> None:
+    # A genesis of a private run that records no statement for this private client.
+    canonical = load_schema(SCHEMA).canonical()
+    run = RunRecord(1, 0, public_hex(s.key), {"cli1": s.client_key},
+                    privacy=PrivacyTerms(canonical, None, {}))  # fmt: skip
+    s.welcome(make_genesis(initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES,
+                           difficulty=8, run=run, server_key=s.key))  # fmt: skip
+
+
+def public_genesis(s: Session) -> None:
+    s.welcome(s.make_genesis())
+
+
+@pytest.mark.parametrize(
+    ("schema", "script", "reason"),
+    [
+        (SCHEMA.read_text().replace("bmi,15,55\n", ""), None,
+         "the schema's columns differ from the data's: missing 'bmi'"),
+        (load_schema(SCHEMA).canonical(), drop_the_statement,
+         "the genesis records no privacy statement for this private client"),
+        (load_schema(SCHEMA).canonical(), public_genesis,
+         "the genesis records no privacy statement for this private client"),
+    ],
+)  # fmt: skip
+def test_a_private_client_refuses_a_server_that_misstates_the_run(programs, tmp_path, schema,
+                                                                  script, reason):  # fmt: skip
+    server = FakeServer(script or (lambda s: None), schema=schema)
+    private = start_client(programs, tmp_path, server.port, "--dp-epsilon", "1")
+    assert private.finish() == 1
+    assert reason in private.output
+    server.finish()
