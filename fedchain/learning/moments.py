@@ -46,7 +46,8 @@ class Moments:
     def mse(self, model: LinearModel) -> float:
         """MODEL's mean squared error on the rows behind these sums."""
         theta = self._theta(model)
-        return float(theta @ self.gram @ theta) / self.count
+        # Rounding can take an exact fit a hair below zero, where a sum of squares cannot be.
+        return max(float(theta @ self.gram @ theta) / self.count, 0.0)
 
     def gradient(self, model: LinearModel) -> np.ndarray:
         """The gradient of MODEL's MSE: the weights', then the bias's."""

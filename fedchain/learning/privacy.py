@@ -152,6 +152,10 @@ def release(
     if shortfall > 0:
         noisy[:q, :q] += shortfall * np.eye(q)
         ridge += shortfall
+    # Post-processing too: noise on yᵀy can leave it below what the best fit explains, and every
+    # MSE the client reports would then read below zero. It moves no fit and no gradient.
+    explained = float(noisy[:q, q] @ np.linalg.solve(noisy[:q, :q], noisy[:q, q]))
+    noisy[q, q] = max(noisy[q, q], explained)
     T = scaling(low, high)
     return PrivateRelease(
         moments=Moments(T @ noisy @ T.T),

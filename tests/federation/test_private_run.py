@@ -4,12 +4,14 @@ server that admits at most ε 2. What the clients send follows from their one re
 import stat
 
 import numpy as np
+import pandas as pd
 import pytest
 from processes import ROOT, run_blockchain_cli, start_server
 from test_client_against_bad_server import FEATURES, FakeServer, Session, start_client
 
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.linear_model import LinearModel
+from fedchain.learning.local_training import LocalProblem
 from fedchain.learning.privacy import MECHANISM
 from fedchain.learning.release_file import load_or_release, release_path
 from fedchain.learning.schema import load_schema
@@ -80,6 +82,14 @@ def test_a_private_run_records_each_guarantee_and_trains_on_the_releases_alone(p
         for name in block.cli:
             assert block.client_model[name].model == expected.client_models[name]
             assert block.client_model[name].n_samples == releases[name].n_samples
+    # So do the figures each client reports: its MSE on its noisy sums, never below zero.
+    metrics = pd.read_csv(tmp_path / "chain.metrics.csv")
+    for row in metrics.itertuples():
+        problem = LocalProblem.from_moments(releases[row.client].moments)
+        received = blocks[row.round - 1].server_model
+        assert row.rows == releases[row.client].n_samples
+        assert row.local_mse_before == pytest.approx(problem.mse(received), rel=1e-12)
+        assert 0 <= row.local_mse_after <= row.local_mse_before
 
 
 def test_a_private_client_does_not_join_a_run_without_a_schema(programs, tmp_path):

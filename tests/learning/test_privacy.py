@@ -197,3 +197,12 @@ def private_ratio(epsilon, seed, aggregation="fedavg"):
 def test_the_issue_s_goals_on_two_clients_of_20000_bounded_rows():
     assert max(private_ratio(1.0, seed) for seed in (0, 1, 2)) <= 1.03
     assert private_ratio(4.0, 0) <= 1.003
+
+
+def test_no_model_s_mse_on_the_noisy_sums_is_below_zero():
+    data = synthetic_dataset(300, 4, seed=5, r2=0.99, bounded=True)
+    low, high = synthetic_schema(4, seed=5, r2=0.99).ranges(data.feature_names, TARGET)
+    for seed in range(20):  # at ε 0.1 the noise on yᵀy is far larger than what the fit leaves
+        released = privacy.release(data.X, data.y, low, high, epsilon=0.1,
+                                   rng=np.random.default_rng(seed))  # fmt: skip
+        assert np.linalg.eigvalsh(released.moments.gram / released.moments.count)[0] > -1e-9
