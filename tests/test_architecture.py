@@ -16,7 +16,7 @@ ALLOWED = {
     "checks": set(),
     "settings": set(),
     "files": set(),
-    "learning": {"checks", "settings"},
+    "learning": {"checks", "settings", "files"},  # files: a private client's release, kept whole
     "wire": {"checks"},  # the protocol holds no command-line defaults
     "trust": {
         "checks",
