@@ -203,7 +203,7 @@ class FederatedClient:
         wish = self.privacy
         try:
             schema = parse_schema(schema_text, source="the server's schema")
-            path = release_path(wish.folder, self.name, schema)
+            path = release_path(wish.folder, self.name)
             self.release, new = load_or_release(
                 path, self.data, target=wish.target, schema=schema, epsilon=wish.epsilon,
                 delta=wish.delta,

@@ -1,7 +1,8 @@
 """A private client's one release of its sums, kept on disk and reused: a client restarted in the
 middle of a run, or taking part in the next run with the same schema, trains on the same noisy
-sums and spends no more privacy. Only new rows, or a new budget, need a new release, and that is
-the user's decision: the file is never replaced by the program.
+sums and spends no more privacy. New rows, a new budget or other bounds need a new release, and
+that is the user's decision: a client keeps one file, never replaced by the program, so a server
+cannot buy a second release by sending another schema.
 """
 
 import hashlib
@@ -16,15 +17,16 @@ from fedchain.files import create_whole
 from fedchain.learning.dataset import DataError, Dataset
 from fedchain.learning.moments import Moments
 from fedchain.learning.privacy import Guarantee, PrivateRelease, release
-from fedchain.learning.schema import Schema
+from fedchain.learning.schema import Schema, parse_schema
 
 _KEYS = {"mechanism", "epsilon", "delta", "schema", "rows", "columns", "n_samples", "ridge",
          "clipped", "sums"}  # fmt: skip
 
 
-def release_path(folder: Path, name: str, schema: Schema) -> Path:
-    """Where NAME keeps its release under SCHEMA."""
-    return folder / f"{name}-release-{schema.digest()[:12]}.json"
+def release_path(folder: Path, name: str) -> Path:
+    """Where NAME keeps its one release, whatever the schema: one file per client, not per
+    schema, or each schema a server sent would buy it another release of the same rows."""
+    return folder / f"{name}-release.json"
 
 
 def rows_digest(data: Dataset) -> str:
@@ -48,7 +50,7 @@ def load_or_release(
     made = release(data.X, data.y, low, high, epsilon=epsilon, delta=delta, rng=rng)
     record = {
         "mechanism": made.guarantee.mechanism, "epsilon": epsilon, "delta": delta,
-        "schema": schema.digest(), "rows": rows_digest(data),
+        "schema": schema.canonical(), "rows": rows_digest(data),
         "columns": list(data.feature_names), "n_samples": made.n_samples, "ridge": made.ridge,
         "clipped": made.clipped, "sums": made.moments.gram.tolist(),
     }  # fmt: skip
@@ -67,13 +69,16 @@ def _load(
         guarantee = Guarantee(record["epsilon"], record["delta"], record["mechanism"])
         moments = Moments(np.array(record["sums"], dtype=np.float64))
         columns = tuple(record["columns"])
+        released_under = parse_schema(record["schema"], source="its schema")
         if type(record["n_samples"]) is not int or record["n_samples"] < 1:
             raise ValueError("its count of rows is not a positive whole number")
     except (ValueError, TypeError, KeyError) as error:
         raise DataError(f"{path}: cannot read this client's release: {error}") from None
-    if record["schema"] != schema.digest():
-        raise DataError(f"{path} was released under another schema")
     redo = f"; a new release would spend privacy again: remove {path} to make one"
+    # The bounds, not the text: the same bounds listed in another order are the same release.
+    if released_under.bounds != schema.bounds:
+        raise DataError(f"this client released its rows' sums under another schema than the "
+                        f"server's (kept in {path}){redo}")  # fmt: skip
     if (guarantee.epsilon, guarantee.delta) != (epsilon, delta):
         raise DataError(
             f"this client released its rows' sums under this schema at ε {guarantee.epsilon:g}, "

@@ -14,7 +14,7 @@ from fedchain.learning.linear_model import LinearModel
 from fedchain.learning.local_training import LocalProblem
 from fedchain.learning.privacy import MECHANISM
 from fedchain.learning.release_file import load_or_release, release_path
-from fedchain.learning.schema import load_schema
+from fedchain.learning.schema import Schema, load_schema
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.block import PrivacyTerms, RunRecord
 from fedchain.ledger.chain import make_genesis
@@ -68,7 +68,7 @@ def test_a_private_run_records_each_guarantee_and_trains_on_the_releases_alone(p
     schema = load_schema(SCHEMA)
     releases, stand_ins = {}, {}
     for i, (name, epsilon, delta) in enumerate((("cli1", 1.0, 1e-5), ("cli2", 2.0, 1e-6))):
-        path = release_path(tmp_path / "keys", name, schema)
+        path = release_path(tmp_path / "keys", name)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         data = load_dataset(ROOT / "data" / f"client{i + 1}.csv")
         releases[name], new = load_or_release(path, data, target="charges", schema=schema,
@@ -100,7 +100,7 @@ def test_a_private_client_does_not_join_a_run_without_a_schema(programs, tmp_pat
         "the server's run has no schema (server.py --schema): a private client needs "
         "public bounds to clip its rows to, so it does not join"
     ) in private.output
-    assert not (tmp_path / "keys" / "cli1-release").exists()
+    assert not release_path(tmp_path / "keys", "cli1").exists()
     server.process.kill()
 
 
@@ -135,3 +135,28 @@ def test_a_private_client_refuses_a_server_that_misstates_the_run(programs, tmp_
     assert private.finish() == 1
     assert reason in private.output
     server.finish()
+
+
+def test_a_server_that_changes_its_schema_gets_no_second_release(programs, tmp_path):
+    # Each release spends ε afresh, and averaging two of the same rows halves their noise: a
+    # server must not get another by sending other bounds, or the same ones in another order.
+    schema = load_schema(SCHEMA)
+    kept = tmp_path / "keys"
+
+    def join(schema_text):
+        server = FakeServer(public_genesis, schema=schema_text)
+        private = start_client(programs, tmp_path, server.port, "--dp-epsilon", "1")
+        assert private.finish() == 1  # at the public genesis, after the release
+        server.finish()
+        return private.output
+
+    assert "released now" in join(schema.canonical())
+    made = {path: path.read_bytes() for path in kept.glob("cli1-release*")}
+    assert len(made) == 1
+    reordered = Schema(dict(reversed(schema.bounds.items())))
+    assert "released before" in join(reordered.canonical())
+    wider = Schema(schema.bounds | {"age": (18.0, 66.0)})
+    output = join(wider.canonical())
+    assert "this client released its rows' sums under another schema" in output
+    assert "remove keys/cli1-release.json to make one" in output
+    assert {path: path.read_bytes() for path in kept.glob("cli1-release*")} == made

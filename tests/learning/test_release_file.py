@@ -20,7 +20,7 @@ def data():
 
 
 def test_a_release_is_kept_private_and_reused_bit_for_bit_in_any_column_order(tmp_path, data):
-    path = release_path(tmp_path, "cli1", SCHEMA)
+    path = release_path(tmp_path, "cli1")
     made, new = load_or_release(path, data, target="charges", schema=SCHEMA, epsilon=1.0,
                                 delta=1e-5)  # fmt: skip
     assert new and stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -45,7 +45,7 @@ def test_two_releases_of_the_same_rows_differ_the_noise_is_secret(tmp_path, data
 
 
 def test_another_budget_or_new_rows_are_refused_naming_the_file(tmp_path, data):
-    path = release_path(tmp_path, "cli1", SCHEMA)
+    path = release_path(tmp_path, "cli1")
     load_or_release(path, data, target="charges", schema=SCHEMA, epsilon=1.0, delta=1e-5)
     with pytest.raises(DataError, match=r"at ε 1, δ 1e-05, not ε 2, δ 1e-05 .*remove .*cli1"):
         load_or_release(path, data, target="charges", schema=SCHEMA, epsilon=2.0, delta=1e-5)
