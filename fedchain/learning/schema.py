@@ -65,11 +65,14 @@ class Schema:
 def parse_schema(text: str, *, source: str = "the schema") -> Schema:
     """The schema in TEXT (CSV with the header column,low,high); errors name SOURCE and line."""
     reader = csv.reader(text.splitlines())
-    header = next(reader, None)
+    try:  # the text may come from a server or a chain: the csv module's own refusals too
+        header, *rows = list(reader) or [None]
+    except csv.Error as error:
+        raise DataError(f"{source}, line {reader.line_num}: {error}") from None
     if header is None or tuple(cell.strip() for cell in header) != HEADER:
         raise DataError(f"{source}: the first line must be {','.join(HEADER)}, not {header}")
     bounds: dict[str, tuple[float, float]] = {}
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(rows, start=2):
         if not row or all(not cell.strip() for cell in row):
             continue
         if len(row) != 3:

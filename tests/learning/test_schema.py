@@ -36,6 +36,8 @@ def test_ranges_follow_the_data_s_column_order_not_the_file_s():
         ("column,low,high\na,2,1\n", "line 2: a: the bounds must be finite"),
         ("column,low,high\na,nan,1\n", "line 2: a: the bounds must be finite"),
         ("column,low,high\na,0,inf\n", "line 2: a: the bounds must be finite"),
+        # Past the csv module's limit on a cell (what a server, or a chain, may send a client).
+        ("column,low,high\n" + "a" * 200_000 + ",0,1\n", "line 2: field larger than"),
     ],
 )
 def test_a_bad_schema_is_refused_naming_the_file_and_line(text, message):

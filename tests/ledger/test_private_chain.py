@@ -128,6 +128,8 @@ def tampered_genesis(**changes):
          "not written in its canonical form"),
         ({"schema": "column,low,high\nage,18,65\nbmi,15,55\nsmoker,1,0\ncharges,6.9,11.5\n"},
          "line 4: smoker: the bounds must be finite with low < high"),
+        # A cell past the csv module's limit: refused, not a crash of whoever verifies.
+        ({"schema": "column,low,high\n" + "a" * 200_000 + ",0,1\n"}, "field larger than"),
     ],
 )  # fmt: skip
 def test_verify_refuses_privacy_terms_that_do_not_hold(changes, reason):
