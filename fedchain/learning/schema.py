@@ -9,6 +9,7 @@ for the target.
 
 import csv
 import hashlib
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,11 +46,13 @@ class Schema:
         return hashlib.sha256(self.canonical().encode()).hexdigest()
 
     def canonical(self) -> str:
-        """The schema as CSV text that names every bound exactly (float repr round-trips)."""
-        rows = [",".join(HEADER)] + [
-            f"{name},{low!r},{high!r}" for name, (low, high) in self.bounds.items()
-        ]
-        return "\n".join(rows) + "\n"
+        """The schema as CSV text that names every bound exactly (float repr round-trips), and
+        quotes a name only where CSV needs it (a comma, a quote), so that it parses back."""
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(HEADER)
+        writer.writerows((name, repr(low), repr(high)) for name, (low, high) in self.bounds.items())
+        return text.getvalue()
 
     def ranges(self, feature_names: Sequence[str], target: str) -> tuple[np.ndarray, np.ndarray]:
         """Low and high bounds for the features in FEATURE_NAMES' order, then the target's;

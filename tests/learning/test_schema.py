@@ -58,3 +58,14 @@ def test_the_digest_names_the_bounds_exactly_and_survives_a_round_trip():
     assert again == schema and again.digest() == schema.digest()
     nudged = Schema({"a": (0.1, 1.0), "y": (-3.0, 300.00000000000006)})
     assert nudged.digest() != schema.digest()
+
+
+def test_a_column_whose_name_needs_quoting_survives_a_round_trip():
+    # Names may hold commas and quotes; the canonical text, which is what the genesis records
+    # and a client parses, must quote them or it reads as another schema, or as none.
+    schema = parse_schema('column,low,high\n"a,b",0,1\n"say ""hi""",2,3\ny,4,5\n')
+    assert list(schema.bounds) == ["a,b", 'say "hi"', "y"]
+    again = parse_schema(schema.canonical())
+    assert again == schema and again.canonical() == schema.canonical()
+    plain = parse_schema("column,low,high\na,0.1,1\ny,-3,300\n")
+    assert plain.canonical() == "column,low,high\na,0.1,1.0\ny,-3.0,300.0\n"
