@@ -174,6 +174,24 @@ def test_an_audit_of_neighbouring_releases_finds_the_calibrated_gaussian_and_no_
         assert values.std() == pytest.approx(sigma, rel=0.06)
     assert empirical_epsilon(statistics["D"], statistics["D'"]) <= 1.0
     assert empirical_epsilon(-statistics["D'"], -statistics["D"]) <= 1.0
+    # Thresholds on 3,000 draws see only a gross shortfall (they pass noise 0.63 times too
+    # small, a true ε of 1.7), and sigma above is the code's own figure: so also ask the
+    # accountant what the noise measured here costs, with the eigenvalue's share composed in.
+    audited = audited_epsilon(statistics, shift, 1.0)
+    assert audited <= 1.05, f"the audited noise spends ε {audited:.3f}"
+
+
+def audited_epsilon(statistics, shift, epsilon):
+    """The ε, by the PLD accountant, of the noise measured along the corner row's move, composed
+    with the eigenvalue's release (unseen here: its noise as the code states it)."""
+    measured = math.sqrt((statistics["D"].var() + statistics["D'"].var()) / 2)
+    floor_noise = privacy.noise_scales(epsilon, DELTA, AUDIT_FEATURES)[1]
+    accountant = pld_privacy_accountant.PLDAccountant()
+    accountant.compose(dp_event.GaussianDpEvent(measured / shift))
+    accountant.compose(
+        dp_event.GaussianDpEvent(floor_noise / privacy.sensitivities(AUDIT_FEATURES)[1])
+    )
+    return accountant.get_epsilon(DELTA)
 
 
 def test_the_audit_catches_a_release_whose_noise_falls_short(monkeypatch):
@@ -181,6 +199,16 @@ def test_the_audit_catches_a_release_whose_noise_falls_short(monkeypatch):
     monkeypatch.setattr(privacy, "noise_multiplier", lambda e, d: calibrated(e, d) / 4)
     statistics, _ = audit_statistics(1.0)
     assert empirical_epsilon(statistics["D"], statistics["D'"]) > 1.0
+
+
+def test_the_audit_catches_noise_for_a_sensitivity_of_one_halved(monkeypatch):
+    # A plausible slip: the textbook noise (sensitivity 1), halved for the triangle's "half".
+    # It is 0.63 times the calibrated noise, too little to show in thresholds on 3,000 draws.
+    floor = privacy.noise_scales(1.0, DELTA, AUDIT_FEATURES)[1]
+    halved = privacy.noise_multiplier(1.0, DELTA) / 2
+    monkeypatch.setattr(privacy, "noise_scales", lambda e, d, n: (halved, floor))
+    with pytest.raises(AssertionError, match=r"the audited noise spends ε 1\.[5-9]"):
+        test_an_audit_of_neighbouring_releases_finds_the_calibrated_gaussian_and_no_more_loss()
 
 
 def private_ratio(epsilon, seed, aggregation="fedavg"):
