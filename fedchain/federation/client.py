@@ -204,16 +204,20 @@ class FederatedClient:
         try:
             schema = parse_schema(schema_text, source="the server's schema")
             path = release_path(wish.folder, self.name)
-            self.release, new = load_or_release(
+            made, new = load_or_release(
                 path, self.data, target=wish.target, schema=schema, epsilon=wish.epsilon,
                 delta=wish.delta,
             )  # fmt: skip
+            problem = LocalProblem.from_moments(made.moments)
         except DataError as error:
             raise ClientFailed(str(error)) from None
         except OSError as error:
             raise ClientFailed(f"cannot keep this client's release in {path}: {error}") from None
-        self.schema_text = schema_text
-        self.problem = LocalProblem.from_moments(self.release.moments)
+        except ValueError as error:  # bounds so wide that the sums in data units overflow
+            raise ClientFailed(
+                f"the server's schema is of no use to this client: {error}"
+            ) from None
+        self.release, self.schema_text, self.problem = made, schema_text, problem
         self.corrected = CorrectedProblem(self.problem)
         self.statement = sign_privacy(
             self.key, server_key=self.server_key, name=self.name, mechanism=MECHANISM,

@@ -126,6 +126,9 @@ def public_genesis(s: Session) -> None:
          "the genesis records no privacy statement for this private client"),
         (load_schema(SCHEMA).canonical(), public_genesis,
          "the genesis records no privacy statement for this private client"),
+        # Bounds so wide that the sums in data units overflow: refused, not a crash.
+        (Schema(dict.fromkeys(load_schema(SCHEMA).bounds, (-1e200, 1e200))).canonical(), None,
+         "the server's schema is of no use to this client: the moments must be finite"),
     ],
 )  # fmt: skip
 def test_a_private_client_refuses_a_server_that_misstates_the_run(programs, tmp_path, schema,
@@ -134,6 +137,7 @@ def test_a_private_client_refuses_a_server_that_misstates_the_run(programs, tmp_
     private = start_client(programs, tmp_path, server.port, "--dp-epsilon", "1")
     assert private.finish() == 1
     assert reason in private.output
+    assert "Traceback" not in private.output
     server.finish()
 
 
