@@ -30,7 +30,6 @@ from fedchain.federation.metrics import MetricsFile
 from fedchain.learning.aggregation import FEDAVG, KRUM, SCAFFOLD, feature_scale
 from fedchain.learning.dataset import Dataset, column_difference
 from fedchain.learning.linear_model import LinearModel, mse, r2
-from fedchain.learning.privacy import MECHANISMS, check_budget
 from fedchain.learning.schema import Schema, parse_schema
 from fedchain.ledger.block import (
     MAX_REASON_CHARS,
@@ -46,13 +45,12 @@ from fedchain.ledger.correction import probe_point
 from fedchain.ledger.report import describe_choice
 from fedchain.ledger.signatures import (
     attestation_message,
-    privacy_message,
     probe_message,
     signature_holds,
     update_message,
 )
 from fedchain.ledger.store import ChainWriter, block_to_json, updates_to_json
-from fedchain.ledger.verification import ChainError
+from fedchain.ledger.verification import ChainError, schema_fault, statement_fault
 from fedchain.trust.handshake import new_challenge, verify_login
 from fedchain.trust.keys import public_hex
 from fedchain.trust.tls import server_context
@@ -532,12 +530,8 @@ class FederationServer:
                 raise _Refusal(f"{name} states a privacy guarantee, but this run has no schema "
                                "(--schema) to clip to")  # fmt: skip
             return None
-        beyond = set(self.schema.bounds) - set(features)
-        if not set(features) <= set(self.schema.bounds) or len(beyond) != 1:
-            missing = sorted(set(features) - set(self.schema.bounds))
-            raise _Refusal(f"{name}'s columns do not fit the run's schema, which must bound each "
-                           f"of them and the target (missing from it: "
-                           f"{', '.join(missing) or 'none'})")  # fmt: skip
+        if fault := schema_fault(self.schema, features):
+            raise _Refusal(f"{name}'s columns do not fit the run's schema: the {fault}")
         statement = None if offered is None else PrivacyStatement(
             offered["mechanism"], offered["epsilon"], offered["delta"], offered["signature"].hex()
         )  # fmt: skip
@@ -547,28 +541,12 @@ class FederationServer:
                 raise _Refusal(f"{name}'s privacy statement is not the one this run's genesis "
                                "records (a private client reuses its one release)")  # fmt: skip
             return statement
-        if statement is None:
-            if self.max_epsilon is not None:
-                raise _Refusal(f"{name} joins without differential privacy, but this run admits "
-                               f"clients only with ε at most {self.max_epsilon:g} "
-                               "(--max-epsilon)")  # fmt: skip
-            return None
-        if statement.mechanism not in MECHANISMS:
-            raise _Refusal(f"{name}'s privacy mechanism {statement.mechanism!r} is not one this "
-                           "server knows")  # fmt: skip
-        try:
-            check_budget(statement.epsilon, statement.delta)
-        except ValueError as error:
-            raise _Refusal(f"{name}'s privacy statement: {error}") from None
-        if self.max_epsilon is not None and statement.epsilon > self.max_epsilon:
-            raise _Refusal(f"{name} joins with ε {statement.epsilon:g}, above the most this run "
-                           f"admits, ε {self.max_epsilon:g} (--max-epsilon)")  # fmt: skip
-        signed = privacy_message(
-            server_key=self.public_key, name=name, mechanism=statement.mechanism,
-            epsilon=statement.epsilon, delta=statement.delta, schema_digest=self.schema.digest(),
+        fault = statement_fault(
+            name, statement, participant_key=key, server_key=self.public_key,
+            schema_digest=self.schema.digest(), max_epsilon=self.max_epsilon,
         )  # fmt: skip
-        if not signature_holds(key, statement.signature, signed):
-            raise _Refusal(f"{name}'s signature on its privacy statement does not verify")
+        if fault:
+            raise _Refusal(fault)
         return statement
 
     def _check_newcomer(self, name: str, key: str) -> None:

@@ -4,7 +4,7 @@ and a failed signature names whose it is.
 """
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from fedchain.learning.aggregation import (
@@ -17,7 +17,7 @@ from fedchain.learning.aggregation import (
     clients_needed,
 )
 from fedchain.learning.privacy import MECHANISMS, check_budget
-from fedchain.learning.schema import parse_schema
+from fedchain.learning.schema import Schema, parse_schema
 from fedchain.ledger.block import (
     FORMAT_CORRECTED,
     FORMAT_RULES,
@@ -27,6 +27,7 @@ from fedchain.ledger.block import (
     PRIVATE_TWIN,
     ZERO_HASH,
     Block,
+    PrivacyStatement,
     compute_hash,
 )
 from fedchain.ledger.correction import corrected_step, probe_point
@@ -123,37 +124,58 @@ def _verify_privacy(genesis: Block) -> None:
         schema = parse_schema(terms.schema, source="the privacy terms' schema")
     except ValueError as error:
         raise ChainError(0, str(error)) from None
-    # The schema also bounds the target, which the chain does not name: one column more.
-    beyond = set(schema.bounds) - set(genesis.feature_names)
-    if not set(genesis.feature_names) <= set(schema.bounds) or len(beyond) != 1:
-        raise ChainError(0, "the privacy terms' schema must bound every feature and the target")
+    if fault := schema_fault(schema, genesis.feature_names):
+        raise ChainError(0, f"the privacy terms' {fault}")
     if schema.canonical() != terms.schema:
         raise ChainError(0, "the privacy terms' schema is not written in its canonical form")
-    digest = schema.digest()
-    limit = terms.max_epsilon
     for name in sorted(run.participants):
-        statement = terms.statements.get(name)
-        if statement is None:
-            if limit is not None:
-                raise ChainError(0, f"{name} states no privacy, but the run admits clients "
-                                    f"only with ε at most {limit:g}")  # fmt: skip
-            continue
-        if statement.mechanism not in MECHANISMS:
-            raise ChainError(0, f"{name}'s privacy mechanism {statement.mechanism!r} is not "
-                                "one this program knows")  # fmt: skip
-        try:
-            check_budget(statement.epsilon, statement.delta)
-        except ValueError as error:
-            raise ChainError(0, f"{name}'s privacy statement: {error}") from None
-        if limit is not None and statement.epsilon > limit:
-            raise ChainError(0, f"{name} states ε {statement.epsilon:g}, above the run's most, "
-                                f"{limit:g}")  # fmt: skip
-        message = privacy_message(
-            server_key=run.server_key, name=name, mechanism=statement.mechanism,
-            epsilon=statement.epsilon, delta=statement.delta, schema_digest=digest,
+        fault = statement_fault(
+            name, terms.statements.get(name), participant_key=run.participants[name],
+            server_key=run.server_key, schema_digest=schema.digest(),
+            max_epsilon=terms.max_epsilon,
         )  # fmt: skip
-        if not signature_holds(run.participants[name], statement.signature, message):
-            raise ChainError(0, f"{name}'s signature on its privacy statement fails")
+        if fault:
+            raise ChainError(0, fault)
+
+
+def schema_fault(schema: Schema, feature_names: Sequence[str]) -> str | None:
+    """What keeps SCHEMA from being a run's with FEATURE_NAMES, or None: it must bound each of
+    them and one column more, the target (which the chain does not name)."""
+    missing = [name for name in feature_names if name not in schema.bounds]
+    beyond = len(schema.bounds) - (len(feature_names) - len(missing))
+    if missing or beyond != 1:
+        return (f"schema must bound every feature and the target (missing from it: "
+                f"{', '.join(missing) or 'none'}; other columns: {beyond})")  # fmt: skip
+    return None
+
+
+def statement_fault(
+    name: str, statement: PrivacyStatement | None, *, participant_key: str, server_key: str,
+    schema_digest: str, max_epsilon: float | None,
+) -> str | None:  # fmt: skip
+    """What is wrong with NAME's privacy statement in a run of SERVER_KEY with these terms, or
+    None: the server asks as a client joins, and a verifier of every genesis."""
+    if statement is None:
+        if max_epsilon is None:
+            return None
+        return (f"{name} states no differential privacy, but the run admits clients only with "
+                f"ε at most {max_epsilon:g} (--max-epsilon)")  # fmt: skip
+    if statement.mechanism not in MECHANISMS:
+        return f"{name}'s privacy mechanism {statement.mechanism!r} is not one this program knows"
+    try:
+        check_budget(statement.epsilon, statement.delta)
+    except ValueError as error:
+        return f"{name}'s privacy statement: {error}"
+    if max_epsilon is not None and statement.epsilon > max_epsilon:
+        return (f"{name} states ε {statement.epsilon:g}, above the most the run admits, "
+                f"ε {max_epsilon:g} (--max-epsilon)")  # fmt: skip
+    message = privacy_message(
+        server_key=server_key, name=name, mechanism=statement.mechanism,
+        epsilon=statement.epsilon, delta=statement.delta, schema_digest=schema_digest,
+    )  # fmt: skip
+    if not signature_holds(participant_key, statement.signature, message):
+        return f"{name}'s signature on its privacy statement fails"
+    return None
 
 
 def verify_next(

@@ -41,11 +41,11 @@ def test_a_private_run_records_each_guarantee_and_trains_on_the_releases_alone(p
     # Refused at the door: a client without privacy, and one that would spend more than 2.
     plain = client(programs, tmp_path, port, "cli8")
     assert plain.finish() == 1
-    assert ("cli8 joins without differential privacy, but this run admits clients only with ε "
-            "at most 2 (--max-epsilon)") in plain.output  # fmt: skip
+    assert ("cli8 states no differential privacy, but the run admits clients only with ε at "
+            "most 2 (--max-epsilon)") in plain.output  # fmt: skip
     greedy = client(programs, tmp_path, port, "cli9", "--dp-epsilon", "3")
     assert greedy.finish() == 1
-    assert "cli9 joins with ε 3, above the most this run admits, ε 2" in greedy.output
+    assert "cli9 states ε 3, above the most the run admits, ε 2 (--max-epsilon)" in greedy.output
     clients = [
         client(programs, tmp_path, port, "cli1", "--dp-epsilon", "1"),
         client(programs, tmp_path, port, "cli2", "--dp-epsilon", "2", "--dp-delta", "1e-6"),
