@@ -28,7 +28,13 @@ from fedchain.learning.linear_model import LinearModel
 from fedchain.learning.local_training import LocalProblem
 from fedchain.learning.privacy import MECHANISM
 from fedchain.learning.schema import parse_schema
-from fedchain.ledger.block import ClientUpdate, PrivacyTerms, RunRecord, compute_hash
+from fedchain.ledger.block import (
+    KNOWN_FORMATS,
+    ClientUpdate,
+    PrivacyTerms,
+    RunRecord,
+    compute_hash,
+)
 from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_block, verify_chain
 from fedchain.ledger.correction import probe_point
 from fedchain.ledger.signatures import (
@@ -157,6 +163,10 @@ def write_golden_chain(version: int) -> Path:
     lines = [block_to_json(block) + "\n" for block in golden_chain(version)]
     path.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+def test_every_format_has_a_golden_chain():
+    assert set(FILES.values()) == set(KNOWN_FORMATS)
 
 
 @pytest.mark.parametrize("name", sorted(FILES))
