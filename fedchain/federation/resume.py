@@ -6,8 +6,9 @@ difference is named with the flag that sets it."""
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fedchain.learning.aggregation import FEDAVG
 from fedchain.learning.dataset import column_difference
-from fedchain.ledger.block import AGGREGATION_FEDAVG, Block
+from fedchain.ledger.block import Block
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class RunSettings:
     min_clients: int
     features: Sequence[str] | None = None  # the test data's columns; None: no test data
     authorized_keys: Mapping[str, str] | None = None  # None: open enrolment
-    aggregation: str = AGGREGATION_FEDAVG
+    aggregation: str = FEDAVG
     aggregation_parameters: Mapping[str, float] | None = None  # None: none
     schema: str | None = None  # the --schema's canonical text; None: not a private run
     max_epsilon: float | None = None

@@ -23,10 +23,10 @@ its public twin; the version alone says which.
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fedchain.checks import MAX_INT, MAX_U64, check_int, check_name, check_names
-from fedchain.learning.aggregation import FEDAVG, KNOWN_RULES
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.encoding import (
     F64,
@@ -50,11 +50,6 @@ FORMAT_SCALED = 5  # format 3, plus each feature's scale, for Krum (equal weight
 PRIVATE_TWIN = {FORMAT_SIGNED: 6, FORMAT_RULES: 7, FORMAT_CORRECTED: 8, FORMAT_SCALED: 9}
 PUBLIC_TWIN = {private: public for public, private in PRIVATE_TWIN.items()}
 FORMAT_VERSION = FORMAT_SIGNED  # what new FedAvg chains are written in
-KNOWN_FORMATS = (FORMAT_UNSIGNED, FORMAT_SIGNED, FORMAT_RULES, FORMAT_CORRECTED, FORMAT_SCALED,
-                 *PUBLIC_TWIN)  # fmt: skip
-WITH_RULES = (FORMAT_RULES, FORMAT_CORRECTED, FORMAT_SCALED)  # layouts with a rule's parameters
-AGGREGATION_FEDAVG = FEDAVG
-KNOWN_AGGREGATIONS = KNOWN_RULES
 ZERO_HASH = "0" * 64
 MAX_DIFFICULTY_BITS = 64  # far beyond what anyone mines on a CPU; keeps the target in range
 HASH_HEX, KEY_HEX, SIGNATURE_HEX = 64, 64, 128  # lengths in hex digits
@@ -253,7 +248,6 @@ class Block:
         self._check_format()
 
     def _check_format(self) -> None:
-        signed = self.signed
         if self.run is not None and not isinstance(self.run, RunRecord):
             raise TypeError("run must be a RunRecord")
         if not isinstance(self.attestations, dict):
@@ -278,46 +272,19 @@ class Block:
             raise TypeError("scale must be a tuple of floats")
         if not all(type(v) is float and math.isfinite(v) for v in self.scale):
             raise ValueError("scale must hold finite floats")
-        layout = self.layout
-        if (layout == FORMAT_SCALED) != bool(self.scale):
-            raise ValueError("format-5 blocks, and only they, record each feature's scale")
-        if layout not in WITH_RULES and (self.parameters or self.choice):
-            raise ValueError(f"format {self.version} blocks carry no rule parameters or choices")
-        corrected = layout == FORMAT_CORRECTED
-        if not corrected and (self.search or any(
-            u.gradient or u.probe_gradient or u.probe_signature for u in self.client_model.values()
-        )):  # fmt: skip
-            raise ValueError(f"format {self.version} blocks carry no gradients or search")
-        if corrected:
-            for name, update in self.client_model.items():
-                if not update.corrected:
-                    raise ValueError(f"{name}'s update lacks its gradients or probe signature")
-        if signed:
-            if (self.run is None) != (self.index != 0):
-                raise ValueError("a format-2 genesis, and only the genesis, records the run")
-            if self.run is not None and self.private != (self.run.privacy is not None):
-                raise ValueError(f"a format-{PRIVATE_TWIN[FORMAT_SIGNED]} to "
-                                 f"{PRIVATE_TWIN[FORMAT_SCALED]} genesis, and only one, records "
-                                 "privacy terms")  # fmt: skip
-            for name, update in self.client_model.items():
-                if not update.signed:
-                    raise ValueError(f"{name}'s update lacks its signature or training settings")
-        elif (
-            self.run
-            or self.attestations
-            or self.missing
-            or self.server_signature
-            or any(update.training or update.signature for update in self.client_model.values())
-        ):
-            raise ValueError(f"format {self.version} blocks carry no keys or signatures")
+        sections = self.sections
+        for section in SECTIONS:
+            section.check(self, section in sections)
 
-    def updates_in_order(self) -> list[tuple[LinearModel, int]]:
-        """The client models with their sample counts, in `cli` order."""
-        return [(self.client_model[c].model, self.client_model[c].n_samples) for c in self.cli]
+    @property
+    def sections(self) -> tuple["Section", ...]:
+        """What this block's format carries beyond format 1's fields, in the order it is hashed
+        (none for a version this program does not know, which verification refuses)."""
+        return FORMAT_SECTIONS.get(self.version, ())
 
     @property
     def signed(self) -> bool:
-        return self.layout in (FORMAT_SIGNED, *WITH_RULES)
+        return SIGNED in self.sections
 
     @property
     def layout(self) -> int:
@@ -327,7 +294,7 @@ class Block:
     @property
     def private(self) -> bool:
         """Whether the run's genesis records privacy terms (formats 6 to 9)."""
-        return self.version in PUBLIC_TWIN
+        return PRIVACY in self.sections
 
     def rule_options(self) -> dict:
         """What the rule needs besides its parameters, as this block's format defines it: the
@@ -344,7 +311,9 @@ def body_digest(block: Block) -> bytes:
     """SHA-256 of every field but the nonce and the hash, in a fixed binary encoding."""
     # Binary, not JSON text: float64 bits are exact (no '1' versus '1.0', no lost digits),
     # every string and vector carries its length so no two blocks share an encoding, and
-    # clients are written in `cli` order, which is itself hashed.
+    # clients are written in `cli` order, which is itself hashed. Format 1's fields come first,
+    # then each section the format adds, so every format hashes exactly what it always did.
+    sections = block.sections
     parts = [
         _MAGIC,
         U16.pack(block.version),
@@ -359,49 +328,85 @@ def body_digest(block: Block) -> bytes:
     for name in block.cli:
         update = block.client_model[name]
         parts += [U64.pack(update.n_samples), pack_model(update.model)]
-        if block.signed:
-            training = update.training
-            parts += [U64.pack(training.seed), U64.pack(training.generations)]
-            parts += [U64.pack(training.population), pack_hex(update.signature)]
+        for section in sections:
+            parts += section.pack_update(update)
     parts.append(pack_model(block.server_model))
-    if block.signed:  # format 1 hashes exactly what it always did, so old chains still verify
-        parts.append(U32.pack(len(block.attestations)))
-        for name in sorted(block.attestations):
-            parts += [pack_string(name), pack_hex(block.attestations[name])]
-        parts.append(U32.pack(len(block.missing)))
-        for name in sorted(block.missing):
-            parts += [pack_string(name), pack_string(block.missing[name])]
-        parts.append(U8.pack(block.run is not None))
-        if block.run is not None:
-            run = block.run
-            parts += [U64.pack(run.rounds), U64.pack(run.seed), pack_hex(run.server_key)]
-            parts.append(U64.pack(run.min_clients))
-            parts.append(U32.pack(len(run.participants)))
-            for name in sorted(run.participants):
-                parts += [pack_string(name), pack_hex(run.participants[name])]
-            if block.private:  # formats 2 to 5 hash exactly what they always did
-                parts += _privacy_parts(run.privacy)
-    if block.layout in WITH_RULES:  # format 2 hashes exactly what it always did
-        parts.append(U32.pack(len(block.parameters)))
-        for name in sorted(block.parameters):
-            parts += [pack_string(name), F64.pack(block.parameters[name])]
-        parts.append(U32.pack(len(block.choice)))
-        for name in sorted(block.choice):
-            parts += [pack_string(name), pack_floats(block.choice[name])]
-    if block.layout == FORMAT_CORRECTED:  # format 3 hashes exactly what it always did
-        for name in block.cli:
-            update = block.client_model[name]
-            parts += [pack_floats(update.gradient), pack_floats(update.probe_gradient)]
-            parts.append(pack_hex(update.probe_signature))
-        parts.append(U32.pack(len(block.search)))
-        for name in sorted(block.search):
-            parts += [pack_string(name), pack_floats(block.search[name])]
-    if block.layout == FORMAT_SCALED:  # format 3 hashes exactly what it always did
-        parts.append(pack_floats(block.scale))
+    for section in sections:
+        parts += section.pack_block(block)
     return hashlib.sha256(b"".join(parts)).digest()
 
 
-def _privacy_parts(privacy: PrivacyTerms) -> list[bytes]:
+def compute_hash(block: Block) -> str:
+    """The block's hash: SHA-256 over the body's digest and the nonce."""
+    return hashlib.sha256(body_digest(block) + U64.pack(block.nonce)).hexdigest()
+
+
+# The formats. Each is format 1's fields and the sections it adds, hashed in this order after
+# format 1's, so a format's bytes never change when another is added.
+
+
+@dataclass(frozen=True)
+class Section:
+    """Fields that some block formats carry beyond format 1's: how they are hashed (after each
+    client's model, and after the server's) and what a block holds with them and without."""
+
+    name: str
+    pack_update: Callable[[ClientUpdate], list[bytes]]
+    pack_block: Callable[[Block], list[bytes]]
+    check: Callable[[Block, bool], None]  # (block, whether its format carries the section)
+
+
+def _no_bytes(_: object) -> list[bytes]:
+    return []
+
+
+def _pack_training(update: ClientUpdate) -> list[bytes]:
+    training = update.training
+    return [U64.pack(training.seed), U64.pack(training.generations),
+            U64.pack(training.population), pack_hex(update.signature)]  # fmt: skip
+
+
+def _pack_signed(block: Block) -> list[bytes]:
+    parts = [U32.pack(len(block.attestations))]
+    for name in sorted(block.attestations):
+        parts += [pack_string(name), pack_hex(block.attestations[name])]
+    parts.append(U32.pack(len(block.missing)))
+    for name in sorted(block.missing):
+        parts += [pack_string(name), pack_string(block.missing[name])]
+    parts.append(U8.pack(block.run is not None))
+    if block.run is not None:
+        run = block.run
+        parts += [U64.pack(run.rounds), U64.pack(run.seed), pack_hex(run.server_key)]
+        parts.append(U64.pack(run.min_clients))
+        parts.append(U32.pack(len(run.participants)))
+        for name in sorted(run.participants):
+            parts += [pack_string(name), pack_hex(run.participants[name])]
+    return parts
+
+
+def _check_signed(block: Block, carried: bool) -> None:
+    if not carried:
+        if (
+            block.run
+            or block.attestations
+            or block.missing
+            or block.server_signature
+            or any(update.training or update.signature for update in block.client_model.values())
+        ):
+            raise ValueError(f"format {block.version} blocks carry no keys or signatures")
+        return
+    if (block.run is None) != (block.index != 0):
+        raise ValueError("a format-2 genesis, and only the genesis, records the run")
+    for name, update in block.client_model.items():
+        if not update.signed:
+            raise ValueError(f"{name}'s update lacks its signature or training settings")
+
+
+def _pack_privacy(block: Block) -> list[bytes]:
+    # Right after the run's participants, which end the signed section; only a genesis has them.
+    if block.run is None:
+        return []
+    privacy = block.run.privacy
     limit = privacy.max_epsilon
     parts = [pack_string(privacy.schema), U8.pack(limit is not None), F64.pack(limit or 0.0)]
     parts.append(U32.pack(len(privacy.statements)))
@@ -413,9 +418,84 @@ def _privacy_parts(privacy: PrivacyTerms) -> list[bytes]:
     return parts
 
 
-def compute_hash(block: Block) -> str:
-    """The block's hash: SHA-256 over the body's digest and the nonce."""
-    return hashlib.sha256(body_digest(block) + U64.pack(block.nonce)).hexdigest()
+def _check_privacy(block: Block, carried: bool) -> None:
+    if block.run is not None and carried != (block.run.privacy is not None):
+        raise ValueError(f"a format-{PRIVATE_TWIN[FORMAT_SIGNED]} to "
+                         f"{PRIVATE_TWIN[FORMAT_SCALED]} genesis, and only one, records "
+                         "privacy terms")  # fmt: skip
+
+
+def _pack_rules(block: Block) -> list[bytes]:
+    parts = [U32.pack(len(block.parameters))]
+    for name in sorted(block.parameters):
+        parts += [pack_string(name), F64.pack(block.parameters[name])]
+    parts.append(U32.pack(len(block.choice)))
+    for name in sorted(block.choice):
+        parts += [pack_string(name), pack_floats(block.choice[name])]
+    return parts
+
+
+def _check_rules(block: Block, carried: bool) -> None:
+    if not carried and (block.parameters or block.choice):
+        raise ValueError(f"format {block.version} blocks carry no rule parameters or choices")
+
+
+def _pack_corrected(block: Block) -> list[bytes]:
+    # Each client's gradients come here, after the rule's section, not beside its model: so a
+    # format-4 body begins with format 3's.
+    parts = []
+    for name in block.cli:
+        update = block.client_model[name]
+        parts += [pack_floats(update.gradient), pack_floats(update.probe_gradient)]
+        parts.append(pack_hex(update.probe_signature))
+    parts.append(U32.pack(len(block.search)))
+    for name in sorted(block.search):
+        parts += [pack_string(name), pack_floats(block.search[name])]
+    return parts
+
+
+def _check_corrected(block: Block, carried: bool) -> None:
+    updates = block.client_model
+    if carried:
+        for name, update in updates.items():
+            if not update.corrected:
+                raise ValueError(f"{name}'s update lacks its gradients or probe signature")
+    elif block.search or any(
+        u.gradient or u.probe_gradient or u.probe_signature for u in updates.values()
+    ):
+        raise ValueError(f"format {block.version} blocks carry no gradients or search")
+
+
+def _pack_scale(block: Block) -> list[bytes]:
+    return [pack_floats(block.scale)]
+
+
+def _check_scale(block: Block, carried: bool) -> None:
+    if carried != bool(block.scale):
+        raise ValueError("format-5 blocks, and only they, record each feature's scale")
+
+
+SIGNED = Section("signed", _pack_training, _pack_signed, _check_signed)
+PRIVACY = Section("privacy", _no_bytes, _pack_privacy, _check_privacy)
+RULES = Section("rules", _no_bytes, _pack_rules, _check_rules)
+CORRECTED = Section("corrected", _no_bytes, _pack_corrected, _check_corrected)
+SCALED = Section("scaled", _no_bytes, _pack_scale, _check_scale)
+SECTIONS = (SCALED, RULES, CORRECTED, SIGNED, PRIVACY)  # checked in this order
+
+# Every format this program reads and writes, and the sections it adds to format 1's fields.
+# A new format is one entry here (and its golden chain in tests/fixtures/).
+FORMAT_SECTIONS: dict[int, tuple[Section, ...]] = {
+    FORMAT_UNSIGNED: (),
+    FORMAT_SIGNED: (SIGNED,),
+    FORMAT_RULES: (SIGNED, RULES),
+    FORMAT_CORRECTED: (SIGNED, RULES, CORRECTED),
+    FORMAT_SCALED: (SIGNED, RULES, SCALED),
+    PRIVATE_TWIN[FORMAT_SIGNED]: (SIGNED, PRIVACY),
+    PRIVATE_TWIN[FORMAT_RULES]: (SIGNED, PRIVACY, RULES),
+    PRIVATE_TWIN[FORMAT_CORRECTED]: (SIGNED, PRIVACY, RULES, CORRECTED),
+    PRIVATE_TWIN[FORMAT_SCALED]: (SIGNED, PRIVACY, RULES, SCALED),
+}
+KNOWN_FORMATS = tuple(FORMAT_SECTIONS)
 
 
 def check_hex(name: str, value: object, digits: int) -> str:

@@ -8,7 +8,7 @@ hash the same as the value that was written while reading differently to a perso
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,31 +16,28 @@ from fedchain.checks import check_name, describe
 from fedchain.files import create_whole, write_all
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
+    CORRECTED,
     FORMAT_CORRECTED,
-    FORMAT_RULES,
-    FORMAT_SCALED,
-    FORMAT_SIGNED,
-    PUBLIC_TWIN,
-    WITH_RULES,
+    FORMAT_SECTIONS,
+    PRIVACY,
+    RULES,
+    SCALED,
+    SIGNED,
     Block,
     ClientUpdate,
     PrivacyStatement,
     PrivacyTerms,
     RunRecord,
+    Section,
     TrainingSettings,
 )
 
+# Format 1's keys; each section a format adds (block.py) adds its own, as _STORED says.
 _BLOCK_KEYS = {
     "version", "index", "timestamp", "previous_hash", "difficulty", "feature_names",
     "aggregation", "cli", "client_model", "server_model", "nonce", "hash",
 }  # fmt: skip
-_SIGNED_BLOCK_KEYS = _BLOCK_KEYS | {"run", "attestations", "missing", "server_signature"}
-_RULES_BLOCK_KEYS = _SIGNED_BLOCK_KEYS | {"parameters", "choice"}
-_CORRECTED_BLOCK_KEYS = _RULES_BLOCK_KEYS | {"search"}
-_SCALED_BLOCK_KEYS = _RULES_BLOCK_KEYS | {"scale"}
 _UPDATE_KEYS = {"weights", "bias", "n_samples"}
-_SIGNED_UPDATE_KEYS = _UPDATE_KEYS | {"training", "signature"}
-_CORRECTED_UPDATE_KEYS = _SIGNED_UPDATE_KEYS | {"gradient", "probe_gradient", "probe_signature"}
 _TRAINING_KEYS = {"seed", "generations", "population"}
 _RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
 _PRIVATE_RUN_KEYS = _RUN_KEYS | {"privacy"}
@@ -66,6 +63,7 @@ class LoadedChain:
 
 def block_to_json(block: Block) -> str:
     """One line of JSON (no newline) holding every field of BLOCK."""
+    sections = block.sections
     record = {
         "version": block.version,
         "index": block.index,
@@ -76,32 +74,14 @@ def block_to_json(block: Block) -> str:
         "aggregation": block.aggregation,
         "cli": list(block.cli),
         "client_model": {
-            name: _update_to_record(block.client_model[name], block.layout) for name in block.cli
+            name: _update_to_record(block.client_model[name], sections) for name in block.cli
         },
         "server_model": _model_to_record(block.server_model),
         "nonce": block.nonce,
         "hash": block.hash,
     }
-    if block.signed:
-        run = block.run
-        record["run"] = None if run is None else {
-            "rounds": run.rounds, "seed": run.seed, "server_key": run.server_key,
-            "participants": dict(sorted(run.participants.items())),
-            "min_clients": run.min_clients,
-        }  # fmt: skip
-        if run is not None and run.privacy is not None:
-            record["run"]["privacy"] = _privacy_to_record(run.privacy)
-        record["attestations"] = dict(sorted(block.attestations.items()))
-        record["missing"] = dict(sorted(block.missing.items()))
-        record["server_signature"] = block.server_signature
-    layout = block.layout
-    if layout in WITH_RULES:
-        record["parameters"] = dict(sorted(block.parameters.items()))
-        record["choice"] = {name: list(values) for name, values in sorted(block.choice.items())}
-    if layout == FORMAT_CORRECTED:
-        record["search"] = {name: list(values) for name, values in sorted(block.search.items())}
-    if layout == FORMAT_SCALED:
-        record["scale"] = list(block.scale)
+    for section in sections:
+        _STORED[section].write(block, record)
     # repr-style floats round-trip exactly; allow_nan=False is a second guard behind LinearModel.
     return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
@@ -116,32 +96,18 @@ def block_from_json(line: str) -> Block:
         raise ValueError("nested too deeply to be a block") from None
     if not isinstance(record, dict):
         raise TypeError("a block must be a JSON object")
-    version = record.get("version")
-    private = isinstance(version, int) and version in PUBLIC_TWIN
-    version = PUBLIC_TWIN.get(version, version) if isinstance(version, int) else version
-    signed = version in (FORMAT_SIGNED, *WITH_RULES)
-    keys = {FORMAT_SIGNED: _SIGNED_BLOCK_KEYS, FORMAT_RULES: _RULES_BLOCK_KEYS,
-            FORMAT_CORRECTED: _CORRECTED_BLOCK_KEYS, FORMAT_SCALED: _SCALED_BLOCK_KEYS}  # fmt: skip
-    _expect_keys("block", record, keys.get(version, _BLOCK_KEYS))
+    # A version this program does not know is read as format 1, and verification refuses it.
+    sections = FORMAT_SECTIONS.get(record.get("version"), ())
+    _expect_keys("block", record, _BLOCK_KEYS.union(*(_STORED[s].keys for s in sections)))
     client_model = {
-        name: _update_from_record(f"client_model[{name!r}]", entry, version)
+        name: _update_from_record(f"client_model[{name!r}]", entry, sections)
         for name, entry in _typed("client_model", record["client_model"], dict).items()
     }
     server = _typed("server_model", record["server_model"], dict)
     _expect_keys("server_model", server, {"weights", "bias"})
     extra = {}
-    if signed:
-        extra["run"] = None if record["run"] is None else _run_from_record(record["run"], private)
-        extra["attestations"] = _typed("attestations", record["attestations"], dict)
-        extra["missing"] = _typed("missing", record["missing"], dict)
-        extra["server_signature"] = _typed("server_signature", record["server_signature"], str)
-    if version in WITH_RULES:
-        extra["parameters"] = _typed("parameters", record["parameters"], dict)
-        extra["choice"] = _float_lists("choice", record["choice"])
-    if version == FORMAT_CORRECTED:
-        extra["search"] = _float_lists("search", record["search"])
-    if version == FORMAT_SCALED:
-        extra["scale"] = tuple(_typed("scale", record["scale"], list))
+    for section in sections:
+        extra |= _STORED[section].read(record, sections)
     return Block(
         version=record["version"],
         index=record["index"],
@@ -162,7 +128,8 @@ def block_from_json(line: str) -> Block:
 def updates_to_json(updates: Mapping[str, ClientUpdate]) -> str:
     """A scaffold round's signed updates, in order, as one line of JSON: what a probe shows the
     clients, so each can work out the candidate it is asked about."""
-    record = {name: _update_to_record(update, FORMAT_CORRECTED) for name, update in updates.items()}
+    sections = FORMAT_SECTIONS[FORMAT_CORRECTED]
+    record = {name: _update_to_record(update, sections) for name, update in updates.items()}
     return json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -176,26 +143,26 @@ def updates_from_json(text: str) -> dict[str, ClientUpdate]:
         raise ValueError("nested too deeply to be a round's updates") from None
     return {
         check_name(name, "a client's name"): _update_from_record(
-            f"updates[{name!r}]", entry, FORMAT_CORRECTED
+            f"updates[{name!r}]", entry, FORMAT_SECTIONS[FORMAT_CORRECTED]
         )
         for name, entry in _typed("updates", record, dict).items()
     }
 
 
-def _update_to_record(update: ClientUpdate, version: int) -> dict:
+def _update_to_record(update: ClientUpdate, sections: tuple[Section, ...]) -> dict:
     record = {**_model_to_record(update.model), "n_samples": update.n_samples}
-    if update.signed:
-        training = update.training
-        record["training"] = {
-            "seed": training.seed, "generations": training.generations,
-            "population": training.population,
-        }  # fmt: skip
-        record["signature"] = update.signature
-    if version == FORMAT_CORRECTED:
-        record["gradient"] = list(update.gradient)
-        record["probe_gradient"] = list(update.probe_gradient)
-        record["probe_signature"] = update.probe_signature
+    for section in sections:
+        _STORED[section].write_update(update, record)
     return record
+
+
+def _update_from_record(where: str, entry: object, sections: tuple[Section, ...]) -> ClientUpdate:
+    _expect_keys(where, entry, _UPDATE_KEYS.union(*(_STORED[s].update_keys for s in sections)))
+    model = _model_from_record(where, entry)
+    extra = {}
+    for section in sections:
+        extra |= _STORED[section].read_update(where, entry)
+    return ClientUpdate(model, entry["n_samples"], **extra)
 
 
 def _float_lists(where: str, record: object) -> dict[str, tuple]:
@@ -205,31 +172,131 @@ def _float_lists(where: str, record: object) -> dict[str, tuple]:
     }
 
 
-def _update_from_record(where: str, entry: object, version: object) -> ClientUpdate:
-    keys = {FORMAT_SIGNED: _SIGNED_UPDATE_KEYS, FORMAT_RULES: _SIGNED_UPDATE_KEYS,
-            FORMAT_CORRECTED: _CORRECTED_UPDATE_KEYS,
-            FORMAT_SCALED: _SIGNED_UPDATE_KEYS}  # fmt: skip
-    _expect_keys(where, entry, keys.get(version, _UPDATE_KEYS))
-    model = _model_from_record(where, entry)
-    if version not in keys:
-        return ClientUpdate(model, entry["n_samples"])
+def _write_signed(block: Block, record: dict) -> None:
+    run = block.run
+    record["run"] = None if run is None else {
+        "rounds": run.rounds, "seed": run.seed, "server_key": run.server_key,
+        "participants": dict(sorted(run.participants.items())),
+        "min_clients": run.min_clients,
+    }  # fmt: skip
+    record["attestations"] = dict(sorted(block.attestations.items()))
+    record["missing"] = dict(sorted(block.missing.items()))
+    record["server_signature"] = block.server_signature
+
+
+def _read_signed(record: dict, sections: tuple[Section, ...]) -> dict:
+    run = record["run"]
+    return {
+        "run": None if run is None else _run_from_record(run, PRIVACY in sections),
+        "attestations": _typed("attestations", record["attestations"], dict),
+        "missing": _typed("missing", record["missing"], dict),
+        "server_signature": _typed("server_signature", record["server_signature"], str),
+    }
+
+
+def _write_training(update: ClientUpdate, record: dict) -> None:
+    if update.signed:
+        training = update.training
+        record["training"] = {
+            "seed": training.seed, "generations": training.generations,
+            "population": training.population,
+        }  # fmt: skip
+        record["signature"] = update.signature
+
+
+def _read_training(where: str, entry: dict) -> dict:
     training = entry["training"]
     _expect_keys(f"{where}.training", training, _TRAINING_KEYS)
-    return ClientUpdate(
-        model,
-        entry["n_samples"],
-        training=TrainingSettings(**training),
-        signature=_typed(f"{where}.signature", entry["signature"], str),
-        **_gradients(where, entry) if version == FORMAT_CORRECTED else {},
-    )
+    return {
+        "training": TrainingSettings(**training),
+        "signature": _typed(f"{where}.signature", entry["signature"], str),
+    }
 
 
-def _gradients(where: str, entry: dict) -> dict:
+def _write_privacy(block: Block, record: dict) -> None:
+    # Stored inside the genesis's run, and read with it (_run_from_record).
+    if block.run is not None:
+        record["run"]["privacy"] = _privacy_to_record(block.run.privacy)
+
+
+def _write_rules(block: Block, record: dict) -> None:
+    record["parameters"] = dict(sorted(block.parameters.items()))
+    record["choice"] = {name: list(values) for name, values in sorted(block.choice.items())}
+
+
+def _read_rules(record: dict, _: tuple[Section, ...]) -> dict:
+    return {
+        "parameters": _typed("parameters", record["parameters"], dict),
+        "choice": _float_lists("choice", record["choice"]),
+    }
+
+
+def _write_search(block: Block, record: dict) -> None:
+    record["search"] = {name: list(values) for name, values in sorted(block.search.items())}
+
+
+def _read_search(record: dict, _: tuple[Section, ...]) -> dict:
+    return {"search": _float_lists("search", record["search"])}
+
+
+def _write_gradients(update: ClientUpdate, record: dict) -> None:
+    record["gradient"] = list(update.gradient)
+    record["probe_gradient"] = list(update.probe_gradient)
+    record["probe_signature"] = update.probe_signature
+
+
+def _read_gradients(where: str, entry: dict) -> dict:
     return {
         "gradient": tuple(_typed(f"{where}.gradient", entry["gradient"], list)),
         "probe_gradient": tuple(_typed(f"{where}.probe_gradient", entry["probe_gradient"], list)),
         "probe_signature": _typed(f"{where}.probe_signature", entry["probe_signature"], str),
     }
+
+
+def _write_scale(block: Block, record: dict) -> None:
+    record["scale"] = list(block.scale)
+
+
+def _read_scale(record: dict, _: tuple[Section, ...]) -> dict:
+    return {"scale": tuple(_typed("scale", record["scale"], list))}
+
+
+def _nothing_written(_: object, __: dict) -> None:
+    pass
+
+
+def _nothing_read(_: object, __: object) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """How a block section (block.py) is kept in JSON: the keys it adds to a block and to each
+    client's update, how they are written (after format 1's, in the order of the format's
+    sections) and how they are read back (as the Block's or ClientUpdate's arguments)."""
+
+    keys: frozenset[str] = frozenset()
+    update_keys: frozenset[str] = frozenset()
+    write: Callable[[Block, dict], None] = _nothing_written
+    write_update: Callable[[ClientUpdate, dict], None] = _nothing_written
+    read: Callable[[dict, tuple[Section, ...]], dict] = _nothing_read
+    read_update: Callable[[str, dict], dict] = _nothing_read
+
+
+_STORED = {
+    SIGNED: _Stored(
+        frozenset({"run", "attestations", "missing", "server_signature"}),
+        frozenset({"training", "signature"}),
+        _write_signed, _write_training, _read_signed, _read_training,
+    ),
+    PRIVACY: _Stored(write=_write_privacy),
+    RULES: _Stored(frozenset({"parameters", "choice"}), write=_write_rules, read=_read_rules),
+    CORRECTED: _Stored(
+        frozenset({"search"}), frozenset({"gradient", "probe_gradient", "probe_signature"}),
+        _write_search, _write_gradients, _read_search, _read_gradients,
+    ),
+    SCALED: _Stored(frozenset({"scale"}), write=_write_scale, read=_read_scale),
+}  # fmt: skip
 
 
 def _run_from_record(record: object, private: bool) -> RunRecord:

@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from fedchain.learning.aggregation import (
     FEDAVG,
+    KNOWN_RULES,
     KRUM,
     SCAFFOLD,
     aggregate,
@@ -22,7 +23,6 @@ from fedchain.ledger.block import (
     FORMAT_CORRECTED,
     FORMAT_RULES,
     FORMAT_SCALED,
-    KNOWN_AGGREGATIONS,
     KNOWN_FORMATS,
     PRIVATE_TWIN,
     ZERO_HASH,
@@ -80,7 +80,7 @@ def verify_genesis_fields(genesis: Block) -> None:
         fail("the genesis block must have an all-zero previous_hash")
     if genesis.cli or genesis.attestations or genesis.missing:
         fail("the genesis block must have no client models, attestations or missing clients")
-    if genesis.aggregation not in KNOWN_AGGREGATIONS:
+    if genesis.aggregation not in KNOWN_RULES:
         fail(f"unknown aggregation rule {genesis.aggregation!r}")
     layout = genesis.layout  # a private format is checked as its public twin, and then some
     if layout < FORMAT_RULES and genesis.aggregation != FEDAVG:
