@@ -141,12 +141,14 @@ class FakeServer:
         self.record = bytearray() if record is None else record
         self.schema = schema
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(30)
+        self.listener.settimeout(0.1)  # to see finish(connections=...) stop it listening
         self.port = self.listener.getsockname()[1]
         self.scripts = script if isinstance(script, list) else [script]
         self.key, self.tls = key, tls
         self.session: Session | None = None
+        self.connections = 0  # how many the scripts have been given
         self.failure: BaseException | None = None
+        self._stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -155,13 +157,30 @@ class FakeServer:
         try:
             with self.listener:
                 for script in self.scripts:
+                    conn = self._accept()
+                    if conn is None:
+                        return
+                    self.connections += 1
                     with contextlib.suppress(*expected):
-                        self._serve_one(script)
+                        self._serve_one(conn, script)
         except BaseException as error:  # handed to the test's thread by finish()
             self.failure = error
 
-    def _serve_one(self, script) -> None:
-        conn, _ = self.listener.accept()
+    def _accept(self) -> socket.socket | None:
+        """The next connection, or None once finish() says no more will come."""
+        deadline = time.monotonic() + 30
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            conn.settimeout(None)
+            return conn
+        return None
+
+    def _serve_one(self, conn: socket.socket, script) -> None:
         if not self.tls:
             with conn:
                 script(conn)
@@ -179,12 +198,20 @@ class FakeServer:
             with contextlib.suppress(TimeoutError):
                 tls.recv(1)  # wait for the client to close
 
-    def finish(self) -> None:
-        """Wait for the script to end; raise whatever failed in it."""
+    def finish(self, *, connections: int | None = None) -> None:
+        """Wait for the script to end; raise whatever failed in it. CONNECTIONS, once the
+        client has ended: stop listening, and check it connected that many times (fewer than
+        there are scripts: a client that never connects, or does not try again)."""
+        if connections is not None:
+            self._stop.set()
         self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "the fake server's script did not end"
         if self.failure is not None:
             raise self.failure
+        if connections is not None:
+            assert self.connections == connections, (
+                f"the client connected {self.connections} times, not {connections}"
+            )
 
 
 def forged_average(s: Session) -> None:
@@ -376,6 +403,7 @@ def test_a_server_presenting_another_key_than_the_pinned_one_is_refused(programs
         client.output
     )
     assert not (tmp_path / "cli1.jsonl").exists()
+    server.finish()
 
 
 def test_a_server_whose_key_changed_since_first_use_is_refused(programs, tmp_path):
@@ -394,6 +422,7 @@ def test_a_server_whose_key_changed_since_first_use_is_refused(programs, tmp_pat
         again.output
     )
     assert not (tmp_path / "two.jsonl").exists()
+    impostor.finish()
 
 
 def test_a_known_servers_file_anyone_may_write_is_not_followed(programs, tmp_path):
@@ -407,6 +436,7 @@ def test_a_known_servers_file_anyone_may_write_is_not_followed(programs, tmp_pat
     assert f"{known} can be written by others (mode 666)" in client.output
     assert f"run `chmod go-w {known}`" in client.output
     assert not (tmp_path / "cli1.jsonl").exists()
+    server.finish(connections=0)
 
 
 def test_a_server_that_does_not_speak_tls_is_refused(programs, tmp_path):
@@ -480,6 +510,7 @@ def test_a_refusal_once_joined_is_not_retried(programs, tmp_path):
                          lambda s: s.run_honestly()])  # fmt: skip
     client = start_client(programs, tmp_path, server.port)
     assert client.finish() == 1 and "trying again" not in client.output
+    server.finish(connections=1)  # the refusal's, and no other
 
 
 def crash() -> None:
@@ -566,6 +597,7 @@ def test_a_client_gives_up_on_a_server_that_stays_away_naming_the_flag(programs,
     client = start_client(programs, tmp_path, server.port, "--reconnect-timeout-s", "1")
     assert client.finish() == 1, client.output
     assert "within 1 s (--reconnect-timeout-s)" in client.output
+    server.finish()
 
 
 def test_a_run_planning_more_rounds_than_max_rounds_is_refused_naming_the_flag(programs, tmp_path):
