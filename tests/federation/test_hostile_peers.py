@@ -2,6 +2,7 @@
 reason, nothing they carry runs, the server keeps serving or stops cleanly, and the chain stays
 valid."""
 
+import math
 import os
 import pickle
 import re
@@ -18,7 +19,7 @@ from processes import run_blockchain_cli, start_server
 from raw_peers import N_SAMPLES, RawClient, connect, join_raw_clients, write_key
 from wire_helpers import Exploit, frame, receive
 
-from fedchain.federation.server import RESUME_GRACE_S
+from fedchain.federation.server import RESUME_GRACE_S, STATUS_EVERY_S
 from fedchain.ledger.store import block_from_json
 from fedchain.trust.keys import public_hex
 from fedchain.wire.frames import HEADER, MAGIC, VERSION
@@ -538,10 +539,16 @@ def test_a_resumed_run_goes_on_once_its_quorum_is_back_even_if_one_left_meanwhil
     with RawClient(port, "cli2") as fickle:
         fickle.register()
         resumed.wait_for(r"^cli2 is back")
+        back_at = len(resumed.lines)
     resumed.wait_for(r"^cli2 is left out of the run: disconnected again")
     # Past the grace period the quorum had started: one client is not a quorum to go on with.
-    time.sleep(RESUME_GRACE_S + 1)
-    assert "round 2" not in resumed.output
+    # The server says what it waits for at least STATUS_EVERY_S apart: the third time since cli2
+    # came back is after the grace period, and it still waits.
+    said = sum(line.startswith("waiting: ") for line in resumed.lines[back_at:])
+    while said < 1 + math.ceil(RESUME_GRACE_S / STATUS_EVERY_S):
+        line = resumed.wait_for(r"^waiting: |^round 2").string
+        assert line.startswith("waiting: 1 of 3 clients are back"), resumed.output
+        said += 1
     second = RawClient(port, "cli2")
     second.register()
     # Two of three back: after the grace period the round goes on with both, not waiting for
