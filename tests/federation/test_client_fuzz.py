@@ -27,17 +27,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chain_helpers import CLIENT_KEYS, SERVER_KEY, attest, fixed_key, reseal, signed_update
-from hostile_values import values
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from processes import ROOT
-from test_client_against_bad_server import (
+from fake_server import (
     FEATURES,
     FakeServer,
     Session,
     as_client_update,
     start_client,
 )
+from hostile_values import values
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from processes import ROOT
 from wire_helpers import Exploit, frame, receive
 
 from fedchain.federation.client import ClientFailed, FederatedClient, Stage
