@@ -7,7 +7,6 @@ hash the same as the value that was written while reading differently to a perso
 
 import json
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +42,6 @@ _RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
 _PRIVATE_RUN_KEYS = _RUN_KEYS | {"privacy"}
 _PRIVACY_KEYS = {"schema", "max_epsilon", "statements"}
 _STATEMENT_KEYS = {"mechanism", "epsilon", "delta", "signature"}
-
-
-# Test-only: seconds to pause half-way through writing a block, so a test can kill the writer
-# while a block is half on disk. Unset (as always outside the tests), writes never pause.
-SLOW_WRITE_ENV = "FEDCHAIN_TEST_SLOW_WRITE_S"
 
 
 class ChainFileError(ValueError):
@@ -352,7 +346,6 @@ class ChainWriter:
         if self.path.exists():  # a run never writes over a chain that is already there
             raise FileExistsError(_exists(self.path))
         self._fd = -1  # the file is made with its first block
-        self._pause_s = float(os.environ.get(SLOW_WRITE_ENV) or 0)
 
     @classmethod
     def continuing(cls, path: str | Path, whole_bytes: int) -> "ChainWriter":
@@ -360,7 +353,6 @@ class ChainWriter:
         load_chain found to be whole blocks: a torn last line past them is cut off first."""
         writer = cls.__new__(cls)
         writer.path = Path(path)
-        writer._pause_s = float(os.environ.get(SLOW_WRITE_ENV) or 0)
         writer._fd = os.open(writer.path, os.O_RDWR)
         try:
             os.ftruncate(writer._fd, whole_bytes)
@@ -385,12 +377,6 @@ class ChainWriter:
             except FileExistsError:
                 raise FileExistsError(_exists(self.path)) from None
             return
-        if self._pause_s:
-            half = len(line) // 2
-            write_all(self._fd, line[:half])
-            os.fsync(self._fd)
-            time.sleep(self._pause_s)
-            line = line[half:]
         write_all(self._fd, line)
         os.fsync(self._fd)
 

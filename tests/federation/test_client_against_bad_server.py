@@ -2,189 +2,27 @@
 refuses, says which lie, keeps its replica as it was, and runs nothing the server sends. And a
 recording server that is honest: nothing of the client's rows is in anything the client sends."""
 
-import contextlib
 import pickle
-import socket
-import ssl
-import threading
 import time
 
 import numpy as np
 import pytest
 from chain_helpers import SERVER_KEY, fixed_key, reseal, signed_update
+from fake_server import FEATURES, FakeServer, Session, crash, start_client
 from processes import ROOT
 from wire_helpers import Exploit, frame, receive
 
 from fedchain.cli.client import main as client_main
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import (
-    FORMAT_RULES,
-    Block,
-    ClientUpdate,
-    RunRecord,
-    TrainingSettings,
-)
-from fedchain.ledger.chain import (
-    make_closing_block,
-    make_genesis,
-    make_round_block,
-    verify_chain,
-)
+from fedchain.ledger.block import FORMAT_RULES, Block, RunRecord
+from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_block, verify_chain
 from fedchain.ledger.mining import seal
-from fedchain.ledger.store import block_to_json, load_chain
+from fedchain.ledger.store import load_chain
 from fedchain.trust.keys import public_hex
-from fedchain.trust.tls import server_context
-from fedchain.wire.frames import HEADER, MAGIC, VERSION, ConnectionClosed, send_message
+from fedchain.wire.frames import HEADER, MAGIC, VERSION, send_message
 
 PWN = "open('pwned-by-fake-server', 'w')"
-FEATURES = load_dataset(ROOT / "data" / "client1.csv").feature_names
-
-
-class Session:
-    """One client's connection to the fake server, past its login; what a script works with."""
-
-    def __init__(self, conn: ssl.SSLSocket, registration: dict, key) -> None:
-        self.conn = conn
-        self.key = key
-        self.client_key = registration["public_key"]
-        self.genesis = self.make_genesis()
-        self.last = self.genesis
-
-    def make_genesis(self, *, rounds=1, features=FEATURES, difficulty=8, participants=None,
-                     run_key=None) -> Block:  # fmt: skip
-        participants = {"cli1": self.client_key} if participants is None else participants
-        # RUN_KEY: a genesis made and signed by another server, valid in itself.
-        run = RunRecord(rounds, 0, public_hex(run_key or self.key), participants)
-        return make_genesis(
-            initial_model=LinearModel.zeros(len(features)), feature_names=features,
-            difficulty=difficulty, run=run, server_key=run_key or self.key,
-        )  # fmt: skip
-
-    def welcome(
-        self, genesis: Block | None = None, blocks: tuple[Block, ...] = (), *, height=None
-    ) -> None:
-        """Welcome the client to GENESIS's run, and send BLOCKS after it to catch up on (saying
-        it holds HEIGHT blocks, if given: a lie)."""
-        self.genesis = self.last = genesis or self.genesis
-        rounds = self.genesis.run.rounds if self.genesis.signed else 1
-        send_message(self.conn, {"type": "welcome", "genesis": block_to_json(self.genesis),
-                                 "seed": 0, "rounds": rounds,
-                                 "height": height or 1 + len(blocks)})  # fmt: skip
-        for block in blocks:
-            self.send_block(block)
-
-    def train(self, index: int | None = None, model: LinearModel | None = None) -> dict:
-        model = model or self.last.server_model
-        index = self.last.index + 1 if index is None else index
-        send_message(self.conn, {"type": "train", "round": index,
-                                 "weights": model.weights.copy(), "bias": model.bias})  # fmt: skip
-        return receive(self.conn)
-
-    def honest_block(self, update: dict) -> Block:
-        """The block an honest server makes of the client's UPDATE."""
-        return make_round_block(
-            self.last, {"cli1": as_client_update(update)},
-            attestations={"cli1": update["attestation"].hex()}, server_key=self.key,
-        )  # fmt: skip
-
-    def send_block(self, block: Block) -> None:
-        send_message(self.conn, {"type": "block", "block": block_to_json(block)})
-        self.last = block
-
-    def run_honestly(self, rounds: int = 1, *, done: bool = True) -> None:
-        self.welcome(self.make_genesis(rounds=rounds))
-        for _ in range(rounds):
-            self.send_block(self.honest_block(self.train()))
-        send_message(self.conn, {"type": "close", "round": rounds + 1})
-        attest = receive(self.conn)
-        closing = make_closing_block(
-            self.last, attestations={"cli1": attest["attestation"].hex()}, server_key=self.key
-        )
-        self.send_block(closing)
-        if done:
-            send_message(self.conn, {"type": "done", "blocks": rounds + 2})
-
-
-def as_client_update(update: dict) -> ClientUpdate:
-    training = TrainingSettings(update["seed"], update["generations"], update["population"])
-    model = LinearModel(update["weights"], update["bias"])
-    return ClientUpdate(model, update["n_samples"], training, update["signature"].hex())
-
-
-class Recording:
-    """A TLS socket that keeps a copy of every byte read from it: what the client sent."""
-
-    def __init__(self, sock: ssl.SSLSocket, record: bytearray) -> None:
-        self.sock, self.record = sock, record
-
-    def recv_into(self, buffer, size: int) -> int:
-        count = self.sock.recv_into(buffer, size)
-        self.record += bytes(buffer[:count])
-        return count
-
-    def __getattr__(self, name: str):  # sendall, settimeout, recv: the socket's own
-        return getattr(self.sock, name)
-
-
-class FakeServer:
-    """Serves one client over TLS with SCRIPT(session) after its login, on a free port (with
-    SCRIPTS in turn, one a connection, if given a list).
-
-    The script runs in a thread, where a failed assertion would go unseen: finish() re-raises
-    it in the test."""
-
-    def __init__(
-        self, script, *, key=SERVER_KEY, tls: bool = True, record=None, schema: str | None = None
-    ) -> None:
-        """SCHEMA: a private run's, sent with the challenge."""
-        self.record = bytearray() if record is None else record
-        self.schema = schema
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(30)
-        self.port = self.listener.getsockname()[1]
-        self.scripts = script if isinstance(script, list) else [script]
-        self.key, self.tls = key, tls
-        self.session: Session | None = None
-        self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        expected = (ConnectionClosed, ConnectionResetError, BrokenPipeError, ssl.SSLError)
-        try:
-            with self.listener:
-                for script in self.scripts:
-                    with contextlib.suppress(*expected):
-                        self._serve_one(script)
-        except BaseException as error:  # handed to the test's thread by finish()
-            self.failure = error
-
-    def _serve_one(self, script) -> None:
-        conn, _ = self.listener.accept()
-        if not self.tls:
-            with conn:
-                script(conn)
-            return
-        with server_context(self.key).wrap_socket(conn, server_side=True) as raw:
-            # The client hangs up as soon as it refuses: that ends the script.
-            raw.settimeout(30)
-            tls = Recording(raw, self.record)
-            challenge = {"type": "challenge", "challenge": bytes(32)}
-            send_message(tls, challenge | ({"schema": self.schema} if self.schema else {}))
-            registration = receive(tls)
-            assert registration["type"] == "register"
-            self.session = Session(tls, registration, self.key)
-            script(self.session)
-            with contextlib.suppress(TimeoutError):
-                tls.recv(1)  # wait for the client to close
-
-    def finish(self) -> None:
-        """Wait for the script to end; raise whatever failed in it."""
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the fake server's script did not end"
-        if self.failure is not None:
-            raise self.failure
 
 
 def forged_average(s: Session) -> None:
@@ -342,13 +180,6 @@ SCRIPTS = {
 KEPT_BLOCKS = {"rewritten history": 2, "a block after the closing block": 4}
 
 
-def start_client(programs, tmp_path, port, *extra):
-    return programs(
-        "client1.py", "--port", port, "--replica", tmp_path / "cli1.jsonl",
-        "--known-servers", tmp_path / "known_servers", *extra,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("lie", sorted(SCRIPTS))
 def test_the_client_refuses_a_lying_server(programs, tmp_path, lie):
     script, expected = SCRIPTS[lie]
@@ -376,6 +207,7 @@ def test_a_server_presenting_another_key_than_the_pinned_one_is_refused(programs
         client.output
     )
     assert not (tmp_path / "cli1.jsonl").exists()
+    server.finish()
 
 
 def test_a_server_whose_key_changed_since_first_use_is_refused(programs, tmp_path):
@@ -394,6 +226,7 @@ def test_a_server_whose_key_changed_since_first_use_is_refused(programs, tmp_pat
         again.output
     )
     assert not (tmp_path / "two.jsonl").exists()
+    impostor.finish()
 
 
 def test_a_known_servers_file_anyone_may_write_is_not_followed(programs, tmp_path):
@@ -407,6 +240,7 @@ def test_a_known_servers_file_anyone_may_write_is_not_followed(programs, tmp_pat
     assert f"{known} can be written by others (mode 666)" in client.output
     assert f"run `chmod go-w {known}`" in client.output
     assert not (tmp_path / "cli1.jsonl").exists()
+    server.finish(connections=0)
 
 
 def test_a_server_that_does_not_speak_tls_is_refused(programs, tmp_path):
@@ -480,11 +314,7 @@ def test_a_refusal_once_joined_is_not_retried(programs, tmp_path):
                          lambda s: s.run_honestly()])  # fmt: skip
     client = start_client(programs, tmp_path, server.port)
     assert client.finish() == 1 and "trying again" not in client.output
-
-
-def crash() -> None:
-    """End the fake server's connection abruptly, as a killed server's would end."""
-    raise ConnectionResetError("the fake server crashes")
+    server.finish(connections=1)  # the refusal's, and no other
 
 
 def comeback(second) -> list:
@@ -543,7 +373,8 @@ def test_a_server_that_comes_back_with_another_history_is_refused(programs, tmp_
     assert expected in client.output
     server.finish()
     kept = load_chain(tmp_path / "cli1.jsonl").blocks  # what it verified before, nothing else
-    assert len(kept) == 2 and verify_chain(kept)
+    assert [block.index for block in kept] == [0, 1]
+    verify_chain(kept)  # raises ChainError naming the first wrong block
 
 
 def test_a_client_catches_up_with_a_server_that_comes_back_and_finishes_the_run(programs, tmp_path):
@@ -565,6 +396,7 @@ def test_a_client_gives_up_on_a_server_that_stays_away_naming_the_flag(programs,
     client = start_client(programs, tmp_path, server.port, "--reconnect-timeout-s", "1")
     assert client.finish() == 1, client.output
     assert "within 1 s (--reconnect-timeout-s)" in client.output
+    server.finish()
 
 
 def test_a_run_planning_more_rounds_than_max_rounds_is_refused_naming_the_flag(programs, tmp_path):

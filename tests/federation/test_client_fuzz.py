@@ -15,7 +15,6 @@ import gc
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import socket
 import tempfile
@@ -27,109 +26,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chain_helpers import CLIENT_KEYS, SERVER_KEY, attest, fixed_key, reseal, signed_update
+from client_loopback import (
+    CLIENT_KEY,
+    DATA,
+    SERVER_HEX,
+    TIMEOUT_S,
+    Loopback,
+    block_message,
+    new_client,
+    pickled,
+    train,
+    welcome,
+)
+from fake_server import FEATURES, FakeServer, Session, as_client_update, start_client
 from hostile_values import values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from processes import ROOT
-from test_client_against_bad_server import (
-    FEATURES,
-    FakeServer,
-    Session,
-    as_client_update,
-    start_client,
-)
-from wire_helpers import Exploit, frame, receive
+from wire_helpers import Exploit, receive
 
-from fedchain.federation.client import ClientFailed, FederatedClient, Stage
-from fedchain.learning.dataset import load_dataset
+from fedchain.federation.client import FederatedClient, Stage
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import Block, RunRecord
 from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_block, verify_chain
 from fedchain.ledger.store import block_to_json, load_chain
 from fedchain.settings import MAX_FRAME_BYTES
 from fedchain.trust.keys import public_hex
-from fedchain.wire.frames import HEADER, MAGIC, VERSION, ConnectionClosed, send_message
-from fedchain.wire.messages import ProtocolError
+from fedchain.wire.frames import HEADER, MAGIC, VERSION, send_message
 
 EXAMPLES = 1000
 ROUNDS = 2
 BIG = 1 << 22  # 4 MiB of text: a reason or a hash no one should echo whole
 MAX_SAID_CHARS = 2000  # the longest line a client may print or raise: keys and a path, no more
 MAX_RSS_GROWTH_KB = 32 * 1024  # ~16 MB of hypothesis's records; the fuzz sends ~340 frames of 4 MiB
-TIMEOUT_S = 10.0  # a watchdog: the fake server half-closes once it has said all, so none waits
-DOCUMENTED = (ClientFailed, ProtocolError, ConnectionClosed, OSError)  # OSError: TimeoutError too
-
-DATA = load_dataset(ROOT / "data" / "client1.csv")
-CLIENT_KEY = CLIENT_KEYS["cli1"]
-SERVER_HEX = public_hex(SERVER_KEY)
-
-
-def new_client(replica: Path, said: list[str]) -> FederatedClient:
-    return FederatedClient(
-        name="cli1", data=DATA, seed=None, generations=3, population=4, replica=replica,
-        say=said.append, key=CLIENT_KEY,
-    )  # fmt: skip
-
-
-# Every honest message is built here, so a new field in the protocol is a change in one place.
-def welcome(genesis: Block, **extra) -> dict:
-    return {"type": "welcome", "genesis": block_to_json(genesis), "seed": genesis.run.seed,
-            "rounds": genesis.run.rounds, "height": 1, **extra}  # fmt: skip
-
-
-def train(index: int, model: LinearModel) -> dict:
-    return {"type": "train", "round": index, "weights": model.weights.copy(), "bias": model.bias}
-
-
-def block_message(block: Block) -> dict:
-    return {"type": "block", "block": block_to_json(block)}
-
-
-def pickled(message: object) -> bytes:
-    return frame(pickle.dumps(message, protocol=5))
-
-
-def serve_bytes(conn: socket.socket, data: bytes) -> None:
-    """Say DATA, close our side, then hear the client out until it hangs up."""
-    with conn:
-        try:
-            conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
-            while conn.recv(1 << 16):
-                pass
-        except OSError:  # the client refused and hung up first
-            pass
-
-
-class Loopback:
-    """A listening socket on 127.0.0.1, port 0, that pairs each client with a fake server."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(TIMEOUT_S)
-
-    def __enter__(self) -> "Loopback":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.listener.close()
-
-    def play(self, data: bytes, client: FederatedClient) -> BaseException | None:
-        """Run CLIENT against a server that says DATA; return the error it failed with, if any.
-        Anything but a documented failure propagates."""
-        with socket.create_connection(self.listener.getsockname(), timeout=TIMEOUT_S) as sock:
-            conn, _ = self.listener.accept()
-            conn.settimeout(TIMEOUT_S)
-            server = threading.Thread(target=serve_bytes, args=(conn, data), daemon=True)
-            server.start()
-            try:
-                client.run(sock, MAX_FRAME_BYTES, SERVER_HEX)
-                error = None
-            except DOCUMENTED as failure:
-                error = failure
-        server.join(TIMEOUT_S)
-        assert not server.is_alive(), "the fake server never heard the client hang up"
-        return error
 
 
 @dataclass(frozen=True)
@@ -208,7 +136,6 @@ def honest_run(others: dict[str, str]) -> tuple[list[dict], list[Block], list[st
 def recorded() -> Recording:
     """One honest run, played once: what the server sent is replayed before the fuzz's lies."""
     sent, blocks, _ = honest_run({})
-    MADE.update(b.hash for b in blocks)
     genesis = blocks[0]
     first, genesis_json = block_to_json(blocks[1]), block_to_json(genesis)
     huge = [
@@ -219,9 +146,6 @@ def recorded() -> Recording:
         pickled(welcome(genesis) | {"genesis": genesis_json.replace("0" * 64, "0" * BIG, 1)}),
     ]
     return Recording(sent, blocks, [pickled(message) for message in sent], huge)
-
-
-MADE: set[str] = set()  # every valid block the fuzz made: the honest ones, and reseals
 
 
 # Hostile values for a message's fields, and hostile JSON for a block's.
@@ -299,12 +223,6 @@ def bad_json(draw, text: str) -> str:
     return json.dumps({**record, draw(st.text(min_size=1, max_size=8)): draw(json_values)})
 
 
-def resealed(block: Block, change) -> Block:
-    sealed = reseal(block, **change(block))
-    MADE.add(sealed.hash)
-    return sealed
-
-
 # Blocks made valid in themselves (mined and signed by the server) that lie about something,
 # by name, so a failing example says which.
 ROUND_LIES = {
@@ -364,7 +282,7 @@ def near_messages(draw, honest: dict) -> dict:
         block = next(b for b in recorded().chain if block_to_json(b) == honest[field])
         lies = GENESIS_LIES if kind == "welcome" else ROUND_LIES
         lie = lies[draw(st.sampled_from(sorted(lies)))]
-        return {**honest, field: block_to_json(resealed(block, lie))}
+        return {**honest, field: block_to_json(reseal(block, **lie(block)))}
     if how == 4 and kind in ("train", "close", "done"):
         count = "round" if kind != "done" else "blocks"
         return {**honest, count: draw(st.sampled_from([0, -1, 2**63, 2**63 - 1, 10**30, 1.0]))}
@@ -435,9 +353,9 @@ def retained_kb() -> int:
     raise AssertionError("no VmRSS")
 
 
-def check_replica(replica: Path, client: FederatedClient) -> int:
-    """The replica, if made, holds exactly the client's verified chain of blocks the fuzz made
-    validly; return how many blocks it holds."""
+def check_replica(replica: Path, client: FederatedClient, sent: bytes) -> int:
+    """The replica, if made, holds exactly the client's verified chain, of blocks the server
+    SENT (their hashes are in its bytes: none is made up); return how many blocks it holds."""
     if not replica.exists():
         assert client.chain is None
         return 0
@@ -446,7 +364,7 @@ def check_replica(replica: Path, client: FederatedClient) -> int:
     # The client holds the tip of what it verified; the blocks are the replica's.
     assert block_to_json(blocks[-1]) == block_to_json(client.chain.last)
     assert len(blocks) == client.chain.length
-    assert {b.hash for b in blocks} <= MADE
+    assert all(b.hash.encode() in sent for b in blocks)
     replica.unlink()
     return len(blocks)
 
@@ -456,9 +374,10 @@ def test_a_client_replays_the_honest_run_to_its_end(tmp_path):
     said: list[str] = []
     client = new_client(tmp_path / "replica.jsonl", said)
     with Loopback() as loop:
-        assert loop.play(b"".join(recorded().frames), client) is None
+        sent = b"".join(recorded().frames)
+        assert loop.play(sent, client) is None
     assert client.stage is Stage.DONE
-    assert check_replica(tmp_path / "replica.jsonl", client) == ROUNDS + 2
+    assert check_replica(tmp_path / "replica.jsonl", client, sent) == ROUNDS + 2
 
 
 def test_a_client_fed_generated_hostile_servers_fails_cleanly(tmp_path):
@@ -481,13 +400,14 @@ def test_a_client_fed_generated_hostile_servers_fails_cleanly(tmp_path):
         said: list[str] = []
         replica = replicas / f"replica-{next(examples)}.jsonl"
         client = new_client(replica, said)
-        error = loop.play(b"".join(frames[:cut] + tail), client)
+        sent = b"".join(frames[:cut] + tail)
+        error = loop.play(sent, client)
         assert not isinstance(error, TimeoutError), "the client waited on a server that was done"
         assert not marker.exists(), "a pickle from the server ran code"
         for line in [*said, str(error)]:
             assert len(line) <= MAX_SAID_CHARS, line[:200]
         stages[client.stage] += 1
-        kept[check_replica(replica, client)] += 1
+        kept[check_replica(replica, client, sent)] += 1
 
     try:
         with Loopback() as loop:

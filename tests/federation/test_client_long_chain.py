@@ -7,7 +7,7 @@ import types
 
 import numpy as np
 from chain_helpers import CLIENT_KEYS, SERVER_KEY, attest, signed_update
-from test_client_fuzz import DATA, SERVER_HEX, Loopback, block_message, new_client, pickled, welcome
+from client_loopback import DATA, SERVER_HEX, Loopback, block_message, new_client, pickled, welcome
 
 from fedchain.federation.client import Stage
 from fedchain.learning.linear_model import LinearModel

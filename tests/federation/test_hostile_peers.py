@@ -2,6 +2,7 @@
 reason, nothing they carry runs, the server keeps serving or stops cleanly, and the chain stays
 valid."""
 
+import math
 import os
 import pickle
 import re
@@ -18,7 +19,7 @@ from processes import run_blockchain_cli, start_server
 from raw_peers import N_SAMPLES, RawClient, connect, join_raw_clients, write_key
 from wire_helpers import Exploit, frame, receive
 
-from fedchain.federation.server import RESUME_GRACE_S
+from fedchain.federation.server import RESUME_GRACE_S, STATUS_EVERY_S
 from fedchain.ledger.store import block_from_json
 from fedchain.trust.keys import public_hex
 from fedchain.wire.frames import HEADER, MAGIC, VERSION
@@ -387,23 +388,37 @@ def test_connections_reset_before_and_during_the_run_harm_nobody(programs, tmp_p
     assert "Traceback" not in server.output
 
 
-@pytest.mark.parametrize("min_clients", ["1", "2"])
-def test_a_client_that_leaves_right_after_its_update_is_not_counted(programs, tmp_path,
-                                                                    min_clients):  # fmt: skip
-    server, port = start_server(programs, tmp_path, "--rounds", "1",
-                                "--min-clients", min_clients)  # fmt: skip
+def leave_right_after_the_update(port: int) -> dict:
+    """cli1 and cli2 join and send their updates, cli2 hanging up at once after its own;
+    return the first message cli1 then hears that is not a status ("waiting")."""
     honest, leaver = join_raw_clients(port, "cli1", "cli2")
     with honest:
         with leaver:
             leaver.send(leaver.update())  # and its close follows in the same breath
         honest.send(honest.update())
-        if min_clients == "2":
-            assert server.finish() == 1, server.output
-            assert "round 1 cannot go on with 1 of the 2 clients" in server.output
-            assert "Traceback" not in server.output
-            return
-        block = honest.hear_block()
-        assert block.cli == ("cli1",) and block.missing == {"cli2": "disconnected (round 1)"}
+        message = receive(honest.sock)
+        while message["type"] == "waiting":
+            message = receive(honest.sock)
+        return message
+
+
+def test_a_client_that_leaves_right_after_its_update_is_not_counted(programs, tmp_path):
+    _, port = start_server(programs, tmp_path, "--rounds", "1", "--min-clients", "1")
+    message = leave_right_after_the_update(port)
+    assert message["type"] == "block", message
+    block = block_from_json(message["block"])
+    assert block.cli == ("cli1",) and block.missing == {"cli2": "disconnected (round 1)"}
+
+
+def test_a_round_that_needs_a_client_that_left_right_after_its_update_stops(programs, tmp_path):
+    # The update it left behind does not make up the quorum of two.
+    server, port = start_server(programs, tmp_path, "--rounds", "1", "--min-clients", "2")
+    message = leave_right_after_the_update(port)
+    assert message["type"] == "refused", message
+    assert message["reason"].startswith("run stopped: round 1 cannot go on with 1 of the 2 clients")
+    assert server.finish() == 1, server.output
+    assert "round 1 cannot go on with 1 of the 2 clients" in server.output
+    assert "Traceback" not in server.output
 
 
 def test_a_client_that_leaves_after_its_closing_attestation_does_not_stop_the_run(
@@ -524,10 +539,16 @@ def test_a_resumed_run_goes_on_once_its_quorum_is_back_even_if_one_left_meanwhil
     with RawClient(port, "cli2") as fickle:
         fickle.register()
         resumed.wait_for(r"^cli2 is back")
+        back_at = len(resumed.lines)
     resumed.wait_for(r"^cli2 is left out of the run: disconnected again")
     # Past the grace period the quorum had started: one client is not a quorum to go on with.
-    time.sleep(RESUME_GRACE_S + 1)
-    assert "round 2" not in resumed.output
+    # The server says what it waits for at least STATUS_EVERY_S apart: the third time since cli2
+    # came back is after the grace period, and it still waits.
+    said = sum(line.startswith("waiting: ") for line in resumed.lines[back_at:])
+    while said < 1 + math.ceil(RESUME_GRACE_S / STATUS_EVERY_S):
+        line = resumed.wait_for(r"^waiting: |^round 2").string
+        assert line.startswith("waiting: 1 of 3 clients are back"), resumed.output
+        said += 1
     second = RawClient(port, "cli2")
     second.register()
     # Two of three back: after the grace period the round goes on with both, not waiting for

@@ -6,8 +6,8 @@ import stat
 import numpy as np
 import pandas as pd
 import pytest
+from fake_server import FEATURES, FakeServer, Session, start_client
 from processes import ROOT, run_blockchain_cli, start_server
-from test_client_against_bad_server import FEATURES, FakeServer, Session, start_client
 
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.linear_model import LinearModel

@@ -3,6 +3,8 @@ whose columns come in another order than the run's, and peers that break the pro
 the protocol in other ways."""
 
 import itertools
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ from fedchain.learning.dataset import Dataset, save_dataset
 from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.correction import global_gradient, probe_point
-from fedchain.ledger.store import SLOW_WRITE_ENV, load_chain, updates_from_json
+from fedchain.ledger.store import load_chain, updates_from_json
 from fedchain.wire.frames import encode_message
 
 
@@ -126,10 +128,9 @@ def replay(datasets, blocks, run_seed=7):
 def test_a_client_that_misses_a_round_comes_back_corrected_as_the_chain_says(programs, tmp_path):
     datasets = split_in_three(tmp_path)
     rounds = 6
-    # Each block takes half a second to write, so the run lasts until cli3 is back.
     server, port = start_server(programs, tmp_path, "--rounds", rounds, "--seed", "7",
                                 "--clients", "3", "--min-clients", "2", "--aggregation",
-                                "scaffold", env={SLOW_WRITE_ENV: "0.5"})  # fmt: skip
+                                "scaffold")  # fmt: skip
 
     def client(name):
         return split_client(programs, tmp_path, port, name)
@@ -138,7 +139,15 @@ def test_a_client_that_misses_a_round_comes_back_corrected_as_the_chain_says(pro
     clients["cli3"].wait_for(r"^block 1 verified")
     clients["cli3"].kill()
     server.wait_for(r"^round 2/")  # cli3 is out of round 2
-    clients["cli3"] = client("cli3")
+    # cli1 is stopped until cli3 is back, so the run cannot end without it: the round under
+    # way (2, or 3 if cli1 had sent its round 2 already) waits for cli1 (--round-timeout-s).
+    stopped = clients["cli1"].process.pid
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        clients["cli3"] = client("cli3")
+        server.wait_for(r"^cli3 is back from ")
+    finally:
+        os.kill(stopped, signal.SIGCONT)
     for program in [server, *clients.values()]:
         assert program.finish(timeout_s=120) == 0, program.output
     assert "Traceback" not in server.output

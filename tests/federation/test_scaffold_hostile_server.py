@@ -6,8 +6,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from chain_helpers import fixed_key, reseal
+from fake_server import FEATURES, FakeServer, Session, crash, start_client
 from processes import ROOT
-from test_client_against_bad_server import FEATURES, FakeServer, Session, crash, start_client
 from wire_helpers import receive
 
 from fedchain.learning.aggregation import PROXIMAL, SCAFFOLD

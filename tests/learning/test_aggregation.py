@@ -152,15 +152,32 @@ def test_all_clients_equal_gives_their_model(rule):
     assert aggregate(rule, {BYZANTINE: 1.0}, updates).model == model
 
 
+# Two models, a and b, each held by several clients: every coordinate ties between the clients
+# holding the same model, and Krum's scores tie between them too. Which tied client is dropped
+# or kept follows the clients' order: the expected choice for the order y, w (a) and x, z, v (b).
+LOW, KEPT, HIGH = (-1.0,) * 3, (0.0,) * 3, (1.0,) * 3
+TIED_CHOICES = {
+    # All four of the tied a and b values are dropped around x, the first b: a stable ranking.
+    MEDIAN: {"x": KEPT, "y": LOW, "z": HIGH, "w": LOW, "v": HIGH},
+    # One dropped each side: of the a values the first (y), of the b values the last (v).
+    TRIMMED_MEAN: {"x": KEPT, "y": LOW, "z": KEPT, "w": KEPT, "v": HIGH},
+    # The b models score 0 (two others at distance 0), the a models 3 (one at 0, one at 3):
+    # four are kept, the three b and the earlier a.
+    KRUM: {"x": (0.0, 1.0), "y": (3.0, 1.0), "z": (0.0, 1.0), "w": (3.0, 0.0), "v": (0.0, 1.0)},
+}
+
+
 @pytest.mark.parametrize("rule", [MEDIAN, TRIMMED_MEAN, KRUM])
 def test_ties_are_broken_by_client_order_so_every_verifier_agrees(rule):
     a, b = LinearModel([1.0, 1.0], 1.0), LinearModel([2.0, 2.0], 2.0)
-    updates = [("x", b, 5), ("y", a, 5), ("z", b, 5), ("w", a, 5), ("v", b, 5)]
-    first = aggregate(rule, {BYZANTINE: 1.0}, updates)
-    again = aggregate(rule, {BYZANTINE: 1.0}, list(updates))
-    assert first == again
-    if rule == TRIMMED_MEAN:  # of the tied low values, the first (y) is dropped
-        assert first.choice["y"] == (-1.0, -1.0, -1.0) and first.choice["w"] == (0.0, 0.0, 0.0)
+    held = {"x": b, "y": a, "z": b, "w": a, "v": b}
+    updates = [(name, model, 5) for name, model in held.items()]
+    assert aggregate(rule, {BYZANTINE: 1.0}, updates).choice == TIED_CHOICES[rule]
+    # In the reverse order, the tied clients swap roles: the choice follows the order, not
+    # the names.
+    swapped = {"x": "v", "v": "x", "y": "w", "w": "y", "z": "z"}
+    reverse = aggregate(rule, {BYZANTINE: 1.0}, updates[::-1]).choice
+    assert reverse == {swapped[name]: side for name, side in TIED_CHOICES[rule].items()}
 
 
 @pytest.mark.parametrize(
