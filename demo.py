@@ -24,7 +24,7 @@ import numpy as np
 
 from fedchain.cli.arguments import add_output_flags, integer_in
 from fedchain.cli.programs import start_client, start_server
-from fedchain.learning.aggregation import KNOWN_RULES
+from fedchain.learning.aggregation import KNOWN_RULES, KRUM
 from fedchain.learning.dataset import load_dataset, save_dataset
 from fedchain.learning.linear_model import fit_lstsq, mse
 from fedchain.learning.partition import pool, split_rows, split_sorted
@@ -85,7 +85,7 @@ def show_attack(chain_path: Path, attackers: Sequence[str]) -> None:
             show(f"block {block.index}: attacker {name} sent bias={sent.bias:.4g} "
                  f"{first}={sent.weights[0]:.4g}; the global model has "
                  f"bias={made.bias:.4g} {first}={made.weights[0]:.4g}")  # fmt: skip
-            if block.aggregation == "krum":
+            if block.aggregation == KRUM:
                 kept = block.choice[name][1] == 1.0
                 show(f"  krum {'KEPT' if kept else 'left out'} {name} "
                      f"(score {block.choice[name][0]:.3g})")  # fmt: skip

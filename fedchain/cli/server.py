@@ -35,8 +35,7 @@ from fedchain.learning.aggregation import (
     KNOWN_RULES,
     PROXIMAL,
     ROBUST_RULES,
-    SCAFFOLD,
-    clients_needed,
+    RULES,
 )
 from fedchain.learning.dataset import DataError, Dataset, load_dataset
 from fedchain.learning.scaffold import DEFAULT_PROXIMAL
@@ -136,16 +135,16 @@ def load_run_schema(args: argparse.Namespace, test_data: Dataset | None) -> Sche
 
 def aggregation_parameters(args: argparse.Namespace) -> dict[str, float] | str:
     """The rule's parameters from the flags, or what is wrong with them."""
-    if args.byzantine is not None and args.aggregation not in ROBUST_RULES:
-        return "--byzantine is for a robust --aggregation (median, trimmed-mean, krum)"
-    if args.proximal is not None and args.aggregation != SCAFFOLD:
-        return "--proximal is for --aggregation scaffold"
-    if args.aggregation == FEDAVG:
-        return {}
-    if args.aggregation == SCAFFOLD:
-        return {PROXIMAL: float(DEFAULT_PROXIMAL if args.proximal is None else args.proximal)}
-    parameters = {BYZANTINE: float(1 if args.byzantine is None else args.byzantine)}
-    needed = clients_needed(args.aggregation, parameters)
+    rule = RULES[args.aggregation]
+    if args.byzantine is not None and not rule.robust:
+        return f"--byzantine is for a robust --aggregation ({', '.join(ROBUST_RULES)})"
+    if args.proximal is not None and PROXIMAL not in rule.parameters:
+        takers = " or ".join(name for name, r in RULES.items() if PROXIMAL in r.parameters)
+        return f"--proximal is for --aggregation {takers}"
+    flags = {BYZANTINE: 1 if args.byzantine is None else args.byzantine,
+             PROXIMAL: DEFAULT_PROXIMAL if args.proximal is None else args.proximal}  # fmt: skip
+    parameters = {name: float(flags[name]) for name in rule.parameters}
+    needed = rule.clients_needed(parameters)
     quorum = args.min_clients or args.clients
     if quorum < needed:
         # Refused now, not in a round that falls short: every round must be aggregable.

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain import settings
 from fedchain.checks import printable
-from fedchain.learning.aggregation import KRUM, PROXIMAL, SCAFFOLD
+from fedchain.learning.aggregation import PROXIMAL, RULES
 from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
 from fedchain.learning.dataset import DataError, Dataset
 from fedchain.learning.linear_model import LinearModel
@@ -309,7 +309,7 @@ class FederatedClient:
             raise ClientFailed(f"the server's genesis block is invalid: {error}") from None
         if not genesis.signed:
             raise ClientFailed("the server's genesis block is unsigned (format 1)")
-        if genesis.aggregation == KRUM and genesis.version == FORMAT_RULES:
+        if RULES[genesis.aggregation].scaled and genesis.version == FORMAT_RULES:
             # It still verifies, as old chains must, but a run started in it lets a client steer
             # the average by the row count it claims.
             raise ClientFailed(
@@ -438,8 +438,8 @@ class FederatedClient:
         )  # fmt: skip
         notice.daemon = True
         notice.start()
-        scaffold = self.chain.genesis.aggregation == SCAFFOLD
-        correction = global_gradient(self.chain.last) if scaffold else None
+        probes = RULES[self.chain.genesis.aggregation].probes
+        correction = global_gradient(self.chain.last) if probes else None
         try:
             if correction is None:
                 result = train_and_score(
@@ -460,7 +460,7 @@ class FederatedClient:
                     generations=self.generations,
                     population=self.population,
                 )
-            start_gradient = gradient(self.problem, received) if scaffold else None
+            start_gradient = gradient(self.problem, received) if probes else None
         except ValueError as error:
             raise ClientFailed(f"cannot train round {index}'s global model: {error}") from None
         finally:
@@ -516,7 +516,7 @@ class FederatedClient:
         tells the server our curvature along one more direction, so a round gets at most two,
         and only at the FedAvg of updates its clients signed."""
         index = message["round"]
-        if index != self.chain.last.index + 1 or self.chain.genesis.aggregation != SCAFFOLD:
+        if index != self.chain.last.index + 1 or not RULES[self.chain.genesis.aggregation].probes:
             raise ClientFailed(f"the server sent a probe for round {index} out of turn")
         if self.probes_after != self.chain.last.hash:  # a new round (a new connection is not)
             self.probes, self.probes_after = [], self.chain.last.hash

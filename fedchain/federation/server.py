@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedchain import settings
 from fedchain.checks import printable
 from fedchain.federation.metrics import MetricsFile
-from fedchain.learning.aggregation import FEDAVG, KRUM, SCAFFOLD, feature_scale
+from fedchain.learning.aggregation import FEDAVG, RULES, Rule, feature_scale
 from fedchain.learning.dataset import Dataset, column_difference
 from fedchain.learning.linear_model import LinearModel, mse, r2
 from fedchain.learning.schema import Schema, parse_schema
@@ -223,6 +223,11 @@ class FederationServer:
         self.say(f"genesis block mined (hash {genesis.hash[:16]}…); {self.rounds} rounds to go")
         return self.chain
 
+    @property
+    def rule(self) -> Rule:
+        """The run's aggregation rule."""
+        return RULES[self.aggregation]
+
     def _privacy_terms(self) -> PrivacyTerms | None:
         """What the genesis of a run with a schema records: the bounds, the limit, and each
         private client's statement."""
@@ -235,7 +240,7 @@ class FederationServer:
         """For Krum, each feature's root mean square on the held-out rows, which the genesis
         records and Krum multiplies each weight by before it measures a distance (so a
         distance is a change of prediction); None, raw weight units, without held-out rows."""
-        if self.aggregation != KRUM:
+        if not self.rule.scaled:
             return None
         if self.test_data is None:
             self.say("krum measures distances in raw weight units: there are no held-out rows "
@@ -695,7 +700,7 @@ class FederationServer:
                 # models make; one that leaves meanwhile changes it, and the round goes on
                 # with the others (or waits for its quorum) and asks again.
                 if len(received) >= self.min_clients and (
-                    self.aggregation != SCAFFOLD or self._probe(index, chain, received)
+                    not self.rule.probes or self._probe(index, chain, received)
                 ):
                     break
             if rejoin_deadline == math.inf:
@@ -944,7 +949,7 @@ class FederationServer:
                 f"sent {message['weights'].size} weights for {len(self.run_features)} features"
             )
         start_gradient = ()
-        if self.aggregation == SCAFFOLD:
+        if self.rule.probes:
             start_gradient = self._gradient_of(message, "update")
         elif "gradient" in message:
             raise _Refusal(f"sent a gradient, which a {self.aggregation} run does not take")

@@ -2,11 +2,12 @@
 
 FedAvg, and rules robust to a few poisoned updates: the coordinate-wise median and trimmed mean,
 and multi-Krum. Each is a pure function of the updates in a fixed order, with a fixed order of
-float additions, so the server and every verifier get the same bits.
+float additions, so the server and every verifier get the same bits. RULES holds every rule, with
+what it takes, needs and records, and the rest of the program asks it what a rule needs.
 """
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +48,6 @@ def fedavg(updates: Sequence[tuple[LinearModel, int]]) -> LinearModel:
 
 FEDAVG, MEDIAN, TRIMMED_MEAN, KRUM = "fedavg", "median", "trimmed-mean", "krum"
 SCAFFOLD = "scaffold"  # drift-corrected: see learning/scaffold.py, which aggregates it
-ROBUST_RULES = (MEDIAN, TRIMMED_MEAN, KRUM)
-KNOWN_RULES = (FEDAVG, *ROBUST_RULES, SCAFFOLD)
 BYZANTINE = "byzantine"  # the parameter that says how many attackers a robust rule assumes
 MAX_BYZANTINE = 1000
 PROXIMAL = "proximal"  # scaffold's parameter: the clients' proximal weight, standardised units
@@ -86,40 +85,146 @@ class Aggregate:
     choice: dict[str, tuple[float, ...]]
 
 
+def check_byzantine(f: object) -> None:
+    """Raise ValueError unless F, the attackers a robust rule assumes, is a whole number in
+    range."""
+    if not (isinstance(f, float) and f.is_integer() and 0 <= f <= MAX_BYZANTINE):
+        raise ValueError(f"byzantine must be a whole number 0..{MAX_BYZANTINE}, not {f!r}")
+
+
+def check_proximal(mu: object) -> None:
+    """Raise ValueError unless MU, scaffold's proximal weight, is a number in range."""
+    if not (isinstance(mu, float) and MIN_PROXIMAL <= mu <= MAX_PROXIMAL):
+        raise ValueError(f"proximal must be a number in [{MIN_PROXIMAL:g}, {MAX_PROXIMAL:g}], "
+                         f"not {mu!r}")  # fmt: skip
+
+
+PARAMETER_CHECKS = {BYZANTINE: check_byzantine, PROXIMAL: check_proximal}
+
+Updates = Sequence[tuple[str, LinearModel, int]]
+# A rule's pure aggregate: the named, counted updates, the attackers f it assumes, each feature's
+# scale (None: raw units) and whether Krum averages by row counts (format-3 chains did).
+Combine = Callable[[Updates, int, Sequence[float] | None, bool], Aggregate]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An aggregation rule: the parameters it takes, the clients it needs, what a run of it
+    asks of the clients and records on the chain, and how it aggregates."""
+
+    name: str
+    parameters: tuple[str, ...]  # exactly these, each checked by PARAMETER_CHECKS
+    format: int  # the public chain format a run is written in (ledger/block.py has the twins)
+    combine: Combine | None  # None: the server's step settles it (learning/scaffold.py)
+    needed: Callable[[int], int] = lambda f: 1  # the fewest clients, given f attackers
+    probes: bool = False  # asks the clients for their gradients at candidate models
+    scaled: bool = False  # measures in each feature's scale, which the genesis records
+
+    @property
+    def robust(self) -> bool:
+        """Whether it assumes some attackers (--byzantine)."""
+        return BYZANTINE in self.parameters
+
+    def check_parameters(self, parameters: Mapping[str, float]) -> None:
+        """Raise ValueError unless PARAMETERS are exactly what the rule takes, in range."""
+        if set(parameters) != set(self.parameters):
+            wanted = ", ".join(sorted(self.parameters)) or "none"
+            raise ValueError(f"{self.name} takes the parameters {wanted}, not "
+                             f"{', '.join(parameters)}")  # fmt: skip
+        for name, value in parameters.items():
+            PARAMETER_CHECKS[name](value)
+
+    def clients_needed(self, parameters: Mapping[str, float]) -> int:
+        """The fewest clients a round with PARAMETERS can be aggregated from."""
+        self.check_parameters(parameters)
+        return self.needed(int(parameters.get(BYZANTINE, 0)))
+
+    def aggregate(
+        self,
+        parameters: Mapping[str, float],
+        updates: Updates,
+        *,
+        scale: Sequence[float] | None = None,
+        kept_by_rows: bool = False,
+    ) -> Aggregate:
+        """Apply the rule to the named, counted client models UPDATES, in the order given."""
+        needed = self.clients_needed(parameters)
+        if len(updates) < needed:
+            raise ValueError(f"{self.name} with {parameters} needs at least {needed} clients, "
+                             f"not {len(updates)}")  # fmt: skip
+        if self.combine is None:
+            raise ValueError(f"{self.name} needs the clients' gradients: learning/scaffold.py "
+                             "settles it")  # fmt: skip
+        return self.combine(updates, int(parameters.get(BYZANTINE, 0)), scale, kept_by_rows)
+
+
+def _fedavg(updates: Updates, f: int, scale: object, kept_by_rows: bool) -> Aggregate:
+    return Aggregate(fedavg([(model, n) for _, model, n in updates]), {})
+
+
+def _median(updates: Updates, f: int, scale: object, kept_by_rows: bool) -> Aggregate:
+    return _trimmed(updates, (len(updates) - 1) // 2)
+
+
+def _trimmed_mean(updates: Updates, f: int, scale: object, kept_by_rows: bool) -> Aggregate:
+    return _trimmed(updates, f)
+
+
+def _krum(updates: Updates, f: int, scale: Sequence[float] | None, kept_by_rows: bool) -> Aggregate:
+    return multi_krum(updates, f, scale=scale, kept_by_rows=kept_by_rows)
+
+
+def _trimmed(updates: Updates, trim: int) -> Aggregate:
+    """The trimmed mean's Aggregate: the choice is each client's side per coordinate."""
+    model, sides = trimmed_mean([model for _, model, _ in updates], trim)
+    return Aggregate(
+        model,
+        {name: tuple(map(float, side)) for (name, _, _), side in zip(updates, sides, strict=True)},
+    )
+
+
+# Krum scores a client by its n - f - 2 nearest others, and Blanchard et al. need n > 2f + 2 for
+# that score to outvote f attackers; a trimmed mean or a median needs a majority of honest
+# values in every coordinate. The formats are ledger/block.py's: FedAvg keeps format 2, the
+# other rules record their parameters and choices (3), scaffold its gradients and step (4),
+# Krum its feature scale (5).
+RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule(FEDAVG, (), format=2, combine=_fedavg),
+        Rule(MEDIAN, (BYZANTINE,), format=3, combine=_median, needed=lambda f: 2 * f + 1),
+        Rule(
+            TRIMMED_MEAN, (BYZANTINE,), format=3, combine=_trimmed_mean, needed=lambda f: 2 * f + 1
+        ),
+        Rule(KRUM, (BYZANTINE,), format=5, combine=_krum, needed=lambda f: 2 * f + 3, scaled=True),
+        Rule(SCAFFOLD, (PROXIMAL,), format=4, combine=None, probes=True),
+    )
+}
+KNOWN_RULES = tuple(RULES)
+ROBUST_RULES = tuple(name for name, rule in RULES.items() if rule.robust)
+
+
+def rule_named(name: str) -> Rule:
+    """The rule called NAME; ValueError if there is none."""
+    if name not in RULES:
+        raise ValueError(f"unknown aggregation rule {name!r}")
+    return RULES[name]
+
+
 def clients_needed(rule: str, parameters: Mapping[str, float]) -> int:
     """The fewest clients a round of RULE with PARAMETERS can be aggregated from."""
-    check_parameters(rule, parameters)
-    f = int(parameters.get(BYZANTINE, 0))
-    # Krum scores a client by its n - f - 2 nearest others, and Blanchard et al. need
-    # n > 2f + 2 for that score to outvote f attackers; a trimmed mean or a median needs a
-    # majority of honest values in every coordinate.
-    return {KRUM: 2 * f + 3, TRIMMED_MEAN: 2 * f + 1, MEDIAN: 2 * f + 1}.get(rule, 1)
+    return rule_named(rule).clients_needed(parameters)
 
 
 def check_parameters(rule: str, parameters: Mapping[str, float]) -> None:
     """Raise ValueError unless PARAMETERS are exactly what RULE takes, in range."""
-    expected = {FEDAVG: set(), MEDIAN: {BYZANTINE}, TRIMMED_MEAN: {BYZANTINE}, KRUM: {BYZANTINE},
-                SCAFFOLD: {PROXIMAL}}  # fmt: skip
-    if rule not in expected:
-        raise ValueError(f"unknown aggregation rule {rule!r}")
-    if set(parameters) != expected[rule]:
-        wanted = ", ".join(sorted(expected[rule])) or "none"
-        raise ValueError(f"{rule} takes the parameters {wanted}, not {', '.join(parameters)}")
-    if BYZANTINE in parameters:
-        f = parameters[BYZANTINE]
-        if not (isinstance(f, float) and f.is_integer() and 0 <= f <= MAX_BYZANTINE):
-            raise ValueError(f"byzantine must be a whole number 0..{MAX_BYZANTINE}, not {f!r}")
-    if PROXIMAL in parameters:
-        mu = parameters[PROXIMAL]
-        if not (isinstance(mu, float) and MIN_PROXIMAL <= mu <= MAX_PROXIMAL):
-            raise ValueError(f"proximal must be a number in [{MIN_PROXIMAL:g}, {MAX_PROXIMAL:g}], "
-                             f"not {mu!r}")  # fmt: skip
+    rule_named(rule).check_parameters(parameters)
 
 
 def aggregate(
     rule: str,
     parameters: Mapping[str, float],
-    updates: Sequence[tuple[str, LinearModel, int]],
+    updates: Updates,
     *,
     scale: Sequence[float] | None = None,
     kept_by_rows: bool = False,
@@ -127,22 +232,7 @@ def aggregate(
     """Apply RULE to the named, counted client models UPDATES, in the order given; Krum
     measures distance with each weight times its feature's SCALE (None: raw units), and
     averages what it keeps by row counts only if KEPT_BY_ROWS (as format-3 chains did)."""
-    needed = clients_needed(rule, parameters)
-    if len(updates) < needed:
-        raise ValueError(f"{rule} with {parameters} needs at least {needed} clients, "
-                         f"not {len(updates)}")  # fmt: skip
-    if rule == SCAFFOLD:
-        raise ValueError("scaffold needs the clients' gradients: learning/scaffold.py settles it")
-    names = [name for name, _, _ in updates]
-    f = int(parameters.get(BYZANTINE, 0))
-    if rule == FEDAVG:
-        return Aggregate(fedavg([(model, n) for _, model, n in updates]), {})
-    if rule == KRUM:
-        return multi_krum(updates, f, scale=scale, kept_by_rows=kept_by_rows)
-    models = [model for _, model, _ in updates]
-    trim = (len(models) - 1) // 2 if rule == MEDIAN else f
-    model, sides = trimmed_mean(models, trim)
-    return Aggregate(model, {name: tuple(map(float, sides[i])) for i, name in enumerate(names)})
+    return rule_named(rule).aggregate(parameters, updates, scale=scale, kept_by_rows=kept_by_rows)
 
 
 def trimmed_mean(models: Sequence[LinearModel], trim: int) -> tuple[LinearModel, np.ndarray]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedchain import settings
-from fedchain.learning.aggregation import FEDAVG, PROXIMAL, SCAFFOLD, aggregate
+from fedchain.learning.aggregation import FEDAVG, PROXIMAL, rule_named
 from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
 from fedchain.learning.dataset import Dataset
 from fedchain.learning.linear_model import LinearModel
@@ -65,7 +65,8 @@ def simulate(
     poison = poison or {}
     problems, rows = _problems(datasets, private or {})
     rows |= dict(declared_rows or {})
-    if aggregation == SCAFFOLD:
+    rule = rule_named(aggregation)
+    if rule.probes:
         return _simulate_scaffold(
             problems,
             rows,
@@ -97,7 +98,7 @@ def simulate(
                 sent = poison[name].apply(global_model, client_models[name], seed=seed)
                 client_models[name] = sent
         updates = [(n, client_models[n], rows[n]) for n in names]
-        result = aggregate(aggregation, parameters or {}, updates, scale=scale)
+        result = rule.aggregate(parameters or {}, updates, scale=scale)
         global_model = result.model
         history.append(SimulatedRound(index, client_models, global_model, train_s, result.choice))
     return history

@@ -14,13 +14,10 @@ from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedchain.learning.aggregation import FEDAVG, KRUM, SCAFFOLD, aggregate
+from fedchain.learning.aggregation import FEDAVG, RULES, aggregate, rule_named
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
-    FORMAT_CORRECTED,
     FORMAT_RULES,
-    FORMAT_SCALED,
-    FORMAT_SIGNED,
     PRIVATE_TWIN,
     ZERO_HASH,
     Block,
@@ -245,11 +242,12 @@ def make_genesis(
     aggregation rule (a FedAvg run in format 2, as before; scaffold in format 4; Krum in format
     5, with each feature's SCALE, None for raw units; any other rule in format 3; each in its
     private twin, 6 to 9, when RUN records privacy terms)."""
-    versions = {FEDAVG: FORMAT_SIGNED, SCAFFOLD: FORMAT_CORRECTED, KRUM: FORMAT_SCALED}
-    version = versions.get(aggregation, FORMAT_RULES)
+    rule = RULES.get(aggregation)  # an unknown one is refused below, by verify_genesis_fields
+    version = FORMAT_RULES if rule is None else rule.format
     if run.privacy is not None:
         version = PRIVATE_TWIN[version]
-    if aggregation == KRUM and scale is None:
+    scaled = rule is not None and rule.scaled
+    if scaled and scale is None:
         scale = (1.0,) * len(feature_names)
     genesis = Block(
         index=0,
@@ -264,7 +262,7 @@ def make_genesis(
         run=run,
         version=version,
         parameters=dict(sorted((parameters or {}).items())),
-        scale=tuple(map(float, scale)) if aggregation == KRUM else (),
+        scale=tuple(map(float, scale)) if scaled else (),
     )
     verify_genesis_fields(genesis)
     return _seal_and_sign(genesis, server_key)
@@ -283,7 +281,7 @@ def make_round_block(
     PREVIOUS, and who is MISSING and why. ValueError if the rule cannot aggregate them."""
     cli = tuple(updates)
     search = {}
-    if previous.aggregation == SCAFFOLD:
+    if rule_named(previous.aggregation).probes:
         model, search = corrected_step(previous, cli, updates)
         choice = {}
     else:

@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedchain.learning.aggregation import KRUM, MEDIAN
+from fedchain.learning.aggregation import KRUM, MEDIAN, RULES
 from fedchain.ledger.block import FORMAT_RULES, Block
 from fedchain.ledger.chain import Chain, UntrustedChain, check_server_key, verify_chain
 from fedchain.ledger.verification import ChainError
@@ -78,7 +78,7 @@ def report_chain(
         return Verdict.REFUSED
     if caveat is not None:
         (note or say)(f"note: {caveat}")
-    if chain.genesis.aggregation == KRUM and chain.genesis.version == FORMAT_RULES:
+    if RULES[chain.genesis.aggregation].scaled and chain.genesis.version == FORMAT_RULES:
         # Still valid (it verifies as written), but no server writes it now: a run started in
         # it lets a client steer the average by the row count it claims.
         (note or say)(LEGACY_KRUM_NOTE)

@@ -9,9 +9,7 @@ from typing import NoReturn
 
 from fedchain.learning.aggregation import (
     FEDAVG,
-    KNOWN_RULES,
-    KRUM,
-    SCAFFOLD,
+    RULES,
     aggregate,
     check_parameters,
     check_scale,
@@ -23,6 +21,7 @@ from fedchain.ledger.block import (
     FORMAT_CORRECTED,
     FORMAT_RULES,
     FORMAT_SCALED,
+    FORMAT_SIGNED,
     KNOWN_FORMATS,
     PRIVATE_TWIN,
     ZERO_HASH,
@@ -80,18 +79,23 @@ def verify_genesis_fields(genesis: Block) -> None:
         fail("the genesis block must have an all-zero previous_hash")
     if genesis.cli or genesis.attestations or genesis.missing:
         fail("the genesis block must have no client models, attestations or missing clients")
-    if genesis.aggregation not in KNOWN_RULES:
+    if genesis.aggregation not in RULES:
         fail(f"unknown aggregation rule {genesis.aggregation!r}")
+    rule = RULES[genesis.aggregation]
+    written_in = {r.format: r.name for r in RULES.values()}  # whose runs each format is for
     layout = genesis.layout  # a private format is checked as its public twin, and then some
-    if layout < FORMAT_RULES and genesis.aggregation != FEDAVG:
-        fail(f"a format-{genesis.version} chain can only record fedavg, not "
+    # Formats 1 and 2 hold no parameters or choices; format 3 holds any rule's (Krum wrote it
+    # before format 5) but no gradients; a later format is written for one rule alone.
+    if layout < FORMAT_RULES and rule.format != FORMAT_SIGNED:
+        fail(f"a format-{genesis.version} chain can only record {written_in[FORMAT_SIGNED]}, "
+             f"not {genesis.aggregation!r}")  # fmt: skip
+    if (layout == FORMAT_CORRECTED) != rule.probes:
+        fail(f"{written_in[FORMAT_CORRECTED]} runs, and only they, are written in format "
+             f"{FORMAT_CORRECTED} (or {PRIVATE_TWIN[FORMAT_CORRECTED]}), not "
+             f"{genesis.aggregation!r} in format {genesis.version}")  # fmt: skip
+    if layout > FORMAT_RULES and layout != rule.format:
+        fail(f"format {genesis.version} records {written_in[layout]} runs only, not "
              f"{genesis.aggregation!r}")  # fmt: skip
-    if (layout == FORMAT_CORRECTED) != (genesis.aggregation == SCAFFOLD):
-        fail(f"scaffold runs, and only they, are written in format {FORMAT_CORRECTED} (or "
-             f"{PRIVATE_TWIN[FORMAT_CORRECTED]}), not {genesis.aggregation!r} in format "
-             f"{genesis.version}")  # fmt: skip
-    if layout == FORMAT_SCALED and genesis.aggregation != KRUM:
-        fail(f"format {genesis.version} records krum runs only, not {genesis.aggregation!r}")
     try:
         check_parameters(genesis.aggregation, genesis.parameters)
         if layout == FORMAT_SCALED:
@@ -241,7 +245,7 @@ def verify_next(
             fail(f"{name}'s n_samples changed from {sample_counts[name]} earlier in the chain")
     _verify_model_sizes(position, block)
     rule = block.aggregation
-    if rule == SCAFFOLD:
+    if RULES[rule].probes:
         _verify_corrected(position, previous, block, genesis)
         return
     try:
