@@ -88,8 +88,9 @@ def test_model_py_shows_the_last_rounds_model_not_the_closing_block(tmp_path):
 
 
 def test_the_chain_tool_stops_quietly_when_its_reader_goes_away(tmp_path):
-    # 200 rounds print far more than a pipe holds, so the writer meets the closed end.
-    write_chain(tmp_path / "chain.jsonl", build_chain(rounds=200, closed=True))
+    # 500 rounds print far more than a pipe holds (about 130 KB against 64 KB), so the writer
+    # meets the closed end; were it all to fit, the run would end with a note on stderr.
+    write_chain(tmp_path / "chain.jsonl", build_chain(rounds=500, closed=True))
     process = subprocess.Popen(
         [sys.executable, ROOT / "blockchain.py", "show", tmp_path / "chain.jsonl"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
