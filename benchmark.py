@@ -76,13 +76,25 @@ def pooled(datasets: dict[str, Dataset]) -> Dataset:
 
 CASES = {
     "bundled": Case("2 clients, the bundled rows", 5, 1.000093, bundled),
-    "shards": Case("32 clients, the bundled rows in file order", 5, 1.01,
-                   lambda: split_rows(pooled(bundled()), 32)),
-    "wide": Case("2 clients, 20,000 synthetic rows, 200 features", 5, 1.001,
-                 lambda: split_rows(synthetic_dataset(20_000, 200), 2)),
-    "wider": Case("2 clients, 20,000 synthetic rows, 1,000 features", 10, 1.001,
-                  lambda: split_rows(synthetic_dataset(20_000, 1000), 2)),
-}  # fmt: skip
+    "shards": Case(
+        "32 clients, the bundled rows in file order",
+        5,
+        1.01,
+        lambda: split_rows(pooled(bundled()), 32),
+    ),
+    "wide": Case(
+        "2 clients, 20,000 synthetic rows, 200 features",
+        5,
+        1.001,
+        lambda: split_rows(synthetic_dataset(20_000, 200), 2),
+    ),
+    "wider": Case(
+        "2 clients, 20,000 synthetic rows, 1,000 features",
+        10,
+        1.001,
+        lambda: split_rows(synthetic_dataset(20_000, 1000), 2),
+    ),
+}
 
 
 @functools.cache
@@ -115,14 +127,18 @@ def quality() -> None:
         # The first round from which every later one meets the goal too.
         since = next((i + 1 for i in range(len(met)) if all(met[i:])), None)
         at_goal = f"from round {since}" if since else "NOT MET"
-        print(f"  {case.label:50}{case.rounds:>7}{ratios[-1]:>10.6f}{'<= ' + str(case.goal):>12}"
-              f"   {at_goal}")  # fmt: skip
+        print(
+            f"  {case.label:50}{case.rounds:>7}{ratios[-1]:>10.6f}{'<= ' + str(case.goal):>12}"
+            f"   {at_goal}"
+        )
     for name in ("bundled", "wider"):
         rounds = " ".join(f"{ratio:.6f}" for ratio in simulated(name)[2])
         print(f"  by round, {CASES[name].label}: {rounds}")
     same = networked_equals_simulated("shards")
-    print(f"  the 32-client run as 33 real processes gives the same global models, bit for bit: "
-          f"{'yes' if same else 'NO'}")  # fmt: skip
+    print(
+        f"  the 32-client run as 33 real processes gives the same global models, bit for bit: "
+        f"{'yes' if same else 'NO'}"
+    )
 
 
 def networked_equals_simulated(case_name: str) -> bool:
@@ -131,9 +147,18 @@ def networked_equals_simulated(case_name: str) -> bool:
     with tempfile.TemporaryDirectory() as scratch:
         chain = Path(scratch) / "chain.jsonl"
         server, port, first = start_server(
-            "--port", "0", "--clients", str(len(datasets)), "--rounds", str(len(history)),
-            "--difficulty", "8", "--chain", str(chain), cwd=Path(scratch),
-        )  # fmt: skip
+            "--port",
+            "0",
+            "--clients",
+            str(len(datasets)),
+            "--rounds",
+            str(len(history)),
+            "--difficulty",
+            "8",
+            "--chain",
+            str(chain),
+            cwd=Path(scratch),
+        )
         clients = []
         try:
             for name, data in datasets.items():
@@ -168,10 +193,12 @@ def speed() -> None:
         A = np.hstack([data.X - data.X.mean(axis=0), np.ones((data.n_samples, 1))])
         gram, moment = A.T @ A, A.T @ data.y
         solve_s = best_time(lambda g=gram, m=moment: np.linalg.solve(g, m), 5)
-        print(f"  {label:>5} features: median {median * 1000:7.1f} ms, slowest "
-              f"{slowest * 1000:7.1f} ms (round {slowest_round}), {len(times)} client-rounds; "
-              f"median / lstsq on the rows {median / lstsq_s:.2g}, "
-              f"/ a solve from the sums {median / solve_s:.3g}")  # fmt: skip
+        print(
+            f"  {label:>5} features: median {median * 1000:7.1f} ms, slowest "
+            f"{slowest * 1000:7.1f} ms (round {slowest_round}), {len(times)} client-rounds; "
+            f"median / lstsq on the rows {median / lstsq_s:.2g}, "
+            f"/ a solve from the sums {median / solve_s:.3g}"
+        )
     print("  goals: <= 40 ms at 12 features, <= 1 s at 1,000")
 
 
@@ -195,9 +222,11 @@ def csv_loading(n_rows: int = 10_000, n_columns: int = 1000) -> None:
             started = time.perf_counter()
             load_dataset(path, target=SYNTHETIC_TARGET)
             samples.append(time.perf_counter() - started)
-    print(f"loading {n_rows:,} x {n_columns:,} CSV cells ({size_mb:.0f} MB, 6 significant "
-          f"digits) with load_dataset: median {statistics.median(samples):.2f} s of 3 "
-          "(goal <= 1 s)")  # fmt: skip
+    print(
+        f"loading {n_rows:,} x {n_columns:,} CSV cells ({size_mb:.0f} MB, 6 significant "
+        f"digits) with load_dataset: median {statistics.median(samples):.2f} s of 3 "
+        "(goal <= 1 s)"
+    )
 
 
 def training_cost_by_rows() -> None:
@@ -238,8 +267,10 @@ def mining_rate(repeats: int = 9) -> None:
     print("mining rate against raw hashlib.sha256 of 64-byte messages, interleaved in one run")
     print(f"  miner: {statistics.median(miner_rates) / 1e6:.2f} M hashes/s (median of {repeats})")
     print(f"  raw sha256: {statistics.median(raw_rates) / 1e6:.2f} M hashes/s")
-    print(f"  ratio miner / raw: median {statistics.median(ratios):.2f}, "
-          f"range {min(ratios):.2f}..{max(ratios):.2f}")  # fmt: skip
+    print(
+        f"  ratio miner / raw: median {statistics.median(ratios):.2f}, "
+        f"range {min(ratios):.2f}..{max(ratios):.2f}"
+    )
 
 
 def network_overhead(rounds: int = 8) -> None:
@@ -279,8 +310,10 @@ def network_overhead(rounds: int = 8) -> None:
         return
     print("networked run, 2 clients: round wall time - slowest client's training - mining")
     print(f"  per round: {', '.join(f'{ms:.1f}' for ms in overheads)} ms")
-    print(f"  median overhead: {statistics.median(overheads):.1f} ms of a median round of "
-          f"{statistics.median(round_times):.1f} ms")  # fmt: skip
+    print(
+        f"  median overhead: {statistics.median(overheads):.1f} ms of a median round of "
+        f"{statistics.median(round_times):.1f} ms"
+    )
 
 
 def trust_cost(repeats: int = 2000, rounds: int = settings.ROUNDS) -> None:
@@ -310,8 +343,10 @@ def trust_cost(repeats: int = 2000, rounds: int = settings.ROUNDS) -> None:
     print(f"trust: signing and TLS per client per round ({n} clients, {rounds} rounds)")
     print(f"  one Ed25519 signature: {sign_s * 1e3:.3f} ms, one check: {check_s * 1e3:.3f} ms")
     print(f"  signatures: client {client_s * 1e3:.2f} ms + server {server_s / n * 1e3:.2f} ms")
-    print(f"  TLS 1.3 handshake, once a run: {handshake_s * 1e3:.2f} ms "
-          f"({handshake_s / rounds * 1e3:.2f} ms a round over {rounds} rounds)")  # fmt: skip
+    print(
+        f"  TLS 1.3 handshake, once a run: {handshake_s * 1e3:.2f} ms "
+        f"({handshake_s / rounds * 1e3:.2f} ms a round over {rounds} rounds)"
+    )
     print(f"  added per client per round: {per_client_round_s * 1e3:.2f} ms (goal: under 2 ms)")
 
 
@@ -330,8 +365,10 @@ def many_clients(sizes: Sequence[int] = MANY_CLIENTS, rounds: int = settings.ROU
     runs = {n: run_server_with_clients(split_rows(everything, n), rounds) for n in sizes}
     for n, run in runs.items():
         if run.exit_code != 0 or len(run.own_ms) != rounds:
-            print(f"many clients: the {n}-client run failed (exit {run.exit_code}); "
-                  f"the server said:\n{run.output}")  # fmt: skip
+            print(
+                f"many clients: the {n}-client run failed (exit {run.exit_code}); "
+                f"the server said:\n{run.output}"
+            )
             return
     print(
         f"many clients: the server in a {rounds}-round run of N client processes on the bundled "
@@ -339,12 +376,16 @@ def many_clients(sizes: Sequence[int] = MANY_CLIENTS, rounds: int = settings.ROU
     )
     print("  own: the server's CPU time in the round (checking, averaging, writing, sending),")
     print("  as its round line gives it: not waiting for peers or for a core, not mining")
-    print(f"  {'clients':>7}{'round ms':>10}{'own ms':>9}{'own/client':>12}{'peak memory':>14}"
-          "   (medians of the rounds)")  # fmt: skip
+    print(
+        f"  {'clients':>7}{'round ms':>10}{'own ms':>9}{'own/client':>12}{'peak memory':>14}"
+        "   (medians of the rounds)"
+    )
     for n, run in runs.items():
         own = statistics.median(run.own_ms)
-        print(f"  {n:>7}{statistics.median(run.round_ms):>10.1f}{own:>9.2f}{own / n:>12.3f}"
-              f"{run.peak_bytes / 2**20:>11.1f} MB")  # fmt: skip
+        print(
+            f"  {n:>7}{statistics.median(run.round_ms):>10.1f}{own:>9.2f}{own / n:>12.3f}"
+            f"{run.peak_bytes / 2**20:>11.1f} MB"
+        )
     for n, run in runs.items():
         by_round = ", ".join(
             f"{r:.0f}/{o:.1f}" for r, o in zip(run.round_ms, run.own_ms, strict=True)
@@ -354,8 +395,10 @@ def many_clients(sizes: Sequence[int] = MANY_CLIENTS, rounds: int = settings.ROU
     linear = most / fewest
     ratio = statistics.median(runs[most].own_ms) / statistics.median(runs[fewest].own_ms)
     verdict = "no faster than linearly" if ratio <= linear else "FASTER than linearly"
-    print(f"  own time, {most} clients / {fewest}: {ratio:.1f} (linear: {linear:g}): "
-          f"the server's own time grows {verdict} in the number of clients")  # fmt: skip
+    print(
+        f"  own time, {most} clients / {fewest}: {ratio:.1f} (linear: {linear:g}): "
+        f"the server's own time grows {verdict} in the number of clients"
+    )
 
 
 def run_server_with_clients(datasets: dict[str, Dataset], rounds: int) -> ServerRun:
@@ -364,10 +407,18 @@ def run_server_with_clients(datasets: dict[str, Dataset], rounds: int) -> Server
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         server, port, first = start_server(
-            "--port", "0", "--clients", str(len(datasets)), "--rounds", str(rounds),
-            "--difficulty", str(MANY_CLIENTS_DIFFICULTY), "--chain", str(folder / "chain.jsonl"),
+            "--port",
+            "0",
+            "--clients",
+            str(len(datasets)),
+            "--rounds",
+            str(rounds),
+            "--difficulty",
+            str(MANY_CLIENTS_DIFFICULTY),
+            "--chain",
+            str(folder / "chain.jsonl"),
             cwd=folder,
-        )  # fmt: skip
+        )
         clients = []
         watchdog = threading.Timer(RUN_WATCHDOG_S, server.kill)  # a hang ends the run, not us
         watchdog.start()
@@ -435,15 +486,19 @@ NON_IID = {
 
 
 def non_iid() -> None:
-    print("non-IID: pooled-rows MSE of the global model / lstsq's, by rule, after 5 / 10 / 20 "
-          "rounds (goal: by the round named); 'above': rounds of the 20 where scaffold is above "
-          "FedAvg")  # fmt: skip
+    print(
+        "non-IID: pooled-rows MSE of the global model / lstsq's, by rule, after 5 / 10 / 20 "
+        "rounds (goal: by the round named); 'above': rounds of the 20 where scaffold is above "
+        "FedAvg"
+    )
     warm_up()
     print(f"  {'split':36}{'rule':>8}{'5':>10}{'10':>10}{'20':>10}{'goal':>16}{'above':>7}")
     for label, (clients, goal, by_round) in NON_IID.items():
         datasets = clients()
-        by_rule = {rule: pooled_ratios(datasets, simulate(datasets, rounds=20, aggregation=rule))
-                   for rule in (FEDAVG, SCAFFOLD)}  # fmt: skip
+        by_rule = {
+            rule: pooled_ratios(datasets, simulate(datasets, rounds=20, aggregation=rule))
+            for rule in (FEDAVG, SCAFFOLD)
+        }
         above = sum(s > f for s, f in zip(by_rule[SCAFFOLD], by_rule[FEDAVG], strict=True))
         for rule, ratios in by_rule.items():
             figures = "".join(f"{ratios[r - 1]:>10.6f}" for r in (5, 10, 20))
@@ -460,10 +515,12 @@ ROBUST = [
 
 
 def poisoning() -> None:
-    print("poisoning: 5 clients (the bundled rows in 5 shards), 5 rounds; pooled-rows MSE / "
-          "lstsq's, without and with cli5 sending\n  scale=-10 (attacked), its honest model "
-          "plus noise=0.02 (close), and the same claiming 20x its rows;\n  Krum's scale from "
-          "the held-out test.csv, as the server takes it")  # fmt: skip
+    print(
+        "poisoning: 5 clients (the bundled rows in 5 shards), 5 rounds; pooled-rows MSE / "
+        "lstsq's, without and with cli5 sending\n  scale=-10 (attacked), its honest model "
+        "plus noise=0.02 (close), and the same claiming 20x its rows;\n  Krum's scale from "
+        "the held-out test.csv, as the server takes it"
+    )
     warm_up()
     datasets = split_rows(pooled(bundled()), 5)
     test = load_dataset(settings.bundled_data("test.csv")).in_order(datasets["cli1"].feature_names)
@@ -474,22 +531,34 @@ def poisoning() -> None:
         "close": (close, None),
         "close, 20x rows": (close, {"cli5": 20 * datasets["cli5"].n_samples}),
     }
-    print(f"  {'rule (byzantine 1)':20}{'honest':>12}{'attacked':>14}{'goal (attacked)':>18}"
-          f"{'close':>12}{'close, 20x rows':>17}")  # fmt: skip
+    print(
+        f"  {'rule (byzantine 1)':20}{'honest':>12}{'attacked':>14}{'goal (attacked)':>18}"
+        f"{'close':>12}{'close, 20x rows':>17}"
+    )
     by_round = {}
     for rule, parameters, goal in ROBUST:
         ratios = {
-            label: pooled_ratios(datasets, simulate(
-                datasets, rounds=5, aggregation=rule, parameters=parameters, poison=poison,
-                declared_rows=claimed, scale=feature_scale(test.X),
-            ))
+            label: pooled_ratios(
+                datasets,
+                simulate(
+                    datasets,
+                    rounds=5,
+                    aggregation=rule,
+                    parameters=parameters,
+                    poison=poison,
+                    declared_rows=claimed,
+                    scale=feature_scale(test.X),
+                ),
+            )
             for label, (poison, claimed) in attacks.items()
-        }  # fmt: skip
+        }
         by_round[rule] = ratios
         wanted = "shows the harm" if goal is None else f"<= {goal}"
         final = {label: values[-1] for label, values in ratios.items()}
-        print(f"  {rule:20}{final['honest']:>12.6f}{final['attacked']:>14.6g}{wanted:>18}"
-              f"{final['close']:>12.6g}{final['close, 20x rows']:>17.6g}")  # fmt: skip
+        print(
+            f"  {rule:20}{final['honest']:>12.6f}{final['attacked']:>14.6g}{wanted:>18}"
+            f"{final['close']:>12.6g}{final['close, 20x rows']:>17.6g}"
+        )
     for label in ("close", "close, 20x rows"):
         figures = " ".join(f"{ratio:.6f}" for ratio in by_round[KRUM][label])
         print(f"  by round, krum, {label}: {figures}")
@@ -502,16 +571,24 @@ PRIVACY_EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, None)  # None: no privacy
 
 
 def private_releases(
-    datasets: dict[str, Dataset], schema: Schema, target: str, epsilon: float, seed: int,
-    *, adaptive_ridge: bool = True,
-) -> dict[str, PrivateRelease]:  # fmt: skip
+    datasets: dict[str, Dataset],
+    schema: Schema,
+    target: str,
+    epsilon: float,
+    seed: int,
+    *,
+    adaptive_ridge: bool = True,
+) -> dict[str, PrivateRelease]:
     """Each client's release at EPSILON (δ 1e-5), its noise drawn from SEED: a benchmark's
     seed; a real client's noise comes from a secret one."""
     rng = np.random.default_rng([seed, 1])
     low, high = schema.ranges(next(iter(datasets.values())).feature_names, target)
-    return {name: release(data.X, data.y, low, high, epsilon=epsilon, rng=rng,
-                          adaptive_ridge=adaptive_ridge)
-            for name, data in sorted(datasets.items())}  # fmt: skip
+    return {
+        name: release(
+            data.X, data.y, low, high, epsilon=epsilon, rng=rng, adaptive_ridge=adaptive_ridge
+        )
+        for name, data in sorted(datasets.items())
+    }
 
 
 def private_ratio(datasets: dict[str, Dataset], private, aggregation: str = FEDAVG) -> float:
@@ -530,17 +607,25 @@ def privacy() -> None:
         ("ε 1", 0.8, 1.0, split_rows, FEDAVG, "<= 1.03"),
         ("ε 4", 0.8, 4.0, split_rows, FEDAVG, "<= 1.003"),
         ("ε 1, sorted by x1", 0.8, 1.0, lambda d, n: split_sorted(d, "x1", n), FEDAVG, "shows"),
-        ("ε 1, sorted by x1", 0.8, 1.0, lambda d, n: split_sorted(d, "x1", n), SCAFFOLD,
-         "<= 1.03, <= fedavg"),
+        (
+            "ε 1, sorted by x1",
+            0.8,
+            1.0,
+            lambda d, n: split_sorted(d, "x1", n),
+            SCAFFOLD,
+            "<= 1.03, <= fedavg",
+        ),
         ("ε 1, R² 0.99", 0.99, 1.0, split_rows, FEDAVG, "report"),
-    ]  # fmt: skip
+    ]
     print(
         f"  synthetic: 2 clients x {PRIVACY_ROWS:,} rows, {PRIVACY_FEATURES} features "
         "(R² 0.8 unless said); 'naive': the textbook perturbation (sensitivity 1, the whole "
         "budget on the sums, no adaptive ridge); 'better': seeds where ours is below naive's"
     )
-    print(f"  {'case':22}{'rule':>10}{'median':>10}{'worst':>10}{'naive med':>11}"
-          f"{'naive worst':>12}{'better':>8}{'goal':>22}")  # fmt: skip
+    print(
+        f"  {'case':22}{'rule':>10}{'median':>10}{'worst':>10}{'naive med':>11}"
+        f"{'naive worst':>12}{'better':>8}{'goal':>22}"
+    )
     for label, r2, epsilon, split, rule, goal in cases:
         ours, naive = [], []
         for seed in range(PRIVACY_SEEDS):
@@ -550,13 +635,16 @@ def privacy() -> None:
             schema = synthetic_schema(PRIVACY_FEATURES, seed=seed, r2=r2)
             datasets = split(data, 2)
             for adaptive, ratios in ((True, ours), (False, naive)):
-                private = private_releases(datasets, schema, SYNTHETIC_TARGET, epsilon, seed,
-                                           adaptive_ridge=adaptive)  # fmt: skip
+                private = private_releases(
+                    datasets, schema, SYNTHETIC_TARGET, epsilon, seed, adaptive_ridge=adaptive
+                )
                 ratios.append(private_ratio(datasets, private, rule))
         figures = [statistics.median(ours), max(ours), statistics.median(naive), max(naive)]
         better = sum(o < n for o, n in zip(ours, naive, strict=True))
-        print(f"  {label:22}{rule:>10}{figures[0]:>10.4f}{figures[1]:>10.4f}{figures[2]:>11.4f}"
-              f"{figures[3]:>12.4f}{f'{better}/{len(ours)}':>8}{goal:>22}")  # fmt: skip
+        print(
+            f"  {label:22}{rule:>10}{figures[0]:>10.4f}{figures[1]:>10.4f}{figures[2]:>11.4f}"
+            f"{figures[3]:>12.4f}{f'{better}/{len(ours)}':>8}{goal:>22}"
+        )
     datasets = bundled()
     bundled_schema = load_schema(settings.bundled_data("schema.csv"))
     test = load_dataset(settings.bundled_data("test.csv"), target=settings.TARGET)
@@ -569,8 +657,11 @@ def privacy() -> None:
     for epsilon in PRIVACY_EPSILONS:
         ratios, test_mse = [], []
         for seed in range(PRIVACY_SEEDS if epsilon else 1):
-            private = None if epsilon is None else private_releases(
-                datasets, bundled_schema, settings.TARGET, epsilon, seed)  # fmt: skip
+            private = (
+                None
+                if epsilon is None
+                else private_releases(datasets, bundled_schema, settings.TARGET, epsilon, seed)
+            )
             history = simulate(datasets, rounds=5, private=private)
             ratios.append(pooled_ratios(datasets, history)[-1])
             test_mse.append(mse(history[-1].global_model, test.X, test.y))
@@ -581,11 +672,14 @@ def privacy() -> None:
         )
     print("  the one-time release (clipping, sums, noise, calibration), per client:")
     for label, data, target, schema in (
-        (f"{PRIVACY_ROWS:,} rows x {PRIVACY_FEATURES}",
-         synthetic_dataset(PRIVACY_ROWS, PRIVACY_FEATURES, bounded=True), SYNTHETIC_TARGET,
-         synthetic_schema(PRIVACY_FEATURES)),
+        (
+            f"{PRIVACY_ROWS:,} rows x {PRIVACY_FEATURES}",
+            synthetic_dataset(PRIVACY_ROWS, PRIVACY_FEATURES, bounded=True),
+            SYNTHETIC_TARGET,
+            synthetic_schema(PRIVACY_FEATURES),
+        ),
         ("bundled cli1", datasets["cli1"], settings.TARGET, bundled_schema),
-    ):  # fmt: skip
+    ):
         seconds = best_time(
             lambda d=data, t=target, s=schema: private_releases({"c": d}, s, t, 1.0, 0), 9
         )
@@ -593,9 +687,12 @@ def privacy() -> None:
     # The first release in a new process also imports dp-accounting, whose package imports all
     # its accountants (and SciPy's statistics) whichever one is used.
     first = subprocess.run(
-        [sys.executable, "-c", FIRST_RELEASE], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", FIRST_RELEASE],
+        capture_output=True,
+        text=True,
+        check=True,
         cwd=HERE,
-    ).stdout.strip()  # fmt: skip
+    ).stdout.strip()
     print(f"  {'the first, in a new process':>24}: {first} ms, dp-accounting's import included")
 
 

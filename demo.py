@@ -82,17 +82,23 @@ def show_attack(chain_path: Path, attackers: Sequence[str]) -> None:
                 continue
             sent, made = block.client_model[name].model, block.server_model
             first = block.feature_names[0]
-            show(f"block {block.index}: attacker {name} sent bias={sent.bias:.4g} "
-                 f"{first}={sent.weights[0]:.4g}; the global model has "
-                 f"bias={made.bias:.4g} {first}={made.weights[0]:.4g}")  # fmt: skip
+            show(
+                f"block {block.index}: attacker {name} sent bias={sent.bias:.4g} "
+                f"{first}={sent.weights[0]:.4g}; the global model has "
+                f"bias={made.bias:.4g} {first}={made.weights[0]:.4g}"
+            )
             if block.aggregation == KRUM:
                 kept = block.choice[name][1] == 1.0
-                show(f"  krum {'KEPT' if kept else 'left out'} {name} "
-                     f"(score {block.choice[name][0]:.3g})")  # fmt: skip
+                show(
+                    f"  krum {'KEPT' if kept else 'left out'} {name} "
+                    f"(score {block.choice[name][0]:.3g})"
+                )
             elif block.choice:
                 cut = sum(v != 0.0 for v in block.choice[name])
-                show(f"  {block.aggregation} did not use {cut} of {name}'s "
-                     f"{len(block.choice[name])} values")  # fmt: skip
+                show(
+                    f"  {block.aggregation} did not use {cut} of {name}'s "
+                    f"{len(block.choice[name])} values"
+                )
 
 
 def compare_with_central(chain_path: Path, files: dict[str, Path]) -> None:
@@ -127,22 +133,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="default: the server's",
     )
-    parser.add_argument("--clients", type=integer_in(2, 64), default=len(CLIENTS),
-                        help="clients; more than 2 split the bundled rows")  # fmt: skip
+    parser.add_argument(
+        "--clients",
+        type=integer_in(2, 64),
+        default=len(CLIENTS),
+        help="clients; more than 2 split the bundled rows",
+    )
     parser.add_argument(
         "--poison",
         type=integer_in(0),
         default=0,
         help=f"how many of the clients (the last ones) attack, sending {POISON}",
     )
-    parser.add_argument("--aggregation", choices=KNOWN_RULES, default=None,
-                        help="default: the server's (fedavg)")  # fmt: skip
+    parser.add_argument(
+        "--aggregation", choices=KNOWN_RULES, default=None, help="default: the server's (fedavg)"
+    )
     columns = load_dataset(CLIENTS["cli1"]).feature_names
-    parser.add_argument("--sort-by", choices=columns, default=None, metavar="COLUMN",
-                        help="split the pooled rows sorted by COLUMN, one range a client "
-                        f"(non-IID); one of {', '.join(columns)}")  # fmt: skip
-    parser.add_argument("--byzantine", type=integer_in(0), default=None,
-                        help="attackers the rule assumes; default: the server's")  # fmt: skip
+    parser.add_argument(
+        "--sort-by",
+        choices=columns,
+        default=None,
+        metavar="COLUMN",
+        help="split the pooled rows sorted by COLUMN, one range a client "
+        f"(non-IID); one of {', '.join(columns)}",
+    )
+    parser.add_argument(
+        "--byzantine",
+        type=integer_in(0),
+        default=None,
+        help="attackers the rule assumes; default: the server's",
+    )
     add_output_flags(parser)
     args = parser.parse_args(argv)
     # -q and -v reach the programs: -q leaves their warnings and the demo's verdict.
@@ -183,10 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             replica = run_dir / f"{name}.jsonl"
             attack = ["--poison", POISON] if name in attackers else []
             processes[name] = start_client(
-                name, data, "--port", str(port), "--replica", str(replica),
-                "--key", str(keys / f"{name}.key"), "--known-servers", str(keys / "known_servers"),
-                *output, *attack, cwd=HERE,
-            )  # fmt: skip
+                name,
+                data,
+                "--port",
+                str(port),
+                "--replica",
+                str(replica),
+                "--key",
+                str(keys / f"{name}.key"),
+                "--known-servers",
+                str(keys / "known_servers"),
+                *output,
+                *attack,
+                cwd=HERE,
+            )
             relays.append(relay(name, processes[name]))
         deadline = time.monotonic() + RUN_TIMEOUT_S
         codes = {
@@ -222,11 +252,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare_with_central(chain_path, files)
     figure = run_dir / "convergence.png"
     plotted = subprocess.run(
-        [sys.executable, str(HERE / "blockchain.py"), "plot", str(chain_path), "--metrics",
-         str(chain_path.with_name("chain.metrics.csv")), "-o", str(figure),
-         "--known-servers", str(keys / "known_servers")],  # the key the clients pinned
-        capture_output=True, text=True, cwd=HERE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(HERE / "blockchain.py"),
+            "plot",
+            str(chain_path),
+            "--metrics",
+            str(chain_path.with_name("chain.metrics.csv")),
+            "-o",
+            str(figure),
+            "--known-servers",
+            str(keys / "known_servers"),
+        ],  # the key the clients pinned
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+    )
     if plotted.returncode != 0:
         show(f"demo: the figure could not be drawn: {plotted.stderr.strip()}")
         return 1

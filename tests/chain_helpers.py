@@ -52,9 +52,14 @@ def genesis_for(
 
 
 def signed_update(
-    genesis: Block, previous: Block, name: str, model: LinearModel, n_samples: int,
-    key: Ed25519PrivateKey | None = None, index: int | None = None,
-) -> ClientUpdate:  # fmt: skip
+    genesis: Block,
+    previous: Block,
+    name: str,
+    model: LinearModel,
+    n_samples: int,
+    key: Ed25519PrivateKey | None = None,
+    index: int | None = None,
+) -> ClientUpdate:
     """NAME's update for the round after PREVIOUS, signed as a real client signs it."""
     unsigned = ClientUpdate(model, n_samples, training=TRAINING)
     message = update_message(
@@ -74,9 +79,13 @@ def attest(genesis: Block, block: Block, names=tuple(CLIENTS), keys=CLIENT_KEYS)
 
 
 def next_round(
-    genesis: Block, previous: Block, rng, clients=CLIENTS, server_key=SERVER_KEY,
+    genesis: Block,
+    previous: Block,
+    rng,
+    clients=CLIENTS,
+    server_key=SERVER_KEY,
     client_keys=CLIENT_KEYS,
-) -> Block:  # fmt: skip
+) -> Block:
     updates = {}
     for name, n in clients.items():
         model = LinearModel(rng.normal(size=len(FEATURES)), rng.normal())
@@ -91,9 +100,13 @@ def next_round(
 
 
 def build_chain(
-    rounds: int = 3, seed: int = 0, *, closed: bool = False, server_key=SERVER_KEY,
+    rounds: int = 3,
+    seed: int = 0,
+    *,
+    closed: bool = False,
+    server_key=SERVER_KEY,
     client_keys=CLIENT_KEYS,
-) -> list[Block]:  # fmt: skip
+) -> list[Block]:
     """A valid signed chain of ROUNDS rounds (and its closing block, if CLOSED), signed by
     SERVER_KEY and CLIENT_KEYS (the fixed ones unless a test plays a forger with its own)."""
     rng = np.random.default_rng(seed)

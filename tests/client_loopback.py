@@ -31,15 +31,27 @@ SERVER_HEX = public_hex(SERVER_KEY)
 
 def new_client(replica: Path, said: list[str]) -> FederatedClient:
     return FederatedClient(
-        name="cli1", data=DATA, seed=None, generations=3, population=4, replica=replica,
-        say=said.append, key=CLIENT_KEY,
-    )  # fmt: skip
+        name="cli1",
+        data=DATA,
+        seed=None,
+        generations=3,
+        population=4,
+        replica=replica,
+        say=said.append,
+        key=CLIENT_KEY,
+    )
 
 
 # Every honest message is built here, so a new field in the protocol is a change in one place.
 def welcome(genesis: Block, **extra) -> dict:
-    return {"type": "welcome", "genesis": block_to_json(genesis), "seed": genesis.run.seed,
-            "rounds": genesis.run.rounds, "height": 1, **extra}  # fmt: skip
+    return {
+        "type": "welcome",
+        "genesis": block_to_json(genesis),
+        "seed": genesis.run.seed,
+        "rounds": genesis.run.rounds,
+        "height": 1,
+        **extra,
+    }
 
 
 def train(index: int, model: LinearModel) -> dict:

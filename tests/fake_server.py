@@ -34,15 +34,19 @@ class Session:
         self.genesis = self.make_genesis()
         self.last = self.genesis
 
-    def make_genesis(self, *, rounds=1, features=FEATURES, difficulty=8, participants=None,
-                     run_key=None) -> Block:  # fmt: skip
+    def make_genesis(
+        self, *, rounds=1, features=FEATURES, difficulty=8, participants=None, run_key=None
+    ) -> Block:
         participants = {"cli1": self.client_key} if participants is None else participants
         # RUN_KEY: a genesis made and signed by another server, valid in itself.
         run = RunRecord(rounds, 0, public_hex(run_key or self.key), participants)
         return make_genesis(
-            initial_model=LinearModel.zeros(len(features)), feature_names=features,
-            difficulty=difficulty, run=run, server_key=run_key or self.key,
-        )  # fmt: skip
+            initial_model=LinearModel.zeros(len(features)),
+            feature_names=features,
+            difficulty=difficulty,
+            run=run,
+            server_key=run_key or self.key,
+        )
 
     def welcome(
         self, genesis: Block | None = None, blocks: tuple[Block, ...] = (), *, height=None
@@ -51,25 +55,36 @@ class Session:
         it holds HEIGHT blocks, if given: a lie)."""
         self.genesis = self.last = genesis or self.genesis
         rounds = self.genesis.run.rounds if self.genesis.signed else 1
-        send_message(self.conn, {"type": "welcome", "genesis": block_to_json(self.genesis),
-                                 "seed": 0, "rounds": rounds,
-                                 "height": height or 1 + len(blocks)})  # fmt: skip
+        send_message(
+            self.conn,
+            {
+                "type": "welcome",
+                "genesis": block_to_json(self.genesis),
+                "seed": 0,
+                "rounds": rounds,
+                "height": height or 1 + len(blocks),
+            },
+        )
         for block in blocks:
             self.send_block(block)
 
     def train(self, index: int | None = None, model: LinearModel | None = None) -> dict:
         model = model or self.last.server_model
         index = self.last.index + 1 if index is None else index
-        send_message(self.conn, {"type": "train", "round": index,
-                                 "weights": model.weights.copy(), "bias": model.bias})  # fmt: skip
+        send_message(
+            self.conn,
+            {"type": "train", "round": index, "weights": model.weights.copy(), "bias": model.bias},
+        )
         return receive(self.conn)
 
     def honest_block(self, update: dict) -> Block:
         """The block an honest server makes of the client's UPDATE."""
         return make_round_block(
-            self.last, {"cli1": as_client_update(update)},
-            attestations={"cli1": update["attestation"].hex()}, server_key=self.key,
-        )  # fmt: skip
+            self.last,
+            {"cli1": as_client_update(update)},
+            attestations={"cli1": update["attestation"].hex()},
+            server_key=self.key,
+        )
 
     def send_block(self, block: Block) -> None:
         send_message(self.conn, {"type": "block", "block": block_to_json(block)})
@@ -199,9 +214,15 @@ class FakeServer:
 
 def start_client(programs, tmp_path, port, *extra):
     return programs(
-        "client1.py", "--port", port, "--replica", tmp_path / "cli1.jsonl",
-        "--known-servers", tmp_path / "known_servers", *extra,
-    )  # fmt: skip
+        "client1.py",
+        "--port",
+        port,
+        "--replica",
+        tmp_path / "cli1.jsonl",
+        "--known-servers",
+        tmp_path / "known_servers",
+        *extra,
+    )
 
 
 def crash() -> None:

@@ -18,6 +18,10 @@ arrays = (
     | st.just(np.arange(12))
 )
 values = st.one_of(
-    numbers, st.text(max_size=80), st.binary(max_size=80), arrays,
-    st.lists(st.text(max_size=10), max_size=20), st.dictionaries(st.text(max_size=5), numbers),
-)  # fmt: skip
+    numbers,
+    st.text(max_size=80),
+    st.binary(max_size=80),
+    arrays,
+    st.lists(st.text(max_size=10), max_size=20),
+    st.dictionaries(st.text(max_size=5), numbers),
+)

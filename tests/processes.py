@@ -95,9 +95,18 @@ def start_server(start, tmp_path: Path, *args: str, env=None) -> tuple[Program, 
     """Start server.py on a free loopback port; return it with the port it printed first."""
     # Below its quorum a server waits for clients to come back; the tests that want that say so.
     server = start(
-        "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "8",
-        "--rejoin-timeout-s", "1", *args, env=env,
-    )  # fmt: skip
+        "server.py",
+        "--port",
+        "0",
+        "--chain",
+        tmp_path / "chain.jsonl",
+        "--difficulty",
+        "8",
+        "--rejoin-timeout-s",
+        "1",
+        *args,
+        env=env,
+    )
     first = server.wait_for(r"^listening on ", timeout_s=30).string
     return server, port_from_listening_line(first)
 

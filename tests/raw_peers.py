@@ -91,15 +91,25 @@ class RawClient:
         index = previous.index + 1 if index is None else index
         update = ClientUpdate(LinearModel(weights, 0.0), N_SAMPLES, training=TRAINING)
         signed = update_message(
-            genesis_hash=genesis.hash, index=index, previous_hash=previous.hash,
-            name=self.name, update=update,
-        )  # fmt: skip
+            genesis_hash=genesis.hash,
+            index=index,
+            previous_hash=previous.hash,
+            name=self.name,
+            update=update,
+        )
         message = {
-            "type": "update", "round": self.last.index + 1, "weights": weights, "bias": 0.0,
-            "n_samples": N_SAMPLES, "metrics": {}, "seed": TRAINING.seed,
-            "generations": TRAINING.generations, "population": TRAINING.population,
-            "signature": sign(key or self.key, signed), "attestation": self.attestation(),
-        }  # fmt: skip
+            "type": "update",
+            "round": self.last.index + 1,
+            "weights": weights,
+            "bias": 0.0,
+            "n_samples": N_SAMPLES,
+            "metrics": {},
+            "seed": TRAINING.seed,
+            "generations": TRAINING.generations,
+            "population": TRAINING.population,
+            "signature": sign(key or self.key, signed),
+            "attestation": self.attestation(),
+        }
         return message
 
     def attestation(self) -> bytes:

@@ -96,54 +96,66 @@ def add_chain_reading_flags(
     (--server-key or --known-servers), --allow-unsigned; and, where it was once needed,
     --require-signed, now the default."""
     parser.add_argument(
-        "--min-difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=0,
+        "--min-difficulty",
+        type=integer_in(0, MAX_DIFFICULTY_BITS),
+        default=0,
         help="refuse a chain mined at fewer bits than this (a forger can re-mine at 0)",
-    )  # fmt: skip
+    )
     pinned = parser.add_mutually_exclusive_group()
     pinned.add_argument(
-        "--server-key", type=public_key, default=None, metavar="HEX",
+        "--server-key",
+        type=public_key,
+        default=None,
+        metavar="HEX",
         help="refuse a chain not signed by this server key, 64 hex digits (`python server.py "
         "--show-key` prints it); without it, anyone's key is accepted, and a note says so",
-    )  # fmt: skip
+    )
     pinned.add_argument(
-        "--known-servers", type=Path, default=None, metavar="FILE",
+        "--known-servers",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="refuse a chain not signed by a key this file records, for any server address "
         "(a client's keys/known_servers: HOST:PORT HEX a line)",
-    )  # fmt: skip
+    )
     unsigned = parser.add_mutually_exclusive_group()
     unsigned.add_argument(
-        "--allow-unsigned", action="store_true",
+        "--allow-unsigned",
+        action="store_true",
         help="read an unsigned (format-1) chain, which anyone can make, instead of refusing it",
-    )  # fmt: skip
+    )
     if require_signed:
         unsigned.add_argument(
-            "--require-signed", action="store_true",
+            "--require-signed",
+            action="store_true",
             help="the default now: an unsigned chain is refused unless --allow-unsigned "
             "(accepted so that older scripts still run)",
-        )  # fmt: skip
+        )
 
 
 def add_connection_flags(parser: argparse.ArgumentParser, *, listening: bool) -> None:
     """--host, --port and --max-frame-bytes, worded for the server (LISTENING) or a client."""
     parser.add_argument(
-        "--host", default=settings.HOST,
+        "--host",
+        default=settings.HOST,
         help="address to listen on" if listening else "the server's address",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--port", type=port, default=settings.PORT,
+        "--port",
+        type=port,
+        default=settings.PORT,
         help="0 picks a free port" if listening else "the server's port",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--max-frame-bytes", type=integer_in(1024, MAX_FRAME_LIMIT),
+        "--max-frame-bytes",
+        type=integer_in(1024, MAX_FRAME_LIMIT),
         default=settings.MAX_FRAME_BYTES,
         help="refuse any message longer than this",
-    )  # fmt: skip
+    )
 
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     """-q and -v, as every program has them."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-q", "--quiet", action="store_true",
-                       help="print only warnings and errors")  # fmt: skip
-    group.add_argument("-v", "--verbose", action="store_true",
-                       help="print every detail too")  # fmt: skip
+    group.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    group.add_argument("-v", "--verbose", action="store_true", help="print every detail too")

@@ -35,18 +35,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Show, verify or compare chain files.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
-        ("verify", "check a chain; exit 0 valid and complete, 1 invalid, 3 incomplete, "
-         "6 refused (unsigned, or not signed by the pinned key)"),
+        (
+            "verify",
+            "check a chain; exit 0 valid and complete, 1 invalid, 3 incomplete, "
+            "6 refused (unsigned, or not signed by the pinned key)",
+        ),
         ("show", "print every block, then verify"),
-    ):  # fmt: skip
+    ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("path", help="a chain file (JSON Lines)")
         add_chain_reading_flags(command, require_signed=True)
     compare = commands.add_parser(
-        "compare", help="verify two copies, then where they part; exit 0 if one holds every "
+        "compare",
+        help="verify two copies, then where they part; exit 0 if one holds every "
         "block of the other, byte for byte, 4 if they part, 5 if the server signed both "
         "versions (proof of equivocation), 1 if a copy does not verify, 6 if one is refused",
-    )  # fmt: skip
+    )
     compare.add_argument("first")
     compare.add_argument("second")
     add_chain_reading_flags(compare)
@@ -61,19 +65,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     plot.add_argument("path", help="a chain file (JSON Lines)")
     plot.add_argument(
-        "--metrics", help="the server's metrics CSV of the same run: the clients' errors on "
+        "--metrics",
+        help="the server's metrics CSV of the same run: the clients' errors on "
         "their own rows and the test MSE the server measured",
-    )  # fmt: skip
+    )
     plot.add_argument(
-        "--test", type=Path, default=None,
+        "--test",
+        type=Path,
+        default=None,
         help="held-out rows to score every model on (default: the bundled data/test.csv)",
-    )  # fmt: skip
+    )
     plot.add_argument("-o", "--output", default="convergence.png", help="the PNG to write")
     for command in (export, plot):
         command.add_argument(
-            "--target", default=settings.TARGET,
+            "--target",
+            default=settings.TARGET,
             help="the column the model predicts (the chain does not record it)",
-        )  # fmt: skip
+        )
         add_chain_reading_flags(command)
     for command in commands.choices.values():
         add_output_flags(command)
@@ -106,8 +114,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except (OSError, TrustError) as error:  # the known-servers file
         return _unreadable(error)
     return {
-        Verdict.VALID: EXIT_OK, Verdict.INCOMPLETE: EXIT_INCOMPLETE, Verdict.REFUSED: EXIT_REFUSED
-    }.get(verdict, EXIT_INVALID)  # fmt: skip
+        Verdict.VALID: EXIT_OK,
+        Verdict.INCOMPLETE: EXIT_INCOMPLETE,
+        Verdict.REFUSED: EXIT_REFUSED,
+    }.get(verdict, EXIT_INVALID)
 
 
 def reading(args: argparse.Namespace) -> dict:
@@ -150,9 +160,11 @@ def _verify(
         loaded = load_chain(path)
         chain = verify_chain(loaded.blocks, min_difficulty=min_difficulty)
         caveat = check_server_key(
-            chain, server_key=server_key, known_servers=known_servers,
+            chain,
+            server_key=server_key,
+            known_servers=known_servers,
             allow_unsigned=allow_unsigned,
-        )  # fmt: skip
+        )
     except UntrustedChain as error:
         print(f"error: {path} is refused: {shown(error)}", file=sys.stderr)
         return EXIT_REFUSED

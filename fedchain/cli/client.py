@@ -54,46 +54,101 @@ def parse_args(
     )
     add_connection_flags(parser, listening=False)
     flag = parser.add_argument
-    flag("--name", type=client_name, default=default_name or None, required=not default_name,
-         help="this client's name")  # fmt: skip
+    flag(
+        "--name",
+        type=client_name,
+        default=default_name or None,
+        required=not default_name,
+        help="this client's name",
+    )
     flag("--data", default=default_data or None, help="this client's CSV rows (required)")
     flag("--target", default=settings.TARGET, help="the column to predict")
-    flag("--seed", type=integer_in(0), default=None,
-         help="the local search's seed (%(default)s: the run's, sent by the server)")  # fmt: skip
-    flag("--generations", type=integer_in(1), default=settings.GENERATIONS,
-         help="most GA generations a round, per block of up to 64 genes "
-              "(the search stops sooner once converged)")  # fmt: skip
-    flag("--population", type=integer_in(4), default=settings.POPULATION,
-         help="GA population size")  # fmt: skip
-    flag("--replica", type=Path, default=None,
-         help="its copy of the chain (default: replicas/NAME-GENESISHASH.jsonl); a client "
-         "restarted with one of the same run goes on with it")  # fmt: skip
-    flag("--connect-timeout-s", type=seconds, default=settings.CONNECT_TIMEOUT_S,
-         help="keep retrying the connection this long")  # fmt: skip
-    flag("--timeout-s", type=seconds, default=settings.CLIENT_TIMEOUT_S,
-         help="the longest wait for the server's next message")  # fmt: skip
-    flag("--reconnect-timeout-s", type=seconds, default=settings.RECONNECT_TIMEOUT_S,
-         help="when the server vanishes mid-run, keep trying to reach it again this long, "
-         "then catch up on what was missed")  # fmt: skip
-    flag("--key", type=Path, default=None,
-         help="this client's Ed25519 key (default: keys/NAME.key); made on first run")  # fmt: skip
+    flag(
+        "--seed",
+        type=integer_in(0),
+        default=None,
+        help="the local search's seed (%(default)s: the run's, sent by the server)",
+    )
+    flag(
+        "--generations",
+        type=integer_in(1),
+        default=settings.GENERATIONS,
+        help="most GA generations a round, per block of up to 64 genes "
+        "(the search stops sooner once converged)",
+    )
+    flag("--population", type=integer_in(4), default=settings.POPULATION, help="GA population size")
+    flag(
+        "--replica",
+        type=Path,
+        default=None,
+        help="its copy of the chain (default: replicas/NAME-GENESISHASH.jsonl); a client "
+        "restarted with one of the same run goes on with it",
+    )
+    flag(
+        "--connect-timeout-s",
+        type=seconds,
+        default=settings.CONNECT_TIMEOUT_S,
+        help="keep retrying the connection this long",
+    )
+    flag(
+        "--timeout-s",
+        type=seconds,
+        default=settings.CLIENT_TIMEOUT_S,
+        help="the longest wait for the server's next message",
+    )
+    flag(
+        "--reconnect-timeout-s",
+        type=seconds,
+        default=settings.RECONNECT_TIMEOUT_S,
+        help="when the server vanishes mid-run, keep trying to reach it again this long, "
+        "then catch up on what was missed",
+    )
+    flag(
+        "--key",
+        type=Path,
+        default=None,
+        help="this client's Ed25519 key (default: keys/NAME.key); made on first run",
+    )
     flag("--show-key", action="store_true", help="print the public key as 64 hex digits, exit")
-    flag("--server-key", type=public_key, default=None,
-         help="the server's public key (64 hex digits); default: trust on first use")  # fmt: skip
-    flag("--known-servers", type=Path, default=settings.KNOWN_SERVERS_PATH,
-         help="server keys trusted on first use, as SSH's known_hosts")  # fmt: skip
-    flag("--min-difficulty", type=integer_in(0, 64), default=settings.MIN_DIFFICULTY_BITS,
-         help="refuse a run whose chain is mined at fewer bits")  # fmt: skip
-    flag("--max-rounds", type=integer_in(1), default=settings.MAX_ROUNDS,
-         help="refuse a run whose genesis plans more rounds")  # fmt: skip
-    flag("--dp-epsilon", type=epsilon, default=None,
-         help="train only on this client's sums, released once with (ε, δ)-differential "
-         "privacy for each of its rows; needs a run with a schema (server --schema)")  # fmt: skip
-    flag("--dp-delta", type=delta, default=DEFAULT_DELTA,
-         help="the δ of --dp-epsilon's guarantee")  # fmt: skip
-    flag("--poison", type=poison, default=None,
-         help="for demonstrating the robust rules only: make this client an attacker that "
-         "sends scale=S (the received model plus S x its honest change) or noise=S")  # fmt: skip
+    flag(
+        "--server-key",
+        type=public_key,
+        default=None,
+        help="the server's public key (64 hex digits); default: trust on first use",
+    )
+    flag(
+        "--known-servers",
+        type=Path,
+        default=settings.KNOWN_SERVERS_PATH,
+        help="server keys trusted on first use, as SSH's known_hosts",
+    )
+    flag(
+        "--min-difficulty",
+        type=integer_in(0, 64),
+        default=settings.MIN_DIFFICULTY_BITS,
+        help="refuse a run whose chain is mined at fewer bits",
+    )
+    flag(
+        "--max-rounds",
+        type=integer_in(1),
+        default=settings.MAX_ROUNDS,
+        help="refuse a run whose genesis plans more rounds",
+    )
+    flag(
+        "--dp-epsilon",
+        type=epsilon,
+        default=None,
+        help="train only on this client's sums, released once with (ε, δ)-differential "
+        "privacy for each of its rows; needs a run with a schema (server --schema)",
+    )
+    flag("--dp-delta", type=delta, default=DEFAULT_DELTA, help="the δ of --dp-epsilon's guarantee")
+    flag(
+        "--poison",
+        type=poison,
+        default=None,
+        help="for demonstrating the robust rules only: make this client an attacker that "
+        "sends scale=S (the received model plus S x its honest change) or noise=S",
+    )
     add_output_flags(parser)
     args = parser.parse_args(argv)
     if not args.data and not args.show_key:
@@ -138,8 +193,9 @@ def main(
         # Whatever would fail after joining, and so end the run for everyone, is checked first.
         validate_message(client.registration())
         if args.dp_epsilon is not None:  # the release waits for the server's schema
-            client.privacy = PrivacyWish(args.dp_epsilon, args.dp_delta, args.target,
-                                         key_path.parent)  # fmt: skip
+            client.privacy = PrivacyWish(
+                args.dp_epsilon, args.dp_delta, args.target, key_path.parent
+            )
         prepare_replica(args.replica)
         known_servers = KnownServers(args.known_servers)
         if args.server_key is None:  # the file is not read with a pinned key

@@ -72,9 +72,10 @@ def _use(command: str, argv: list[str]) -> int:
         "--data", required=True, help="the rows: a CSV with the model's columns, by name"
     )
     parser.add_argument(
-        "--target", default=None,
+        "--target",
+        default=None,
         help=f"the target column (default: the model file's; with --chain, {settings.TARGET})",
-    )  # fmt: skip
+    )
     if command == "predict":
         parser.add_argument("-o", "--output", help="the CSV to write (default: print it)")
     add_chain_reading_flags(parser)
@@ -85,8 +86,10 @@ def _use(command: str, argv: list[str]) -> int:
         if args.round is not None:
             parser.error("--round picks a round of a --chain; a model file holds one round")
         if args.server_key or args.known_servers or args.allow_unsigned or args.min_difficulty:
-            parser.error("--server-key, --known-servers, --allow-unsigned and --min-difficulty "
-                         "check a --chain; a model file is taken as it is")  # fmt: skip
+            parser.error(
+                "--server-key, --known-servers, --allow-unsigned and --min-difficulty "
+                "check a --chain; a model file is taken as it is"
+            )
         try:
             model = read_model_file(args.model)
         except ModelFileError as error:
@@ -110,8 +113,10 @@ def _use(command: str, argv: list[str]) -> int:
     if command == "predict":
         return _predict(model, X, args.output)
     if y is None:
-        print(f"error: {args.data}: no target column {model.target!r} to score against",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {args.data}: no target column {model.target!r} to score against",
+            file=sys.stderr,
+        )
         return EXIT_UNREADABLE
     residual = model.predict(X) - y
     say(f"{len(y)} rows of {args.data}, target {model.target!r}, round {model.round}'s model")

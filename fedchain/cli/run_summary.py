@@ -30,8 +30,10 @@ def summarise_run(
         return False
     rounds = [block for block in blocks[1:] if block.cli]
     clients = sorted({name for block in rounds for name in block.cli})
-    say(f"{len(rounds)} round{'s' if len(rounds) != 1 else ''} with {len(clients)} clients "
-        f"({', '.join(clients[:8])}{', …' if len(clients) > 8 else ''})")  # fmt: skip
+    say(
+        f"{len(rounds)} round{'s' if len(rounds) != 1 else ''} with {len(clients)} clients "
+        f"({', '.join(clients[:8])}{', …' if len(clients) > 8 else ''})"
+    )
     if test_data is not None and rounds:
         first, last = rounds[0].server_model, rounds[-1].server_model
         X, y = test_data.X, test_data.y
@@ -39,14 +41,18 @@ def summarise_run(
             ", the log of the yearly charges" if target == settings.TARGET else ""
         )
         say(f"the global model on {len(y)} held-out rows ({what}):")
-        say(f"  test MSE {mse(last, X, y):.4g} (round 1: {mse(first, X, y):.4g}), "
-            f"R² {_r2(last, test_data):.3f} (round 1: {_r2(first, test_data):.3f})")  # fmt: skip
+        say(
+            f"  test MSE {mse(last, X, y):.4g} (round 1: {mse(first, X, y):.4g}), "
+            f"R² {_r2(last, test_data):.3f} (round 1: {_r2(first, test_data):.3f})"
+        )
     say(f"chain: {chain_path}")
     if metrics_path is not None and metrics_path.exists():
         say(f"metrics, a row per round and client: {metrics_path}")
         figure = chain_path.with_name("convergence.png")
-        say(f"a figure of the run: python blockchain.py plot {chain_path} --metrics "
-            f"{metrics_path} -o {figure}")  # fmt: skip
+        say(
+            f"a figure of the run: python blockchain.py plot {chain_path} --metrics "
+            f"{metrics_path} -o {figure}"
+        )
     say(f"every block in full: python blockchain.py show {chain_path}")
     say(f"the model on new rows: python model.py predict --chain {chain_path} --data ROWS.csv")
     return show_chain(chain_path, say, blocks, server_key=server_key)

@@ -59,59 +59,120 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_connection_flags(parser, listening=True)
     flag = parser.add_argument
     flag("--clients", type=integer_in(1), default=settings.CLIENTS, help="clients per run")
-    flag("--min-clients", type=integer_in(1), default=None,
-         help="the fewest clients a round may go on with; one that drops out, times out or "
-         "sends a bad update is left out (default: all of --clients)")  # fmt: skip
+    flag(
+        "--min-clients",
+        type=integer_in(1),
+        default=None,
+        help="the fewest clients a round may go on with; one that drops out, times out or "
+        "sends a bad update is left out (default: all of --clients)",
+    )
     flag("--rounds", type=integer_in(1), default=settings.ROUNDS, help="training rounds")
-    flag("--difficulty", type=integer_in(0, MAX_DIFFICULTY_BITS), default=settings.DIFFICULTY_BITS,
-         help="proof of work, in leading zero bits")  # fmt: skip
-    flag("--chain", type=Path, default=None,
-         help="the chain file; must not exist, unless --resume (default: a new "
-         f"{settings.RUNS_DIR}/DATE-TIME/{settings.CHAIN_NAME} for each run)")  # fmt: skip
+    flag(
+        "--difficulty",
+        type=integer_in(0, MAX_DIFFICULTY_BITS),
+        default=settings.DIFFICULTY_BITS,
+        help="proof of work, in leading zero bits",
+    )
+    flag(
+        "--chain",
+        type=Path,
+        default=None,
+        help="the chain file; must not exist, unless --resume (default: a new "
+        f"{settings.RUNS_DIR}/DATE-TIME/{settings.CHAIN_NAME} for each run)",
+    )
     flag(
         "--metrics",
         type=Path,
         default=None,
         help="a CSV row per round and client (default: beside the chain, NAME.metrics.csv)",
     )
-    flag("--resume", action="store_true",
-         help="go on with the run recorded in --chain (after a crash, say): the flags must "
-         "match its genesis; with no file there yet, a new run starts")  # fmt: skip
-    flag("--test", default=str(settings.bundled_data("test.csv")),
-         help="held-out CSV to score rounds on ('' for none); fixes the run's columns")  # fmt: skip
+    flag(
+        "--resume",
+        action="store_true",
+        help="go on with the run recorded in --chain (after a crash, say): the flags must "
+        "match its genesis; with no file there yet, a new run starts",
+    )
+    flag(
+        "--test",
+        default=str(settings.bundled_data("test.csv")),
+        help="held-out CSV to score rounds on ('' for none); fixes the run's columns",
+    )
     flag("--target", default=settings.TARGET, help="target column of the --test file")
     flag("--seed", type=integer_in(0), default=settings.RUN_SEED, help="the run's seed")
-    flag("--round-timeout-s", type=seconds, default=settings.ROUND_TIMEOUT_S,
-         help="how long to wait for every client's update in a round")  # fmt: skip
-    flag("--join-timeout-s", type=seconds, default=settings.JOIN_TIMEOUT_S,
-         help="how long to wait for the clients to join")  # fmt: skip
-    flag("--rejoin-timeout-s", type=seconds, default=settings.REJOIN_TIMEOUT_S,
-         help="below --min-clients (or resuming), how long to wait for clients to come "
-         "back")  # fmt: skip
-    flag("--register-timeout-s", type=seconds, default=settings.REGISTER_TIMEOUT_S,
-         help="how long a new connection may take to register")  # fmt: skip
-    flag("--key", type=Path, default=settings.SERVER_KEY_PATH,
-         help="the server's Ed25519 key; made on first run, private to its owner")  # fmt: skip
+    flag(
+        "--round-timeout-s",
+        type=seconds,
+        default=settings.ROUND_TIMEOUT_S,
+        help="how long to wait for every client's update in a round",
+    )
+    flag(
+        "--join-timeout-s",
+        type=seconds,
+        default=settings.JOIN_TIMEOUT_S,
+        help="how long to wait for the clients to join",
+    )
+    flag(
+        "--rejoin-timeout-s",
+        type=seconds,
+        default=settings.REJOIN_TIMEOUT_S,
+        help="below --min-clients (or resuming), how long to wait for clients to come back",
+    )
+    flag(
+        "--register-timeout-s",
+        type=seconds,
+        default=settings.REGISTER_TIMEOUT_S,
+        help="how long a new connection may take to register",
+    )
+    flag(
+        "--key",
+        type=Path,
+        default=settings.SERVER_KEY_PATH,
+        help="the server's Ed25519 key; made on first run, private to its owner",
+    )
     flag("--show-key", action="store_true", help="print the public key as 64 hex digits, exit")
-    flag("--authorized-keys", type=Path, default=None,
-         help="who may join: one 'NAME HEX' a line (default: open enrolment)")  # fmt: skip
-    flag("--aggregation", choices=KNOWN_RULES, default=FEDAVG,
-         help="how the clients' models make the global model: FedAvg; a rule robust to "
-         "--byzantine poisoned updates (coordinate median, trimmed mean, multi-Krum); or "
-         "scaffold, which corrects the clients' drift on non-IID data by their gradients and "
-         "reaches the pooled optimum")  # fmt: skip
-    flag("--byzantine", type=integer_in(0, 1000), default=None,
-         help="attackers a robust rule assumes: trimmed-mean drops this many values at each "
-         "end, krum averages the n - F best-scored (default 1; only for those rules)")  # fmt: skip
-    flag("--proximal", type=proximal_weight, default=None,
-         help="scaffold's proximal weight: how strongly each client's step is held near the "
-         f"global model, in its standardised units (default {DEFAULT_PROXIMAL:g})")  # fmt: skip
-    flag("--schema", type=Path, default=None,
-         help="public bounds for every column, a CSV 'column,low,high' (never read off the "
-         "data): a private client clips its rows to them; recorded in the genesis")  # fmt: skip
-    flag("--max-epsilon", type=epsilon, default=None,
-         help="admit only clients with differential privacy at this ε or less (needs "
-         "--schema; default: any client, private or not)")  # fmt: skip
+    flag(
+        "--authorized-keys",
+        type=Path,
+        default=None,
+        help="who may join: one 'NAME HEX' a line (default: open enrolment)",
+    )
+    flag(
+        "--aggregation",
+        choices=KNOWN_RULES,
+        default=FEDAVG,
+        help="how the clients' models make the global model: FedAvg; a rule robust to "
+        "--byzantine poisoned updates (coordinate median, trimmed mean, multi-Krum); or "
+        "scaffold, which corrects the clients' drift on non-IID data by their gradients and "
+        "reaches the pooled optimum",
+    )
+    flag(
+        "--byzantine",
+        type=integer_in(0, 1000),
+        default=None,
+        help="attackers a robust rule assumes: trimmed-mean drops this many values at each "
+        "end, krum averages the n - F best-scored (default 1; only for those rules)",
+    )
+    flag(
+        "--proximal",
+        type=proximal_weight,
+        default=None,
+        help="scaffold's proximal weight: how strongly each client's step is held near the "
+        f"global model, in its standardised units (default {DEFAULT_PROXIMAL:g})",
+    )
+    flag(
+        "--schema",
+        type=Path,
+        default=None,
+        help="public bounds for every column, a CSV 'column,low,high' (never read off the "
+        "data): a private client clips its rows to them; recorded in the genesis",
+    )
+    flag(
+        "--max-epsilon",
+        type=epsilon,
+        default=None,
+        help="admit only clients with differential privacy at this ε or less (needs "
+        "--schema; default: any client, private or not)",
+    )
     add_output_flags(parser)
     return parser.parse_args(argv)
 
@@ -141,16 +202,20 @@ def aggregation_parameters(args: argparse.Namespace) -> dict[str, float] | str:
     if args.proximal is not None and PROXIMAL not in rule.parameters:
         takers = " or ".join(name for name, r in RULES.items() if PROXIMAL in r.parameters)
         return f"--proximal is for --aggregation {takers}"
-    flags = {BYZANTINE: 1 if args.byzantine is None else args.byzantine,
-             PROXIMAL: DEFAULT_PROXIMAL if args.proximal is None else args.proximal}  # fmt: skip
+    flags = {
+        BYZANTINE: 1 if args.byzantine is None else args.byzantine,
+        PROXIMAL: DEFAULT_PROXIMAL if args.proximal is None else args.proximal,
+    }
     parameters = {name: float(flags[name]) for name in rule.parameters}
     needed = rule.clients_needed(parameters)
     quorum = args.min_clients or args.clients
     if quorum < needed:
         # Refused now, not in a round that falls short: every round must be aggregable.
-        return (f"--aggregation {args.aggregation} with --byzantine "
-                f"{int(parameters[BYZANTINE])} needs at least {needed} clients a round, but "
-                f"{'--min-clients' if args.min_clients else '--clients'} is {quorum}")  # fmt: skip
+        return (
+            f"--aggregation {args.aggregation} with --byzantine "
+            f"{int(parameters[BYZANTINE])} needs at least {needed} clients a round, but "
+            f"{'--min-clients' if args.min_clients else '--clients'} is {quorum}"
+        )
     return parameters
 
 
@@ -158,8 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_output(quiet=args.quiet, verbose=args.verbose)
     if args.min_clients is not None and args.min_clients > args.clients:
-        print(f"error: --min-clients {args.min_clients} is more than --clients {args.clients}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: --min-clients {args.min_clients} is more than --clients {args.clients}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     parameters = aggregation_parameters(args)
     if isinstance(parameters, str):
@@ -185,25 +252,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.chain is None:
         if args.resume:
-            print("error: --resume needs --chain PATH, the chain of the run to go on with",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "error: --resume needs --chain PATH, the chain of the run to go on with",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         args.chain = new_run_chain_path()
     args.metrics = args.metrics or metrics_path_for(args.chain)
     rate = tries_per_second()
     mining_s = expected_mining_s(args.difficulty, rate)
     if mining_s > settings.CLIENT_TIMEOUT_S:
-        print(f"error: --difficulty {args.difficulty} takes about {mining_s:.3g} s to mine a "
-              f"block here ({rate:.3g} tries a second), more than the clients wait for the "
-              f"server's next message (their --timeout-s, {settings.CLIENT_TIMEOUT_S:g} s by "
-              "default)", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: --difficulty {args.difficulty} takes about {mining_s:.3g} s to mine a "
+            f"block here ({rate:.3g} tries a second), more than the clients wait for the "
+            f"server's next message (their --timeout-s, {settings.CLIENT_TIMEOUT_S:g} s by "
+            "default)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     resumed = None
     if args.chain.exists():
         # Checked now, to fail before any client joins; a new run's file is made at genesis.
         if not args.resume:
-            print(f"error: {args.chain} already exists; move it away, choose another --chain, "
-                  "or --resume to go on with its run", file=sys.stderr)  # fmt: skip
+            print(
+                f"error: {args.chain} already exists; move it away, choose another --chain, "
+                "or --resume to go on with its run",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         resumed = open_for_resuming(
             args, public_hex(key), authorized, test_data, parameters, schema
@@ -215,8 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.resume:
         say(f"no chain at {args.chain} yet: a new run starts")
     if not args.resume and args.metrics.exists():
-        print(f"error: {args.metrics} already exists; move it away or choose another --metrics",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {args.metrics} already exists; move it away or choose another --metrics",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         args.chain.parent.mkdir(parents=True, exist_ok=True)
@@ -265,8 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_RUN_FAILED
         except KeyboardInterrupt:
             if args.chain.exists():
-                warn(f"interrupted; {args.chain} holds every block finished so far "
-                    "(--resume goes on with it)")  # fmt: skip
+                warn(
+                    f"interrupted; {args.chain} holds every block finished so far "
+                    "(--resume goes on with it)"
+                )
             else:
                 warn("interrupted before the run began; no chain file was made")
             return EXIT_RUN_FAILED
@@ -308,8 +387,9 @@ def open_for_resuming(
         if not chain.genesis.signed:
             raise _NotResumed("is a format-1 chain, which records too little to resume")
         if found := differences(chain.genesis, wanted):
-            raise _NotResumed("cannot be resumed: the flags differ from its run:\n  "
-                              + "\n  ".join(found))  # fmt: skip
+            raise _NotResumed(
+                "cannot be resumed: the flags differ from its run:\n  " + "\n  ".join(found)
+            )
         if chain.closed:
             raise _NotResumed(f"holds a complete run ({len(chain.blocks)} blocks)", complete=True)
 

@@ -178,9 +178,11 @@ class FederatedClient:
             self._make_private(schema)
             message["n_samples"] = self.n_samples
             message["privacy"] = {
-                "mechanism": self.statement.mechanism, "epsilon": self.statement.epsilon,
-                "delta": self.statement.delta, "signature": bytes.fromhex(self.statement.signature),
-            }  # fmt: skip
+                "mechanism": self.statement.mechanism,
+                "epsilon": self.statement.epsilon,
+                "delta": self.statement.delta,
+                "signature": bytes.fromhex(self.statement.signature),
+            }
         return message
 
     @property
@@ -205,9 +207,13 @@ class FederatedClient:
             schema = parse_schema(schema_text, source="the server's schema")
             path = release_path(wish.folder, self.name)
             made, new = load_or_release(
-                path, self.data, target=wish.target, schema=schema, epsilon=wish.epsilon,
+                path,
+                self.data,
+                target=wish.target,
+                schema=schema,
+                epsilon=wish.epsilon,
                 delta=wish.delta,
-            )  # fmt: skip
+            )
             problem = LocalProblem.from_moments(made.moments)
         except DataError as error:
             raise ClientFailed(str(error)) from None
@@ -220,9 +226,14 @@ class FederatedClient:
         self.release, self.schema_text, self.problem = made, schema_text, problem
         self.corrected = CorrectedProblem(self.problem)
         self.statement = sign_privacy(
-            self.key, server_key=self.server_key, name=self.name, mechanism=MECHANISM,
-            epsilon=wish.epsilon, delta=wish.delta, schema_digest=schema.digest(),
-        )  # fmt: skip
+            self.key,
+            server_key=self.server_key,
+            name=self.name,
+            mechanism=MECHANISM,
+            epsilon=wish.epsilon,
+            delta=wish.delta,
+            schema_digest=schema.digest(),
+        )
         clipped = f"; the bounds clipped {self.release.clipped} values" if new else ""
         self.say(
             f"{self.name}: trains on its sums released {'now' if new else 'before'} with "
@@ -433,9 +444,11 @@ class FederatedClient:
         notice = threading.Timer(
             settings.SLOW_TRAINING_S,
             self.say,
-            [f"{self.name}: round {index}: still training ({self.n_samples} rows, "
-             f"{len(self.data.feature_names)} columns, population {self.population})…"],
-        )  # fmt: skip
+            [
+                f"{self.name}: round {index}: still training ({self.n_samples} rows, "
+                f"{len(self.data.feature_names)} columns, population {self.population})…"
+            ],
+        )
         notice.daemon = True
         notice.start()
         probes = RULES[self.chain.genesis.aggregation].probes
@@ -527,8 +540,9 @@ class FederatedClient:
             )
         candidate = LinearModel(message["weights"], message["bias"])
         if candidate.n_features != self.problem.n_features:
-            raise ClientFailed(f"the server's candidate for round {index} has "
-                               f"{candidate.n_features} weights")  # fmt: skip
+            raise ClientFailed(
+                f"the server's candidate for round {index} has {candidate.n_features} weights"
+            )
         updates = self._probed_updates(message, index)
         if candidate != probe_point(tuple(updates), updates):
             raise ClientFailed(
@@ -541,14 +555,23 @@ class FederatedClient:
         except ValueError as error:
             raise ClientFailed(f"cannot take round {index}'s candidate: {error}") from None
         signed = probe_message(
-            genesis_hash=self.chain.genesis.hash, index=index, previous_hash=self.chain.last.hash,
-            name=self.name, candidate=candidate, gradient=tuple(map(float, at_candidate)),
-        )  # fmt: skip
+            genesis_hash=self.chain.genesis.hash,
+            index=index,
+            previous_hash=self.chain.last.hash,
+            name=self.name,
+            candidate=candidate,
+            gradient=tuple(map(float, at_candidate)),
+        )
         signature = sign_hex(self.key, signed)
-        self.sent = replace(self.sent, probe_gradient=tuple(map(float, at_candidate)),
-                            probe_signature=signature)  # fmt: skip
-        answer = {"type": "gradient", "round": index, "gradient": at_candidate,
-                  "signature": bytes.fromhex(signature)}  # fmt: skip
+        self.sent = replace(
+            self.sent, probe_gradient=tuple(map(float, at_candidate)), probe_signature=signature
+        )
+        answer = {
+            "type": "gradient",
+            "round": index,
+            "gradient": at_candidate,
+            "signature": bytes.fromhex(signature),
+        }
         try:
             validate_message(answer)
         except ProtocolError as error:
@@ -573,9 +596,12 @@ class FederatedClient:
         participants = self.chain.genesis.run.participants
         for name, update in updates.items():
             signed = update_message(
-                genesis_hash=self.chain.genesis.hash, index=index,
-                previous_hash=self.chain.last.hash, name=name, update=update,
-            )  # fmt: skip
+                genesis_hash=self.chain.genesis.hash,
+                index=index,
+                previous_hash=self.chain.last.hash,
+                name=name,
+                update=update,
+            )
             if name not in participants or not signature_holds(
                 participants[name], update.signature, signed
             ):
@@ -741,21 +767,28 @@ def take_part(
     try:
         while True:
             sock, key = open_channel(
-                host, port, within_s=max(deadline - time.monotonic(), RETRY_INTERVAL_S),
-                timeout_s=timeout_s, server_key=server_key, known_servers=known_servers,
-                say=client.say, flag=flag, window_s=within_s,
+                host,
+                port,
+                within_s=max(deadline - time.monotonic(), RETRY_INTERVAL_S),
+                timeout_s=timeout_s,
+                server_key=server_key,
+                known_servers=known_servers,
+                say=client.say,
+                flag=flag,
+                window_s=within_s,
                 announce_retry=flag == "--connect-timeout-s",  # a lost server was said already
-            )  # fmt: skip
+            )
             server_key = key  # a server that comes back must hold the same key
             try:
                 with sock:
-                    client.say(f"{client.name}: connected to {host}:{port} over TLS 1.3 with "
-                               f"{client.data.n_samples} rows")  # fmt: skip
+                    client.say(
+                        f"{client.name}: connected to {host}:{port} over TLS 1.3 with "
+                        f"{client.data.n_samples} rows"
+                    )
                     return client.run(sock, max_frame_bytes, key)
             except ServerBusy as error:
                 if time.monotonic() + RETRY_INTERVAL_S > deadline:
-                    raise ClientFailed(f"{error}; no room within {within_s:g} s "
-                                       f"({flag})") from None  # fmt: skip
+                    raise ClientFailed(f"{error}; no room within {within_s:g} s ({flag})") from None
                 client.say(f"{client.name}: {error}; trying again")
             except TimeoutError:
                 raise  # a server that is there but silent is not looked for again
@@ -819,9 +852,15 @@ def open_channel(
     refused_tls: BaseException | None = None  # the last handshake that failed, if any
     while True:
         try:
-            sock = _connect(host, port, within_s=max(deadline - time.monotonic(), 0.1),
-                            timeout_s=timeout_s, flag=flag, window_s=window_s or within_s,
-                            say=say if announce_retry else None)  # fmt: skip
+            sock = _connect(
+                host,
+                port,
+                within_s=max(deadline - time.monotonic(), 0.1),
+                timeout_s=timeout_s,
+                flag=flag,
+                window_s=window_s or within_s,
+                say=say if announce_retry else None,
+            )
         except ClientFailed:
             if refused_tls is None:
                 raise
@@ -851,8 +890,10 @@ def open_channel(
                 )
         elif not known_servers.check(address, presented):
             known_servers.remember(address, presented)
-            say(f"trusting server {address} on first use: key {presented} "
-                f"(recorded in {known_servers.path})")  # fmt: skip
+            say(
+                f"trusting server {address} on first use: key {presented} "
+                f"(recorded in {known_servers.path})"
+            )
     except TrustError as error:  # ServerKeyChanged names both keys and the line to remove
         tls.close()
         raise ClientFailed(str(error)) from None
@@ -884,8 +925,10 @@ def _connect(
                     f"no server at {host}:{port} within {window_s:g} s ({flag}): {error}"
                 ) from None
             if say is not None:
-                say(f"no server at {host}:{port} yet ({error.strerror or error}); retrying for "
-                    f"up to {window_s:g} s ({flag})")  # fmt: skip
+                say(
+                    f"no server at {host}:{port} yet ({error.strerror or error}); retrying for "
+                    f"up to {window_s:g} s ({flag})"
+                )
                 say = None
             time.sleep(RETRY_INTERVAL_S)
             continue

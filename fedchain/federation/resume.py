@@ -44,14 +44,19 @@ def differences(genesis: Block, wanted: RunSettings) -> list[str]:
     compare("--clients", wanted.n_clients, len(run.participants))
     compare("--min-clients", wanted.min_clients, run.min_clients)
     compare("--aggregation", wanted.aggregation, genesis.aggregation)
-    compare("the rule's parameters (--byzantine, --proximal)",
-            dict(wanted.aggregation_parameters or {}), genesis.parameters)  # fmt: skip
+    compare(
+        "the rule's parameters (--byzantine, --proximal)",
+        dict(wanted.aggregation_parameters or {}),
+        genesis.parameters,
+    )
     privacy = run.privacy
     if wanted.schema != (None if privacy is None else privacy.schema):
-        found.append("--schema differs from the bounds the chain's genesis records"
-                     if privacy is not None and wanted.schema is not None
-                     else f"--schema is {'given' if wanted.schema else 'not given'}, but the "
-                     f"chain's genesis records {'bounds' if privacy else 'none'}")  # fmt: skip
+        found.append(
+            "--schema differs from the bounds the chain's genesis records"
+            if privacy is not None and wanted.schema is not None
+            else f"--schema is {'given' if wanted.schema else 'not given'}, but the "
+            f"chain's genesis records {'bounds' if privacy else 'none'}"
+        )
     compare("--max-epsilon", wanted.max_epsilon, None if privacy is None else privacy.max_epsilon)
     if wanted.server_key != run.server_key:
         found.append(

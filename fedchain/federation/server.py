@@ -243,12 +243,16 @@ class FederationServer:
         if not self.rule.scaled:
             return None
         if self.test_data is None:
-            self.say("krum measures distances in raw weight units: there are no held-out rows "
-                     "(--test) to scale the features by")  # fmt: skip
+            self.say(
+                "krum measures distances in raw weight units: there are no held-out rows "
+                "(--test) to scale the features by"
+            )
             return None
         rows = self.test_data.in_order(self.run_features)
-        self.detail(f"krum measures distances with each weight times its feature's root mean "
-                    f"square on the {rows.n_samples} held-out rows")  # fmt: skip
+        self.detail(
+            f"krum measures distances with each weight times its feature's root mean "
+            f"square on the {rows.n_samples} held-out rows"
+        )
         return feature_scale(rows.X)
 
     def _resume(self, chain: Chain) -> Chain:
@@ -368,8 +372,11 @@ class FederationServer:
                 text = printable(f"waiting: {status()}; up to {left:.0f} s more ({flag})")
                 self.say(text)
                 if tell_clients:
-                    self._send_to(self.peers + self.standby, {"type": "waiting", "reason": text},
-                                  index=self.round_index)  # fmt: skip
+                    self._send_to(
+                        self.peers + self.standby,
+                        {"type": "waiting", "reason": text},
+                        index=self.round_index,
+                    )
                 next_status = now + STATUS_EVERY_S
             return min(next_status, wake_at())
 
@@ -401,13 +408,21 @@ class FederationServer:
             joined = ", ".join(p.name for p in self.peers[:8]) + (
                 ", …" if len(self.peers) > 8 else ""
             )
-            return (f"for {self.n_clients} clients to join ({len(self.peers)} joined"
-                    f"{': ' + joined if joined else ''})")  # fmt: skip
+            return (
+                f"for {self.n_clients} clients to join ({len(self.peers)} joined"
+                f"{': ' + joined if joined else ''})"
+            )
 
         everyone = lambda: len(self.peers) == self.n_clients  # noqa: E731
         # The clients that have joined are told nothing until the run begins: they wait quietly.
-        if not self._wait_for_clients(deadline, everyone, status, hear_peer=self._hear_early_peer,
-                                      flag="--join-timeout-s", tell_clients=False):  # fmt: skip
+        if not self._wait_for_clients(
+            deadline,
+            everyone,
+            status,
+            hear_peer=self._hear_early_peer,
+            flag="--join-timeout-s",
+            tell_clients=False,
+        ):
             raise RunAborted(
                 f"only {len(self.peers)} of {self.n_clients} clients joined within "
                 f"{self.join_timeout_s:g} s (--join-timeout-s)"
@@ -508,8 +523,9 @@ class FederationServer:
             raise _Refusal(self._full())
         # The login signs this connection's challenge and this server's key: a recorded login
         # cannot be replayed here, nor one made for another server relayed to this one.
-        if not verify_login(key, message["login_signature"], self.public_key,
-                            connection.challenge, name):  # fmt: skip
+        if not verify_login(
+            key, message["login_signature"], self.public_key, connection.challenge, name
+        ):
             raise _Refusal(f"{name}'s login signature does not verify for key {key[:16]}…")
         if self.chain is None:
             self._check_newcomer(name, key)
@@ -532,24 +548,39 @@ class FederationServer:
         the genesis (for a client coming back) says otherwise, or if its signature fails."""
         if self.schema is None:
             if offered is not None:
-                raise _Refusal(f"{name} states a privacy guarantee, but this run has no schema "
-                               "(--schema) to clip to")  # fmt: skip
+                raise _Refusal(
+                    f"{name} states a privacy guarantee, but this run has no schema "
+                    "(--schema) to clip to"
+                )
             return None
         if fault := schema_fault(self.schema, features):
             raise _Refusal(f"{name}'s columns do not fit the run's schema: the {fault}")
-        statement = None if offered is None else PrivacyStatement(
-            offered["mechanism"], offered["epsilon"], offered["delta"], offered["signature"].hex()
-        )  # fmt: skip
+        statement = (
+            None
+            if offered is None
+            else PrivacyStatement(
+                offered["mechanism"],
+                offered["epsilon"],
+                offered["delta"],
+                offered["signature"].hex(),
+            )
+        )
         if self.chain is not None:
             recorded = self.chain.genesis.run.privacy.statements.get(name)
             if statement != recorded:
-                raise _Refusal(f"{name}'s privacy statement is not the one this run's genesis "
-                               "records (a private client reuses its one release)")  # fmt: skip
+                raise _Refusal(
+                    f"{name}'s privacy statement is not the one this run's genesis "
+                    "records (a private client reuses its one release)"
+                )
             return statement
         fault = statement_fault(
-            name, statement, participant_key=key, server_key=self.public_key,
-            schema_digest=self.schema.digest(), max_epsilon=self.max_epsilon,
-        )  # fmt: skip
+            name,
+            statement,
+            participant_key=key,
+            server_key=self.public_key,
+            schema_digest=self.schema.digest(),
+            max_epsilon=self.max_epsilon,
+        )
         if fault:
             raise _Refusal(fault)
         return statement
@@ -578,11 +609,15 @@ class FederationServer:
         connection of its still open is closed: a client that logs in again has restarted."""
         participants = self.chain.genesis.run.participants
         if name not in participants:
-            raise _Refusal(f"{name!r} is not a client of this run (its genesis admits only "
-                           f"{', '.join(sorted(participants))})")  # fmt: skip
+            raise _Refusal(
+                f"{name!r} is not a client of this run (its genesis admits only "
+                f"{', '.join(sorted(participants))})"
+            )
         if participants[name] != key:
-            raise _Refusal(f"{name}'s key {key[:16]}… is not the one this run admitted "
-                           f"({participants[name][:16]}…)")  # fmt: skip
+            raise _Refusal(
+                f"{name}'s key {key[:16]}… is not the one this run admitted "
+                f"({participants[name][:16]}…)"
+            )
         recorded = self.chain.sample_counts.get(name)
         if recorded is not None and recorded != n_samples:
             # The count weighs the client's model in every average: it is fixed for the run.
@@ -622,8 +657,13 @@ class FederationServer:
         """Send the genesis and every block after it, so CONNECTION holds the chain so far;
         False if it could not take them (it is then left out)."""
         chain = self.chain
-        welcome = {"type": "welcome", "genesis": block_to_json(chain.genesis), "seed": self.seed,
-                   "rounds": self.rounds, "height": len(chain.blocks)}  # fmt: skip
+        welcome = {
+            "type": "welcome",
+            "genesis": block_to_json(chain.genesis),
+            "seed": self.seed,
+            "rounds": self.rounds,
+            "height": len(chain.blocks),
+        }
         try:
             self._send_now(connection.sock, welcome)
             for block in chain.blocks[1:]:
@@ -676,8 +716,12 @@ class FederationServer:
         started, cpu_started = time.monotonic(), time.process_time()
         self.round_index = index
         model = chain.last.server_model
-        train = {"type": "train", "round": index, "weights": model.weights.copy(),
-                 "bias": model.bias}  # fmt: skip
+        train = {
+            "type": "train",
+            "round": index,
+            "weights": model.weights.copy(),
+            "bias": model.bias,
+        }
         # The round's updates so far: a client that leaves, or logs in again, takes its own out.
         received = self.received = {}
         self.probed = []
@@ -742,18 +786,29 @@ class FederationServer:
             test_mse = mse(block.server_model, self.test_data.X, self.test_data.y)
             test_r2 = r2(block.server_model, self.test_data.X, self.test_data.y)
         if self.metrics is not None:
-            shared = {"round": index, "test_mse": test_mse, "test_r2": test_r2,
-                      "mining_s": mining_s, "nonce": block.nonce, "round_s": round_s,
-                      "server_cpu_s": own_s, "block_hash": block.hash}  # fmt: skip
+            shared = {
+                "round": index,
+                "test_mse": test_mse,
+                "test_r2": test_r2,
+                "mining_s": mining_s,
+                "nonce": block.nonce,
+                "round_s": round_s,
+                "server_cpu_s": own_s,
+                "block_hash": block.hash,
+            }
             rows = []
             for peer in contributors:
                 reported = received[peer.name][2]  # the client's word: shown, never trusted
-                rows.append(shared | {
-                    "client": peer.name, "rows": peer.n_samples,
-                    "local_mse_before": reported.get("local_mse_before"),
-                    "local_mse_after": reported.get("local_mse"),
-                    "train_s": reported.get("train_s"),
-                })  # fmt: skip
+                rows.append(
+                    shared
+                    | {
+                        "client": peer.name,
+                        "rows": peer.n_samples,
+                        "local_mse_before": reported.get("local_mse_before"),
+                        "local_mse_after": reported.get("local_mse"),
+                        "train_s": reported.get("train_s"),
+                    }
+                )
             try:
                 self.metrics.add_round(rows)
             except OSError as error:  # the chain is what matters: say so and go on
@@ -785,9 +840,14 @@ class FederationServer:
         last = self.probed[-1] if self.probed else {}
         left = [n for n, u in last.items() if n not in received or received[n][0] is not u]
         self.probed.append(updates)
-        probe = {"type": "probe", "round": index, "weights": self.candidate.weights.copy(),
-                 "bias": self.candidate.bias, "updates": updates_to_json(updates),
-                 "left": left}  # fmt: skip
+        probe = {
+            "type": "probe",
+            "round": index,
+            "weights": self.candidate.weights.copy(),
+            "bias": self.candidate.bias,
+            "updates": updates_to_json(updates),
+            "left": left,
+        }
         self._send_to(contributors, probe, index)
         answers: dict = {}
         deadline = time.monotonic() + self.round_timeout_s
@@ -824,8 +884,10 @@ class FederationServer:
 
     def _announce_mining(self, index: int) -> None:
         if self.mining_estimate_s > settings.SLOW_MINING_S:
-            text = (f"mining block {index} at {self.difficulty_bits} bits: about "
-                    f"{self.mining_estimate_s:.0f} s expected")  # fmt: skip
+            text = (
+                f"mining block {index} at {self.difficulty_bits} bits: about "
+                f"{self.mining_estimate_s:.0f} s expected"
+            )
             self.say(text)
             self._send_to(self.peers + self.standby, {"type": "waiting", "reason": text}, index)
 
@@ -994,12 +1056,17 @@ class FederationServer:
         at_candidate = self._gradient_of(message, "gradient")
         signature = message["signature"].hex()
         signed = probe_message(
-            genesis_hash=chain.genesis.hash, index=index, previous_hash=chain.last.hash,
-            name=peer.name, candidate=self.candidate, gradient=at_candidate,
-        )  # fmt: skip
+            genesis_hash=chain.genesis.hash,
+            index=index,
+            previous_hash=chain.last.hash,
+            name=peer.name,
+            candidate=self.candidate,
+            gradient=at_candidate,
+        )
         if not signature_holds(peer.public_key, signature, signed):
-            raise _Refusal(f"sent a gradient for round {index} not signed by its key at the "
-                           "round's candidate")  # fmt: skip
+            raise _Refusal(
+                f"sent a gradient for round {index} not signed by its key at the round's candidate"
+            )
         probed = replace(update, probe_gradient=at_candidate, probe_signature=signature)
         return probed, attestation, metrics
 

@@ -68,12 +68,15 @@ def check_scale(scale: object, n_features: int) -> None:
     """Raise ValueError unless SCALE is a tuple of N_FEATURES positive floats at most
     MAX_MAGNITUDE."""
     if not isinstance(scale, tuple) or len(scale) != n_features:
-        raise ValueError(f"a feature scale must hold one number for each of the {n_features} "
-                         "features")  # fmt: skip
+        raise ValueError(
+            f"a feature scale must hold one number for each of the {n_features} features"
+        )
     for value in scale:
         if type(value) is not float or not 0.0 < value <= MAX_MAGNITUDE:
-            raise ValueError(f"a feature scale holds positive numbers of at most "
-                             f"{MAX_MAGNITUDE:g}, not {value!r}")  # fmt: skip
+            raise ValueError(
+                f"a feature scale holds positive numbers of at most "
+                f"{MAX_MAGNITUDE:g}, not {value!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,9 @@ def check_byzantine(f: object) -> None:
 def check_proximal(mu: object) -> None:
     """Raise ValueError unless MU, scaffold's proximal weight, is a number in range."""
     if not (isinstance(mu, float) and MIN_PROXIMAL <= mu <= MAX_PROXIMAL):
-        raise ValueError(f"proximal must be a number in [{MIN_PROXIMAL:g}, {MAX_PROXIMAL:g}], "
-                         f"not {mu!r}")  # fmt: skip
+        raise ValueError(
+            f"proximal must be a number in [{MIN_PROXIMAL:g}, {MAX_PROXIMAL:g}], not {mu!r}"
+        )
 
 
 PARAMETER_CHECKS = {BYZANTINE: check_byzantine, PROXIMAL: check_proximal}
@@ -129,8 +133,9 @@ class Rule:
         """Raise ValueError unless PARAMETERS are exactly what the rule takes, in range."""
         if set(parameters) != set(self.parameters):
             wanted = ", ".join(sorted(self.parameters)) or "none"
-            raise ValueError(f"{self.name} takes the parameters {wanted}, not "
-                             f"{', '.join(parameters)}")  # fmt: skip
+            raise ValueError(
+                f"{self.name} takes the parameters {wanted}, not {', '.join(parameters)}"
+            )
         for name, value in parameters.items():
             PARAMETER_CHECKS[name](value)
 
@@ -150,11 +155,13 @@ class Rule:
         """Apply the rule to the named, counted client models UPDATES, in the order given."""
         needed = self.clients_needed(parameters)
         if len(updates) < needed:
-            raise ValueError(f"{self.name} with {parameters} needs at least {needed} clients, "
-                             f"not {len(updates)}")  # fmt: skip
+            raise ValueError(
+                f"{self.name} with {parameters} needs at least {needed} clients, not {len(updates)}"
+            )
         if self.combine is None:
-            raise ValueError(f"{self.name} needs the clients' gradients: learning/scaffold.py "
-                             "settles it")  # fmt: skip
+            raise ValueError(
+                f"{self.name} needs the clients' gradients: learning/scaffold.py settles it"
+            )
         return self.combine(updates, int(parameters.get(BYZANTINE, 0)), scale, kept_by_rows)
 
 
@@ -312,8 +319,9 @@ def scaled(models: Sequence[LinearModel], scale: Sequence[float]) -> np.ndarray:
     # looking close.
     values = _stacked(models)
     if len(scale) != values.shape[1] - 1:
-        raise ValueError(f"the feature scale has {len(scale)} features, the models "
-                         f"{values.shape[1] - 1}")  # fmt: skip
+        raise ValueError(
+            f"the feature scale has {len(scale)} features, the models {values.shape[1] - 1}"
+        )
     with np.errstate(over="ignore"):  # an overflow shows as an infinite score, refused after
         values[:, :-1] = values[:, :-1] * np.array(scale)
     return values

@@ -74,9 +74,18 @@ class _Coordinates:
         if problem.moments is not None:  # noisy sums: every column varies, already whitened
             p, none = problem, np.zeros(problem.n_features, dtype=bool)
             return cls(
-                p.seen, none, p.x_mean, p.x_scale, np.zeros(0), p.y_mean, p.y_scale,
-                p.curvature, p.basis, p.moment, p.t_square,
-            )  # fmt: skip
+                p.seen,
+                none,
+                p.x_mean,
+                p.x_scale,
+                np.zeros(0),
+                p.y_mean,
+                p.y_scale,
+                p.curvature,
+                p.basis,
+                p.moment,
+                p.t_square,
+            )
         X, y, n = problem.X, problem.y, len(problem.y)
         varying = ~np.equal(X, X[0]).all(axis=0)
         constant = ~varying & (X[0] != 0)
@@ -96,9 +105,18 @@ class _Coordinates:
             raise ValueError("the data's values are too large to square in float64")
         curvature, basis = np.linalg.eigh(gram)
         return cls(
-            varying, constant, x_mean, x_scale, np.abs(X[0, constant]), y_mean, y_scale,
-            np.maximum(curvature, 0.0), basis, basis.T @ moment, float(t @ t) / n,
-        )  # fmt: skip
+            varying,
+            constant,
+            x_mean,
+            x_scale,
+            np.abs(X[0, constant]),
+            y_mean,
+            y_scale,
+            np.maximum(curvature, 0.0),
+            basis,
+            basis.T @ moment,
+            float(t @ t) / n,
+        )
 
 
 class _CorrectedWhitening:
@@ -107,9 +125,12 @@ class _CorrectedWhitening:
     intercept, times sqrt(1 + proximal). The bowl is the standardised corrected objective."""
 
     def __init__(
-        self, coordinates: _Coordinates, received: LinearModel, correction: np.ndarray,
+        self,
+        coordinates: _Coordinates,
+        received: LinearModel,
+        correction: np.ndarray,
         proximal: float,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.c, self.received, self.proximal = coordinates, received, proximal
         self.varying_stretch = 1.0 / np.sqrt(coordinates.curvature + proximal)
         self.constant_stretch = 1.0 / np.sqrt(proximal)
@@ -130,11 +151,13 @@ class _CorrectedWhitening:
             varying = c.basis.T @ (shifted[c.varying] / c.x_scale) / c.y_scale
             constant = shifted[c.constant] / c.constant_scale / c.y_scale
             intercept = e_b / c.y_scale
-            half_slope = np.concatenate([
-                ((c.curvature * v - c.moment) + 0.5 * varying) * self.varying_stretch,
-                0.5 * constant * self.constant_stretch,
-                [(residual + 0.5 * intercept) * self.intercept_stretch],
-            ])  # fmt: skip
+            half_slope = np.concatenate(
+                [
+                    ((c.curvature * v - c.moment) + 0.5 * varying) * self.varying_stretch,
+                    0.5 * constant * self.constant_stretch,
+                    [(residual + 0.5 * intercept) * self.intercept_stretch],
+                ]
+            )
             finite = abs(loss) < MAX_STANDARDISED_LOSS and np.all(np.isfinite(half_slope))
             finite = finite and np.max(np.abs(half_slope), initial=0.0) ** 2 < MAX_STANDARDISED_LOSS
         if not finite:
@@ -195,8 +218,10 @@ def train_corrected(
         )
     global_gradient = np.asarray(global_gradient, dtype=np.float64)
     if global_gradient.shape != (problem.n_features + 1,):
-        raise ValueError(f"the global gradient must be a vector of {problem.n_features + 1} "
-                         f"numbers, not shape {global_gradient.shape}")  # fmt: skip
+        raise ValueError(
+            f"the global gradient must be a vector of {problem.n_features + 1} "
+            f"numbers, not shape {global_gradient.shape}"
+        )
     if not np.all(np.isfinite(global_gradient)):
         raise ValueError("the global gradient holds NaN or infinity")
     correction = global_gradient - gradient(problem, received)
@@ -208,8 +233,12 @@ def train_corrected(
     # client's MSE is, as in plain training: a search need not resolve finer than its rows can.
     # (Taken from the rows, not the bowl: near an exact fit the bowl's terms cancel to noise.)
     genes = search_bowl(
-        bowl, seed=seed, generations=generations, population=population,
-        tolerance_per_gene=tolerance / problem.n_samples, scale=before / coordinates.y_scale**2,
-    )  # fmt: skip
+        bowl,
+        seed=seed,
+        generations=generations,
+        population=population,
+        tolerance_per_gene=tolerance / problem.n_samples,
+        scale=before / coordinates.y_scale**2,
+    )
     trained = whitening.to_model(genes)
     return TrainingResult(trained, before, problem.mse(trained))

@@ -35,8 +35,9 @@ def search_bowl(
     # solutions make PyGAD's per-gene bookkeeping far cheaper.
     n_blocks = -(-genes.size // BLOCK_GENES)
     for index, block in enumerate(np.array_split(np.arange(genes.size), n_blocks)):
-        search = _Search(bowl.part(genes, block), population, tolerance_per_gene * block.size,
-                         scale)  # fmt: skip
+        search = _Search(
+            bowl.part(genes, block), population, tolerance_per_gene * block.size, scale
+        )
         ga = pygad.GA(
             num_generations=generations,
             num_parents_mating=population // 2,

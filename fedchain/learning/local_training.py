@@ -90,9 +90,21 @@ class LocalProblem:
         basis = np.ascontiguousarray(vectors[:, visible])
         hidden = np.ascontiguousarray(vectors[:, ~visible])
         return cls(
-            X, y, x_mean, seen, group, copies, x_scale, y_mean, y_scale,
-            basis, hidden, curvature[visible], basis.T @ moment, t_square,
-        )  # fmt: skip
+            X,
+            y,
+            x_mean,
+            seen,
+            group,
+            copies,
+            x_scale,
+            y_mean,
+            y_scale,
+            basis,
+            hidden,
+            curvature[visible],
+            basis.T @ moment,
+            t_square,
+        )
 
     @classmethod
     def from_moments(cls, moments: Moments) -> "LocalProblem":
@@ -119,9 +131,22 @@ class LocalProblem:
             raise ValueError("the noisy sums are not positive definite: nothing to search in")
         everything = np.ones(d, dtype=bool)
         return cls(
-            None, None, x_mean, everything, np.arange(d), np.ones(d), x_scale, y_mean, y_scale,
-            basis, np.zeros((d, 0)), curvature, basis.T @ moment, t_square, moments,
-        )  # fmt: skip
+            None,
+            None,
+            x_mean,
+            everything,
+            np.arange(d),
+            np.ones(d),
+            x_scale,
+            y_mean,
+            y_scale,
+            basis,
+            np.zeros((d, 0)),
+            curvature,
+            basis.T @ moment,
+            t_square,
+            moments,
+        )
 
     @property
     def n_features(self) -> int:
@@ -177,9 +202,14 @@ def train_locally(
 ) -> LinearModel:
     """Search from RECEIVED for a better model on the client's rows; never return a worse one."""
     return train_and_score(
-        problem, received, seed=seed, generations=generations, population=population,
-        proximal=proximal, tolerance=tolerance,
-    ).model  # fmt: skip
+        problem,
+        received,
+        seed=seed,
+        generations=generations,
+        population=population,
+        proximal=proximal,
+        tolerance=tolerance,
+    ).model
 
 
 def train_and_score(

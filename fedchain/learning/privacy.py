@@ -62,8 +62,9 @@ class PrivateRelease:
 def check_budget(epsilon: float, delta: float) -> None:
     """Raise ValueError unless EPSILON and DELTA are a budget this mechanism can meet."""
     if not (isinstance(epsilon, float) and MIN_EPSILON <= epsilon <= MAX_EPSILON):
-        raise ValueError(f"ε must be a number in [{MIN_EPSILON:g}, {MAX_EPSILON:g}], "
-                         f"not {epsilon!r}")  # fmt: skip
+        raise ValueError(
+            f"ε must be a number in [{MIN_EPSILON:g}, {MAX_EPSILON:g}], not {epsilon!r}"
+        )
     if not (isinstance(delta, float) and 0.0 < delta <= MAX_DELTA):
         raise ValueError(f"δ must be a number in (0, {MAX_DELTA:g}], not {delta!r}")
 

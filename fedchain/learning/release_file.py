@@ -19,8 +19,18 @@ from fedchain.learning.moments import Moments
 from fedchain.learning.privacy import Guarantee, PrivateRelease, release
 from fedchain.learning.schema import Schema, parse_schema
 
-_KEYS = {"mechanism", "epsilon", "delta", "schema", "rows", "columns", "n_samples", "ridge",
-         "clipped", "sums"}  # fmt: skip
+_KEYS = {
+    "mechanism",
+    "epsilon",
+    "delta",
+    "schema",
+    "rows",
+    "columns",
+    "n_samples",
+    "ridge",
+    "clipped",
+    "sums",
+}
 
 
 def release_path(folder: Path, name: str) -> Path:
@@ -49,11 +59,17 @@ def load_or_release(
     rng = np.random.default_rng(secrets.randbits(128))
     made = release(data.X, data.y, low, high, epsilon=epsilon, delta=delta, rng=rng)
     record = {
-        "mechanism": made.guarantee.mechanism, "epsilon": epsilon, "delta": delta,
-        "schema": schema.canonical(), "rows": rows_digest(data),
-        "columns": list(data.feature_names), "n_samples": made.n_samples, "ridge": made.ridge,
-        "clipped": made.clipped, "sums": made.moments.gram.tolist(),
-    }  # fmt: skip
+        "mechanism": made.guarantee.mechanism,
+        "epsilon": epsilon,
+        "delta": delta,
+        "schema": schema.canonical(),
+        "rows": rows_digest(data),
+        "columns": list(data.feature_names),
+        "n_samples": made.n_samples,
+        "ridge": made.ridge,
+        "clipped": made.clipped,
+        "sums": made.moments.gram.tolist(),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(create_whole(path, json.dumps(record).encode(), mode=0o600))
     return made, True
@@ -77,8 +93,10 @@ def _load(
     redo = f"; a new release would spend privacy again: remove {path} to make one"
     # The bounds, not the text: the same bounds listed in another order are the same release.
     if released_under.bounds != schema.bounds:
-        raise DataError(f"this client released its rows' sums under another schema than the "
-                        f"server's (kept in {path}){redo}")  # fmt: skip
+        raise DataError(
+            f"this client released its rows' sums under another schema than the "
+            f"server's (kept in {path}){redo}"
+        )
     if (guarantee.epsilon, guarantee.delta) != (epsilon, delta):
         raise DataError(
             f"this client released its rows' sums under this schema at ε {guarantee.epsilon:g}, "
@@ -88,8 +106,10 @@ def _load(
         set(columns) != set(data.feature_names)
         or rows_digest(data.in_order(columns)) != record["rows"]
     ):
-        raise DataError(f"the rows changed since this client released their sums under this "
-                        f"schema (kept in {path}){redo}")  # fmt: skip
+        raise DataError(
+            f"the rows changed since this client released their sums under this "
+            f"schema (kept in {path}){redo}"
+        )
     return PrivateRelease(
         moments=in_order(moments, columns, data.feature_names),
         n_samples=record["n_samples"],

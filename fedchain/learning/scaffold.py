@@ -64,8 +64,12 @@ class SearchRecord:
         """The record a block holds; ValueError unless it has exactly the keys and sizes."""
         if set(record) != set(RECORD_KEYS):
             raise ValueError(f"a scaffold block's search must record {', '.join(RECORD_KEYS)}")
-        sizes = {"coefficients": 2, "gradient": n_parameters, "step": n_parameters,
-                 "step_change": n_parameters}  # fmt: skip
+        sizes = {
+            "coefficients": 2,
+            "gradient": n_parameters,
+            "step": n_parameters,
+            "step_change": n_parameters,
+        }
         for key, size in sizes.items():
             if len(record[key]) != size:
                 raise ValueError(f"the search's {key} has {len(record[key])} numbers, not {size}")
@@ -113,8 +117,11 @@ def settle(
             step_change = step_change + coefficient * direction_change
         new = x + step
         new_gradient = at_start + step_change
-    if not (np.all(np.isfinite(new)) and np.all(np.isfinite(new_gradient))
-            and np.all(np.isfinite(step_change))):  # fmt: skip
+    if not (
+        np.all(np.isfinite(new))
+        and np.all(np.isfinite(new_gradient))
+        and np.all(np.isfinite(step_change))
+    ):
         coefficients = []
         new, new_gradient = x, at_start
         step = step_change = np.zeros(size)
@@ -135,10 +142,16 @@ def _least_on_plane(
     if len(directions) == 2:
         q12 = (q[0][1] + q[1][0]) / 2.0  # H is symmetric; rounding makes it less so
         determinant = q[0][0] * q[1][1] - q12 * q12
-        if (q[0][0] > 0 and q[1][1] > 0 and math.isfinite(determinant)
-                and determinant > MIN_PLANE_DETERMINANT * q[0][0] * q[1][1]):  # fmt: skip
-            pair = [(r[0] * q[1][1] - r[1] * q12) / determinant,
-                    (q[0][0] * r[1] - q12 * r[0]) / determinant]  # fmt: skip
+        if (
+            q[0][0] > 0
+            and q[1][1] > 0
+            and math.isfinite(determinant)
+            and determinant > MIN_PLANE_DETERMINANT * q[0][0] * q[1][1]
+        ):
+            pair = [
+                (r[0] * q[1][1] - r[1] * q12) / determinant,
+                (q[0][0] * r[1] - q12 * r[0]) / determinant,
+            ]
             if all(abs(c) <= MAX_COEFFICIENT for c in pair):
                 return pair
     # Along the first direction alone; a curvature that is not positive (gradients that

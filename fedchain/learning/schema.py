@@ -38,8 +38,9 @@ class Schema:
             if not (isinstance(low, float) and isinstance(high, float)):
                 raise TypeError(f"{name}: bounds must be floats")
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
-                raise ValueError(f"{name}: the bounds must be finite with low < high, not "
-                                 f"[{low!r}, {high!r}]")  # fmt: skip
+                raise ValueError(
+                    f"{name}: the bounds must be finite with low < high, not [{low!r}, {high!r}]"
+                )
 
     def digest(self) -> str:
         """SHA-256 of the schema's canonical text, 64 hex digits: what a client checks it got."""
@@ -79,8 +80,9 @@ def parse_schema(text: str, *, source: str = "the schema") -> Schema:
         if not row or all(not cell.strip() for cell in row):
             continue
         if len(row) != 3:
-            raise DataError(f"{source}, line {line}: expected column,low,high, got {len(row)} "
-                            "cells")  # fmt: skip
+            raise DataError(
+                f"{source}, line {line}: expected column,low,high, got {len(row)} cells"
+            )
         name, low, high = (cell.strip() for cell in row)
         if name in bounds:
             raise DataError(f"{source}, line {line}: column {name!r} is listed twice")

@@ -143,27 +143,38 @@ def _simulate_scaffold(
             started = time.perf_counter()
             if record is None:  # round 1: nothing to correct by yet
                 client_models[name] = train_locally(
-                    problems[name], global_model, seed=seed, generations=generations,
+                    problems[name],
+                    global_model,
+                    seed=seed,
+                    generations=generations,
                     population=population,
-                )  # fmt: skip
+                )
             else:
                 client_models[name] = train_corrected(
-                    corrected[name], global_model, np.array(record.gradient), seed=seed,
-                    proximal=proximal, generations=generations, population=population,
-                ).model  # fmt: skip
+                    corrected[name],
+                    global_model,
+                    np.array(record.gradient),
+                    seed=seed,
+                    proximal=proximal,
+                    generations=generations,
+                    population=population,
+                ).model
             start_gradients[name] = gradient(problems[name], global_model)
             train_s[name] = time.perf_counter() - started
             if name in poison:
                 client_models[name] = poison[name].apply(
                     global_model, client_models[name], seed=seed
                 )
-        probe = candidate([Contribution(client_models[n], rows[n], (), ())
-                           for n in names])  # fmt: skip
+        probe = candidate([Contribution(client_models[n], rows[n], (), ()) for n in names])
         contributions = [
-            Contribution(client_models[n], rows[n], tuple(start_gradients[n]),
-                         tuple(gradient(problems[n], probe)))
+            Contribution(
+                client_models[n],
+                rows[n],
+                tuple(start_gradients[n]),
+                tuple(gradient(problems[n], probe)),
+            )
             for n in names
-        ]  # fmt: skip
+        ]
         global_model, record = settle(global_model, record, contributions)
         history.append(SimulatedRound(index, client_models, global_model, train_s, None, record))
     return history

@@ -148,8 +148,9 @@ class RunRecord:
             if not isinstance(self.privacy, PrivacyTerms):
                 raise TypeError("privacy must be PrivacyTerms")
             if strangers := set(self.privacy.statements) - set(self.participants):
-                raise ValueError(f"privacy statements of clients not admitted: "
-                                 f"{', '.join(sorted(strangers))}")  # fmt: skip
+                raise ValueError(
+                    f"privacy statements of clients not admitted: {', '.join(sorted(strangers))}"
+                )
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,9 @@ class ClientUpdate:
             raise TypeError("training must be TrainingSettings")
         if self.signature:
             check_hex("a client's signature", self.signature, SIGNATURE_HEX)
-        _check_numbers("gradients", {"at_start": self.gradient, "at_probe": self.probe_gradient},
-                       single=False)  # fmt: skip
+        _check_numbers(
+            "gradients", {"at_start": self.gradient, "at_probe": self.probe_gradient}, single=False
+        )
         if self.probe_signature:
             check_hex("a client's probe signature", self.probe_signature, SIGNATURE_HEX)
 
@@ -362,8 +364,12 @@ def _no_bytes(_: object) -> list[bytes]:
 
 def _pack_training(update: ClientUpdate) -> list[bytes]:
     training = update.training
-    return [U64.pack(training.seed), U64.pack(training.generations),
-            U64.pack(training.population), pack_hex(update.signature)]  # fmt: skip
+    return [
+        U64.pack(training.seed),
+        U64.pack(training.generations),
+        U64.pack(training.population),
+        pack_hex(update.signature),
+    ]
 
 
 def _pack_signed(block: Block) -> list[bytes]:
@@ -420,9 +426,11 @@ def _pack_privacy(block: Block) -> list[bytes]:
 
 def _check_privacy(block: Block, carried: bool) -> None:
     if block.run is not None and carried != (block.run.privacy is not None):
-        raise ValueError(f"a format-{PRIVATE_TWIN[FORMAT_SIGNED]} to "
-                         f"{PRIVATE_TWIN[FORMAT_SCALED]} genesis, and only one, records "
-                         "privacy terms")  # fmt: skip
+        raise ValueError(
+            f"a format-{PRIVATE_TWIN[FORMAT_SIGNED]} to "
+            f"{PRIVATE_TWIN[FORMAT_SCALED]} genesis, and only one, records "
+            "privacy terms"
+        )
 
 
 def _pack_rules(block: Block) -> list[bytes]:

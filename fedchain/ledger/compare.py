@@ -43,11 +43,12 @@ def compare_chains(a: Sequence[Block], b: Sequence[Block]) -> Comparison:
 def _judge(index: int, shared: Sequence[Block], block_a: Block, block_b: Block) -> Comparison:
     if block_a.hash == block_b.hash:
         return Comparison(
-            index, False,
+            index,
+            False,
             f"the copies part at block {index}: its contents differ under the same stored hash "
             f"{block_a.hash[:16]}…, so at least one copy was altered after the block was sealed; "
             "that is no proof against the server",
-        )  # fmt: skip
+        )
     if index == 0:
         return Comparison(0, False, "the copies start from different genesis blocks: two runs")
     try:  # a proof stands on a shared history that verifies, whatever came after it
@@ -59,10 +60,11 @@ def _judge(index: int, shared: Sequence[Block], block_a: Block, block_b: Block) 
         # A block that does not follow the shared history belongs to some other chain (another
         # run signed with the same key, say): it proves nothing about this one.
         return Comparison(
-            index, False,
+            index,
+            False,
             f"the copies part at block {index}, but not both blocks there follow block "
             f"{before.index}; that is no proof against the server",
-        )  # fmt: skip
+        )
     server_key = genesis.run.server_key if genesis.signed else None
     signed = [_signed_by(server_key, block) for block in (block_a, block_b)]
     if all(signed) and block_a.index == block_b.index == index:

@@ -13,10 +13,11 @@ from fedchain.ledger.block import Block, ClientUpdate
 def contributions(cli: Sequence[str], updates: Mapping[str, ClientUpdate]) -> list[Contribution]:
     """The updates of CLI, in that order, as the rule reads them."""
     return [
-        Contribution(updates[c].model, updates[c].n_samples, updates[c].gradient,
-                     updates[c].probe_gradient)
+        Contribution(
+            updates[c].model, updates[c].n_samples, updates[c].gradient, updates[c].probe_gradient
+        )
         for c in cli
-    ]  # fmt: skip
+    ]
 
 
 def probe_point(cli: Sequence[str], updates: Mapping[str, ClientUpdate]) -> LinearModel:

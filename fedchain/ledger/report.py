@@ -70,9 +70,11 @@ def report_chain(
         return Verdict.INVALID
     try:
         caveat = check_server_key(
-            chain, server_key=server_key, known_servers=known_servers,
+            chain,
+            server_key=server_key,
+            known_servers=known_servers,
             allow_unsigned=allow_unsigned,
-        )  # fmt: skip
+        )
     except UntrustedChain as error:
         say(f"refused: {error}")
         return Verdict.REFUSED
@@ -104,12 +106,15 @@ def describe_privacy(genesis: Block) -> str:
     terms = genesis.run.privacy
     each = [
         f"{name} ε {s.epsilon:g}, δ {s.delta:g} ({s.mechanism})"
-        if (s := terms.statements.get(name)) else f"{name} none"
+        if (s := terms.statements.get(name))
+        else f"{name} none"
         for name in sorted(genesis.run.participants)
-    ]  # fmt: skip
+    ]
     limit = "no limit" if terms.max_epsilon is None else f"at most ε {terms.max_epsilon:g}"
-    return (f"privacy, per row of each client's data, as each client signed: {'; '.join(each)} "
-            f"(the run admits {limit})")  # fmt: skip
+    return (
+        f"privacy, per row of each client's data, as each client signed: {'; '.join(each)} "
+        f"(the run admits {limit})"
+    )
 
 
 def describe_choice(block: Block, most: int = 3) -> str:
@@ -118,8 +123,10 @@ def describe_choice(block: Block, most: int = 3) -> str:
     closing block."""
     if block.search:
         along, previous = block.search["coefficients"]
-        return (f"scaffold: the least pooled MSE lies {along:.3g} x the way to the clients' "
-                f"average, {previous:+.3g} x the last step")  # fmt: skip
+        return (
+            f"scaffold: the least pooled MSE lies {along:.3g} x the way to the clients' "
+            f"average, {previous:+.3g} x the last step"
+        )
     if not block.choice:
         return ""
     rule = block.aggregation

@@ -40,46 +40,84 @@ def update_message(
 
 
 def probe_message(
-    *, genesis_hash: str, index: int, previous_hash: str, name: str, candidate: LinearModel,
+    *,
+    genesis_hash: str,
+    index: int,
+    previous_hash: str,
+    name: str,
+    candidate: LinearModel,
     gradient: tuple[float, ...],
-) -> bytes:  # fmt: skip
+) -> bytes:
     """The bytes a client signs for its GRADIENT at the CANDIDATE of scaffold round INDEX."""
     return b"".join(
-        [b"fedchain probe v4\0", pack_hex(genesis_hash), U64.pack(index), pack_hex(previous_hash),
-         pack_string(name), pack_model(candidate), pack_floats(gradient)]
-    )  # fmt: skip
+        [
+            b"fedchain probe v4\0",
+            pack_hex(genesis_hash),
+            U64.pack(index),
+            pack_hex(previous_hash),
+            pack_string(name),
+            pack_model(candidate),
+            pack_floats(gradient),
+        ]
+    )
 
 
 def privacy_message(
-    *, server_key: str, name: str, mechanism: str, epsilon: float, delta: float,
+    *,
+    server_key: str,
+    name: str,
+    mechanism: str,
+    epsilon: float,
+    delta: float,
     schema_digest: str,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """The bytes a private client signs when it joins: how it protects its rows, for the runs of
     the server SERVER_KEY with the schema SCHEMA_DIGEST (the genesis it attests binds the run)."""
     return b"".join(
-        [b"fedchain privacy v1\0", pack_hex(server_key), pack_string(name),
-         pack_string(mechanism), F64.pack(epsilon), F64.pack(delta), pack_hex(schema_digest)]
-    )  # fmt: skip
+        [
+            b"fedchain privacy v1\0",
+            pack_hex(server_key),
+            pack_string(name),
+            pack_string(mechanism),
+            F64.pack(epsilon),
+            F64.pack(delta),
+            pack_hex(schema_digest),
+        ]
+    )
 
 
 def sign_privacy(
-    key: Ed25519PrivateKey, *, server_key: str, name: str, mechanism: str, epsilon: float,
-    delta: float, schema_digest: str,
-) -> PrivacyStatement:  # fmt: skip
+    key: Ed25519PrivateKey,
+    *,
+    server_key: str,
+    name: str,
+    mechanism: str,
+    epsilon: float,
+    delta: float,
+    schema_digest: str,
+) -> PrivacyStatement:
     """NAME's privacy statement for the runs of SERVER_KEY with the schema SCHEMA_DIGEST."""
     message = privacy_message(
-        server_key=server_key, name=name, mechanism=mechanism, epsilon=epsilon, delta=delta,
+        server_key=server_key,
+        name=name,
+        mechanism=mechanism,
+        epsilon=epsilon,
+        delta=delta,
         schema_digest=schema_digest,
-    )  # fmt: skip
+    )
     return PrivacyStatement(mechanism, epsilon, delta, sign_hex(key, message))
 
 
 def attestation_message(*, genesis_hash: str, block: Block) -> bytes:
     """The bytes a client signs to say it has verified BLOCK."""
     return b"".join(
-        [b"fedchain attestation v2\0", pack_hex(genesis_hash), U64.pack(block.index),
-         pack_hex(block.hash)]
-    )  # fmt: skip
+        [
+            b"fedchain attestation v2\0",
+            pack_hex(genesis_hash),
+            U64.pack(block.index),
+            pack_hex(block.hash),
+        ]
+    )
 
 
 def block_message(block_hash: str) -> bytes:

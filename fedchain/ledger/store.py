@@ -33,9 +33,19 @@ from fedchain.ledger.block import (
 
 # Format 1's keys; each section a format adds (block.py) adds its own, as _STORED says.
 _BLOCK_KEYS = {
-    "version", "index", "timestamp", "previous_hash", "difficulty", "feature_names",
-    "aggregation", "cli", "client_model", "server_model", "nonce", "hash",
-}  # fmt: skip
+    "version",
+    "index",
+    "timestamp",
+    "previous_hash",
+    "difficulty",
+    "feature_names",
+    "aggregation",
+    "cli",
+    "client_model",
+    "server_model",
+    "nonce",
+    "hash",
+}
 _UPDATE_KEYS = {"weights", "bias", "n_samples"}
 _TRAINING_KEYS = {"seed", "generations", "population"}
 _RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
@@ -168,11 +178,17 @@ def _float_lists(where: str, record: object) -> dict[str, tuple]:
 
 def _write_signed(block: Block, record: dict) -> None:
     run = block.run
-    record["run"] = None if run is None else {
-        "rounds": run.rounds, "seed": run.seed, "server_key": run.server_key,
-        "participants": dict(sorted(run.participants.items())),
-        "min_clients": run.min_clients,
-    }  # fmt: skip
+    record["run"] = (
+        None
+        if run is None
+        else {
+            "rounds": run.rounds,
+            "seed": run.seed,
+            "server_key": run.server_key,
+            "participants": dict(sorted(run.participants.items())),
+            "min_clients": run.min_clients,
+        }
+    )
     record["attestations"] = dict(sorted(block.attestations.items()))
     record["missing"] = dict(sorted(block.missing.items()))
     record["server_signature"] = block.server_signature
@@ -192,9 +208,10 @@ def _write_training(update: ClientUpdate, record: dict) -> None:
     if update.signed:
         training = update.training
         record["training"] = {
-            "seed": training.seed, "generations": training.generations,
+            "seed": training.seed,
+            "generations": training.generations,
             "population": training.population,
-        }  # fmt: skip
+        }
         record["signature"] = update.signature
 
 
@@ -281,16 +298,23 @@ _STORED = {
     SIGNED: _Stored(
         frozenset({"run", "attestations", "missing", "server_signature"}),
         frozenset({"training", "signature"}),
-        _write_signed, _write_training, _read_signed, _read_training,
+        _write_signed,
+        _write_training,
+        _read_signed,
+        _read_training,
     ),
     PRIVACY: _Stored(write=_write_privacy),
     RULES: _Stored(frozenset({"parameters", "choice"}), write=_write_rules, read=_read_rules),
     CORRECTED: _Stored(
-        frozenset({"search"}), frozenset({"gradient", "probe_gradient", "probe_signature"}),
-        _write_search, _write_gradients, _read_search, _read_gradients,
+        frozenset({"search"}),
+        frozenset({"gradient", "probe_gradient", "probe_signature"}),
+        _write_search,
+        _write_gradients,
+        _read_search,
+        _read_gradients,
     ),
     SCALED: _Stored(frozenset({"scale"}), write=_write_scale, read=_read_scale),
-}  # fmt: skip
+}
 
 
 def _run_from_record(record: object, private: bool) -> RunRecord:
@@ -310,11 +334,15 @@ def _privacy_to_record(privacy: PrivacyTerms) -> dict:
         "schema": privacy.schema,
         "max_epsilon": privacy.max_epsilon,
         "statements": {
-            name: {"mechanism": s.mechanism, "epsilon": s.epsilon, "delta": s.delta,
-                   "signature": s.signature}
+            name: {
+                "mechanism": s.mechanism,
+                "epsilon": s.epsilon,
+                "delta": s.delta,
+                "signature": s.signature,
+            }
             for name, s in sorted(privacy.statements.items())
         },
-    }  # fmt: skip
+    }
 
 
 def _privacy_from_record(record: object) -> PrivacyTerms:

@@ -87,15 +87,21 @@ def verify_genesis_fields(genesis: Block) -> None:
     # Formats 1 and 2 hold no parameters or choices; format 3 holds any rule's (Krum wrote it
     # before format 5) but no gradients; a later format is written for one rule alone.
     if layout < FORMAT_RULES and rule.format != FORMAT_SIGNED:
-        fail(f"a format-{genesis.version} chain can only record {written_in[FORMAT_SIGNED]}, "
-             f"not {genesis.aggregation!r}")  # fmt: skip
+        fail(
+            f"a format-{genesis.version} chain can only record {written_in[FORMAT_SIGNED]}, "
+            f"not {genesis.aggregation!r}"
+        )
     if (layout == FORMAT_CORRECTED) != rule.probes:
-        fail(f"{written_in[FORMAT_CORRECTED]} runs, and only they, are written in format "
-             f"{FORMAT_CORRECTED} (or {PRIVATE_TWIN[FORMAT_CORRECTED]}), not "
-             f"{genesis.aggregation!r} in format {genesis.version}")  # fmt: skip
+        fail(
+            f"{written_in[FORMAT_CORRECTED]} runs, and only they, are written in format "
+            f"{FORMAT_CORRECTED} (or {PRIVATE_TWIN[FORMAT_CORRECTED]}), not "
+            f"{genesis.aggregation!r} in format {genesis.version}"
+        )
     if layout > FORMAT_RULES and layout != rule.format:
-        fail(f"format {genesis.version} records {written_in[layout]} runs only, not "
-             f"{genesis.aggregation!r}")  # fmt: skip
+        fail(
+            f"format {genesis.version} records {written_in[layout]} runs only, not "
+            f"{genesis.aggregation!r}"
+        )
     try:
         check_parameters(genesis.aggregation, genesis.parameters)
         if layout == FORMAT_SCALED:
@@ -113,8 +119,10 @@ def verify_genesis_fields(genesis: Block) -> None:
     needed = clients_needed(genesis.aggregation, genesis.parameters)
     if genesis.signed and genesis.run.min_clients < needed:
         # A round with fewer clients could not be aggregated: refused before it starts.
-        fail(f"{genesis.aggregation} needs every round to hold at least {needed} clients, but "
-             f"min_clients is {genesis.run.min_clients}")  # fmt: skip
+        fail(
+            f"{genesis.aggregation} needs every round to hold at least {needed} clients, but "
+            f"min_clients is {genesis.run.min_clients}"
+        )
     _verify_model_sizes(0, genesis)
     if genesis.private:
         _verify_privacy(genesis)
@@ -134,10 +142,13 @@ def _verify_privacy(genesis: Block) -> None:
         raise ChainError(0, "the privacy terms' schema is not written in its canonical form")
     for name in sorted(run.participants):
         fault = statement_fault(
-            name, terms.statements.get(name), participant_key=run.participants[name],
-            server_key=run.server_key, schema_digest=schema.digest(),
+            name,
+            terms.statements.get(name),
+            participant_key=run.participants[name],
+            server_key=run.server_key,
+            schema_digest=schema.digest(),
             max_epsilon=terms.max_epsilon,
-        )  # fmt: skip
+        )
         if fault:
             raise ChainError(0, fault)
 
@@ -148,22 +159,31 @@ def schema_fault(schema: Schema, feature_names: Sequence[str]) -> str | None:
     missing = [name for name in feature_names if name not in schema.bounds]
     beyond = len(schema.bounds) - (len(feature_names) - len(missing))
     if missing or beyond != 1:
-        return (f"schema must bound every feature and the target (missing from it: "
-                f"{', '.join(missing) or 'none'}; other columns: {beyond})")  # fmt: skip
+        return (
+            f"schema must bound every feature and the target (missing from it: "
+            f"{', '.join(missing) or 'none'}; other columns: {beyond})"
+        )
     return None
 
 
 def statement_fault(
-    name: str, statement: PrivacyStatement | None, *, participant_key: str, server_key: str,
-    schema_digest: str, max_epsilon: float | None,
-) -> str | None:  # fmt: skip
+    name: str,
+    statement: PrivacyStatement | None,
+    *,
+    participant_key: str,
+    server_key: str,
+    schema_digest: str,
+    max_epsilon: float | None,
+) -> str | None:
     """What is wrong with NAME's privacy statement in a run of SERVER_KEY with these terms, or
     None: the server asks as a client joins, and a verifier of every genesis."""
     if statement is None:
         if max_epsilon is None:
             return None
-        return (f"{name} states no differential privacy, but the run admits clients only with "
-                f"ε at most {max_epsilon:g} (--max-epsilon)")  # fmt: skip
+        return (
+            f"{name} states no differential privacy, but the run admits clients only with "
+            f"ε at most {max_epsilon:g} (--max-epsilon)"
+        )
     if statement.mechanism not in MECHANISMS:
         return f"{name}'s privacy mechanism {statement.mechanism!r} is not one this program knows"
     try:
@@ -171,12 +191,18 @@ def statement_fault(
     except ValueError as error:
         return f"{name}'s privacy statement: {error}"
     if max_epsilon is not None and statement.epsilon > max_epsilon:
-        return (f"{name} states ε {statement.epsilon:g}, above the most the run admits, "
-                f"ε {max_epsilon:g} (--max-epsilon)")  # fmt: skip
+        return (
+            f"{name} states ε {statement.epsilon:g}, above the most the run admits, "
+            f"ε {max_epsilon:g} (--max-epsilon)"
+        )
     message = privacy_message(
-        server_key=server_key, name=name, mechanism=statement.mechanism,
-        epsilon=statement.epsilon, delta=statement.delta, schema_digest=schema_digest,
-    )  # fmt: skip
+        server_key=server_key,
+        name=name,
+        mechanism=statement.mechanism,
+        epsilon=statement.epsilon,
+        delta=statement.delta,
+        schema_digest=schema_digest,
+    )
     if not signature_holds(participant_key, statement.signature, message):
         return f"{name}'s signature on its privacy statement fails"
     return None
@@ -216,8 +242,10 @@ def verify_next(
     if block.aggregation != genesis.aggregation:
         fail(f"aggregation {block.aggregation!r} differs from the genesis's")
     if _bits(block.parameters) != _bits(genesis.parameters):
-        fail(f"the rule's parameters {block.parameters} differ from the genesis's "
-             f"{genesis.parameters}")  # fmt: skip
+        fail(
+            f"the rule's parameters {block.parameters} differ from the genesis's "
+            f"{genesis.parameters}"
+        )
     if _bits({"scale": block.scale}) != _bits({"scale": genesis.scale}):
         fail("the features' scale differs from the genesis's")
     closing = genesis.signed and position == genesis.run.rounds + 1
@@ -237,8 +265,10 @@ def verify_next(
     if not block.cli:
         fail("a round block must hold at least one client model")
     if genesis.signed and len(block.cli) < genesis.run.min_clients:
-        fail(f"{len(block.cli)} clients took part, fewer than the run's min_clients "
-             f"{genesis.run.min_clients}")  # fmt: skip
+        fail(
+            f"{len(block.cli)} clients took part, fewer than the run's min_clients "
+            f"{genesis.run.min_clients}"
+        )
     for name, n_samples in block.sample_counts().items():
         # A client's rows are fixed for a run; a changed count would reweigh the average.
         if sample_counts.get(name, n_samples) != n_samples:
@@ -249,15 +279,21 @@ def verify_next(
         _verify_corrected(position, previous, block, genesis)
         return
     try:
-        result = aggregate(rule, block.parameters, [
-            (c, block.client_model[c].model, block.client_model[c].n_samples) for c in block.cli
-        ], **block.rule_options())  # fmt: skip
+        result = aggregate(
+            rule,
+            block.parameters,
+            [(c, block.client_model[c].model, block.client_model[c].n_samples) for c in block.cli],
+            **block.rule_options(),
+        )
     except ValueError as error:
         how = "averaged" if rule == FEDAVG else f"aggregated by {rule}"
         fail(f"the client models cannot be {how}: {error}")
     if result.model != block.server_model:
-        fail("server_model is not the FedAvg of the client models" if rule == FEDAVG
-             else f"server_model is not what {rule} makes of the client models")  # fmt: skip
+        fail(
+            "server_model is not the FedAvg of the client models"
+            if rule == FEDAVG
+            else f"server_model is not what {rule} makes of the client models"
+        )
     if _bits(result.choice) != _bits(block.choice):
         fail(f"the recorded choice is not what {rule} chose from the client models")
 
@@ -277,19 +313,28 @@ def _verify_corrected(position: int, previous: Block, block: Block, genesis: Blo
         for name in block.cli:
             update = block.client_model[name]
             message = probe_message(
-                genesis_hash=genesis.hash, index=block.index, previous_hash=block.previous_hash,
-                name=name, candidate=candidate, gradient=update.probe_gradient,
-            )  # fmt: skip
+                genesis_hash=genesis.hash,
+                index=block.index,
+                previous_hash=block.previous_hash,
+                name=name,
+                candidate=candidate,
+                gradient=update.probe_gradient,
+            )
             if not signature_holds(participants[name], update.probe_signature, message):
-                raise ChainError(position, f"{name}'s signature on its probe gradient does not "
-                                 "verify at the round's candidate")  # fmt: skip
+                raise ChainError(
+                    position,
+                    f"{name}'s signature on its probe gradient does not "
+                    "verify at the round's candidate",
+                )
     try:
         model, search = corrected_step(previous, block.cli, block.client_model)
     except ValueError as error:
         raise ChainError(position, f"the step cannot be worked out: {error}") from None
     if model != block.server_model:
-        raise ChainError(position, "server_model is not the step scaffold takes from the "
-                         "clients' models and gradients")  # fmt: skip
+        raise ChainError(
+            position,
+            "server_model is not the step scaffold takes from the clients' models and gradients",
+        )
     if _bits(search) != _bits(block.search):
         raise ChainError(position, "the recorded search is not the step scaffold takes")
 

@@ -48,9 +48,12 @@ def load_rounds(
     """Verify the chain file PATH; return each client's model, one row per round and client
     (round, client, n_samples, block_hash, a column per weight, bias)."""
     chain = verified_chain(
-        path, min_difficulty=min_difficulty, server_key=server_key,
-        known_servers=known_servers, allow_unsigned=allow_unsigned,
-    )  # fmt: skip
+        path,
+        min_difficulty=min_difficulty,
+        server_key=server_key,
+        known_servers=known_servers,
+        allow_unsigned=allow_unsigned,
+    )
     return client_rounds(chain.blocks)
 
 
@@ -64,9 +67,12 @@ def load_global_models(
 ) -> pd.DataFrame:
     """Verify the chain file PATH; return its global model, one row per round from 0."""
     chain = verified_chain(
-        path, min_difficulty=min_difficulty, server_key=server_key,
-        known_servers=known_servers, allow_unsigned=allow_unsigned,
-    )  # fmt: skip
+        path,
+        min_difficulty=min_difficulty,
+        server_key=server_key,
+        known_servers=known_servers,
+        allow_unsigned=allow_unsigned,
+    )
     return global_rounds(chain.blocks)
 
 
@@ -82,9 +88,12 @@ def load_model(
 ) -> ChainModel:
     """Verify the chain file PATH; return the global model of ROUND (default: the last)."""
     chain = verified_chain(
-        path, min_difficulty=min_difficulty, server_key=server_key,
-        known_servers=known_servers, allow_unsigned=allow_unsigned,
-    )  # fmt: skip
+        path,
+        min_difficulty=min_difficulty,
+        server_key=server_key,
+        known_servers=known_servers,
+        allow_unsigned=allow_unsigned,
+    )
     return model_of_round(chain.blocks, round, target=target)
 
 

@@ -18,9 +18,16 @@ from fedchain.learning.linear_model import LinearModel
 FORMAT = "fedchain-model/1"
 TARGET_SOURCE = "named when the model was exported (--target): the chain does not record it"
 _KEYS = {
-    "format", "feature_names", "weights", "bias", "target", "target_source", "round",
-    "block_hash", "genesis_hash",
-}  # fmt: skip
+    "format",
+    "feature_names",
+    "weights",
+    "bias",
+    "target",
+    "target_source",
+    "round",
+    "block_hash",
+    "genesis_hash",
+}
 
 
 class ModelFileError(ValueError):

@@ -50,18 +50,31 @@ def draw_convergence(data: Convergence, path: str | Path) -> None:
 def _draw_errors(axes, data: Convergence) -> None:
     for name, series in sorted(data.client_mse.items()):
         axes.plot(
-            series.index, series.to_numpy(), marker="o", markersize=4, linewidth=1.2,
-            linestyle="--", label=f"{name}'s model, {data.client_mse_what}",
-        )  # fmt: skip
+            series.index,
+            series.to_numpy(),
+            marker="o",
+            markersize=4,
+            linewidth=1.2,
+            linestyle="--",
+            label=f"{name}'s model, {data.client_mse_what}",
+        )
     axes.plot(
-        data.global_mse.index, data.global_mse.to_numpy(), marker="o", color="black",
-        linewidth=2.2, label="global model, held-out test rows",
-    )  # fmt: skip
+        data.global_mse.index,
+        data.global_mse.to_numpy(),
+        marker="o",
+        color="black",
+        linewidth=2.2,
+        label="global model, held-out test rows",
+    )
     last_round, last_mse = data.global_mse.index[-1], data.global_mse.iloc[-1]
     axes.annotate(
-        f"{last_mse:.4g}", (last_round, last_mse), xytext=(0, 8), textcoords="offset points",
-        ha="center", fontsize=FONT_PT - 1,
-    )  # fmt: skip
+        f"{last_mse:.4g}",
+        (last_round, last_mse),
+        xytext=(0, 8),
+        textcoords="offset points",
+        ha="center",
+        fontsize=FONT_PT - 1,
+    )
     title = "Mean squared error per round"
     if data.start_mse is not None:  # the zero model's error would flatten every other point
         title += f"\n(the starting model's, round 0: {data.start_mse:.4g}, not drawn)"

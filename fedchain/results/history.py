@@ -46,9 +46,12 @@ def verified_chain(
     (UntrustedChain for a refusal) or TrustError (a bad known-servers file)."""
     chain = verify_chain(load_chain(path).blocks, min_difficulty=min_difficulty)
     caveat = check_server_key(
-        chain, server_key=server_key, known_servers=known_servers,
-        allow_unsigned=allow_unsigned, hints=PYTHON_HINTS,
-    )  # fmt: skip
+        chain,
+        server_key=server_key,
+        known_servers=known_servers,
+        allow_unsigned=allow_unsigned,
+        hints=PYTHON_HINTS,
+    )
     if caveat is not None:
         # stacklevel 3: the line that called load_rounds (or another load_*), not this one.
         warnings.warn(f"{path}: {caveat}", UnpinnedChainWarning, stacklevel=3)

@@ -130,8 +130,12 @@ def _positive(value: object, what: str) -> float:
     return value
 
 
-_PRIVACY = {"mechanism": check_name, "epsilon": _positive, "delta": _positive,
-            "signature": _signature}  # fmt: skip
+_PRIVACY = {
+    "mechanism": check_name,
+    "epsilon": _positive,
+    "delta": _positive,
+    "signature": _signature,
+}
 
 
 def _privacy(value: object, what: str) -> dict:

@@ -66,19 +66,45 @@ _LIMITED_KIND = {
 }
 _ALLOWED_OPCODES = {
     # framing and containers
-    "PROTO", "FRAME", "STOP", "MARK", "EMPTY_DICT", "DICT", "SETITEM", "SETITEMS",
-    "EMPTY_LIST", "LIST", "APPEND", "APPENDS",
+    "PROTO",
+    "FRAME",
+    "STOP",
+    "MARK",
+    "EMPTY_DICT",
+    "DICT",
+    "SETITEM",
+    "SETITEMS",
+    "EMPTY_LIST",
+    "LIST",
+    "APPEND",
+    "APPENDS",
     # MEMOIZE numbers entries in order; PUT and its kin name any index, and the unpickler grows
     # its memo to fit: five bytes could ask for gigabytes. Protocol 5 never writes them.
     "MEMOIZE",
     # scalars, text and bytes
-    "NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2",
-    "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE",
-    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES",
-    "BINBYTES8", "BYTEARRAY8",
+    "NONE",
+    "NEWTRUE",
+    "NEWFALSE",
+    "BININT",
+    "BININT1",
+    "BININT2",
+    "STRING",
+    "BINSTRING",
+    "SHORT_BINSTRING",
+    "UNICODE",
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "BINUNICODE8",
+    "BINBYTES",
+    "SHORT_BINBYTES",
+    "BINBYTES8",
+    "BYTEARRAY8",
     # NumPy arrays: a named global (find_class decides which), called, then given its state
-    "GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD",
-}  # fmt: skip
+    "GLOBAL",
+    "STACK_GLOBAL",
+    "REDUCE",
+    "BUILD",
+}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -93,8 +93,9 @@ def test_the_chain_tool_stops_quietly_when_its_reader_goes_away(tmp_path):
     write_chain(tmp_path / "chain.jsonl", build_chain(rounds=500, closed=True))
     process = subprocess.Popen(
         [sys.executable, ROOT / "blockchain.py", "show", tmp_path / "chain.jsonl"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     process.stdout.readline()
     process.stdout.close()  # as `| head -1` does
     _, errors = process.communicate(timeout=60)
@@ -102,8 +103,19 @@ def test_the_chain_tool_stops_quietly_when_its_reader_goes_away(tmp_path):
 
 
 def test_the_poisoning_demo_shows_krum_leaving_the_attacker_out():
-    result = run_script("demo.py", "--clients", "5", "--poison", "1", "--aggregation", "krum",
-                        "--rounds", "3", "--difficulty", "8")  # fmt: skip
+    result = run_script(
+        "demo.py",
+        "--clients",
+        "5",
+        "--poison",
+        "1",
+        "--aggregation",
+        "krum",
+        "--rounds",
+        "3",
+        "--difficulty",
+        "8",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "[cli5] round 1: ATTACKING (--poison scale=-10)" in out
@@ -138,11 +150,23 @@ def test_the_non_iid_demo_shows_the_drift_and_scaffold_removing_it():
 
 
 def test_a_rule_that_needs_more_clients_than_a_round_holds_is_refused_at_start(tmp_path):
-    result = run_script("server.py", "--aggregation", "krum", "--clients", "4", "--port", "0",
-                        "--chain", tmp_path / "chain.jsonl", cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "server.py",
+        "--aggregation",
+        "krum",
+        "--clients",
+        "4",
+        "--port",
+        "0",
+        "--chain",
+        tmp_path / "chain.jsonl",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
-    assert "--aggregation krum with --byzantine 1 needs at least 5 clients a round, but " \
-           "--clients is 4" in result.stderr  # fmt: skip
+    assert (
+        "--aggregation krum with --byzantine 1 needs at least 5 clients a round, but "
+        "--clients is 4" in result.stderr
+    )
     result = run_script("server.py", "--byzantine", "1", "--port", "0", cwd=tmp_path)
     assert result.returncode == 2 and "--byzantine is for a robust --aggregation" in result.stderr
     result = run_script("server.py", "--proximal", "1", "--port", "0", cwd=tmp_path)

@@ -51,11 +51,17 @@ def stripped_to_format_1(blocks: list[Block], shift: float = 1.0) -> list[Block]
             else block.server_model
         )
         block = Block(
-            index=block.index, timestamp=block.timestamp,
-            previous_hash=forged[-1].hash if forged else ZERO_HASH, difficulty=block.difficulty,
-            feature_names=block.feature_names, aggregation=block.aggregation, cli=block.cli,
-            client_model=updates, server_model=server_model, version=FORMAT_UNSIGNED,
-        )  # fmt: skip
+            index=block.index,
+            timestamp=block.timestamp,
+            previous_hash=forged[-1].hash if forged else ZERO_HASH,
+            difficulty=block.difficulty,
+            feature_names=block.feature_names,
+            aggregation=block.aggregation,
+            cli=block.cli,
+            client_model=updates,
+            server_model=server_model,
+            version=FORMAT_UNSIGNED,
+        )
         forged.append(seal(block))
     return forged
 
@@ -74,8 +80,9 @@ def unsigned(tmp_path):
 
 @pytest.fixture
 def rekeyed(tmp_path):
-    forged = build_chain(rounds=3, closed=True, server_key=FORGER_SERVER,
-                         client_keys=FORGER_CLIENTS)  # fmt: skip
+    forged = build_chain(
+        rounds=3, closed=True, server_key=FORGER_SERVER, client_keys=FORGER_CLIENTS
+    )
     verify_chain(forged)  # every signature holds: the forger's own keys made them
     return write_chain(tmp_path / "rekeyed.jsonl", forged)
 
@@ -97,8 +104,14 @@ def readers(chain, tmp_path) -> dict[str, tuple]:
 
 
 def test_a_chain_stripped_to_format_1_is_refused_by_every_reader_unless_allowed(unsigned, tmp_path):
-    hands_out = run_script("model.py", "predict", "--chain", unsigned, "--data",
-                           readers(unsigned, tmp_path)["model.py score"][-1])  # fmt: skip
+    hands_out = run_script(
+        "model.py",
+        "predict",
+        "--chain",
+        unsigned,
+        "--data",
+        readers(unsigned, tmp_path)["model.py score"][-1],
+    )
     assert hands_out.returncode == EXIT_REFUSED and hands_out.stdout == "", hands_out.stdout
     for name, (script, *args) in readers(unsigned, tmp_path).items():
         result = run_main(script, *args)
@@ -126,8 +139,9 @@ def test_a_chain_rekeyed_by_a_forger_is_refused_naming_both_keys(rekeyed, honest
         ) in result.stdout + result.stderr, name
         assert not (tmp_path / "model.json").exists()
     # --require-signed, all that could be asked before, let it through; it still does no harm.
-    result = run_script("blockchain.py", "verify", rekeyed, "--require-signed",
-                        "--server-key", HONEST_KEY)  # fmt: skip
+    result = run_script(
+        "blockchain.py", "verify", rekeyed, "--require-signed", "--server-key", HONEST_KEY
+    )
     assert result.returncode == EXIT_REFUSED
     # The honest chain, pinned to its own key, passes every reader without a note.
     for name, (script, *args) in readers(honest, tmp_path).items():
@@ -154,8 +168,9 @@ def test_with_no_key_pinned_a_reader_says_so_on_one_line_and_how_to_pin(rekeyed)
 
 def test_known_servers_pins_any_key_the_file_records(rekeyed, honest, tmp_path):
     known = tmp_path / "known_servers"
-    known.write_text(f"# as a client records them\n127.0.0.1:10000 {HONEST_KEY}\n"
-                     f"example.org:9000 {'ab' * 32}\n")  # fmt: skip
+    known.write_text(
+        f"# as a client records them\n127.0.0.1:10000 {HONEST_KEY}\nexample.org:9000 {'ab' * 32}\n"
+    )
     refused = run_script("blockchain.py", "verify", rekeyed, "--known-servers", known)
     assert refused.returncode == EXIT_REFUSED
     assert refused.stdout.strip() == (
@@ -174,8 +189,9 @@ def test_known_servers_pins_any_key_the_file_records(rekeyed, honest, tmp_path):
     known.write_text("127.0.0.1:10000 not-a-key\n")
     bad = run_main("blockchain.py", "verify", honest, "--known-servers", known)
     assert bad.returncode == 2 and f"{known}: line 1: " in bad.stderr
-    both = run_main("blockchain.py", "verify", honest, "--server-key", HONEST_KEY,
-                      "--known-servers", known)  # fmt: skip
+    both = run_main(
+        "blockchain.py", "verify", honest, "--server-key", HONEST_KEY, "--known-servers", known
+    )
     assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
@@ -209,7 +225,8 @@ def test_a_model_file_is_not_taken_with_flags_that_only_a_chain_can_meet(honest,
     assert exported.returncode == 0, exported.stderr
     rows = readers(honest, tmp_path)["model.py score"][-1]
     for flags in (["--server-key", HONEST_KEY], ["--allow-unsigned"], ["--min-difficulty", "20"]):
-        result = run_main("model.py", "predict", "--model", tmp_path / "model.json",
-                          "--data", rows, *flags)  # fmt: skip
+        result = run_main(
+            "model.py", "predict", "--model", tmp_path / "model.json", "--data", rows, *flags
+        )
         assert result.returncode == 2 and result.stdout == "", (flags, result.stdout)
         assert "a model file is taken as it is" in result.stderr, flags

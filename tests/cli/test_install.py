@@ -28,22 +28,34 @@ def installed(tmp_path_factory) -> Path:
     # No registry is reached: the build uses this environment's setuptools, and the new venv
     # borrows this one's NumPy, pandas and PyGAD through a .pth file instead of downloading.
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", work / "dist",
-         source],
-        check=True, timeout=WAIT_S * 3,
-    )  # fmt: skip
+        [
+            *pip,
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            work / "dist",
+            source,
+        ],
+        check=True,
+        timeout=WAIT_S * 3,
+    )
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     python = venv / "bin" / "python"
     (wheel,) = (work / "dist").glob("fedchain-*.whl")
     subprocess.run(
         [*pip, "--python", python, "install", "--no-deps", "--no-index", wheel],
-        check=True, timeout=WAIT_S * 3,
-    )  # fmt: skip
+        check=True,
+        timeout=WAIT_S * 3,
+    )
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (Path(site) / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return venv / "bin"
 
@@ -64,15 +76,25 @@ def test_console_scripts_run_a_federation_from_any_folder(installed, tmp_path):
             command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
 
-    started = [start(installed / "fedchain-server", "--port", "0", "--rounds", "2",
-                     "--difficulty", "8")]  # fmt: skip
+    started = [
+        start(installed / "fedchain-server", "--port", "0", "--rounds", "2", "--difficulty", "8")
+    ]
     try:
         port = port_from_listening_line(started[0].stdout.readline())
         assert port is not None
         for i in (1, 2):
             data = ROOT / "data" / f"client{i}.csv"
-            started.append(start(installed / "fedchain-client", "--name", f"cli{i}",
-                                 "--port", str(port), "--data", data))  # fmt: skip
+            started.append(
+                start(
+                    installed / "fedchain-client",
+                    "--name",
+                    f"cli{i}",
+                    "--port",
+                    str(port),
+                    "--data",
+                    data,
+                )
+            )
         outputs = [process.communicate(timeout=WAIT_S)[0] for process in started]
         assert [process.returncode for process in started] == [0, 0, 0], outputs
     finally:

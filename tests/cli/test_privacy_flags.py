@@ -9,8 +9,17 @@ SCHEMA = ROOT / "data" / "schema.csv"
 
 
 def server_error(capsys, tmp_path, *args) -> tuple[int, str]:
-    code = server.main(["--port", "0", "--chain", str(tmp_path / "chain.jsonl"),
-                        "--key", str(tmp_path / "server.key"), *map(str, args)])  # fmt: skip
+    code = server.main(
+        [
+            "--port",
+            "0",
+            "--chain",
+            str(tmp_path / "chain.jsonl"),
+            "--key",
+            str(tmp_path / "server.key"),
+            *map(str, args),
+        ]
+    )
     return code, capsys.readouterr().err
 
 

@@ -28,8 +28,16 @@ def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     started = []
     try:
-        server = Program("server.py", "--port", "0", "--difficulty", "8",
-                         "--chain", folder / "chain.jsonl", cwd=folder)  # fmt: skip
+        server = Program(
+            "server.py",
+            "--port",
+            "0",
+            "--difficulty",
+            "8",
+            "--chain",
+            folder / "chain.jsonl",
+            cwd=folder,
+        )
         started.append(server)
         port = port_from_listening_line(server.wait_for(r"^listening on ").string)
         for script in ("client1.py", "client2.py"):
@@ -68,9 +76,15 @@ def test_export_then_predict_gives_the_chains_final_model_applied_in_numpy(chain
     rows[rows.columns[::-1]].to_csv(tmp_path / "rows.csv", index=False)
     out = tmp_path / "predictions.csv"
     predicted = run_script(
-        "model.py", "predict", "--model", tmp_path / "model.json", "--data", tmp_path / "rows.csv",
-        "-o", out,
-    )  # fmt: skip
+        "model.py",
+        "predict",
+        "--model",
+        tmp_path / "model.json",
+        "--data",
+        tmp_path / "rows.csv",
+        "-o",
+        out,
+    )
     assert predicted.returncode == 0, predicted.stderr
     # Row-major, as numpy builds an array of rows (a DataFrame's columns come out column-major,
     # and BLAS may add a product in another order then, a last bit apart).
@@ -147,8 +161,11 @@ def plot(*args) -> subprocess.CompletedProcess:
     env["MPLBACKEND"] = "TkAgg"
     return subprocess.run(
         [sys.executable, ROOT / "blockchain.py", "plot", *map(str, args)],
-        capture_output=True, text=True, timeout=WAIT_S, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        env=env,
+    )
 
 
 def test_plot_writes_a_png_of_the_expected_size_without_a_display(chain, tmp_path):
@@ -161,11 +178,23 @@ def test_plot_writes_a_png_of_the_expected_size_without_a_display(chain, tmp_pat
 def test_plot_takes_the_servers_metrics_of_the_same_run_and_refuses_another_runs(chain, tmp_path):
     blocks = load_chain(chain).blocks
     rows = [
-        {"round": b.index, "client": c, "rows": 535, "local_mse_before": 1.0,
-         "local_mse_after": 0.2, "test_mse": 0.19, "test_r2": 0.75, "mining_s": 0.01, "nonce": 1,
-         "round_s": 0.1, "block_hash": b.hash}
-        for b in blocks if b.cli for c in b.cli
-    ]  # fmt: skip
+        {
+            "round": b.index,
+            "client": c,
+            "rows": 535,
+            "local_mse_before": 1.0,
+            "local_mse_after": 0.2,
+            "test_mse": 0.19,
+            "test_r2": 0.75,
+            "mining_s": 0.01,
+            "nonce": 1,
+            "round_s": 0.1,
+            "block_hash": b.hash,
+        }
+        for b in blocks
+        if b.cli
+        for c in b.cli
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
     drawn = plot(chain, "--metrics", tmp_path / "metrics.csv", "-o", tmp_path / "m.png")
     assert drawn.returncode == 0, drawn.stderr
@@ -200,9 +229,13 @@ def test_the_readmes_notebook_example_runs_as_written(run, tmp_path):
     (tmp_path / "data").mkdir()
     shutil.copy(TEST_CSV, tmp_path / "data" / "test.csv")
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-        timeout=WAIT_S, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr  # pinned: no warning
     r2_text, same = result.stdout.split()
     assert 0.7 < float(r2_text) < 0.8 and same == "True"  # the simulation is the chain's run

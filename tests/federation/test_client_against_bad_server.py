@@ -66,10 +66,17 @@ def rewritten_history(s: Session) -> None:
 
 def unsigned_genesis(s: Session) -> None:
     genesis = Block(
-        index=0, timestamp=time.time(), previous_hash="0" * 64, difficulty=8,
-        feature_names=FEATURES, aggregation="fedavg", cli=(), client_model={},
-        server_model=LinearModel.zeros(len(FEATURES)), version=1,
-    )  # fmt: skip
+        index=0,
+        timestamp=time.time(),
+        previous_hash="0" * 64,
+        difficulty=8,
+        feature_names=FEATURES,
+        aggregation="fedavg",
+        cli=(),
+        client_model={},
+        server_model=LinearModel.zeros(len(FEATURES)),
+        version=1,
+    )
     s.welcome(seal(genesis))
 
 
@@ -79,9 +86,14 @@ def legacy_krum(s: Session) -> None:
     others = {f"cli{i}": public_hex(fixed_key(f"cli{i}")) for i in (2, 3)}
     run = RunRecord(1, 0, public_hex(s.key), {"cli1": s.client_key, **others}, min_clients=3)
     current = make_genesis(
-        initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES, difficulty=8,
-        run=run, server_key=s.key, aggregation="krum", parameters={"byzantine": 0.0},
-    )  # fmt: skip
+        initial_model=LinearModel.zeros(len(FEATURES)),
+        feature_names=FEATURES,
+        difficulty=8,
+        run=run,
+        server_key=s.key,
+        aggregation="krum",
+        parameters={"byzantine": 0.0},
+    )
     s.welcome(reseal(current, version=FORMAT_RULES, scale=()))
 
 
@@ -277,9 +289,17 @@ def test_nothing_of_the_clients_rows_is_in_what_it_sends(programs, tmp_path):
         path.write_text("\n".join([lines[0], *lines[1:] * copies]) + "\n")
         before = len(recorded)
         server = FakeServer(lambda s: s.run_honestly(rounds=2), record=recorded)
-        client = start_client(programs, tmp_path, server.port, "--data", path,
-                              "--replica", tmp_path / f"rows{copies}.jsonl",
-                              "--known-servers", tmp_path / f"known{copies}")  # fmt: skip
+        client = start_client(
+            programs,
+            tmp_path,
+            server.port,
+            "--data",
+            path,
+            "--replica",
+            tmp_path / f"rows{copies}.jsonl",
+            "--known-servers",
+            tmp_path / f"known{copies}",
+        )
         assert client.finish() == 0, client.output
         server.finish()
         sizes[copies] = len(recorded) - before
@@ -310,8 +330,9 @@ def test_a_client_turned_away_as_busy_tries_again_and_joins(programs, tmp_path):
 
 def test_a_refusal_once_joined_is_not_retried(programs, tmp_path):
     busy = {"type": "refused", "reason": "busy: made up"}
-    server = FakeServer([lambda s: (s.welcome(), send_message(s.conn, busy)),
-                         lambda s: s.run_honestly()])  # fmt: skip
+    server = FakeServer(
+        [lambda s: (s.welcome(), send_message(s.conn, busy)), lambda s: s.run_honestly()]
+    )
     client = start_client(programs, tmp_path, server.port)
     assert client.finish() == 1 and "trying again" not in client.output
     server.finish(connections=1)  # the refusal's, and no other
@@ -336,8 +357,11 @@ def finish_honestly(s: Session, rounds: int) -> None:
         s.send_block(s.honest_block(s.train()))
     send_message(s.conn, {"type": "close", "round": rounds + 1})
     attest = receive(s.conn)
-    s.send_block(make_closing_block(s.last, attestations={"cli1": attest["attestation"].hex()},
-                                    server_key=s.key))  # fmt: skip
+    s.send_block(
+        make_closing_block(
+            s.last, attestations={"cli1": attest["attestation"].hex()}, server_key=s.key
+        )
+    )
     send_message(s.conn, {"type": "done", "blocks": rounds + 2})
 
 
@@ -418,9 +442,12 @@ def test_a_run_planning_more_rounds_than_max_rounds_is_refused_naming_the_flag(p
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [("0", "must be a positive integer, not 0"), ("ten", "'ten' is not a whole number"),
-     ("-3", "must be a positive integer, not -3")],
-)  # fmt: skip
+    [
+        ("0", "must be a positive integer, not 0"),
+        ("ten", "'ten' is not a whole number"),
+        ("-3", "must be a positive integer, not -3"),
+    ],
+)
 def test_max_rounds_must_be_a_positive_whole_number(capsys, value, reason):
     with pytest.raises(SystemExit) as exit_:
         client_main(["--data", "x.csv", f"--max-rounds={value}"], default_name="cli1")

@@ -77,9 +77,11 @@ def honest_run(others: dict[str, str]) -> tuple[list[dict], list[Block], list[st
     missing = dict.fromkeys(others, "disconnected (round 1)")
     genesis = make_genesis(
         initial_model=LinearModel.zeros(len(DATA.feature_names)),
-        feature_names=DATA.feature_names, difficulty=8,
-        run=RunRecord(ROUNDS, 0, SERVER_HEX, participants), server_key=SERVER_KEY,
-    )  # fmt: skip
+        feature_names=DATA.feature_names,
+        difficulty=8,
+        run=RunRecord(ROUNDS, 0, SERVER_HEX, participants),
+        server_key=SERVER_KEY,
+    )
     said: list[str] = []
     result: dict = {}
     sent: list[dict] = []
@@ -113,16 +115,30 @@ def honest_run(others: dict[str, str]) -> tuple[list[dict], list[Block], list[st
                     "cli1": as_client_update(update),
                     "cli2": signed_update(genesis, blocks[-1], "cli2", theirs, 97, key=cli2),
                 }
-                attestations = {"cli1": update["attestation"].hex(),
-                                **attest(genesis, blocks[-1], ("cli2",))}  # fmt: skip
-                blocks.append(make_round_block(blocks[-1], updates, attestations=attestations,
-                                               server_key=SERVER_KEY, missing=missing))  # fmt: skip
+                attestations = {
+                    "cli1": update["attestation"].hex(),
+                    **attest(genesis, blocks[-1], ("cli2",)),
+                }
+                blocks.append(
+                    make_round_block(
+                        blocks[-1],
+                        updates,
+                        attestations=attestations,
+                        server_key=SERVER_KEY,
+                        missing=missing,
+                    )
+                )
                 say(block_message(blocks[-1]))
             say({"type": "close", "round": ROUNDS + 1})
-            attestations = {"cli1": receive(conn)["attestation"].hex(),
-                            **attest(genesis, blocks[-1], ("cli2",))}  # fmt: skip
-            blocks.append(make_closing_block(blocks[-1], attestations=attestations,
-                                             server_key=SERVER_KEY, missing=missing))  # fmt: skip
+            attestations = {
+                "cli1": receive(conn)["attestation"].hex(),
+                **attest(genesis, blocks[-1], ("cli2",)),
+            }
+            blocks.append(
+                make_closing_block(
+                    blocks[-1], attestations=attestations, server_key=SERVER_KEY, missing=missing
+                )
+            )
             say(block_message(blocks[-1]))
             say({"type": "done", "blocks": len(blocks)})
         thread.join(TIMEOUT_S)
@@ -150,30 +166,72 @@ def recorded() -> Recording:
 
 # Hostile values for a message's fields, and hostile JSON for a block's.
 message_types = st.sampled_from(
-    ["challenge", "welcome", "train", "block", "close", "done", "refused", "waiting",
-     "register", "update", "attest", "", "hello"]
-)  # fmt: skip
+    [
+        "challenge",
+        "welcome",
+        "train",
+        "block",
+        "close",
+        "done",
+        "refused",
+        "waiting",
+        "register",
+        "update",
+        "attest",
+        "",
+        "hello",
+    ]
+)
 field_names = st.sampled_from(
-    ["challenge", "genesis", "seed", "rounds", "round", "weights", "bias", "block", "blocks",
-     "reason", "height", "type", "x"]
-)  # fmt: skip
+    [
+        "challenge",
+        "genesis",
+        "seed",
+        "rounds",
+        "round",
+        "weights",
+        "bias",
+        "block",
+        "blocks",
+        "reason",
+        "height",
+        "type",
+        "x",
+    ]
+)
 messages = st.builds(
     lambda kind, fields: {"type": kind, **fields},
     message_types,
     st.dictionaries(field_names, values, max_size=6),
 )
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
     | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=8,
-)  # fmt: skip
+)
 # Raw JSON no json.dumps would write: NaN, overflowing or endless numbers, deep nesting.
 raw_json = st.sampled_from(
-    ["NaN", "Infinity", "-Infinity", "1e400", "-0", "9" * 5000, "[" * 100_000, '{"a":' * 50_000,
-     '"' + "a" * BIG + '"', "[" + "1.5," * 20_000 + "1.5]", '"\\ud800"', "null"]
-)  # fmt: skip
+    [
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e400",
+        "-0",
+        "9" * 5000,
+        "[" * 100_000,
+        '{"a":' * 50_000,
+        '"' + "a" * BIG + '"',
+        "[" + "1.5," * 20_000 + "1.5]",
+        '"\\ud800"',
+        "null",
+    ]
+)
 PLACEHOLDER = "\x00fuzz\x00"
 
 
@@ -392,8 +450,13 @@ def test_a_client_fed_generated_hostile_servers_fails_cleanly(tmp_path):
     kept: Counter = Counter()
     examples = iter(range(10**9))
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(script=scripts(marker))
     def feed(script: tuple[int, list[bytes]]) -> None:
         cut, tail = script

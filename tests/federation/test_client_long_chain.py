@@ -25,20 +25,32 @@ def long_run() -> list[Block]:
     participants = {name: public_hex(key) for name, key in CLIENT_KEYS.items()}
     genesis = make_genesis(
         initial_model=LinearModel.zeros(len(DATA.feature_names)),
-        feature_names=DATA.feature_names, difficulty=8,
-        run=RunRecord(ROUNDS, 0, SERVER_HEX, participants), server_key=SERVER_KEY,
-    )  # fmt: skip
+        feature_names=DATA.feature_names,
+        difficulty=8,
+        run=RunRecord(ROUNDS, 0, SERVER_HEX, participants),
+        server_key=SERVER_KEY,
+    )
     blocks = [genesis]
     missing = {"cli1": "not connected"}
     model = LinearModel(np.full(len(DATA.feature_names), 0.5), 8.0)
     for _ in range(ROUNDS):
         update = signed_update(genesis, blocks[-1], "cli2", model, 97, key=CLIENT_KEYS["cli2"])
         attestations = attest(genesis, blocks[-1], ("cli2",)) if len(blocks) > 1 else {}
-        blocks.append(make_round_block(blocks[-1], {"cli2": update}, attestations=attestations,
-                                       server_key=SERVER_KEY, missing=missing))  # fmt: skip
+        blocks.append(
+            make_round_block(
+                blocks[-1],
+                {"cli2": update},
+                attestations=attestations,
+                server_key=SERVER_KEY,
+                missing=missing,
+            )
+        )
     attestations = attest(genesis, blocks[-1], ("cli2",))
-    blocks.append(make_closing_block(blocks[-1], attestations=attestations, server_key=SERVER_KEY,
-                                     missing=missing))  # fmt: skip
+    blocks.append(
+        make_closing_block(
+            blocks[-1], attestations=attestations, server_key=SERVER_KEY, missing=missing
+        )
+    )
     return blocks
 
 
@@ -60,11 +72,13 @@ def blocks_held(root: object) -> int:
 def test_a_client_holds_only_the_tip_of_a_long_chain(tmp_path):
     blocks = long_run()
     server_says = b"".join(
-        [pickled({"type": "challenge", "challenge": bytes(32)}),
-         pickled(welcome(blocks[0], height=len(blocks))),
-         *(pickled(block_message(block)) for block in blocks[1:]),
-         pickled({"type": "done", "blocks": len(blocks)})]
-    )  # fmt: skip
+        [
+            pickled({"type": "challenge", "challenge": bytes(32)}),
+            pickled(welcome(blocks[0], height=len(blocks))),
+            *(pickled(block_message(block)) for block in blocks[1:]),
+            pickled({"type": "done", "blocks": len(blocks)}),
+        ]
+    )
     replica = tmp_path / "replica.jsonl"
     with Loopback() as loop:
         for joining in ("first", "again, going on from its replica"):

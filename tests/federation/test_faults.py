@@ -17,9 +17,17 @@ SERVER_KILLS = 20
 
 def start_client(programs, tmp_path: Path, name: str, port: int, *extra):
     return programs(
-        "client.py", "--name", name, "--data", ROOT / "data" / CLIENT_DATA[name], "--port", port,
-        "--replica", tmp_path / f"{name}.jsonl", *extra,
-    )  # fmt: skip
+        "client.py",
+        "--name",
+        name,
+        "--data",
+        ROOT / "data" / CLIENT_DATA[name],
+        "--port",
+        port,
+        "--replica",
+        tmp_path / f"{name}.jsonl",
+        *extra,
+    )
 
 
 def check_complete(tmp_path: Path, names, rounds: int) -> list:
@@ -35,12 +43,15 @@ def check_complete(tmp_path: Path, names, rounds: int) -> list:
 
 def test_a_client_killed_mid_training_is_left_out_and_rejoins_when_restarted(programs, tmp_path):
     rounds = 10
-    server, port = start_server(programs, tmp_path, "--clients", "3", "--min-clients", "2",
-                                "--rounds", rounds)  # fmt: skip
+    server, port = start_server(
+        programs, tmp_path, "--clients", "3", "--min-clients", "2", "--rounds", rounds
+    )
     # Large populations make every round take about a second, cli3's several: the kill lands
     # while cli3 trains, and the run is still going when it is back.
-    clients = [start_client(programs, tmp_path, name, port, "--population", "3000")
-               for name in ("cli1", "cli2")]  # fmt: skip
+    clients = [
+        start_client(programs, tmp_path, name, port, "--population", "3000")
+        for name in ("cli1", "cli2")
+    ]
     victim = start_client(programs, tmp_path, "cli3", port, "--population", "20000")
     victim.wait_for(r"^block 1 verified")
     victim.kill()
@@ -119,8 +130,9 @@ def test_a_server_killed_again_and_again_resumes_and_finishes_with_the_same_clie
                 with chain_path.open("ab") as chain_file:
                     chain_file.write(line[:cut])
                 torn += 1
-        server = programs("server.py", "--port", port, "--chain", chain_path,
-                          "--difficulty", "8", *flags)  # fmt: skip
+        server = programs(
+            "server.py", "--port", port, "--chain", chain_path, "--difficulty", "8", *flags
+        )
         if cut is not None:  # dropped as it resumes, and that block made again
             server.wait_for(rf"{cut} bytes of an unfinished block dropped; that block is made")
         server.wait_for(r"^listening on ")
@@ -136,8 +148,10 @@ def test_a_server_killed_again_and_again_resumes_and_finishes_with_the_same_clie
 def interrupted_run(programs, tmp_path: Path, rounds: int) -> int:
     """A run whose server is killed after round 2, its clients too; return the port it used."""
     server, port = start_server(programs, tmp_path, "--rounds", rounds)
-    clients = [start_client(programs, tmp_path, name, port, "--population", "3000")
-               for name in ("cli1", "cli2")]  # fmt: skip
+    clients = [
+        start_client(programs, tmp_path, name, port, "--population", "3000")
+        for name in ("cli1", "cli2")
+    ]
     server.wait_for(r"^round 2/\d+: ")
     for program in (server, *clients):
         program.kill()
@@ -155,8 +169,19 @@ def test_resume_refuses_flags_that_differ_from_the_genesis_and_then_finishes_the
 
     refused = programs("server.py", *common, "--rounds", rounds)  # no --resume: never touched
     assert refused.finish() == 2 and "or --resume to go on with its run" in refused.output
-    different = programs("server.py", *common, "--resume", "--rounds", "7", "--seed", "3",
-                         "--min-clients", "1", "--key", tmp_path / "other.key")  # fmt: skip
+    different = programs(
+        "server.py",
+        *common,
+        "--resume",
+        "--rounds",
+        "7",
+        "--seed",
+        "3",
+        "--min-clients",
+        "1",
+        "--key",
+        tmp_path / "other.key",
+    )
     assert different.finish() == 2
     for named in (
         "--rounds is 7, but the chain's genesis records 4",
@@ -168,8 +193,9 @@ def test_resume_refuses_flags_that_differ_from_the_genesis_and_then_finishes_the
     assert chain.read_bytes() == before
 
     # With matching flags it goes on from block 2; the clients, restarted, catch up and finish.
-    server = programs("server.py", *common, "--resume", "--rounds", rounds, "--rejoin-timeout-s",
-                      "60")  # fmt: skip
+    server = programs(
+        "server.py", *common, "--resume", "--rounds", rounds, "--rejoin-timeout-s", "60"
+    )
     server.wait_for(r"^resuming the run of .* after block \d+")
     clients = [start_client(programs, tmp_path, name, port) for name in ("cli1", "cli2")]
     for program in (server, *clients):

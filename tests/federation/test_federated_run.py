@@ -73,9 +73,15 @@ def test_a_client_with_its_columns_in_another_order_joins_with_the_same_models(p
     server, port = start_server(programs, tmp_path, "--rounds", "2", "--seed", "7")
     clients = [
         programs("client1.py", *client_args("cli1", port, tmp_path)),
-        programs("client.py", *client_args("cli2", port, tmp_path), "--name", "cli2",
-                 "--data", tmp_path / "reversed.csv"),
-    ]  # fmt: skip
+        programs(
+            "client.py",
+            *client_args("cli2", port, tmp_path),
+            "--name",
+            "cli2",
+            "--data",
+            tmp_path / "reversed.csv",
+        ),
+    ]
     for program in [server, *clients]:
         assert program.finish() == 0, program.output
     datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
@@ -105,9 +111,16 @@ def test_clients_started_before_the_server_wait_for_it(programs, tmp_path):
             programs("client2.py", *client_args("cli2", port, tmp_path)),
         ]
         server = programs(
-            "server.py", "--port", port, "--chain", tmp_path / "chain.jsonl",
-            "--difficulty", "8", "--rounds", ROUNDS,
-        )  # fmt: skip
+            "server.py",
+            "--port",
+            port,
+            "--chain",
+            tmp_path / "chain.jsonl",
+            "--difficulty",
+            "8",
+            "--rounds",
+            ROUNDS,
+        )
         server.wait_for(f"listening on 127.0.0.1:{port}")
     check_finished_run(tmp_path, server, clients)
 
@@ -171,8 +184,9 @@ def test_a_client_with_other_features_is_refused(programs, tmp_path):
     server, port = start_server(programs, tmp_path, "--rounds", "1")
     odd = tmp_path / "odd.csv"
     odd.write_text("age,height,charges\n30,170,9.1\n40,180,9.5\n")
-    stranger = programs("client1.py", *client_args("odd", port, tmp_path), "--name", "odd",
-                        "--data", odd)  # fmt: skip
+    stranger = programs(
+        "client1.py", *client_args("odd", port, tmp_path), "--name", "odd", "--data", odd
+    )
     assert stranger.finish() == 1
     assert "odd's columns differ from the run's: missing 'bmi'" in stranger.output
     assert "; extra 'height'" in stranger.output
@@ -221,9 +235,17 @@ def test_a_client_that_leaves_before_the_run_can_come_back(programs, tmp_path):
 def test_a_full_disk_stops_the_run_cleanly_and_keeps_every_written_block(programs, tmp_path):
     # The genesis and a round block fit in 3,000 bytes; the next write fails as on a full disk.
     server = programs(
-        "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "8",
-        "--rounds", "5", max_file_bytes=3000,
-    )  # fmt: skip
+        "server.py",
+        "--port",
+        "0",
+        "--chain",
+        tmp_path / "chain.jsonl",
+        "--difficulty",
+        "8",
+        "--rounds",
+        "5",
+        max_file_bytes=3000,
+    )
     port = port_from_listening_line(server.wait_for(r"^listening on ").string)
     clients = [
         programs("client1.py", *client_args("cli1", port, tmp_path)),
@@ -272,8 +294,9 @@ def test_quiet_programs_print_only_what_others_read_and_verbose_ones_more(progra
 
 
 def test_a_difficulty_that_would_outlast_the_clients_wait_is_refused_at_start(programs, tmp_path):
-    server = programs("server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl",
-                      "--difficulty", "40")  # fmt: skip
+    server = programs(
+        "server.py", "--port", "0", "--chain", tmp_path / "chain.jsonl", "--difficulty", "40"
+    )
     assert server.finish() == 2
     assert re.search(
         r"error: --difficulty 40 takes about \S+ s to mine a block here .*more than the "

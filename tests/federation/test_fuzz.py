@@ -25,9 +25,24 @@ message_types = st.sampled_from(
     ["register", "update", "attest", "challenge", "welcome", "block", "done", "hello", ""]
 )
 field_names = st.sampled_from(
-    ["name", "feature_names", "n_samples", "public_key", "login_signature", "round", "weights",
-     "bias", "metrics", "seed", "generations", "population", "signature", "attestation", "x"]
-)  # fmt: skip
+    [
+        "name",
+        "feature_names",
+        "n_samples",
+        "public_key",
+        "login_signature",
+        "round",
+        "weights",
+        "bias",
+        "metrics",
+        "seed",
+        "generations",
+        "population",
+        "signature",
+        "attestation",
+        "x",
+    ]
+)
 messages = st.builds(
     lambda kind, fields: {"type": kind, **fields},
     message_types,
@@ -83,14 +98,20 @@ def rss_kb(pid: int) -> int:
 
 
 def test_a_server_fed_generated_hostile_input_serves_the_honest_run(programs, tmp_path):
-    server, port = start_server(programs, tmp_path, "--rounds", "2", "--join-timeout-s", "600",
-                                "--register-timeout-s", "5")  # fmt: skip
+    server, port = start_server(
+        programs, tmp_path, "--rounds", "2", "--join-timeout-s", "600", "--register-timeout-s", "5"
+    )
     server.wait_for("open enrolment")
     before_kb = rss_kb(server.process.pid)
     welcomed = []
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(data=inputs)
     def feed(data: bytes) -> None:
         with RawClient(port, "fuzz") as peer:

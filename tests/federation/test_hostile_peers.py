@@ -43,8 +43,14 @@ def test_bad_frames_inside_tls_are_refused_and_the_run_goes_on(programs, tmp_pat
     server, port = start_server(programs, tmp_path, "--rounds", "2")
     target = tmp_path / "created-by-pickle"
     exploit = {"type": "register", "name": Exploit(os.system, f"touch {target}")}
-    early_update = {"type": "update", "round": 1, "weights": np.zeros(12), "bias": 0.0,
-                    "n_samples": 5, "metrics": {}}  # fmt: skip
+    early_update = {
+        "type": "update",
+        "round": 1,
+        "weights": np.zeros(12),
+        "bias": 0.0,
+        "n_samples": 5,
+        "metrics": {},
+    }
     attempts = {
         "garbage": (b"GET / HTTP/1.1\r\n\r\n", "not a frame of this protocol"),
         "oversized": (HEADER.pack(MAGIC, VERSION, 2**31), "over the limit"),
@@ -340,8 +346,9 @@ def test_a_newcomer_or_an_impostor_during_the_run_is_refused_and_the_run_goes_on
 @pytest.mark.parametrize("bad", ["replayed from another round", "signed by another key", "silent"])
 def test_with_a_quorum_a_bad_client_is_left_out_and_the_run_goes_on(programs, tmp_path, bad):
     make, expected = BAD_UPDATES[bad]
-    server, port = start_server(programs, tmp_path, "--rounds", "1", "--min-clients", "1",
-                                "--round-timeout-s", "3")  # fmt: skip
+    server, port = start_server(
+        programs, tmp_path, "--rounds", "1", "--min-clients", "1", "--round-timeout-s", "3"
+    )
     honest, suspect = join_raw_clients(port, "cli1", "cli2")
     with honest, suspect:
         honest.send(honest.update())
@@ -531,8 +538,7 @@ def test_a_resumed_run_goes_on_once_its_quorum_is_back_even_if_one_left_meanwhil
         client.sock.close()
     server.process.kill()  # after block 1, before round 2
     server.process.wait()
-    resumed, port = start_server(programs, tmp_path, *flags, "--resume", "--rejoin-timeout-s",
-                                 "60")  # fmt: skip
+    resumed, port = start_server(programs, tmp_path, *flags, "--resume", "--rejoin-timeout-s", "60")
     first = RawClient(port, "cli1")
     first.register()
     # cli2 comes back and leaves again: the quorum is not back after all, and the server waits.

@@ -63,8 +63,20 @@ class Network:
         router = self.namespace("router")
         for role, address in ADDRESSES.items():
             end = self.namespace(role)
-            linked = ip("-n", router, "link", "add", f"to-{role}", "type", "veth",
-                        "peer", "name", "eth0", "netns", end)  # fmt: skip
+            linked = ip(
+                "-n",
+                router,
+                "link",
+                "add",
+                f"to-{role}",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                end,
+            )
             if linked.returncode != 0:
                 pytest.skip(f"veth links are unavailable: {linked.stderr.strip()}")
             # One TCP segment a frame, so that a lost frame is a lost segment, as on a real
@@ -90,8 +102,11 @@ class Network:
         """The segments TCP in ROLE's namespace sent again, from its /proc/net/snmp."""
         snmp = subprocess.run(
             ["ip", "netns", "exec", self.namespace(role), "cat", "/proc/net/snmp"],
-            capture_output=True, text=True, timeout=WAIT_S, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            check=True,
+        ).stdout
         names, values = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Tcp:")]
         return int(values[names.index("RetransSegs")])
 
@@ -124,8 +139,10 @@ def in_namespace(namespace: str, script: str, *args) -> subprocess.CompletedProc
     """Run `python SCRIPT ARGS...` inside NAMESPACE to completion."""
     return subprocess.run(
         ["ip", "netns", "exec", namespace, sys.executable, ROOT / script, *map(str, args)],
-        capture_output=True, text=True, timeout=WAIT_S,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
 
 
 def relay_counts(line: str) -> dict[str, int]:
@@ -155,14 +172,34 @@ def test_a_run_over_a_delaying_lossy_network_completes_with_a_valid_chain(networ
     before = {role: network.tcp_retransmissions(role) for role in ADDRESSES}
 
     chain = tmp_path / "chain.jsonl"
-    server = network.start("srv", "server.py", "--host", ADDRESSES["srv"], "--port", "0",
-                           "--chain", chain, "--difficulty", "8", "--rounds", ROUNDS)  # fmt: skip
+    server = network.start(
+        "srv",
+        "server.py",
+        "--host",
+        ADDRESSES["srv"],
+        "--port",
+        "0",
+        "--chain",
+        chain,
+        "--difficulty",
+        "8",
+        "--rounds",
+        ROUNDS,
+    )
     port = port_from_listening_line(server.wait_for(r"^listening on ", timeout_s=30).string)
     clients = [
-        network.start(name, f"client{name[-1]}.py", "--host", ADDRESSES["srv"], "--port", port,
-                      "--replica", tmp_path / f"{name}.jsonl")
+        network.start(
+            name,
+            f"client{name[-1]}.py",
+            "--host",
+            ADDRESSES["srv"],
+            "--port",
+            port,
+            "--replica",
+            tmp_path / f"{name}.jsonl",
+        )
         for name in ("cli1", "cli2")
-    ]  # fmt: skip
+    ]
     for program in [server, *clients]:
         assert program.finish() == 0, program.output
     verified = run_blockchain_cli("verify", chain)

@@ -27,22 +27,34 @@ ROUNDS = 2
 
 def client(programs, tmp_path, port, name, *extra):
     script = {"cli1": "client1.py", "cli2": "client2.py"}.get(name, "client.py")
-    named = [] if name in ("cli1", "cli2") else ["--name", name, "--data",
-                                                 ROOT / "data" / "client1.csv"]  # fmt: skip
-    return programs(script, "--port", port, "--replica", tmp_path / f"{name}.jsonl", *named,
-                    *extra)  # fmt: skip
+    named = (
+        []
+        if name in ("cli1", "cli2")
+        else ["--name", name, "--data", ROOT / "data" / "client1.csv"]
+    )
+    return programs(script, "--port", port, "--replica", tmp_path / f"{name}.jsonl", *named, *extra)
 
 
 def test_a_private_run_records_each_guarantee_and_trains_on_the_releases_alone(programs, tmp_path):
     server, port = start_server(
-        programs, tmp_path, "--rounds", ROUNDS, "--seed", "3", "--schema", SCHEMA,
-        "--max-epsilon", "2",
-    )  # fmt: skip
+        programs,
+        tmp_path,
+        "--rounds",
+        ROUNDS,
+        "--seed",
+        "3",
+        "--schema",
+        SCHEMA,
+        "--max-epsilon",
+        "2",
+    )
     # Refused at the door: a client without privacy, and one that would spend more than 2.
     plain = client(programs, tmp_path, port, "cli8")
     assert plain.finish() == 1
-    assert ("cli8 states no differential privacy, but the run admits clients only with ε at "
-            "most 2 (--max-epsilon)") in plain.output  # fmt: skip
+    assert (
+        "cli8 states no differential privacy, but the run admits clients only with ε at "
+        "most 2 (--max-epsilon)"
+    ) in plain.output
     greedy = client(programs, tmp_path, port, "cli9", "--dp-epsilon", "3")
     assert greedy.finish() == 1
     assert "cli9 states ε 3, above the most the run admits, ε 2 (--max-epsilon)" in greedy.output
@@ -57,12 +69,15 @@ def test_a_private_run_records_each_guarantee_and_trains_on_the_releases_alone(p
     statements = blocks[0].run.privacy.statements
     assert blocks[0].version == 6
     assert {n: (s.epsilon, s.delta) for n, s in statements.items()} == {
-        "cli1": (1.0, 1e-5), "cli2": (2.0, 1e-6)
-    }  # fmt: skip
+        "cli1": (1.0, 1e-5),
+        "cli2": (2.0, 1e-6),
+    }
     verified = run_blockchain_cli("verify", chain_path)
     assert verified.returncode == 0, verified.stdout
-    assert (f"cli1 ε 1, δ 1e-05 ({MECHANISM}); cli2 ε 2, δ 1e-06 ({MECHANISM}) (the run admits "
-            "at most ε 2)") in verified.stdout  # fmt: skip
+    assert (
+        f"cli1 ε 1, δ 1e-05 ({MECHANISM}); cli2 ε 2, δ 1e-06 ({MECHANISM}) (the run admits "
+        "at most ε 2)"
+    ) in verified.stdout
     # Each client kept its release beside its key, private to it; with those alone, and rows
     # that are noise, the simulation makes the run's models bit for bit.
     schema = load_schema(SCHEMA)
@@ -71,8 +86,9 @@ def test_a_private_run_records_each_guarantee_and_trains_on_the_releases_alone(p
         path = release_path(tmp_path / "keys", name)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         data = load_dataset(ROOT / "data" / f"client{i + 1}.csv")
-        releases[name], new = load_or_release(path, data, target="charges", schema=schema,
-                                              epsilon=epsilon, delta=delta)  # fmt: skip
+        releases[name], new = load_or_release(
+            path, data, target="charges", schema=schema, epsilon=epsilon, delta=delta
+        )
         assert not new
         noise = np.random.default_rng(i).normal(size=data.X.shape)
         stand_ins[name] = type(data)(data.feature_names, noise, noise[:, 0])
@@ -107,10 +123,18 @@ def test_a_private_client_does_not_join_a_run_without_a_schema(programs, tmp_pat
 def drop_the_statement(s: Session) -> None:
     # A genesis of a private run that records no statement for this private client.
     canonical = load_schema(SCHEMA).canonical()
-    run = RunRecord(1, 0, public_hex(s.key), {"cli1": s.client_key},
-                    privacy=PrivacyTerms(canonical, None, {}))  # fmt: skip
-    s.welcome(make_genesis(initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES,
-                           difficulty=8, run=run, server_key=s.key))  # fmt: skip
+    run = RunRecord(
+        1, 0, public_hex(s.key), {"cli1": s.client_key}, privacy=PrivacyTerms(canonical, None, {})
+    )
+    s.welcome(
+        make_genesis(
+            initial_model=LinearModel.zeros(len(FEATURES)),
+            feature_names=FEATURES,
+            difficulty=8,
+            run=run,
+            server_key=s.key,
+        )
+    )
 
 
 def public_genesis(s: Session) -> None:
@@ -120,19 +144,32 @@ def public_genesis(s: Session) -> None:
 @pytest.mark.parametrize(
     ("schema", "script", "reason"),
     [
-        (SCHEMA.read_text().replace("bmi,15,55\n", ""), None,
-         "the schema's columns differ from the data's: missing 'bmi'"),
-        (load_schema(SCHEMA).canonical(), drop_the_statement,
-         "the genesis records no privacy statement for this private client"),
-        (load_schema(SCHEMA).canonical(), public_genesis,
-         "the genesis records no privacy statement for this private client"),
+        (
+            SCHEMA.read_text().replace("bmi,15,55\n", ""),
+            None,
+            "the schema's columns differ from the data's: missing 'bmi'",
+        ),
+        (
+            load_schema(SCHEMA).canonical(),
+            drop_the_statement,
+            "the genesis records no privacy statement for this private client",
+        ),
+        (
+            load_schema(SCHEMA).canonical(),
+            public_genesis,
+            "the genesis records no privacy statement for this private client",
+        ),
         # Bounds so wide that the sums in data units overflow: refused, not a crash.
-        (Schema(dict.fromkeys(load_schema(SCHEMA).bounds, (-1e200, 1e200))).canonical(), None,
-         "the server's schema is of no use to this client: the moments must be finite"),
+        (
+            Schema(dict.fromkeys(load_schema(SCHEMA).bounds, (-1e200, 1e200))).canonical(),
+            None,
+            "the server's schema is of no use to this client: the moments must be finite",
+        ),
     ],
-)  # fmt: skip
-def test_a_private_client_refuses_a_server_that_misstates_the_run(programs, tmp_path, schema,
-                                                                  script, reason):  # fmt: skip
+)
+def test_a_private_client_refuses_a_server_that_misstates_the_run(
+    programs, tmp_path, schema, script, reason
+):
     server = FakeServer(script or (lambda s: None), schema=schema)
     private = start_client(programs, tmp_path, server.port, "--dp-epsilon", "1")
     assert private.finish() == 1

@@ -35,12 +35,14 @@ def test_a_client_whose_columns_come_in_another_order_trains_the_runs_columns(pr
     datasets = split_by_bmi(tmp_path)
     # cli2 holds its columns reversed: it must match them to the run's by name, as a FedAvg
     # client does, in its corrected search as well as its plain one.
-    reversed_ = Dataset(datasets["cli2"].feature_names[::-1], datasets["cli2"].X[:, ::-1],
-                        datasets["cli2"].y)  # fmt: skip
+    reversed_ = Dataset(
+        datasets["cli2"].feature_names[::-1], datasets["cli2"].X[:, ::-1], datasets["cli2"].y
+    )
     save_dataset(reversed_, tmp_path / "cli2.csv")
     rounds = 3
-    server, port = start_server(programs, tmp_path, "--rounds", rounds, "--seed", "7",
-                                "--aggregation", "scaffold")  # fmt: skip
+    server, port = start_server(
+        programs, tmp_path, "--rounds", rounds, "--seed", "7", "--aggregation", "scaffold"
+    )
     clients = [split_client(programs, tmp_path, port, name) for name in datasets]
     for program in [server, *clients]:
         assert program.finish() == 0, program.output
@@ -58,9 +60,19 @@ def test_a_client_whose_columns_come_in_another_order_trains_the_runs_columns(pr
 def three_clients(programs, tmp_path, *flags):
     """A scaffold server for three clients (quorum 2) and two real clients; the third is the
     test's raw peer."""
-    server, port = start_server(programs, tmp_path, "--rounds", "2", "--clients", "3",
-                                "--min-clients", "2", "--aggregation", "scaffold",
-                                *flags)  # fmt: skip
+    server, port = start_server(
+        programs,
+        tmp_path,
+        "--rounds",
+        "2",
+        "--clients",
+        "3",
+        "--min-clients",
+        "2",
+        "--aggregation",
+        "scaffold",
+        *flags,
+    )
     return server, port
 
 
@@ -117,8 +129,9 @@ def replay(datasets, blocks, run_seed=7):
             if correction is None:
                 model = train_locally(problems[name], start, seed=seed)
             else:
-                model = train_corrected(CorrectedProblem(problems[name]), start, correction,
-                                        seed=seed, proximal=0.3).model  # fmt: skip
+                model = train_corrected(
+                    CorrectedProblem(problems[name]), start, correction, seed=seed, proximal=0.3
+                ).model
             update = block.client_model[name]
             assert update.model == model, f"round {block.index}: {name}'s model"
             assert update.gradient == tuple(map(float, gradient(problems[name], start)))
@@ -128,9 +141,20 @@ def replay(datasets, blocks, run_seed=7):
 def test_a_client_that_misses_a_round_comes_back_corrected_as_the_chain_says(programs, tmp_path):
     datasets = split_in_three(tmp_path)
     rounds = 6
-    server, port = start_server(programs, tmp_path, "--rounds", rounds, "--seed", "7",
-                                "--clients", "3", "--min-clients", "2", "--aggregation",
-                                "scaffold")  # fmt: skip
+    server, port = start_server(
+        programs,
+        tmp_path,
+        "--rounds",
+        rounds,
+        "--seed",
+        "7",
+        "--clients",
+        "3",
+        "--min-clients",
+        "2",
+        "--aggregation",
+        "scaffold",
+    )
 
     def client(name):
         return split_client(programs, tmp_path, port, name)
@@ -158,17 +182,30 @@ def test_a_client_that_misses_a_round_comes_back_corrected_as_the_chain_says(pro
     assert "cli3" in blocks[-2].cli  # back, and trained with the correction
     replay(datasets, blocks)
     # With everyone there, the run is the simulation's.
-    assert blocks[1].server_model == simulate(datasets, rounds=1, run_seed=7,
-                                              aggregation=SCAFFOLD)[0].global_model  # fmt: skip
+    assert (
+        blocks[1].server_model
+        == simulate(datasets, rounds=1, run_seed=7, aggregation=SCAFFOLD)[0].global_model
+    )
 
 
 def test_a_client_that_leaves_at_the_probe_below_the_quorum_is_waited_for(programs, tmp_path):
     datasets = split_in_three(tmp_path)
     (tmp_path / "keys").mkdir()
     write_key(tmp_path / "keys" / "cli3.key", fixed_key("cli3"))
-    server, port = start_server(programs, tmp_path, "--rounds", "3", "--seed", "7", "--clients",
-                                "3", "--aggregation", "scaffold", "--rejoin-timeout-s",
-                                "60")  # fmt: skip
+    server, port = start_server(
+        programs,
+        tmp_path,
+        "--rounds",
+        "3",
+        "--seed",
+        "7",
+        "--clients",
+        "3",
+        "--aggregation",
+        "scaffold",
+        "--rejoin-timeout-s",
+        "60",
+    )
     with RawClient(port, "cli3") as raw:
         raw.register()
         clients = [split_client(programs, tmp_path, port, name) for name in ("cli1", "cli2")]
@@ -225,8 +262,18 @@ IN_THE_UPDATE_PHASE = {
 
 @pytest.mark.parametrize("rule", sorted(IN_THE_UPDATE_PHASE))
 def test_a_gradient_out_of_place_is_refused(programs, tmp_path, rule):
-    server, port = start_server(programs, tmp_path, "--rounds", "1", "--clients", "3",
-                                "--min-clients", "2", "--aggregation", rule)  # fmt: skip
+    server, port = start_server(
+        programs,
+        tmp_path,
+        "--rounds",
+        "1",
+        "--clients",
+        "3",
+        "--min-clients",
+        "2",
+        "--aggregation",
+        rule,
+    )
     with RawClient(port, "cli3") as raw:
         raw.register()
         clients = bundled_clients(programs, tmp_path, port)
@@ -245,8 +292,18 @@ def test_a_gradient_out_of_place_is_refused(programs, tmp_path, rule):
 def test_a_round_that_loses_clients_at_two_probes_stops_the_run(programs, tmp_path):
     # cli3 leaves at the first probe and cli4 at the second: the clients would answer no third,
     # so the server stops the run, saying why, rather than ask for one.
-    server, port = start_server(programs, tmp_path, "--rounds", "2", "--clients", "4",
-                                "--min-clients", "2", "--aggregation", "scaffold")  # fmt: skip
+    server, port = start_server(
+        programs,
+        tmp_path,
+        "--rounds",
+        "2",
+        "--clients",
+        "4",
+        "--min-clients",
+        "2",
+        "--aggregation",
+        "scaffold",
+    )
     with RawClient(port, "cli3") as cli3, RawClient(port, "cli4") as cli4:
         cli3.register()
         cli4.register()

@@ -33,16 +33,25 @@ def scaffold_genesis(s: Session, rounds: int = 2, *, with_other: bool = False):
         participants["cli2"] = public_hex(OTHER)
     run = RunRecord(rounds, 0, public_hex(s.key), participants)
     return make_genesis(
-        initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES, difficulty=8,
-        run=run, server_key=s.key, aggregation=SCAFFOLD, parameters={PROXIMAL: 0.3},
-    )  # fmt: skip
+        initial_model=LinearModel.zeros(len(FEATURES)),
+        feature_names=FEATURES,
+        difficulty=8,
+        run=run,
+        server_key=s.key,
+        aggregation=SCAFFOLD,
+        parameters={PROXIMAL: 0.3},
+    )
 
 
 def as_update(message: dict) -> ClientUpdate:
     training = TrainingSettings(message["seed"], message["generations"], message["population"])
-    return ClientUpdate(LinearModel(message["weights"], message["bias"]), message["n_samples"],
-                        training, message["signature"].hex(),
-                        gradient=tuple(map(float, message["gradient"])))  # fmt: skip
+    return ClientUpdate(
+        LinearModel(message["weights"], message["bias"]),
+        message["n_samples"],
+        training,
+        message["signature"].hex(),
+        gradient=tuple(map(float, message["gradient"])),
+    )
 
 
 def probe(s: Session, updates: dict, *, candidate=None, left=(), index=None) -> dict:
@@ -50,15 +59,26 @@ def probe(s: Session, updates: dict, *, candidate=None, left=(), index=None) -> 
     shows), naming LEFT as the clients that left since the last probe; return the answer."""
     index = s.last.index + 1 if index is None else index
     candidate = candidate or probe_point(tuple(updates), updates)
-    send_message(s.conn, {"type": "probe", "round": index, "weights": candidate.weights.copy(),
-                          "bias": candidate.bias, "updates": updates_to_json(updates),
-                          "left": list(left)})  # fmt: skip
+    send_message(
+        s.conn,
+        {
+            "type": "probe",
+            "round": index,
+            "weights": candidate.weights.copy(),
+            "bias": candidate.bias,
+            "updates": updates_to_json(updates),
+            "left": list(left),
+        },
+    )
     return receive(s.conn)
 
 
 def with_answer(update: ClientUpdate, answer: dict) -> ClientUpdate:
-    return replace(update, probe_gradient=tuple(map(float, answer["gradient"])),
-                   probe_signature=answer["signature"].hex())  # fmt: skip
+    return replace(
+        update,
+        probe_gradient=tuple(map(float, answer["gradient"])),
+        probe_signature=answer["signature"].hex(),
+    )
 
 
 def honest_round(s: Session, *, alone=False, others=None) -> tuple[dict, object]:
@@ -74,9 +94,12 @@ def honest_round(s: Session, *, alone=False, others=None) -> tuple[dict, object]
         updates[name] = probed(candidate)
     answer = probe(s, shown)
     updates["cli1"] = with_answer(updates["cli1"], answer)
-    block = make_round_block(s.last, dict(sorted(updates.items())),
-                             attestations={"cli1": message["attestation"].hex()},
-                             server_key=s.key)  # fmt: skip
+    block = make_round_block(
+        s.last,
+        dict(sorted(updates.items())),
+        attestations={"cli1": message["attestation"].hex()},
+        server_key=s.key,
+    )
     return message, block
 
 
@@ -85,16 +108,27 @@ def other_update(s: Session, gradient: float, model: LinearModel | None = None) 
     the candidate), as a function of the candidate."""
     model = model or LinearModel.zeros(len(FEATURES))
     unsigned = ClientUpdate(model, 500, TrainingSettings(1, 1, 4), gradient=(gradient,) * SIZE)
-    message = update_message(genesis_hash=s.genesis.hash, index=s.last.index + 1,
-                             previous_hash=s.last.hash, name="cli2", update=unsigned)  # fmt: skip
+    message = update_message(
+        genesis_hash=s.genesis.hash,
+        index=s.last.index + 1,
+        previous_hash=s.last.hash,
+        name="cli2",
+        update=unsigned,
+    )
     update = replace(unsigned, signature=sign_hex(OTHER, message))
 
     def probed(candidate: LinearModel) -> ClientUpdate:
-        signed = probe_message(genesis_hash=s.genesis.hash, index=s.last.index + 1,
-                               previous_hash=s.last.hash, name="cli2", candidate=candidate,
-                               gradient=(gradient,) * SIZE)  # fmt: skip
-        return replace(update, probe_gradient=(gradient,) * SIZE,
-                       probe_signature=sign_hex(OTHER, signed))  # fmt: skip
+        signed = probe_message(
+            genesis_hash=s.genesis.hash,
+            index=s.last.index + 1,
+            previous_hash=s.last.hash,
+            name="cli2",
+            candidate=candidate,
+            gradient=(gradient,) * SIZE,
+        )
+        return replace(
+            update, probe_gradient=(gradient,) * SIZE, probe_signature=sign_hex(OTHER, signed)
+        )
 
     return {"cli2": (update, probed)}
 
@@ -192,8 +226,17 @@ def second_probe_changing_who_stayed(s: Session) -> None:
 def malformed_updates(s: Session) -> None:
     s.welcome(scaffold_genesis(s))
     s.train()
-    send_message(s.conn, {"type": "probe", "round": 1, "weights": np.zeros(len(FEATURES)),
-                          "bias": 0.0, "updates": "[]", "left": []})  # fmt: skip
+    send_message(
+        s.conn,
+        {
+            "type": "probe",
+            "round": 1,
+            "weights": np.zeros(len(FEATURES)),
+            "bias": 0.0,
+            "updates": "[]",
+            "left": [],
+        },
+    )
 
 
 def third_probe(s: Session) -> None:

@@ -27,8 +27,10 @@ def split_by_bmi(tmp_path, n_clients=2):
     for name, shard in split_sorted(everything, "bmi", n_clients).items():
         save_dataset(shard, tmp_path / f"{name}.csv")
     # As the clients will read them: the simulation must see the same bits.
-    return {name: load_dataset(tmp_path / f"{name}.csv")
-            for name in split_sorted(everything, "bmi", n_clients)}  # fmt: skip
+    return {
+        name: load_dataset(tmp_path / f"{name}.csv")
+        for name in split_sorted(everything, "bmi", n_clients)
+    }
 
 
 def pooled_ratio(datasets, model):
@@ -40,20 +42,32 @@ def pooled_ratio(datasets, model):
 
 def split_client(programs, tmp_path, port, name):
     """client.py as NAME on its shard TMP_PATH/NAME.csv, its replica beside it."""
-    return programs("client.py", "--name", name, "--data", tmp_path / f"{name}.csv", "--port",
-                    port, "--replica", tmp_path / f"{name}.jsonl")  # fmt: skip
+    return programs(
+        "client.py",
+        "--name",
+        name,
+        "--data",
+        tmp_path / f"{name}.csv",
+        "--port",
+        port,
+        "--replica",
+        tmp_path / f"{name}.jsonl",
+    )
 
 
 def bundled_clients(programs, tmp_path, port):
     """client1.py and client2.py on the bundled rows, their replicas in TMP_PATH."""
-    return [programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
-            for i in (1, 2)]  # fmt: skip
+    return [
+        programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
+        for i in (1, 2)
+    ]
 
 
 def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(programs, tmp_path):
     datasets = split_by_bmi(tmp_path)
-    server, port = start_server(programs, tmp_path, "--rounds", ROUNDS, "--seed", "7",
-                                "--aggregation", "scaffold")  # fmt: skip
+    server, port = start_server(
+        programs, tmp_path, "--rounds", ROUNDS, "--seed", "7", "--aggregation", "scaffold"
+    )
     clients = [split_client(programs, tmp_path, port, name) for name in datasets]
     for program in [server, *clients]:
         assert program.finish() == 0, program.output
@@ -65,8 +79,9 @@ def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(prog
     for name in datasets:
         assert (tmp_path / f"{name}.jsonl").read_bytes() == chain_path.read_bytes()
     blocks = load_chain(chain_path).blocks
-    simulated = simulate(datasets, rounds=ROUNDS, run_seed=7, aggregation=SCAFFOLD,
-                         parameters={PROXIMAL: 0.3})  # fmt: skip
+    simulated = simulate(
+        datasets, rounds=ROUNDS, run_seed=7, aggregation=SCAFFOLD, parameters={PROXIMAL: 0.3}
+    )
     for block, expected in zip(blocks[1:-1], simulated, strict=True):
         assert block.server_model == expected.global_model  # bit for bit
         assert block.search == expected.search.as_record()
@@ -81,10 +96,19 @@ def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(prog
 def update_with_gradient(raw: RawClient, gradient) -> dict:
     """A signed scaffold update from RAW: the zero model, with GRADIENT as its start gradient."""
     index = raw.last.index + 1
-    update = ClientUpdate(LinearModel.zeros(len(FEATURES)), N_SAMPLES, training=TRAINING,
-                          gradient=tuple(map(float, gradient)))  # fmt: skip
-    signed = update_message(genesis_hash=raw.genesis.hash, index=index,
-                            previous_hash=raw.last.hash, name=raw.name, update=update)  # fmt: skip
+    update = ClientUpdate(
+        LinearModel.zeros(len(FEATURES)),
+        N_SAMPLES,
+        training=TRAINING,
+        gradient=tuple(map(float, gradient)),
+    )
+    signed = update_message(
+        genesis_hash=raw.genesis.hash,
+        index=index,
+        previous_hash=raw.last.hash,
+        name=raw.name,
+        update=update,
+    )
     message = raw.update()
     message["signature"] = sign(raw.key, signed)
     message["gradient"] = np.asarray(gradient, dtype=np.float64)
@@ -96,11 +120,19 @@ def answer(raw: RawClient, probe: dict, *, elsewhere: bool = False) -> dict:
     candidate = LinearModel(probe["weights"] + (1.0 if elsewhere else 0.0), probe["bias"])
     gradient = np.zeros(len(FEATURES) + 1)
     signed = probe_message(
-        genesis_hash=raw.genesis.hash, index=probe["round"], previous_hash=raw.last.hash,
-        name=raw.name, candidate=candidate, gradient=tuple(map(float, gradient)),
-    )  # fmt: skip
-    return {"type": "gradient", "round": probe["round"], "gradient": gradient,
-            "signature": sign(raw.key, signed)}  # fmt: skip
+        genesis_hash=raw.genesis.hash,
+        index=probe["round"],
+        previous_hash=raw.last.hash,
+        name=raw.name,
+        candidate=candidate,
+        gradient=tuple(map(float, gradient)),
+    )
+    return {
+        "type": "gradient",
+        "round": probe["round"],
+        "gradient": gradient,
+        "signature": sign(raw.key, signed),
+    }
 
 
 def next_of(raw: RawClient, kind: str) -> dict:
@@ -123,8 +155,18 @@ BAD_PEERS = {
 
 @pytest.mark.parametrize("bad", sorted(BAD_PEERS))
 def test_a_peer_that_breaks_the_probe_is_left_out_and_the_round_goes_on(programs, tmp_path, bad):
-    server, port = start_server(programs, tmp_path, "--rounds", "2", "--clients", "3",
-                                "--min-clients", "2", "--aggregation", "scaffold")  # fmt: skip
+    server, port = start_server(
+        programs,
+        tmp_path,
+        "--rounds",
+        "2",
+        "--clients",
+        "3",
+        "--min-clients",
+        "2",
+        "--aggregation",
+        "scaffold",
+    )
     with RawClient(port, "cli3") as raw:
         raw.register()
         clients = bundled_clients(programs, tmp_path, port)
@@ -157,8 +199,17 @@ def test_a_peer_that_breaks_the_probe_is_left_out_and_the_round_goes_on(programs
 def test_a_scaffold_server_killed_mid_run_resumes_with_the_same_clients(programs, tmp_path):
     datasets = split_by_bmi(tmp_path)
     rounds = 6
-    flags = ("--rounds", rounds, "--seed", "7", "--aggregation", "scaffold", "--resume",
-             "--rejoin-timeout-s", "60")  # fmt: skip
+    flags = (
+        "--rounds",
+        rounds,
+        "--seed",
+        "7",
+        "--aggregation",
+        "scaffold",
+        "--resume",
+        "--rejoin-timeout-s",
+        "60",
+    )
     server, port = start_server(programs, tmp_path, *flags)
     clients = [split_client(programs, tmp_path, port, name) for name in datasets]
     chain_path = tmp_path / "chain.jsonl"
@@ -166,8 +217,9 @@ def test_a_scaffold_server_killed_mid_run_resumes_with_the_same_clients(programs
         server.wait_for(rf"^round {after}/{rounds}: ")
         server.process.kill()
         server.process.wait()
-        server = programs("server.py", "--port", port, "--chain", chain_path, "--difficulty", "8",
-                          *flags)  # fmt: skip
+        server = programs(
+            "server.py", "--port", port, "--chain", chain_path, "--difficulty", "8", *flags
+        )
         server.wait_for(r"^resuming the run of .* after block \d+")
     for program in [server, *clients]:
         assert program.finish(timeout_s=120) == 0, program.output

@@ -39,8 +39,9 @@ def as_vector(model):
 def test_median_is_numpys(n_clients):
     updates = random_updates(n_clients, seed=n_clients)
     result = aggregate(MEDIAN, {BYZANTINE: 0.0}, updates)
-    np.testing.assert_allclose(as_vector(result.model), np.median(as_rows(updates), axis=0),
-                               rtol=1e-15)  # fmt: skip
+    np.testing.assert_allclose(
+        as_vector(result.model), np.median(as_rows(updates), axis=0), rtol=1e-15
+    )
 
 
 @pytest.mark.parametrize(("n_clients", "f"), [(3, 1), (5, 1), (7, 2), (4, 0)])
@@ -77,8 +78,9 @@ def test_multi_krum_keeps_the_best_scored_and_averages_them(n_clients, f):
     result = aggregate(KRUM, {BYZANTINE: float(f)}, updates)
     chosen = [i for i, (name, _, _) in enumerate(updates) if result.choice[name][1] == 1.0]
     assert chosen == kept
-    np.testing.assert_allclose([result.choice[name][0] for name, _, _ in updates], scores,
-                               rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        [result.choice[name][0] for name, _, _ in updates], scores, rtol=1e-12
+    )
     # Equal weights, as Blanchard et al. define it: a row count is only the client's word.
     assert result.model == fedavg([(updates[i][1], 1) for i in kept])
     # As format-3 chains recorded it, the kept models FedAvg'ed by their row counts.
@@ -93,8 +95,9 @@ def test_scaled_krum_measures_each_weight_times_its_scale(n_clients, f):
     scale = tuple(float(s) for s in np.random.default_rng(n_clients).uniform(0.01, 50, size=6))
     scores, kept = krum_reference(updates, f, np.array(scale))
     result = aggregate(KRUM, {BYZANTINE: float(f)}, updates, scale=scale)
-    np.testing.assert_allclose([result.choice[name][0] for name, _, _ in updates], scores,
-                               rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        [result.choice[name][0] for name, _, _ in updates], scores, rtol=1e-12
+    )
     assert [i for i, (name, _, _) in enumerate(updates) if result.choice[name][1]] == kept
     # A scale of ones is raw units, bit for bit.
     ones = aggregate(KRUM, {BYZANTINE: float(f)}, updates, scale=(1.0,) * 6)

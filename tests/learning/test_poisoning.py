@@ -52,8 +52,14 @@ def qualities(datasets, history):
 
 def final_quality(rule, parameters, poison):
     datasets = five_clients()
-    history = simulate(datasets, rounds=5, aggregation=rule, parameters=parameters, poison=poison,
-                       scale=held_out_scale(datasets))  # fmt: skip
+    history = simulate(
+        datasets,
+        rounds=5,
+        aggregation=rule,
+        parameters=parameters,
+        poison=poison,
+        scale=held_out_scale(datasets),
+    )
     return qualities(datasets, history)[-1]
 
 
@@ -70,8 +76,14 @@ def test_robust_rules_hold_against_one_attacker(rule, parameters, clean_goal, at
 
 def test_krum_leaves_the_attacker_out_every_round():
     datasets = five_clients()
-    history = simulate(datasets, rounds=5, aggregation=KRUM, parameters={BYZANTINE: 1.0},
-                       poison=ATTACK, scale=held_out_scale(datasets))  # fmt: skip
+    history = simulate(
+        datasets,
+        rounds=5,
+        aggregation=KRUM,
+        parameters={BYZANTINE: 1.0},
+        poison=ATTACK,
+        scale=held_out_scale(datasets),
+    )
     assert all(r.choice["cli5"][1] == 0.0 for r in history)
 
 
@@ -84,9 +96,15 @@ def test_krum_is_not_steered_by_a_close_noisy_model_or_a_claimed_row_count(rows_
     # models averaged with equal weights, it is left out every round.
     datasets = five_clients()
     claimed = {"cli5": rows_claimed * datasets["cli5"].n_samples}
-    history = simulate(datasets, rounds=5, aggregation=KRUM, parameters={BYZANTINE: 1.0},
-                       poison=CLOSE_ATTACK, declared_rows=claimed,
-                       scale=held_out_scale(datasets))  # fmt: skip
+    history = simulate(
+        datasets,
+        rounds=5,
+        aggregation=KRUM,
+        parameters={BYZANTINE: 1.0},
+        poison=CLOSE_ATTACK,
+        declared_rows=claimed,
+        scale=held_out_scale(datasets),
+    )
     assert all(r.choice["cli5"][1] == 0.0 for r in history)
     # So the attack changes nothing: every global model is, bit for bit, the one the four
     # honest clients make alone, averaged with equal weights.

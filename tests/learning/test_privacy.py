@@ -25,9 +25,16 @@ DELTA = 1e-5
 
 @pytest.mark.parametrize(
     ("epsilon", "delta", "n_features"),
-    [(0.5, DELTA, 12), (1.0, DELTA, 12), (4.0, DELTA, 12), (0.01, DELTA, 3), (1.0, 1e-9, 1),
-     (2.0, 0.1, 40), (100.0, DELTA, 12)],
-)  # fmt: skip
+    [
+        (0.5, DELTA, 12),
+        (1.0, DELTA, 12),
+        (4.0, DELTA, 12),
+        (0.01, DELTA, 3),
+        (1.0, 1e-9, 1),
+        (2.0, 0.1, 40),
+        (100.0, DELTA, 12),
+    ],
+)
 def test_the_two_releases_compose_to_the_budget_by_the_pld_accountant(epsilon, delta, n_features):
     sums, floor = privacy.noise_scales(epsilon, delta, n_features)
     sums_sensitivity, floor_sensitivity = privacy.sensitivities(n_features)
@@ -43,8 +50,14 @@ def test_the_issue_s_calibration_point():
 
 
 def test_budgets_out_of_range_are_refused():
-    for epsilon, delta in ((0.0, DELTA), (-1.0, DELTA), (math.inf, DELTA), (1.0, 0.0),
-                           (1.0, 0.5), (1, DELTA)):  # fmt: skip
+    for epsilon, delta in (
+        (0.0, DELTA),
+        (-1.0, DELTA),
+        (math.inf, DELTA),
+        (1.0, 0.0),
+        (1.0, 0.5),
+        (1, DELTA),
+    ):
         with pytest.raises(ValueError):
             privacy.check_budget(epsilon, delta)
 
@@ -219,8 +232,10 @@ def private_ratio(epsilon, seed, aggregation="fedavg"):
     low, high = synthetic_schema(12, seed=seed).ranges(data.feature_names, TARGET)
     clients = split_rows(data, 2)
     rng = np.random.default_rng([seed, 99])
-    private = {name: privacy.release(c.X, c.y, low, high, epsilon=epsilon, rng=rng)
-               for name, c in sorted(clients.items())}  # fmt: skip
+    private = {
+        name: privacy.release(c.X, c.y, low, high, epsilon=epsilon, rng=rng)
+        for name, c in sorted(clients.items())
+    }
     model = simulate(clients, rounds=5, private=private, aggregation=aggregation)[-1].global_model
     return mse(model, data.X, data.y) / mse(fit_lstsq(data.X, data.y), data.X, data.y)
 
@@ -234,6 +249,7 @@ def test_no_model_s_mse_on_the_noisy_sums_is_below_zero():
     data = synthetic_dataset(300, 4, seed=5, r2=0.99, bounded=True)
     low, high = synthetic_schema(4, seed=5, r2=0.99).ranges(data.feature_names, TARGET)
     for seed in range(20):  # at ε 0.1 the noise on yᵀy is far larger than what the fit leaves
-        released = privacy.release(data.X, data.y, low, high, epsilon=0.1,
-                                   rng=np.random.default_rng(seed))  # fmt: skip
+        released = privacy.release(
+            data.X, data.y, low, high, epsilon=0.1, rng=np.random.default_rng(seed)
+        )
         assert np.linalg.eigvalsh(released.moments.gram / released.moments.count)[0] > -1e-9

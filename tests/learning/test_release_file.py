@@ -21,26 +21,31 @@ def data():
 
 def test_a_release_is_kept_private_and_reused_bit_for_bit_in_any_column_order(tmp_path, data):
     path = release_path(tmp_path, "cli1")
-    made, new = load_or_release(path, data, target="charges", schema=SCHEMA, epsilon=1.0,
-                                delta=1e-5)  # fmt: skip
+    made, new = load_or_release(
+        path, data, target="charges", schema=SCHEMA, epsilon=1.0, delta=1e-5
+    )
     assert new and stat.S_IMODE(path.stat().st_mode) == 0o600
-    again, new = load_or_release(path, data, target="charges", schema=SCHEMA, epsilon=1.0,
-                                 delta=1e-5)  # fmt: skip
+    again, new = load_or_release(
+        path, data, target="charges", schema=SCHEMA, epsilon=1.0, delta=1e-5
+    )
     assert not new and again.n_samples == made.n_samples
     assert again.moments.gram.tobytes() == made.moments.gram.tobytes()
     reordered = data.in_order(data.feature_names[::-1])
-    turned, _ = load_or_release(path, reordered, target="charges", schema=SCHEMA, epsilon=1.0,
-                                delta=1e-5)  # fmt: skip
+    turned, _ = load_or_release(
+        path, reordered, target="charges", schema=SCHEMA, epsilon=1.0, delta=1e-5
+    )
     d = len(data.feature_names)
     order = [*range(d - 1, -1, -1), d, d + 1]
     assert np.array_equal(turned.moments.gram, made.moments.gram[np.ix_(order, order)])
 
 
 def test_two_releases_of_the_same_rows_differ_the_noise_is_secret(tmp_path, data):
-    first, _ = load_or_release(tmp_path / "a.json", data, target="charges", schema=SCHEMA,
-                               epsilon=1.0, delta=1e-5)  # fmt: skip
-    second, _ = load_or_release(tmp_path / "b.json", data, target="charges", schema=SCHEMA,
-                                epsilon=1.0, delta=1e-5)  # fmt: skip
+    first, _ = load_or_release(
+        tmp_path / "a.json", data, target="charges", schema=SCHEMA, epsilon=1.0, delta=1e-5
+    )
+    second, _ = load_or_release(
+        tmp_path / "b.json", data, target="charges", schema=SCHEMA, epsilon=1.0, delta=1e-5
+    )
     assert not np.array_equal(first.moments.gram, second.moments.gram)
 
 

@@ -229,8 +229,9 @@ def test_the_weighted_gradient_means_are_bit_identical_in_every_order_of_the_cli
         shuffled = [contributions[i] for i in order]
         assert _weighted_mean(shuffled, lambda c: c.gradient).tobytes() == first.tobytes()
     # The data are hostile enough: a plain running sum does depend on the order here.
-    naive = {naive_mean([contributions[i] for i in o], lambda c: c.gradient).tobytes()
-             for o in orders}  # fmt: skip
+    naive = {
+        naive_mean([contributions[i] for i in o], lambda c: c.gradient).tobytes() for o in orders
+    }
     assert len(naive) > 1
     # And the exact sum is the right one: the exactly rounded mean of the rounded products.
     for j in range(5):
@@ -256,8 +257,9 @@ def dyadic_round(seed: int):
 
 def test_settle_gives_the_same_bits_in_every_order_of_the_clients():
     start, contributions = dyadic_round(11)
-    previous = SearchRecord((1.0, 0.0), (0.0,) * 5, (0.5, -1.0, 0.25, 2.0, 1.0),
-                            (3.0, -1.0, 2.0, 0.5, 1.5))  # fmt: skip
+    previous = SearchRecord(
+        (1.0, 0.0), (0.0,) * 5, (0.5, -1.0, 0.25, 2.0, 1.0), (3.0, -1.0, 2.0, 0.5, 1.5)
+    )
     rng = np.random.default_rng(11)
     for record in (None, previous):
         first = settle(as_model(start), record, contributions)
@@ -309,10 +311,11 @@ def test_negative_curvature_takes_no_step():
     c = vector(candidate(contributions))
     # Gradients that grow against d: a curvature no MSE has.
     bent = [
-        Contribution(k.model, k.n_samples, k.gradient,
-                     tuple(np.array(k.gradient) - 2.0 * (c - start)))
+        Contribution(
+            k.model, k.n_samples, k.gradient, tuple(np.array(k.gradient) - 2.0 * (c - start))
+        )
         for k in contributions
-    ]  # fmt: skip
+    ]
     new, record = settle(as_model(start), None, bent)
     assert record.coefficients == (0.0, 0.0)
     assert new == as_model(start)

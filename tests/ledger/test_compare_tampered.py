@@ -22,8 +22,10 @@ def tamperings(value, path=""):
     if isinstance(value, dict):
         if value:
             first = next(iter(value))
-            yield f"{path}{{key {first}}}", {f"{first}x" if k == first else k: v
-                                              for k, v in value.items()}  # fmt: skip
+            yield (
+                f"{path}{{key {first}}}",
+                {f"{first}x" if k == first else k: v for k, v in value.items()},
+            )
         else:
             yield f"{path}{{added}}", {"cli1": "x"}
         for key, item in value.items():
@@ -90,8 +92,11 @@ def test_a_weight_changed_under_its_old_hash_is_caught(tmp_path):
     honest = [block_to_json(block) for block in BLOCKS]
     record = json.loads(honest[TAMPERED])
     record["client_model"]["cli1"]["weights"][0] += 0.001
-    tampered = [*honest[:TAMPERED], json.dumps(record, separators=(",", ":")),
-                *honest[TAMPERED + 1 :]]  # fmt: skip
+    tampered = [
+        *honest[:TAMPERED],
+        json.dumps(record, separators=(",", ":")),
+        *honest[TAMPERED + 1 :],
+    ]
     a, b = write(tmp_path / "a.jsonl", honest), write(tmp_path / "b.jsonl", tampered)
     result = run_blockchain_cli("compare", a, b)
     assert result.returncode == 1 and "the copies are the same" not in result.stdout

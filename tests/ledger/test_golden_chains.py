@@ -60,15 +60,22 @@ GOLDEN = {
     2: dict(rule=FEDAVG, rounds=(EVERYONE, ONE_OUT)),
     3: dict(rule=MEDIAN, parameters={BYZANTINE: 1.0}, rounds=(EVERYONE, EVERYONE)),
     4: dict(rule=SCAFFOLD, parameters={PROXIMAL: 0.3}, rounds=(EVERYONE, ONE_OUT)),
-    5: dict(rule=KRUM, parameters={BYZANTINE: 0.0}, scale=(2.0, 0.25, 1.5),
-            rounds=(EVERYONE, EVERYONE)),
+    5: dict(
+        rule=KRUM, parameters={BYZANTINE: 0.0}, scale=(2.0, 0.25, 1.5), rounds=(EVERYONE, EVERYONE)
+    ),
     6: dict(rule=FEDAVG, private=True, max_epsilon=2.0, rounds=(EVERYONE, ONE_OUT)),
-    7: dict(rule=TRIMMED_MEAN, parameters={BYZANTINE: 1.0}, private=True,
-            rounds=(EVERYONE, EVERYONE)),
-    8: dict(rule=SCAFFOLD, parameters={PROXIMAL: 0.5}, private=True, max_epsilon=1.5,
-            rounds=(ONE_OUT, EVERYONE)),
+    7: dict(
+        rule=TRIMMED_MEAN, parameters={BYZANTINE: 1.0}, private=True, rounds=(EVERYONE, EVERYONE)
+    ),
+    8: dict(
+        rule=SCAFFOLD,
+        parameters={PROXIMAL: 0.5},
+        private=True,
+        max_epsilon=1.5,
+        rounds=(ONE_OUT, EVERYONE),
+    ),
     9: dict(rule=KRUM, parameters={BYZANTINE: 0.0}, private=True, rounds=(EVERYONE, EVERYONE)),
-}  # fmt: skip
+}
 OLDER = {"format1-chain.jsonl": 1, "format3-krum-chain.jsonl": 3}
 FILES = {**{f"format{n}-chain.jsonl": n for n in GOLDEN}, **OLDER}
 
@@ -91,11 +98,17 @@ def privacy_terms(max_epsilon: float | None) -> PrivacyTerms:
     # With a limit every client must state its privacy; without one, g1 alone does here.
     stating = NAMES if max_epsilon is not None else NAMES[:1]
     statements = {
-        name: sign_privacy(KEYS[name], server_key=public_hex(SERVER_KEY), name=name,
-                           mechanism=MECHANISM, epsilon=0.5 + 0.25 * i, delta=1e-5,
-                           schema_digest=SCHEMA.digest())
+        name: sign_privacy(
+            KEYS[name],
+            server_key=public_hex(SERVER_KEY),
+            name=name,
+            mechanism=MECHANISM,
+            epsilon=0.5 + 0.25 * i,
+            delta=1e-5,
+            schema_digest=SCHEMA.digest(),
+        )
         for i, name in enumerate(stating)
-    }  # fmt: skip
+    }
     return PrivacyTerms(SCHEMA.canonical(), max_epsilon, statements)
 
 
@@ -105,23 +118,35 @@ def signed_updates(first, previous, names, rng, scaffold: bool) -> dict[str, Cli
     start, index = previous.server_model, previous.index + 1
     updates = {}
     for n_samples, name in enumerate(names, start=50):
-        model = LinearModel(start.weights + rng.normal(size=len(FEATURES)),
-                            start.bias + rng.normal())  # fmt: skip
+        model = LinearModel(
+            start.weights + rng.normal(size=len(FEATURES)), start.bias + rng.normal()
+        )
         unsigned = ClientUpdate(model, n_samples, training=TRAINING)
         if scaffold:
             unsigned = replace(unsigned, gradient=floats(gradient(PROBLEMS[name], start)))
-        message = update_message(genesis_hash=first.hash, index=index, name=name,
-                                 previous_hash=previous.hash, update=unsigned)  # fmt: skip
+        message = update_message(
+            genesis_hash=first.hash,
+            index=index,
+            name=name,
+            previous_hash=previous.hash,
+            update=unsigned,
+        )
         updates[name] = replace(unsigned, signature=sign_hex(KEYS[name], message))
     if scaffold:
         candidate = probe_point(tuple(names), updates)
         for name in names:
             at = floats(gradient(PROBLEMS[name], candidate))
-            message = probe_message(genesis_hash=first.hash, index=index, name=name,
-                                    previous_hash=previous.hash, candidate=candidate,
-                                    gradient=at)  # fmt: skip
-            updates[name] = replace(updates[name], probe_gradient=at,
-                                    probe_signature=sign_hex(KEYS[name], message))  # fmt: skip
+            message = probe_message(
+                genesis_hash=first.hash,
+                index=index,
+                name=name,
+                previous_hash=previous.hash,
+                candidate=candidate,
+                gradient=at,
+            )
+            updates[name] = replace(
+                updates[name], probe_gradient=at, probe_signature=sign_hex(KEYS[name], message)
+            )
     return updates
 
 
@@ -135,22 +160,37 @@ def golden_chain(version: int) -> list:
     spec = GOLDEN[version]
     rule, rounds = spec["rule"], spec["rounds"]
     privacy = privacy_terms(spec.get("max_epsilon")) if spec.get("private") else None
-    run = RunRecord(len(rounds), 11, public_hex(SERVER_KEY),
-                    {name: public_hex(key) for name, key in KEYS.items()},
-                    min_clients=min(map(len, rounds)), privacy=privacy)  # fmt: skip
+    run = RunRecord(
+        len(rounds),
+        11,
+        public_hex(SERVER_KEY),
+        {name: public_hex(key) for name, key in KEYS.items()},
+        min_clients=min(map(len, rounds)),
+        privacy=privacy,
+    )
     blocks = [
-        make_genesis(initial_model=LinearModel([0.5, -0.25, 1.0], 0.125), feature_names=FEATURES,
-                     difficulty=DIFFICULTY, run=run, server_key=SERVER_KEY, aggregation=rule,
-                     parameters=spec.get("parameters"), scale=spec.get("scale"))
-    ]  # fmt: skip
+        make_genesis(
+            initial_model=LinearModel([0.5, -0.25, 1.0], 0.125),
+            feature_names=FEATURES,
+            difficulty=DIFFICULTY,
+            run=run,
+            server_key=SERVER_KEY,
+            aggregation=rule,
+            parameters=spec.get("parameters"),
+            scale=spec.get("scale"),
+        )
+    ]
     rng = np.random.default_rng(version)
     for names in rounds:
         previous = blocks[-1]
         updates = signed_updates(blocks[0], previous, names, rng, rule == SCAFFOLD)
         missing = {name: "disconnected (golden)" for name in NAMES if name not in names}
         attested = attestations(blocks[0], previous, names)
-        blocks.append(make_round_block(previous, updates, attestations=attested,
-                                       server_key=SERVER_KEY, missing=missing))  # fmt: skip
+        blocks.append(
+            make_round_block(
+                previous, updates, attestations=attested, server_key=SERVER_KEY, missing=missing
+            )
+        )
     attested = attestations(blocks[0], blocks[-1], NAMES)
     blocks.append(make_closing_block(blocks[-1], attestations=attested, server_key=SERVER_KEY))
     assert {block.version for block in blocks} == {version}

@@ -33,9 +33,14 @@ SERVER_HEX = public_hex(SERVER_KEY)
 
 def statement(name, epsilon=1.0, delta=1e-5, schema=SCHEMA, server_key=SERVER_HEX):
     return sign_privacy(
-        CLIENT_KEYS[name], server_key=server_key, name=name, mechanism=MECHANISM,
-        epsilon=epsilon, delta=delta, schema_digest=schema.digest(),
-    )  # fmt: skip
+        CLIENT_KEYS[name],
+        server_key=server_key,
+        name=name,
+        mechanism=MECHANISM,
+        epsilon=epsilon,
+        delta=delta,
+        schema_digest=schema.digest(),
+    )
 
 
 def terms(max_epsilon=2.0, **statements):
@@ -45,10 +50,14 @@ def terms(max_epsilon=2.0, **statements):
 
 def private_genesis(privacy=None, aggregation="fedavg", parameters=None, run=None):
     return make_genesis(
-        initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES,
-        difficulty=DIFFICULTY, run=replace(run or run_record(2), privacy=privacy or terms()),
-        server_key=SERVER_KEY, aggregation=aggregation, parameters=parameters,
-    )  # fmt: skip
+        initial_model=LinearModel.zeros(len(FEATURES)),
+        feature_names=FEATURES,
+        difficulty=DIFFICULTY,
+        run=replace(run or run_record(2), privacy=privacy or terms()),
+        server_key=SERVER_KEY,
+        aggregation=aggregation,
+        parameters=parameters,
+    )
 
 
 def private_chain():
@@ -59,9 +68,10 @@ def private_chain():
     for _ in range(2):
         blocks.append(next_round(blocks[0], blocks[-1], rng))
     blocks.append(
-        make_closing_block(blocks[-1], attestations=attest(blocks[0], blocks[-1]),
-                           server_key=SERVER_KEY)
-    )  # fmt: skip
+        make_closing_block(
+            blocks[-1], attestations=attest(blocks[0], blocks[-1]), server_key=SERVER_KEY
+        )
+    )
     return blocks
 
 
@@ -74,17 +84,21 @@ def test_a_private_chain_verifies_round_trips_and_says_each_client_s_guarantee()
     verify_chain(again)
     lines = []
     report_chain(again, lines.append, show_blocks=False, server_key=SERVER_HEX)
-    assert ("privacy, per row of each client's data, as each client signed: cli1 ε 1, δ 1e-05 "
-            f"({MECHANISM}); cli2 ε 0.5, δ 1e-05 ({MECHANISM}) (the run admits at most ε 2)"
-            in lines)  # fmt: skip
+    assert (
+        "privacy, per row of each client's data, as each client signed: cli1 ε 1, δ 1e-05 "
+        f"({MECHANISM}); cli2 ε 0.5, δ 1e-05 ({MECHANISM}) (the run admits at most ε 2)" in lines
+    )
     assert lines[-1].startswith("valid: 4 blocks")
 
 
 @pytest.mark.parametrize(
     ("rule", "parameters", "version"),
-    [("median", {"byzantine": 0.0}, 7), ("scaffold", {"proximal": 0.3}, 8),
-     ("krum", {"byzantine": 0.0}, 9)],
-)  # fmt: skip
+    [
+        ("median", {"byzantine": 0.0}, 7),
+        ("scaffold", {"proximal": 0.3}, 8),
+        ("krum", {"byzantine": 0.0}, 9),
+    ],
+)
 def test_every_rule_has_its_private_twin(rule, parameters, version):
     keys = {**CLIENT_KEYS, "cli3": fixed_key("cli3")}
     run = replace(run_record(2, keys), min_clients=3)
@@ -104,34 +118,72 @@ def tampered_genesis(**changes):
     ("changes", "reason"),
     [
         # The server lowers the ε a client signed: the client's signature no longer holds.
-        ({"statements": {"cli1": replace(statement("cli1"), epsilon=0.5),
-                         "cli2": statement("cli2")}},
-         "cli1's signature on its privacy statement fails"),
+        (
+            {
+                "statements": {
+                    "cli1": replace(statement("cli1"), epsilon=0.5),
+                    "cli2": statement("cli2"),
+                }
+            },
+            "cli1's signature on its privacy statement fails",
+        ),
         # A statement a client made for another server's runs, or another schema.
-        ({"statements": {"cli1": statement("cli1", server_key="ab" * 32),
-                         "cli2": statement("cli2")}},
-         "cli1's signature on its privacy statement fails"),
-        ({"statements": {"cli1": statement("cli1", schema=parse_schema(
-            "column,low,high\nage,0,99\nbmi,15,55\nsmoker,0,1\ncharges,6.9,11.5\n")),
-            "cli2": statement("cli2")}},
-         "cli1's signature on its privacy statement fails"),
-        ({"statements": {"cli1": statement("cli1", 3.0), "cli2": statement("cli2")}},
-         "cli1 states ε 3, above the most the run admits, ε 2"),
-        ({"statements": {"cli1": statement("cli1")}},
-         "cli2 states no differential privacy, but the run admits clients only with ε at most 2"),
-        ({"statements": {"cli1": replace(statement("cli1"), mechanism="laplace"),
-                         "cli2": statement("cli2")}},
-         "mechanism 'laplace' is not one this program knows"),
-        ({"schema": "column,low,high\nage,18,65\nbmi,15,55\nsmoker,0,1\n"},
-         "must bound every feature and the target"),
-        ({"schema": "column,low,high\nage,18,65\nbmi,15,55\nsmoker,0,1\ncharges,6.9,11.5\n"},
-         "not written in its canonical form"),
-        ({"schema": "column,low,high\nage,18,65\nbmi,15,55\nsmoker,1,0\ncharges,6.9,11.5\n"},
-         "line 4: smoker: the bounds must be finite with low < high"),
+        (
+            {
+                "statements": {
+                    "cli1": statement("cli1", server_key="ab" * 32),
+                    "cli2": statement("cli2"),
+                }
+            },
+            "cli1's signature on its privacy statement fails",
+        ),
+        (
+            {
+                "statements": {
+                    "cli1": statement(
+                        "cli1",
+                        schema=parse_schema(
+                            "column,low,high\nage,0,99\nbmi,15,55\nsmoker,0,1\ncharges,6.9,11.5\n"
+                        ),
+                    ),
+                    "cli2": statement("cli2"),
+                }
+            },
+            "cli1's signature on its privacy statement fails",
+        ),
+        (
+            {"statements": {"cli1": statement("cli1", 3.0), "cli2": statement("cli2")}},
+            "cli1 states ε 3, above the most the run admits, ε 2",
+        ),
+        (
+            {"statements": {"cli1": statement("cli1")}},
+            "cli2 states no differential privacy, but the run admits clients only with ε at most 2",
+        ),
+        (
+            {
+                "statements": {
+                    "cli1": replace(statement("cli1"), mechanism="laplace"),
+                    "cli2": statement("cli2"),
+                }
+            },
+            "mechanism 'laplace' is not one this program knows",
+        ),
+        (
+            {"schema": "column,low,high\nage,18,65\nbmi,15,55\nsmoker,0,1\n"},
+            "must bound every feature and the target",
+        ),
+        (
+            {"schema": "column,low,high\nage,18,65\nbmi,15,55\nsmoker,0,1\ncharges,6.9,11.5\n"},
+            "not written in its canonical form",
+        ),
+        (
+            {"schema": "column,low,high\nage,18,65\nbmi,15,55\nsmoker,1,0\ncharges,6.9,11.5\n"},
+            "line 4: smoker: the bounds must be finite with low < high",
+        ),
         # A cell past the csv module's limit: refused, not a crash of whoever verifies.
         ({"schema": "column,low,high\n" + "a" * 200_000 + ",0,1\n"}, "field larger than"),
     ],
-)  # fmt: skip
+)
 def test_verify_refuses_privacy_terms_that_do_not_hold(changes, reason):
     with pytest.raises(ChainError, match=reason):
         verify_chain([tampered_genesis(**changes)])

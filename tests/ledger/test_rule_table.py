@@ -51,8 +51,9 @@ def unweighted_mean(updates, f, scale, kept_by_rows):
     return Aggregate(fedavg([(model, 1) for _, model, _ in updates]), {})
 
 
-MEAN = Rule("mean", (BYZANTINE,), format=FORMAT_RULES, combine=unweighted_mean,
-            needed=lambda f: f + 1)  # fmt: skip
+MEAN = Rule(
+    "mean", (BYZANTINE,), format=FORMAT_RULES, combine=unweighted_mean, needed=lambda f: f + 1
+)
 
 
 @pytest.fixture
@@ -64,17 +65,24 @@ def mean_rule(monkeypatch):
 def test_a_new_rule_is_one_entry(mean_rule):
     run = replace(run_record(2), min_clients=2)  # what the rule needs with one attacker
     first = make_genesis(
-        initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES,
-        difficulty=DIFFICULTY, run=run, server_key=SERVER_KEY,
-        aggregation=mean_rule.name, parameters={BYZANTINE: 1.0},
-    )  # fmt: skip
+        initial_model=LinearModel.zeros(len(FEATURES)),
+        feature_names=FEATURES,
+        difficulty=DIFFICULTY,
+        run=run,
+        server_key=SERVER_KEY,
+        aggregation=mean_rule.name,
+        parameters={BYZANTINE: 1.0},
+    )
     assert first.version == FORMAT_RULES
     rng = np.random.default_rng(0)
     blocks = [first]
     for _ in range(2):
         blocks.append(signed_round(first, blocks[-1], rng))
-    blocks.append(make_closing_block(blocks[-1], attestations=attest(first, blocks[-1]),
-                                     server_key=SERVER_KEY))  # fmt: skip
+    blocks.append(
+        make_closing_block(
+            blocks[-1], attestations=attest(first, blocks[-1]), server_key=SERVER_KEY
+        )
+    )
     made = blocks[1].server_model
     models = [blocks[1].client_model[name].model for name in blocks[1].cli]
     assert np.array_equal(made.weights, (models[0].weights + models[1].weights) / 2.0)
@@ -88,8 +96,13 @@ def test_a_new_rule_is_one_entry(mean_rule):
 
 def test_a_new_rule_takes_its_flags_from_the_table(mean_rule):
     def flags(**given):
-        defaults = {"aggregation": mean_rule.name, "byzantine": None, "proximal": None,
-                    "min_clients": None, "clients": 3}  # fmt: skip
+        defaults = {
+            "aggregation": mean_rule.name,
+            "byzantine": None,
+            "proximal": None,
+            "min_clients": None,
+            "clients": 3,
+        }
         return argparse.Namespace(**(defaults | given))
 
     assert aggregation_parameters(flags()) == {BYZANTINE: 1.0}

@@ -35,19 +35,30 @@ FORMAT_3_KRUM_CHAIN = ROOT / "tests" / "fixtures" / "format3-krum-chain.jsonl"
 
 
 def genesis(rule, f, *, min_clients=5, scale=None):
-    run = RunRecord(2, 0, public_hex(SERVER_KEY), {n: public_hex(k) for n, k in KEYS.items()},
-                    min_clients)  # fmt: skip
+    run = RunRecord(
+        2, 0, public_hex(SERVER_KEY), {n: public_hex(k) for n, k in KEYS.items()}, min_clients
+    )
     return make_genesis(
-        initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES,
-        difficulty=DIFFICULTY, run=run, server_key=SERVER_KEY, aggregation=rule,
-        parameters={BYZANTINE: f}, scale=scale,
-    )  # fmt: skip
+        initial_model=LinearModel.zeros(len(FEATURES)),
+        feature_names=FEATURES,
+        difficulty=DIFFICULTY,
+        run=run,
+        server_key=SERVER_KEY,
+        aggregation=rule,
+        parameters={BYZANTINE: f},
+        scale=scale,
+    )
 
 
 def signed(first, previous, name, model, n=100):
     unsigned = ClientUpdate(model, n, training=TRAINING)
-    message = update_message(genesis_hash=first.hash, index=previous.index + 1,
-                             previous_hash=previous.hash, name=name, update=unsigned)  # fmt: skip
+    message = update_message(
+        genesis_hash=first.hash,
+        index=previous.index + 1,
+        previous_hash=previous.hash,
+        name=name,
+        update=unsigned,
+    )
     return replace(unsigned, signature=sign_hex(KEYS[name], message))
 
 
@@ -57,8 +68,9 @@ def attestations(first, block):
 
 
 def models(rng):
-    honest = {n: LinearModel(1.0 + 0.01 * rng.normal(size=3), 2.0 + 0.01 * rng.normal())
-              for n in NAMES}  # fmt: skip
+    honest = {
+        n: LinearModel(1.0 + 0.01 * rng.normal(size=3), 2.0 + 0.01 * rng.normal()) for n in NAMES
+    }
     honest[ATTACKER] = LinearModel(-10 * honest[ATTACKER].weights, -10 * honest[ATTACKER].bias)
     return honest
 
@@ -68,13 +80,19 @@ def build(rule, f, seed=0, *, scale=None, make_models=models, rows=None):
     blocks = [genesis(rule, f, scale=scale)]
     for _ in range(2):
         previous = blocks[-1]
-        updates = {n: signed(blocks[0], previous, n, m, (rows or {}).get(n, 100))
-                   for n, m in make_models(rng).items()}  # fmt: skip
+        updates = {
+            n: signed(blocks[0], previous, n, m, (rows or {}).get(n, 100))
+            for n, m in make_models(rng).items()
+        }
         attested = attestations(blocks[0], previous) if previous.index else {}
-        blocks.append(make_round_block(previous, updates, attestations=attested,
-                                       server_key=SERVER_KEY))  # fmt: skip
-    blocks.append(make_closing_block(blocks[-1], attestations=attestations(blocks[0], blocks[-1]),
-                                     server_key=SERVER_KEY))  # fmt: skip
+        blocks.append(
+            make_round_block(previous, updates, attestations=attested, server_key=SERVER_KEY)
+        )
+    blocks.append(
+        make_closing_block(
+            blocks[-1], attestations=attestations(blocks[0], blocks[-1]), server_key=SERVER_KEY
+        )
+    )
     return blocks
 
 
@@ -149,10 +167,12 @@ def test_a_robust_rule_in_a_format_2_block_is_refused():
 
 def test_a_fedavg_run_is_still_written_in_format_2():
     first = make_genesis(
-        initial_model=LinearModel.zeros(3), feature_names=FEATURES, difficulty=DIFFICULTY,
+        initial_model=LinearModel.zeros(3),
+        feature_names=FEATURES,
+        difficulty=DIFFICULTY,
         run=RunRecord(1, 0, public_hex(SERVER_KEY), {"a1": public_hex(KEYS["a1"])}),
         server_key=SERVER_KEY,
-    )  # fmt: skip
+    )
     assert first.version == FORMAT_SIGNED and "parameters" not in block_to_json(first)
 
 
@@ -174,9 +194,16 @@ def test_resuming_compares_the_rule_and_its_parameters_with_the_genesis():
     from fedchain.federation.resume import RunSettings, differences
 
     first = genesis(KRUM, 1.0)
-    same = RunSettings(difficulty=DIFFICULTY, rounds=2, seed=0, server_key=public_hex(SERVER_KEY),
-                       n_clients=5, min_clients=5, aggregation=KRUM,
-                       aggregation_parameters={BYZANTINE: 1.0})  # fmt: skip
+    same = RunSettings(
+        difficulty=DIFFICULTY,
+        rounds=2,
+        seed=0,
+        server_key=public_hex(SERVER_KEY),
+        n_clients=5,
+        min_clients=5,
+        aggregation=KRUM,
+        aggregation_parameters={BYZANTINE: 1.0},
+    )
     assert differences(first, same) == []
     assert differences(first, replace(same, aggregation_parameters={BYZANTINE: 2.0})) == [
         "the rule's parameters (--byzantine, --proximal) is {'byzantine': 2.0}, but the chain's "

@@ -39,23 +39,39 @@ def forged_round(first: Block, at_start, at_candidate, n_samples: int = 1) -> Bl
     for i, name in enumerate(NAMES):
         model = LinearModel(np.full(len(FEATURES), float(i + 1)), 0.0)
         unsigned = ClientUpdate(model, n_samples, training=TRAINING, gradient=at_start(i))
-        message = update_message(genesis_hash=first.hash, index=1, previous_hash=first.hash,
-                                 name=name, update=unsigned)  # fmt: skip
+        message = update_message(
+            genesis_hash=first.hash, index=1, previous_hash=first.hash, name=name, update=unsigned
+        )
         updates[name] = replace(unsigned, signature=sign_hex(KEYS[name], message))
     candidate = probe_point(NAMES, updates)
     for i, name in enumerate(NAMES):
         message = probe_message(
-            genesis_hash=first.hash, index=1, previous_hash=first.hash, name=name,
-            candidate=candidate, gradient=at_candidate(i),
-        )  # fmt: skip
-        updates[name] = replace(updates[name], probe_gradient=at_candidate(i),
-                                probe_signature=sign_hex(KEYS[name], message))  # fmt: skip
+            genesis_hash=first.hash,
+            index=1,
+            previous_hash=first.hash,
+            name=name,
+            candidate=candidate,
+            gradient=at_candidate(i),
+        )
+        updates[name] = replace(
+            updates[name],
+            probe_gradient=at_candidate(i),
+            probe_signature=sign_hex(KEYS[name], message),
+        )
     block = Block(
-        index=1, timestamp=time.time(), previous_hash=first.hash, difficulty=first.difficulty,
-        feature_names=first.feature_names, aggregation=first.aggregation, cli=NAMES,
-        client_model=updates, server_model=first.server_model, version=first.version,
-        parameters=first.parameters, missing={},
-    )  # fmt: skip
+        index=1,
+        timestamp=time.time(),
+        previous_hash=first.hash,
+        difficulty=first.difficulty,
+        feature_names=first.feature_names,
+        aggregation=first.aggregation,
+        cli=NAMES,
+        client_model=updates,
+        server_model=first.server_model,
+        version=first.version,
+        parameters=first.parameters,
+        missing={},
+    )
     return reseal(block)
 
 
@@ -90,14 +106,27 @@ EDITS = {
     "probe signature empty": ("probe_signature", ""),
     "search missing a key": ("search", {"gradient": [0.0] * SIZE}),
     "search a list": ("search", [0.0]),
-    "search of ints": ("search", {"coefficients": [1, 0], "gradient": [0] * SIZE,
-                                  "step": [0] * SIZE, "step_change": [0] * SIZE}),
-    "search coefficients long": ("search", {"coefficients": [1.0, 0.0, 0.0],
-                                            "gradient": [0.0] * SIZE, "step": [0.0] * SIZE,
-                                            "step_change": [0.0] * SIZE}),
+    "search of ints": (
+        "search",
+        {
+            "coefficients": [1, 0],
+            "gradient": [0] * SIZE,
+            "step": [0] * SIZE,
+            "step_change": [0] * SIZE,
+        },
+    ),
+    "search coefficients long": (
+        "search",
+        {
+            "coefficients": [1.0, 0.0, 0.0],
+            "gradient": [0.0] * SIZE,
+            "step": [0.0] * SIZE,
+            "step_change": [0.0] * SIZE,
+        },
+    ),
     "search with an extra key": ("search", {"extra": [0.0]}),
     "search empty": ("search", {}),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("edit", sorted(EDITS))

@@ -57,10 +57,14 @@ TRAINED = ClientUpdate(LinearModel.zeros(len(FEATURES)), 1, training=TRAINING)
 def genesis(*, parameters=None, aggregation=SCAFFOLD):
     run = RunRecord(3, 0, public_hex(SERVER_KEY), {n: public_hex(k) for n, k in KEYS.items()})
     return make_genesis(
-        initial_model=LinearModel.zeros(len(FEATURES)), feature_names=FEATURES,
-        difficulty=DIFFICULTY, run=run, server_key=SERVER_KEY, aggregation=aggregation,
+        initial_model=LinearModel.zeros(len(FEATURES)),
+        feature_names=FEATURES,
+        difficulty=DIFFICULTY,
+        run=run,
+        server_key=SERVER_KEY,
+        aggregation=aggregation,
         parameters={PROXIMAL: 0.3} if parameters is None else parameters,
-    )  # fmt: skip
+    )
 
 
 def updates_for(first, previous, rng, names=NAMES):
@@ -70,10 +74,19 @@ def updates_for(first, previous, rng, names=NAMES):
     updates = {}
     for name in names:
         model = LinearModel(start.weights + rng.normal(size=3), start.bias + rng.normal())
-        unsigned = replace(TRAINED, model=model, n_samples=len(PROBLEMS[name].y),
-                           gradient=floats(gradient(PROBLEMS[name], start)))  # fmt: skip
-        message = update_message(genesis_hash=first.hash, index=index, name=name,
-                                 previous_hash=previous.hash, update=unsigned)  # fmt: skip
+        unsigned = replace(
+            TRAINED,
+            model=model,
+            n_samples=len(PROBLEMS[name].y),
+            gradient=floats(gradient(PROBLEMS[name], start)),
+        )
+        message = update_message(
+            genesis_hash=first.hash,
+            index=index,
+            name=name,
+            previous_hash=previous.hash,
+            update=unsigned,
+        )
         updates[name] = replace(unsigned, signature=sign_hex(KEYS[name], message))
     candidate = probe_point(names, updates)
     for name in names:
@@ -83,11 +96,17 @@ def updates_for(first, previous, rng, names=NAMES):
 
 def probed(first, previous, name, update, candidate, at=None):
     at_candidate = floats(gradient(PROBLEMS[name], candidate)) if at is None else at
-    message = probe_message(genesis_hash=first.hash, index=previous.index + 1,
-                            previous_hash=previous.hash, name=name, candidate=candidate,
-                            gradient=at_candidate)  # fmt: skip
-    return replace(update, probe_gradient=at_candidate,
-                   probe_signature=sign_hex(KEYS[name], message))  # fmt: skip
+    message = probe_message(
+        genesis_hash=first.hash,
+        index=previous.index + 1,
+        previous_hash=previous.hash,
+        name=name,
+        candidate=candidate,
+        gradient=at_candidate,
+    )
+    return replace(
+        update, probe_gradient=at_candidate, probe_signature=sign_hex(KEYS[name], message)
+    )
 
 
 def attested(first, block):
@@ -103,8 +122,15 @@ def build(rounds=3, seed=0, names_by_round=None):
         updates = updates_for(blocks[0], blocks[-1], rng, names)
         attestations = {n: a for n, a in attested(blocks[0], blocks[-1]).items() if n in names}
         missing = {n: "disconnected (test)" for n in NAMES if n not in names}
-        blocks.append(make_round_block(blocks[-1], updates, attestations=attestations,
-                                       server_key=SERVER_KEY, missing=missing))  # fmt: skip
+        blocks.append(
+            make_round_block(
+                blocks[-1],
+                updates,
+                attestations=attestations,
+                server_key=SERVER_KEY,
+                missing=missing,
+            )
+        )
     return blocks
 
 
@@ -116,8 +142,9 @@ def pooled_mse(model):
 
 def test_a_scaffold_chain_verifies_and_every_step_lowers_the_pooled_mse():
     blocks = build()
-    closing = make_closing_block(blocks[-1], attestations=attested(blocks[0], blocks[-1]),
-                                 server_key=SERVER_KEY)  # fmt: skip
+    closing = make_closing_block(
+        blocks[-1], attestations=attested(blocks[0], blocks[-1]), server_key=SERVER_KEY
+    )
     verify_chain([*blocks, closing])
     assert {b.version for b in blocks} == {FORMAT_CORRECTED}
     assert [block_from_json(block_to_json(b)) for b in [*blocks, closing]] == [*blocks, closing]
@@ -140,8 +167,13 @@ def test_a_change_of_clients_restarts_the_search_along_one_line():
 def resigned(first, previous, name, update, **changes):
     """UPDATE with CHANGES, signed again by its client: what the client itself could send."""
     changed = replace(update, **changes)
-    message = update_message(genesis_hash=first.hash, index=previous.index + 1,
-                             previous_hash=previous.hash, name=name, update=changed)  # fmt: skip
+    message = update_message(
+        genesis_hash=first.hash,
+        index=previous.index + 1,
+        previous_hash=previous.hash,
+        name=name,
+        update=changed,
+    )
     return replace(changed, signature=sign_hex(KEYS[name], message))
 
 
@@ -151,14 +183,16 @@ def test_verify_catches_a_changed_input_of_the_step():
     update = block.client_model[name]
     other_gradient = tuple(v + 1.0 for v in update.gradient)
     # A start gradient changed (and signed again by the client): the step no longer follows.
-    updates = dict(block.client_model, s1=resigned(first, first, name, update,
-                                                   gradient=other_gradient))  # fmt: skip
+    updates = dict(
+        block.client_model, s1=resigned(first, first, name, update, gradient=other_gradient)
+    )
     with pytest.raises(ChainError, match="block 1: server_model is not the step scaffold takes"):
         verify_chain([first, reseal(block, client_model=updates)])
     # Likewise a probe gradient, signed again at the round's candidate.
     candidate = probe_point(block.cli, block.client_model)
-    updates = dict(block.client_model,
-                   s1=probed(first, first, name, update, candidate, at=other_gradient))  # fmt: skip
+    updates = dict(
+        block.client_model, s1=probed(first, first, name, update, candidate, at=other_gradient)
+    )
     with pytest.raises(ChainError, match="server_model is not the step"):
         verify_chain([first, reseal(block, client_model=updates)])
     # A probe answered at another candidate: the one the server showed this client alone.
@@ -221,15 +255,23 @@ def test_gradients_belong_to_format_4_and_a_closing_block_records_no_step():
 
 def test_the_messages_of_a_probe_are_checked_field_by_field():
     vector = np.zeros(4)
-    probe = {"type": "probe", "round": 1, "weights": np.zeros(3), "bias": 0.0, "updates": "{}",
-             "left": []}  # fmt: skip
+    probe = {
+        "type": "probe",
+        "round": 1,
+        "weights": np.zeros(3),
+        "bias": 0.0,
+        "updates": "{}",
+        "left": [],
+    }
     validate_message(probe)
     validate_message(probe | {"left": ["cli2", "cli3"]})
     for field, bad, reason in [
-        ("left", ["cli2", "cli2"], "repeated name"), ("left", "cli2", "must be a list"),
-        ("left", [" cli2"], "no spaces around it"), ("updates", "{\n}", "printable text"),
+        ("left", ["cli2", "cli2"], "repeated name"),
+        ("left", "cli2", "must be a list"),
+        ("left", [" cli2"], "no spaces around it"),
+        ("updates", "{\n}", "printable text"),
         ("updates", None, "must be a string"),
-    ]:  # fmt: skip
+    ]:
         with pytest.raises(ProtocolError, match=f"probe message: {field}.*{reason}"):
             validate_message(probe | {field: bad})
     with pytest.raises(ProtocolError, match="probe message lacks left, updates"):
@@ -237,7 +279,8 @@ def test_the_messages_of_a_probe_are_checked_field_by_field():
     validate_message({"type": "gradient", "round": 1, "gradient": vector, "signature": bytes(64)})
     for bad in (np.array([np.nan, 0.0]), np.zeros(10_002), [0.0, 1.0], np.array([1e300])):
         with pytest.raises(ProtocolError, match="gradient message: gradient"):
-            validate_message({"type": "gradient", "round": 1, "gradient": bad,
-                              "signature": bytes(64)})  # fmt: skip
+            validate_message(
+                {"type": "gradient", "round": 1, "gradient": bad, "signature": bytes(64)}
+            )
     with pytest.raises(ProtocolError, match="unknown field"):
         validate_message(probe | {"gradient": vector})

@@ -77,8 +77,9 @@ def test_an_update_signed_by_the_wrong_key_fails():
 
 def test_a_contributor_the_genesis_did_not_admit_is_named():
     genesis = genesis_for(1)
-    stranger = signed_update(genesis, genesis, "cli3", LinearModel([1, 2, 3], 0), 5,
-                             key=fixed_key("cli3"))  # fmt: skip
+    stranger = signed_update(
+        genesis, genesis, "cli3", LinearModel([1, 2, 3], 0), 5, key=fixed_key("cli3")
+    )
     block = round_with(genesis, genesis, {"cli3": stranger})
     with pytest.raises(ChainError, match="block 1: cli3 is not a participant admitted"):
         verify_chain([genesis, block])
@@ -254,9 +255,12 @@ def test_compare_finds_no_proof_in_two_runs_signed_with_one_key():
 
 def test_the_genesis_fixes_the_quorum_and_every_round_meets_it():
     genesis = make_genesis(
-        initial_model=LinearModel.zeros(3), feature_names=("age", "bmi", "smoker"), difficulty=8,
-        run=replace(run_record(2), min_clients=2), server_key=SERVER_KEY,
-    )  # fmt: skip
+        initial_model=LinearModel.zeros(3),
+        feature_names=("age", "bmi", "smoker"),
+        difficulty=8,
+        run=replace(run_record(2), min_clients=2),
+        server_key=SERVER_KEY,
+    )
     rng = np.random.default_rng(8)
     verify_chain([genesis, next_round(genesis, genesis, rng)])
     alone = next_round(genesis, genesis, rng, {"cli1": 535})
@@ -266,8 +270,11 @@ def test_the_genesis_fixes_the_quorum_and_every_round_meets_it():
         replace(run_record(2), min_clients=0)
     with pytest.raises(ChainError, match="block 0: min_clients 3 is more than"):
         make_genesis(
-            initial_model=LinearModel.zeros(3), feature_names=("a", "b", "c"), difficulty=8,
-            run=replace(run_record(2), min_clients=3), server_key=SERVER_KEY,
-        )  # fmt: skip
+            initial_model=LinearModel.zeros(3),
+            feature_names=("a", "b", "c"),
+            difficulty=8,
+            run=replace(run_record(2), min_clients=3),
+            server_key=SERVER_KEY,
+        )
     with pytest.raises(ChainError, match="block 0: the genesis block must have no client"):
         verify_chain([reseal(genesis, missing={"cli1": "made up"})])

@@ -50,9 +50,12 @@ def test_awkward_floats_survive_storage(tmp_path):
     genesis = genesis_for(1, features=tuple("abcde"), initial=LinearModel(awkward, -0.0))
     update = signed_update(genesis, genesis, "cli1", LinearModel(awkward[::-1], 1e-300), 3)
     block = make_round_block(
-        genesis, {"cli1": update}, attestations={}, server_key=SERVER_KEY,
+        genesis,
+        {"cli1": update},
+        attestations={},
+        server_key=SERVER_KEY,
         missing={"cli2": "timed out (after 60 s)"},
-    )  # fmt: skip
+    )
     blocks = [genesis, block]
     loaded = load_chain(write_chain(tmp_path / "chain.jsonl", blocks)).blocks
     assert loaded[0].server_model == genesis.server_model  # bit for bit: -0.0 stays -0.0
@@ -197,9 +200,12 @@ def test_verify_can_require_a_minimum_difficulty(tmp_path):
 def test_a_tear_inside_a_multibyte_character_is_still_a_tear(tmp_path):
     key = fixed_key("clié")
     genesis = make_genesis(
-        initial_model=LinearModel.zeros(1), feature_names=["é"], difficulty=4,
-        run=run_record(1, {"clié": key}), server_key=SERVER_KEY,
-    )  # fmt: skip
+        initial_model=LinearModel.zeros(1),
+        feature_names=["é"],
+        difficulty=4,
+        run=run_record(1, {"clié": key}),
+        server_key=SERVER_KEY,
+    )
     update = signed_update(genesis, genesis, "clié", LinearModel([1.0], 0.0), 3, key=key)
     block = make_round_block(genesis, {"clié": update}, attestations={}, server_key=SERVER_KEY)
     path = write_chain(tmp_path / "chain.jsonl", [genesis, block])

@@ -273,17 +273,21 @@ def test_difficulty_may_not_drop_below_the_previous_block():
         for name, n in CLIENTS.items()
     }
     easier = reseal(
-        blocks[2], previous_hash=harder.hash, difficulty=DIFFICULTY + 1,
-        client_model=updates, attestations=attestations,
-    )  # fmt: skip
+        blocks[2],
+        previous_hash=harder.hash,
+        difficulty=DIFFICULTY + 1,
+        client_model=updates,
+        attestations=attestations,
+    )
     with pytest.raises(ChainError, match="block 2: difficulty 9 is below block 1's 10"):
         verify_chain([blocks[0], harder, easier])
 
 
 def test_a_block_whose_average_overflows_is_named_not_a_crash():
     blocks = build_chain(rounds=1)
-    huge = {c: signed_update(blocks[0], blocks[0], c, LinearModel([1e308] * 3, 0.0), 1)
-            for c in CLIENTS}  # fmt: skip
+    huge = {
+        c: signed_update(blocks[0], blocks[0], c, LinearModel([1e308] * 3, 0.0), 1) for c in CLIENTS
+    }
     block = reseal(blocks[1], client_model=huge)
     with pytest.raises(ChainError, match="block 1: the client models cannot be averaged"):
         verify_chain([blocks[0], block])

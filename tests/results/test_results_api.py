@@ -137,10 +137,17 @@ def test_errors_on_rows_are_every_models_mse(blocks):
 
 def write_metrics(path, blocks, **changes) -> None:
     rows = [
-        {"round": b.index, "client": c, "rows": 1, "local_mse_after": 0.5, "test_mse": 0.25,
-         "block_hash": b.hash}
-        for b in blocks[1:4] for c in b.cli
-    ]  # fmt: skip
+        {
+            "round": b.index,
+            "client": c,
+            "rows": 1,
+            "local_mse_after": 0.5,
+            "test_mse": 0.25,
+            "block_hash": b.hash,
+        }
+        for b in blocks[1:4]
+        for c in b.cli
+    ]
     rows[-1].update(changes)
     pd.DataFrame(rows).to_csv(path, index=False)
 

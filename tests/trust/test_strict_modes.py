@@ -200,6 +200,8 @@ def test_a_link_someone_else_put_in_a_sticky_folder_is_not_followed(tmp_path):
     link.symlink_to(real)
     read_trust_file(link)
     os.lchown(link, STRANGER_UID, -1)
-    with pytest.raises(TrustError, match=f"^{link}, a symbolic link on the way to {link}, "
-                       f"belongs to user {STRANGER_UID}"):  # fmt: skip
+    with pytest.raises(
+        TrustError,
+        match=f"^{link}, a symbolic link on the way to {link}, belongs to user {STRANGER_UID}",
+    ):
         read_trust_file(link)

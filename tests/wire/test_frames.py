@@ -40,8 +40,14 @@ def pair():
 
 
 def register(**changes) -> dict:
-    message = {"type": "register", "name": "a", "feature_names": ["x"], "n_samples": 1,
-               "public_key": "ab" * 32, "login_signature": bytes(64)}  # fmt: skip
+    message = {
+        "type": "register",
+        "name": "a",
+        "feature_names": ["x"],
+        "n_samples": 1,
+        "public_key": "ab" * 32,
+        "login_signature": bytes(64),
+    }
     return {**message, **changes}
 
 
