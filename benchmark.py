@@ -1,23 +1,30 @@
 """Print the project's speed and quality figures, each measured against a reference in this run.
 
-`python benchmark.py [quality|noniid|poisoning|privacy|speed|csv|rows|mining|network|trust|clients]`
+`python benchmark.py [--write PAGE]
+[quality|noniid|poisoning|privacy|speed|csv|rows|mining|network|trust|clients]`
 (all: a few minutes).
 Figures, not pass/fail: the machines are shared and noisy, so every number that matters is a
-ratio of two measurements taken side by side.
+ratio of two measurements taken side by side. With --write, each section's output also replaces
+its block in a Markdown page (docs/benchmarks.md), stamped with the date and the machine.
 """
 
 import argparse
+import contextlib
 import functools
 import hashlib
+import io
 import os
+import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -724,16 +731,135 @@ SECTIONS = {
 }
 
 
+# A section's block in a page: its output, between markers on lines of their own, so the prose
+# around it stays hand-written and a rerun of one section replaces only that section's block.
+MARKER = re.compile(r"^<!-- (/?)benchmark:(\S+) -->$", re.MULTILINE)
+EXIT_OK, EXIT_BAD_PAGE = 0, 1
+
+
+def blocks(text: str, known: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Where each section's block lies in TEXT, from its start marker to the end of its end
+    marker; ValueError, naming the line, for a marker of no known section or one out of place."""
+    known = list(known)
+    spans: dict[str, tuple[int, int]] = {}
+    opened: tuple[str, int] | None = None  # the section whose end marker is due, where it began
+    for match in MARKER.finditer(text):
+        closing, name = match[1] == "/", match[2]
+        line = text.count("\n", 0, match.start()) + 1
+        if name not in known:
+            raise ValueError(
+                f"line {line}: {match[0]} names no section (sections: {', '.join(known)})"
+            )
+        if closing and (opened is None or opened[0] != name):
+            raise ValueError(f"line {line}: {match[0]} ends no block that is open")
+        if closing:
+            spans[name] = (opened[1], match.end())
+            opened = None
+        elif opened is not None:
+            raise ValueError(
+                f"line {line}: {match[0]} opens a block inside {opened[0]}'s: "
+                f"<!-- /benchmark:{opened[0]} --> is missing"
+            )
+        elif name in spans:
+            raise ValueError(f"line {line}: a second block for {name}")
+        else:
+            opened = (name, match.start())
+    if opened is not None:
+        line = text.count("\n", 0, opened[1]) + 1
+        raise ValueError(
+            f"line {line}: {opened[0]}'s block has no end marker <!-- /benchmark:{opened[0]} -->"
+        )
+    return spans
+
+
+def check_page(text: str, names: Iterable[str], known: Iterable[str]) -> None:
+    """ValueError unless TEXT's markers are well formed and hold a block for each of NAMES."""
+    spans = blocks(text, known)
+    missing = [name for name in names if name not in spans]
+    if missing:
+        raise ValueError(
+            f"no block for {', '.join(missing)}: put <!-- benchmark:SECTION --> and "
+            "<!-- /benchmark:SECTION --> on lines of their own where its figures go"
+        )
+
+
+def replace_block(text: str, name: str, output: str, stamp: str, known: Iterable[str]) -> str:
+    """TEXT with section NAME's block holding OUTPUT in a code block, under STAMP."""
+    check_page(text, [name], known)
+    start, end = blocks(text, known)[name]
+    block = (
+        f"<!-- benchmark:{name} -->\n{stamp}\n\n```\n{output.rstrip()}\n```\n"
+        f"<!-- /benchmark:{name} -->"
+    )
+    return text[:start] + block + text[end:]
+
+
+def machine_stamp(now: datetime | None = None) -> str:
+    """When and where the figures below it were measured, in one line."""
+    now = now or datetime.now(UTC)
+    try:
+        memory = f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB"
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        memory = "unknown memory"
+    return (
+        f"Measured {now:%Y-%m-%d %H:%M} UTC on {platform.platform()}, {os.cpu_count()} CPUs, "
+        f"{memory}, Python {platform.python_version()}, NumPy {np.__version__}:"
+    )
+
+
+class Tee(io.StringIO):
+    """Keeps what a section prints, and prints it as it comes."""
+
+    def __init__(self, terminal):
+        super().__init__()
+        self.terminal = terminal
+
+    def write(self, text: str) -> int:
+        self.terminal.write(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+
+
+def run_sections(
+    names: Iterable[str], sections: dict[str, Callable[[], None]], page: Path | None = None
+) -> None:
+    """Run each named section, printing its figures; with PAGE, also put them in its block
+    there, each as soon as its section ends (so a later failure keeps the earlier figures)."""
+    for name in names:
+        if page is None:
+            sections[name]()
+            continue
+        stamp = machine_stamp()
+        with contextlib.redirect_stdout(Tee(sys.stdout)) as output:
+            sections[name]()
+        page.write_text(replace_block(page.read_text(), name, output.getvalue(), stamp, sections))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
     parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument(
+        "--write",
+        metavar="PAGE",
+        type=Path,
+        help="also write each section's output into its block in PAGE, between markers "
+        "(see docs/benchmarks.md), under a line with the date and the machine",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
-    for name in args.sections or SECTIONS:
-        SECTIONS[name]()
-    return 0
+    names = args.sections or list(SECTIONS)
+    if args.write:
+        try:  # before any section runs: a refused page should not cost minutes of measuring
+            check_page(args.write.read_text(), names, SECTIONS)
+        except (OSError, ValueError) as error:
+            print(f"benchmark.py: {args.write}: {error}", file=sys.stderr)
+            return EXIT_BAD_PAGE
+    run_sections(names, SECTIONS, args.write)
+    return EXIT_OK
 
 
 if __name__ == "__main__":
