@@ -27,7 +27,7 @@ from fedchain.cli.console import (
 )
 from fedchain.cli.run_summary import show_chain, summarise_run
 from fedchain.federation.metrics import MetricsFile, metrics_path_for
-from fedchain.federation.resume import RunSettings, differences
+from fedchain.federation.plan import RunPlan, differences
 from fedchain.federation.server import ChainUnavailable, FederationServer, RunAborted
 from fedchain.learning.aggregation import (
     BYZANTINE,
@@ -250,6 +250,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(schema, str):
         print(f"error: {schema}", file=sys.stderr)
         return EXIT_USAGE
+    plan = RunPlan(
+        n_clients=args.clients,
+        min_clients=args.min_clients or args.clients,
+        rounds=args.rounds,
+        difficulty_bits=args.difficulty,
+        seed=args.seed,
+        server_key=public_hex(key),
+        aggregation=args.aggregation,
+        aggregation_parameters=parameters,
+        features=None if test_data is None else test_data.feature_names,
+        authorized_keys=authorized,
+        schema=schema,
+        max_epsilon=args.max_epsilon,
+    )
     if args.chain is None:
         if args.resume:
             print(
@@ -280,11 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        resumed = open_for_resuming(
-            args, public_hex(key), authorized, test_data, parameters, schema
-        )
+        resumed = open_for_resuming(args, plan)
         if isinstance(resumed, int):
             return resumed
+        # The flags matched; the genesis also fixes what they left open (columns, clients).
+        plan = RunPlan.from_genesis(resumed.genesis)
         if test_data is not None:  # scored in the chain's column order
             test_data = test_data.in_order(resumed.genesis.feature_names)
     elif args.resume:
@@ -312,25 +326,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         made = "made now in" if created else "from"
         say(f"server key {public_hex(key)} ({made} {args.key})")
         say(f"the chain goes to {args.chain}, the metrics to {args.metrics}")
-        server = FederationServer(listener, args.chain, say, key=key)
+        server = FederationServer(
+            listener,
+            args.chain,
+            say,
+            key=key,
+            plan=plan,
+            resumed=resumed,
+            test_data=test_data,
+        )
         server.detail = detail
-        server.authorized_keys = authorized
-        server.n_clients = args.clients
-        server.min_clients = args.min_clients
-        server.rounds = args.rounds
-        server.difficulty_bits = args.difficulty
-        server.seed = args.seed
         server.round_timeout_s = args.round_timeout_s
         server.join_timeout_s = args.join_timeout_s
         server.register_timeout_s = args.register_timeout_s
         server.rejoin_timeout_s = args.rejoin_timeout_s
-        server.resumed = resumed
         server.max_frame_bytes = args.max_frame_bytes
-        server.test_data = test_data
         server.mining_estimate_s = mining_s
         server.metrics = MetricsFile(args.metrics)
-        server.aggregation, server.aggregation_parameters = args.aggregation, parameters
-        server.schema, server.max_epsilon = schema, args.max_epsilon
         try:
             server.run()
         except ChainUnavailable as error:
@@ -358,35 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK if complete else EXIT_RUN_FAILED
 
 
-def open_for_resuming(
-    args: argparse.Namespace,
-    server_key: str,
-    authorized: dict | None,
-    test_data: Dataset | None,
-    parameters: dict[str, float],
-    schema: Schema | None,
-) -> Chain | int:
-    """The chain of --chain, verified and open for appending, if the flags match its genesis;
-    else the exit code, having said why. A chain refused is left as it is."""
-    wanted = RunSettings(
-        difficulty=args.difficulty,
-        rounds=args.rounds,
-        seed=args.seed,
-        server_key=server_key,
-        n_clients=args.clients,
-        min_clients=args.min_clients or args.clients,
-        features=test_data.feature_names if test_data is not None else None,
-        authorized_keys=authorized,
-        aggregation=args.aggregation,
-        aggregation_parameters=parameters,
-        schema=None if schema is None else schema.canonical(),
-        max_epsilon=args.max_epsilon,
-    )
+def open_for_resuming(args: argparse.Namespace, plan: RunPlan) -> Chain | int:
+    """The chain of --chain, verified and open for appending, if PLAN (the flags') matches its
+    genesis; else the exit code, having said why. A chain refused is left as it is."""
 
     def resumable(chain: Chain) -> None:  # checked before the file is touched
         if not chain.genesis.signed:
             raise _NotResumed("is a format-1 chain, which records too little to resume")
-        if found := differences(chain.genesis, wanted):
+        if found := differences(plan, RunPlan.from_genesis(chain.genesis)):
             raise _NotResumed(
                 "cannot be resumed: the flags differ from its run:\n  " + "\n  ".join(found)
             )
@@ -398,7 +389,7 @@ def open_for_resuming(
     except _NotResumed as refusal:
         if refusal.complete:
             say(f"the run of {args.chain} is already complete; nothing to resume")
-            verified = show_chain(args.chain, say, server_key=server_key)
+            verified = show_chain(args.chain, say, server_key=plan.server_key)
             return EXIT_OK if verified else EXIT_RUN_FAILED
         print(f"error: {args.chain} {refusal}", file=sys.stderr)
         return EXIT_USAGE

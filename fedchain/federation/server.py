@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedchain import settings
 from fedchain.checks import printable
 from fedchain.federation.metrics import MetricsFile
-from fedchain.learning.aggregation import FEDAVG, RULES, Rule, feature_scale
+from fedchain.federation.plan import RunPlan
+from fedchain.learning.aggregation import RULES, Rule, feature_scale
 from fedchain.learning.dataset import Dataset, column_difference
 from fedchain.learning.linear_model import LinearModel, mse, r2
-from fedchain.learning.schema import Schema, parse_schema
 from fedchain.ledger.block import (
     MAX_REASON_CHARS,
     Block,
@@ -92,32 +92,18 @@ class _Connection:
 
 
 class FederationServer:
-    """Runs one federation on a listening socket. Settings are plain attributes: set any of them
-    before run(), as with the standard library's socketserver."""
+    """Runs one federation on a listening socket, to PLAN (a resumed run's: its genesis's).
+    Operator settings that do not change what the chain means (waits, limits, where output goes)
+    are plain attributes: set any of them before run(), as with the standard library's
+    socketserver."""
 
-    n_clients: int = settings.CLIENTS
-    rounds: int = settings.ROUNDS
-    difficulty_bits: int = settings.DIFFICULTY_BITS
-    seed: int = settings.RUN_SEED
     round_timeout_s: float = settings.ROUND_TIMEOUT_S
     join_timeout_s: float = settings.JOIN_TIMEOUT_S
     register_timeout_s: float = settings.REGISTER_TIMEOUT_S
     send_timeout_s: float = settings.SEND_TIMEOUT_S
     max_frame_bytes: int = settings.MAX_FRAME_BYTES
-    # A round needs this many clients' updates; fewer, and the run stops. None: all of them.
-    min_clients: int | None = None
-    test_data: Dataset | None = None  # held-out rows each global model is scored on
-    # The features a run expects, in the order its weights take. Empty: test_data's columns if
-    # it is given, else the first client to join sets them.
-    feature_names: tuple[str, ...] = ()
-    # Who may join: name -> public key. None: open enrolment, where any key may join and each
-    # name stays bound to the first key it joined with.
-    authorized_keys: dict[str, str] | None = None
     # Below min_clients, how long a round waits for clients to come back before the run stops.
     rejoin_timeout_s: float = settings.REJOIN_TIMEOUT_S
-    # A verified chain (open for appending) to go on from, instead of starting a new run; its
-    # genesis fixes the run's settings and who takes part.
-    resumed: Chain | None = None
     # Where each round's figures go, a row per client (None: nowhere).
     metrics: MetricsFile | None = None
     # The expected time to mine a block at the run's difficulty on this machine: a long one is
@@ -125,13 +111,6 @@ class FederationServer:
     mining_estimate_s: float = 0.0
     # Where the details go that only a person asking for them (-v) sees.
     detail: Callable[[str], None] = staticmethod(lambda line: None)
-    # The rule that makes each global model, and its parameters; fixed in the genesis.
-    aggregation: str = FEDAVG
-    aggregation_parameters: dict[str, float] = {}  # noqa: RUF012 (read, never changed in place)
-    # A private run: the public bounds every client clips to, sent with the login challenge and
-    # fixed in the genesis; and the most ε a client may join with (None: any, or none at all).
-    schema: Schema | None = None
-    max_epsilon: float | None = None
 
     def __init__(
         self,
@@ -140,12 +119,27 @@ class FederationServer:
         say: Callable[[str], None],
         *,
         key: Ed25519PrivateKey,
+        plan: RunPlan,
+        resumed: Chain | None = None,
+        test_data: Dataset | None = None,
     ) -> None:
+        """RESUMED: a verified chain (open for appending) to go on from, instead of starting a
+        new run; PLAN must be its genesis's. TEST_DATA: held-out rows each global model is scored
+        on, in the order of PLAN's features (which they fix, if known)."""
+        if plan.server_key != public_hex(key):
+            raise ValueError("the plan's server key is not KEY's")
+        if resumed is not None and plan != RunPlan.from_genesis(resumed.genesis):
+            raise ValueError("a resumed run's plan must be the one its genesis records")
+        if test_data is not None and plan.features not in (None, test_data.feature_names):
+            raise ValueError("the test data's columns must be the plan's, in its order")
         self.listener = listener
         self.chain_path = chain_path
         self.say = say
         self.key = key
         self.public_key = public_hex(key)
+        self.plan = plan
+        self.resumed = resumed
+        self.test_data = test_data
         self.tls = server_context(key)
         self.peers: list[_Connection] = []  # the clients taking part in the round
         self.waiting: list[_Connection] = []  # newcomers not yet registered
@@ -166,16 +160,14 @@ class FederationServer:
     def run(self) -> list[Block]:
         """Admit the clients (or resume) and run every round; return the chain. Raises
         RunAborted."""
-        if self.min_clients is None:
-            self.min_clients = self.n_clients
         try:
             chain = self._begin() if self.resumed is None else self._resume(self.resumed)
             with chain.store:
-                for index in range(chain.last.index + 1, self.rounds + 1):
+                for index in range(chain.last.index + 1, self.plan.rounds + 1):
                     self._run_round(index, chain)
                 self._close_run(chain)
             done = {"type": "done", "blocks": len(chain.blocks)}
-            self._send_to(self.peers + self.standby, done, index=self.rounds + 1)
+            self._send_to(self.peers + self.standby, done, index=self.plan.rounds + 1)
             return chain.blocks
         except RunAborted as error:
             self._abort(str(error))
@@ -191,18 +183,18 @@ class FederationServer:
         genesis = make_genesis(
             initial_model=LinearModel.zeros(len(self.run_features)),
             feature_names=self.run_features,
-            difficulty=self.difficulty_bits,
+            difficulty=self.plan.difficulty_bits,
             run=RunRecord(
-                self.rounds,
-                self.seed,
+                self.plan.rounds,
+                self.plan.seed,
                 self.public_key,
                 participants,
-                self.min_clients,
+                self.plan.min_clients,
                 self._privacy_terms(),
             ),
             server_key=self.key,
-            aggregation=self.aggregation,
-            parameters=self.aggregation_parameters,
+            aggregation=self.plan.aggregation,
+            parameters=self.plan.aggregation_parameters,
             scale=self._krum_scale(),
         )
         # The file is made only now, so a run that never starts leaves nothing in the way.
@@ -220,21 +212,23 @@ class FederationServer:
         self.round_index = 1
         for peer in list(self.peers):
             self._welcome(peer)
-        self.say(f"genesis block mined (hash {genesis.hash[:16]}…); {self.rounds} rounds to go")
+        self.say(
+            f"genesis block mined (hash {genesis.hash[:16]}…); {self.plan.rounds} rounds to go"
+        )
         return self.chain
 
     @property
     def rule(self) -> Rule:
         """The run's aggregation rule."""
-        return RULES[self.aggregation]
+        return RULES[self.plan.aggregation]
 
     def _privacy_terms(self) -> PrivacyTerms | None:
         """What the genesis of a run with a schema records: the bounds, the limit, and each
         private client's statement."""
-        if self.schema is None:
+        if self.plan.schema is None:
             return None
         statements = {p.name: p.privacy for p in self.peers if p.privacy is not None}
-        return PrivacyTerms(self.schema.canonical(), self.max_epsilon, statements)
+        return PrivacyTerms(self.plan.schema.canonical(), self.plan.max_epsilon, statements)
 
     def _krum_scale(self) -> tuple[float, ...] | None:
         """For Krum, each feature's root mean square on the held-out rows, which the genesis
@@ -256,45 +250,38 @@ class FederationServer:
         return feature_scale(rows.X)
 
     def _resume(self, chain: Chain) -> Chain:
-        """Take the run's settings and clients from CHAIN's genesis and wait for the clients to
-        come back: all of them, or the quorum and whoever follows within a grace period."""
+        """Take the run's clients from CHAIN's genesis (whose plan is the server's) and wait for
+        them to come back: all of them, or the quorum and whoever follows within a grace period."""
         run = chain.genesis.run
         self.chain = chain
-        self.rounds, self.seed, self.min_clients = run.rounds, run.seed, run.min_clients
-        self.aggregation = chain.genesis.aggregation
-        self.aggregation_parameters = chain.genesis.parameters
-        if run.privacy is not None:
-            self.schema = parse_schema(run.privacy.schema)
-            self.max_epsilon = run.privacy.max_epsilon
-        self.n_clients = len(run.participants)
-        self._fix_features(chain.genesis.feature_names, "the chain's genesis")
+        self._fix_features(self.plan.features, "the chain's genesis")
         self.round_index = chain.last.index + 1
         self.absent = {name: "not back since the server restarted" for name in run.participants}
         self.say(
             f"resuming the run of {chain.store.path} after block {chain.last.index} "
-            f"({chain.rounds_done} of {self.rounds} rounds done); waiting for its "
-            f"{self.n_clients} clients to come back"
+            f"({chain.rounds_done} of {self.plan.rounds} rounds done); waiting for its "
+            f"{self.plan.n_clients} clients to come back"
         )
         quorum_at = math.inf  # when the quorum was back
 
         def finished() -> bool:
             nonlocal quorum_at
             back = len(self.standby)
-            if back < self.min_clients:
+            if back < self.plan.min_clients:
                 quorum_at = math.inf  # one left again: the quorum is not back after all
             elif quorum_at == math.inf:
                 quorum_at = time.monotonic()
-            return back == self.n_clients or time.monotonic() >= quorum_at + RESUME_GRACE_S
+            return back == self.plan.n_clients or time.monotonic() >= quorum_at + RESUME_GRACE_S
 
         def status() -> str:
-            return f"{len(self.standby)} of {self.n_clients} clients are back"
+            return f"{len(self.standby)} of {self.plan.n_clients} clients are back"
 
         deadline = time.monotonic() + self.rejoin_timeout_s
         if not self._wait_for_clients(
             deadline, finished, status, lambda: quorum_at + RESUME_GRACE_S
         ):
             raise RunAborted(
-                f"only {len(self.standby)} of the {self.min_clients} clients the run needs "
+                f"only {len(self.standby)} of the {self.plan.min_clients} clients the run needs "
                 f"(its min_clients) came back within {self.rejoin_timeout_s:g} s "
                 "(--rejoin-timeout-s)"
             )
@@ -391,12 +378,9 @@ class FederationServer:
 
     def _admit(self) -> None:
         """Wait for n_clients to register; refuse (and keep waiting past) any bad newcomer."""
-        if self.feature_names:
-            self._fix_features(self.feature_names, "the server's setting")
-        elif self.test_data is not None:
-            self.feature_names = self.test_data.feature_names
-            self._fix_features(self.feature_names, "the test data")
-        if self.authorized_keys is None:
+        if self.plan.features is not None:
+            self._fix_features(self.plan.features, "the test data")
+        if self.plan.authorized_keys is None:
             self.say(
                 "open enrolment: any key may join (--authorized-keys limits who may); "
                 "each name stays bound to the key it first joins with"
@@ -409,11 +393,11 @@ class FederationServer:
                 ", …" if len(self.peers) > 8 else ""
             )
             return (
-                f"for {self.n_clients} clients to join ({len(self.peers)} joined"
+                f"for {self.plan.n_clients} clients to join ({len(self.peers)} joined"
                 f"{': ' + joined if joined else ''})"
             )
 
-        everyone = lambda: len(self.peers) == self.n_clients  # noqa: E731
+        everyone = lambda: len(self.peers) == self.plan.n_clients  # noqa: E731
         # The clients that have joined are told nothing until the run begins: they wait quietly.
         if not self._wait_for_clients(
             deadline,
@@ -424,7 +408,7 @@ class FederationServer:
             tell_clients=False,
         ):
             raise RunAborted(
-                f"only {len(self.peers)} of {self.n_clients} clients joined within "
+                f"only {len(self.peers)} of {self.plan.n_clients} clients joined within "
                 f"{self.join_timeout_s:g} s (--join-timeout-s)"
             )
         for connection in list(self.waiting):
@@ -470,8 +454,8 @@ class FederationServer:
             return
         connection.challenge = new_challenge()
         challenge = {"type": "challenge", "challenge": connection.challenge}
-        if self.schema is not None:  # a private client clips to it before it registers
-            challenge["schema"] = self.schema.canonical()
+        if self.plan.schema is not None:  # a private client clips to it before it registers
+            challenge["schema"] = self.plan.schema.canonical()
         try:
             self._send_now(connection.sock, challenge)
         except OSError as error:
@@ -508,7 +492,7 @@ class FederationServer:
         self.peers.append(connection)
         self.say(
             f"{connection.name} joined from {connection.address} with {connection.n_samples} "
-            f"rows ({len(self.peers)} of {self.n_clients})"
+            f"rows ({len(self.peers)} of {self.plan.n_clients})"
         )
 
     def _check_registration(self, connection: _Connection) -> None:
@@ -519,7 +503,7 @@ class FederationServer:
             raise _Refusal("sent more than its registration before it was welcomed")
         name, features = message["name"], tuple(message["feature_names"])
         key = message["public_key"]
-        if self.chain is None and len(self.peers) >= self.n_clients:
+        if self.chain is None and len(self.peers) >= self.plan.n_clients:
             raise _Refusal(self._full())
         # The login signs this connection's challenge and this server's key: a recorded login
         # cannot be replayed here, nor one made for another server relayed to this one.
@@ -546,14 +530,14 @@ class FederationServer:
     ) -> PrivacyStatement | None:
         """NAME's privacy statement, if this run has a schema: refused if the run's limit or
         the genesis (for a client coming back) says otherwise, or if its signature fails."""
-        if self.schema is None:
+        if self.plan.schema is None:
             if offered is not None:
                 raise _Refusal(
                     f"{name} states a privacy guarantee, but this run has no schema "
                     "(--schema) to clip to"
                 )
             return None
-        if fault := schema_fault(self.schema, features):
+        if fault := schema_fault(self.plan.schema, features):
             raise _Refusal(f"{name}'s columns do not fit the run's schema: the {fault}")
         statement = (
             None
@@ -578,8 +562,8 @@ class FederationServer:
             statement,
             participant_key=key,
             server_key=self.public_key,
-            schema_digest=self.schema.digest(),
-            max_epsilon=self.max_epsilon,
+            schema_digest=self.plan.schema.digest(),
+            max_epsilon=self.plan.max_epsilon,
         )
         if fault:
             raise _Refusal(fault)
@@ -587,13 +571,13 @@ class FederationServer:
 
     def _check_newcomer(self, name: str, key: str) -> None:
         """Before the run: may NAME join with KEY?"""
-        if self.authorized_keys is not None:
-            if name not in self.authorized_keys:
+        if self.plan.authorized_keys is not None:
+            if name not in self.plan.authorized_keys:
                 raise _Refusal(f"{name!r} is not in the authorized keys")
-            if self.authorized_keys[name] != key:
+            if self.plan.authorized_keys[name] != key:
                 raise _Refusal(
                     f"{name}'s key {key[:16]}… is not the one authorized for that name "
-                    f"({self.authorized_keys[name][:16]}…)"
+                    f"({self.plan.authorized_keys[name][:16]}…)"
                 )
         elif self.bound_keys.get(name, key) != key:
             raise _Refusal(
@@ -632,7 +616,8 @@ class FederationServer:
         self.selector.unregister(peer.sock)
         self.peers.remove(peer)
         if not self.peers:
-            self.run_features = self.feature_names  # the first client to come sets them afresh
+            # Unless the plan fixes them, the first client to come sets them afresh.
+            self.run_features = self.plan.features or ()
         if still_there:
             self._refuse(peer, "a client may not speak before the run begins")
         else:
@@ -649,7 +634,8 @@ class FederationServer:
                 )
 
     def _full(self) -> str:
-        return f"the run is full ({self.n_clients} client{'s' if self.n_clients != 1 else ''})"
+        n = self.plan.n_clients
+        return f"the run is full ({n} client{'s' if n != 1 else ''})"
 
     # --- clients coming back -------------------------------------------------------------------
 
@@ -660,8 +646,8 @@ class FederationServer:
         welcome = {
             "type": "welcome",
             "genesis": block_to_json(chain.genesis),
-            "seed": self.seed,
-            "rounds": self.rounds,
+            "seed": self.plan.seed,
+            "rounds": self.plan.rounds,
             "height": len(chain.blocks),
         }
         try:
@@ -680,7 +666,7 @@ class FederationServer:
         if not self._welcome(connection):
             return
         index = self.round_index
-        if index > self.rounds:  # the closing block is being gathered: no round is left
+        if index > self.plan.rounds:  # the closing block is being gathered: no round is left
             self.absent[connection.name] = "came back as the run was closing"
             when = "the run is closing: it gets the closing block"
         else:
@@ -732,9 +718,9 @@ class FederationServer:
             # Those back before the round join it; those back during it, only if it is short of
             # its quorum. Not on a probe asked again: a client could log in again at every
             # probe, be trained afresh each time, and hold the round forever.
-            if not trained or len(self.peers) < self.min_clients:
+            if not trained or len(self.peers) < self.plan.min_clients:
                 self._bring_in_standby()
-            if len(self.peers) >= self.min_clients:
+            if len(self.peers) >= self.plan.min_clients:
                 fresh = [p for p in self.peers if not any(p is t for t in trained)]
                 self._send_to(fresh, train, index)
                 trained += fresh
@@ -743,7 +729,7 @@ class FederationServer:
                 # Scaffold asks the round's clients for their gradients at the candidate their
                 # models make; one that leaves meanwhile changes it, and the round goes on
                 # with the others (or waits for its quorum) and asks again.
-                if len(received) >= self.min_clients and (
+                if len(received) >= self.plan.min_clients and (
                     not self.rule.probes or self._probe(index, chain, received)
                 ):
                     break
@@ -816,8 +802,8 @@ class FederationServer:
         # One short line a round; the metrics file has the details.
         scored = f", test MSE {test_mse:.4g} (R² {test_r2:.3f})" if self.test_data else ""
         self.say(
-            f"round {index}/{self.rounds}: {len(contributors)} of {self.n_clients} clients"
-            f"{scored}, {1000 * round_s:.0f} ms, block {block.hash[:8]}"
+            f"round {index}/{self.plan.rounds}: {len(contributors)} of {self.plan.n_clients} "
+            f"clients{scored}, {1000 * round_s:.0f} ms, block {block.hash[:8]}"
         )
         if block.choice or block.search:  # what the rule chose, naming any outlier it left out
             self.say(f"  {describe_choice(block)}")
@@ -862,13 +848,13 @@ class FederationServer:
         have come back to make it up, or raise RunAborted at DEADLINE."""
 
         def enough() -> bool:  # the clients in the round, and those come back to join it
-            return len(self.peers) + len(self.standby) >= self.min_clients
+            return len(self.peers) + len(self.standby) >= self.plan.min_clients
 
         def status() -> str:
             gone = "; ".join(f"{name} {why}" for name, why in sorted(self._missing().items()))
             return (
-                f"round {index} has {len(received)} of the {self.min_clients} updates it needs "
-                f"(--min-clients); waiting for clients to come back ({gone})"
+                f"round {index} has {len(received)} of the {self.plan.min_clients} updates it "
+                f"needs (--min-clients); waiting for clients to come back ({gone})"
             )
 
         def hear_peer(peer: _Connection) -> None:  # one that has sent its update waits quietly
@@ -877,7 +863,7 @@ class FederationServer:
         if not self._wait_for_clients(deadline, enough, status, hear_peer=hear_peer):
             gone = "; ".join(f"{name} {why}" for name, why in sorted(self._missing().items()))
             raise RunAborted(
-                f"round {index} cannot go on with {len(received)} of the {self.min_clients} "
+                f"round {index} cannot go on with {len(received)} of the {self.plan.min_clients} "
                 f"clients it needs (--min-clients); none came back within "
                 f"{self.rejoin_timeout_s:g} s (--rejoin-timeout-s): {gone}"
             )
@@ -885,7 +871,7 @@ class FederationServer:
     def _announce_mining(self, index: int) -> None:
         if self.mining_estimate_s > settings.SLOW_MINING_S:
             text = (
-                f"mining block {index} at {self.difficulty_bits} bits: about "
+                f"mining block {index} at {self.plan.difficulty_bits} bits: about "
                 f"{self.mining_estimate_s:.0f} s expected"
             )
             self.say(text)
@@ -901,7 +887,7 @@ class FederationServer:
     def _close_run(self, chain: Chain) -> None:
         """Collect every client's attestation of the last round and seal them in a closing
         block, so the last round, like every other, is checked by the clients."""
-        index = self.round_index = self.rounds + 1
+        index = self.round_index = self.plan.rounds + 1
         self._bring_in_standby()
         self._send_to(self.peers, {"type": "close", "round": index}, index)
         deadline = time.monotonic() + self.round_timeout_s
@@ -1014,7 +1000,7 @@ class FederationServer:
         if self.rule.probes:
             start_gradient = self._gradient_of(message, "update")
         elif "gradient" in message:
-            raise _Refusal(f"sent a gradient, which a {self.aggregation} run does not take")
+            raise _Refusal(f"sent a gradient, which a {self.plan.aggregation} run does not take")
         update = ClientUpdate(
             LinearModel(message["weights"], message["bias"]),
             peer.n_samples,

@@ -191,11 +191,11 @@ def test_a_stored_rule_block_with_bad_rule_fields_is_refused(old, new, error):
 
 
 def test_resuming_compares_the_rule_and_its_parameters_with_the_genesis():
-    from fedchain.federation.resume import RunSettings, differences
+    from fedchain.federation.plan import RunPlan, differences
 
-    first = genesis(KRUM, 1.0)
-    same = RunSettings(
-        difficulty=DIFFICULTY,
+    recorded = RunPlan.from_genesis(genesis(KRUM, 1.0))
+    same = RunPlan(
+        difficulty_bits=DIFFICULTY,
         rounds=2,
         seed=0,
         server_key=public_hex(SERVER_KEY),
@@ -204,12 +204,12 @@ def test_resuming_compares_the_rule_and_its_parameters_with_the_genesis():
         aggregation=KRUM,
         aggregation_parameters={BYZANTINE: 1.0},
     )
-    assert differences(first, same) == []
-    assert differences(first, replace(same, aggregation_parameters={BYZANTINE: 2.0})) == [
+    assert differences(same, recorded) == []
+    assert differences(replace(same, aggregation_parameters={BYZANTINE: 2.0}), recorded) == [
         "the rule's parameters (--byzantine, --proximal) is {'byzantine': 2.0}, but the chain's "
         "genesis records {'byzantine': 1.0}"
     ]
-    assert differences(first, replace(same, aggregation=MEDIAN)) == [
+    assert differences(replace(same, aggregation=MEDIAN), recorded) == [
         "--aggregation is median, but the chain's genesis records krum"
     ]
 
