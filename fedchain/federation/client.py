@@ -9,6 +9,7 @@ it records (FedAvg, a robust rule, or scaffold's step from the clients' gradient
 """
 
 import enum
+import itertools
 import socket
 import ssl
 import threading
@@ -59,7 +60,7 @@ from fedchain.trust.handshake import login_message
 from fedchain.trust.keys import public_hex, sign
 from fedchain.trust.known_servers import KnownServers
 from fedchain.trust.tls import client_context, peer_public_hex
-from fedchain.wire.frames import ConnectionClosed, receive_message, send_message
+from fedchain.wire.frames import receive_message, send_message
 from fedchain.wire.messages import BUSY, MAX_PROBES, ProtocolError, validate_message
 
 RETRY_INTERVAL_S = 0.2
@@ -759,48 +760,76 @@ def take_part(
     max_frame_bytes: int,
     reconnect_s: float = settings.RECONNECT_TIMEOUT_S,
 ) -> ChainTip:
-    """Open a channel to the server and take part in its run; return the verified chain. A busy
-    server is tried again until WITHIN_S has passed. A server that vanishes mid-run (killed, or
-    restarted) is looked for again for RECONNECT_S, with the key it had; the client then catches
-    up on the blocks it missed and goes on."""
-    deadline, flag = time.monotonic() + within_s, "--connect-timeout-s"
+    """Connect over TLS 1.3, pin the server's key and take part in its run; return the verified
+    chain. One loop, one deadline: a server not listening yet, cutting the handshake or busy is
+    tried again until WITHIN_S has passed (so start order is free); one that vanishes mid-run
+    (killed, or restarted) is looked for again for RECONNECT_S, with the key it had, and the
+    client then catches up on the blocks it missed and goes on."""
+    address = f"{host}:{port}"
+    window_s, flag = within_s, "--connect-timeout-s"
+    deadline = time.monotonic() + window_s
+    waiting_said = False  # once a window; a lost server's line says it already
+    cut: OSError | None = None  # the last handshake that failed, if none has held since
+
+    def try_again(give_up: str, note: str | None = None) -> None:
+        if time.monotonic() + RETRY_INTERVAL_S > deadline:
+            raise ClientFailed(give_up) from None
+        if note is not None:
+            client.say(note)
+
     try:
-        while True:
-            sock, key = open_channel(
-                host,
-                port,
-                within_s=max(deadline - time.monotonic(), RETRY_INTERVAL_S),
-                timeout_s=timeout_s,
-                server_key=server_key,
-                known_servers=known_servers,
-                say=client.say,
-                flag=flag,
-                window_s=within_s,
-                announce_retry=flag == "--connect-timeout-s",  # a lost server was said already
-            )
-            server_key = key  # a server that comes back must hold the same key
+        for attempt in itertools.count():
+            time.sleep(RETRY_INTERVAL_S if attempt else 0)
+            connect_s = min(timeout_s, max(deadline - time.monotonic(), 0.1))
             try:
-                with sock:
-                    client.say(
-                        f"{client.name}: connected to {host}:{port} over TLS 1.3 with "
-                        f"{client.data.n_samples} rows"
-                    )
-                    return client.run(sock, max_frame_bytes, key)
-            except ServerBusy as error:
-                if time.monotonic() + RETRY_INTERVAL_S > deadline:
-                    raise ClientFailed(f"{error}; no room within {within_s:g} s ({flag})") from None
-                client.say(f"{client.name}: {error}; trying again")
-            except TimeoutError:
-                raise  # a server that is there but silent is not looked for again
-            except (ConnectionClosed, OSError) as error:
-                lost = shown_error(error)
-                client.say(
-                    f"{client.name}: lost the server ({lost}) while {client.stage.value}; "
-                    f"trying to reconnect for up to {reconnect_s:g} s (--reconnect-timeout-s)"
+                raw = socket.create_connection((host, port), timeout=connect_s)
+            except OSError as error:
+                waiting = (
+                    f"no server at {address} yet ({error.strerror or error}); retrying for up "
+                    f"to {window_s:g} s ({flag})"
                 )
-                deadline, flag = time.monotonic() + reconnect_s, "--reconnect-timeout-s"
-                within_s = reconnect_s
-            time.sleep(RETRY_INTERVAL_S)
+                try_again(
+                    f"{address} did not complete a TLS 1.3 handshake: {cut}"
+                    if cut is not None
+                    else f"no server at {address} within {window_s:g} s ({flag}): {error}",
+                    None if waiting_said else waiting,
+                )
+                waiting_said = True
+                continue
+            raw.settimeout(timeout_s)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a message is one send
+            try:
+                sock = client_context().wrap_socket(raw)
+            except OSError as error:  # ssl.SSLError is one
+                raw.close()
+                cut = error  # a server shedding idle newcomers closes before the handshake
+                try_again(f"{address} did not complete a TLS 1.3 handshake: {error}")
+                continue
+            with sock:
+                cut = None
+                # A server that comes back must hold the same key.
+                server_key = pin(sock, address, server_key, known_servers, client.say)
+                client.say(
+                    f"{client.name}: connected to {address} over TLS 1.3 with "
+                    f"{client.data.n_samples} rows"
+                )
+                try:
+                    return client.run(sock, max_frame_bytes, server_key)
+                except ServerBusy as error:
+                    try_again(
+                        f"{error}; no room within {window_s:g} s ({flag})",
+                        f"{client.name}: {error}; trying again",
+                    )
+                except TimeoutError:
+                    raise  # a server that is there but silent is not looked for again
+                except OSError as error:  # ConnectionClosed is one
+                    client.say(
+                        f"{client.name}: lost the server ({shown_error(error)}) while "
+                        f"{client.stage.value}; trying to reconnect for up to {reconnect_s:g} s "
+                        "(--reconnect-timeout-s)"
+                    )
+                    window_s, flag = reconnect_s, "--reconnect-timeout-s"
+                    deadline, waiting_said = time.monotonic() + window_s, True
     finally:
         client.close()
 
@@ -832,109 +861,31 @@ def shown_error(error: BaseException) -> str:
     return printable(str(error) or type(error).__name__)
 
 
-def open_channel(
-    host: str,
-    port: int,
-    *,
-    within_s: float,
-    timeout_s: float,
+def pin(
+    sock: ssl.SSLSocket,
+    address: str,
     server_key: str | None,
     known_servers: KnownServers,
     say: Callable[[str], None],
-    flag: str = "--connect-timeout-s",
-    window_s: float | None = None,
-    announce_retry: bool = True,
-) -> tuple[ssl.SSLSocket, str]:
-    """Connect over TLS 1.3, retrying until WITHIN_S has passed (so start order is free), and
-    check the server's key: SERVER_KEY if given, else the one KNOWN_SERVERS holds for this
-    address, else trust it on first use and remember it. Return the socket and the key."""
-    deadline = time.monotonic() + within_s
-    refused_tls: BaseException | None = None  # the last handshake that failed, if any
-    while True:
-        try:
-            sock = _connect(
-                host,
-                port,
-                within_s=max(deadline - time.monotonic(), 0.1),
-                timeout_s=timeout_s,
-                flag=flag,
-                window_s=window_s or within_s,
-                say=say if announce_retry else None,
-            )
-        except ClientFailed:
-            if refused_tls is None:
-                raise
-            raise ClientFailed(
-                f"{host}:{port} did not complete a TLS 1.3 handshake: {refused_tls}"
-            ) from None
-        try:
-            tls = client_context().wrap_socket(sock)
-            break
-        except (ssl.SSLError, OSError) as error:
-            sock.close()
-            refused_tls = error
-            # A server shedding idle newcomers closes before the handshake: try again in time.
-            if time.monotonic() + RETRY_INTERVAL_S > deadline:
-                raise ClientFailed(
-                    f"{host}:{port} did not complete a TLS 1.3 handshake: {error}"
-                ) from None
-            time.sleep(RETRY_INTERVAL_S)
+) -> str:
+    """The key the server at ADDRESS presents over SOCK, checked: SERVER_KEY if given, else the
+    one KNOWN_SERVERS holds for the address, else trusted on first use and remembered."""
     try:
-        presented = peer_public_hex(tls)
-        address = f"{host}:{port}"
-        if server_key is not None:
-            if presented != server_key:
-                raise ClientFailed(
-                    f"the server at {address} presents key {presented}, not the pinned "
-                    f"--server-key {server_key}"
-                )
-        elif not known_servers.check(address, presented):
+        presented = peer_public_hex(sock)
+        if server_key is None and not known_servers.check(address, presented):
             known_servers.remember(address, presented)
             say(
                 f"trusting server {address} on first use: key {presented} "
                 f"(recorded in {known_servers.path})"
             )
     except TrustError as error:  # ServerKeyChanged names both keys and the line to remove
-        tls.close()
         raise ClientFailed(str(error)) from None
-    except ClientFailed:
-        tls.close()
-        raise
-    return tls, presented
-
-
-def _connect(
-    host: str,
-    port: int,
-    *,
-    within_s: float,
-    timeout_s: float,
-    flag: str,
-    window_s: float,
-    say: Callable[[str], None] | None,
-) -> socket.socket:
-    """Connect, retrying until WITHIN_S has passed (saying so once, if SAY is given); a failure
-    names the whole WINDOW_S its FLAG set."""
-    deadline = time.monotonic() + within_s
-    while True:
-        try:
-            sock = socket.create_connection((host, port), timeout=min(timeout_s, within_s))
-        except OSError as error:
-            if time.monotonic() + RETRY_INTERVAL_S > deadline:
-                raise ClientFailed(
-                    f"no server at {host}:{port} within {window_s:g} s ({flag}): {error}"
-                ) from None
-            if say is not None:
-                say(
-                    f"no server at {host}:{port} yet ({error.strerror or error}); retrying for "
-                    f"up to {window_s:g} s ({flag})"
-                )
-                say = None
-            time.sleep(RETRY_INTERVAL_S)
-            continue
-        sock.settimeout(timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each message is one sendall
-        return sock
+    if server_key is not None and presented != server_key:
+        raise ClientFailed(
+            f"the server at {address} presents key {presented}, not the pinned "
+            f"--server-key {server_key}"
+        )
+    return presented
 
 
 def prepare_replica(replica: Path | None) -> None:
