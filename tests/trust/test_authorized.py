@@ -65,6 +65,21 @@ def test_a_missing_file_says_so(tmp_path):
             "the key of 'cli2' is already listed for 'cli1' on line 1; every client needs",
         ),
     ],
+    # The keys are random: named cases give every run (and xdist worker) the same ids.
+    ids=[
+        "name-without-key",
+        "key-without-name",
+        "key-63-digits",
+        "key-65-digits",
+        "key-non-hex-g",
+        "key-non-hex-hash",
+        "key-and-name-swapped",
+        "name-65-characters",
+        "name-with-escape",
+        "name-twice-other-key",
+        "name-twice-same-key",
+        "key-twice-other-case",
+    ],
 )
 def test_a_bad_line_is_refused_naming_file_and_line(tmp_path, text, line, reason):
     path = write(tmp_path, text)

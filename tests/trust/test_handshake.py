@@ -74,6 +74,18 @@ def test_a_truncated_signature_fails(length):
         (public_hex(CLIENT), SIGNATURE, b"cli1"),
         (public_hex(CLIENT), SIGNATURE, None),
     ],
+    # The keys are random: named cases give every run (and xdist worker) the same ids.
+    ids=[
+        "key-not-hex",
+        "key-none",
+        "signature-none",
+        "signature-text",
+        "name-empty",
+        "name-leading-space",
+        "name-65-characters",
+        "name-bytes",
+        "name-none",
+    ],
 )
 def test_malformed_input_from_the_client_is_refused_not_raised(client_key, signature, name):
     assert verify_login(client_key, signature, SERVER, CHALLENGE, name) is False

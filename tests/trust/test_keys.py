@@ -215,6 +215,8 @@ GOOD = sign(KEY, b"message")
         "00" * 32,  # 32 bytes, but no signature verifies under it
         public_hex(ed25519.Ed25519PrivateKey.generate()),  # another key
     ],
+    # KEY and the other key are random: name the cases so every run collects the same ids.
+    ids=["too-short", "not-hex", "none", "bytes", "no-signature-verifies", "another-key"],
 )
 def test_a_bad_key_from_a_peer_is_false_not_an_error(public):
     assert verify_signature(public, GOOD, b"message") is False
@@ -233,6 +235,18 @@ def test_a_bad_key_from_a_peer_is_false_not_an_error(public):
         bytearray(GOOD),  # the right bytes in the wrong type
         None,
         12,
+    ],
+    ids=[
+        "empty",
+        "zeros",
+        "one-byte-more",
+        "one-byte-less",
+        "one-bit-flipped",
+        "bit-of-s-flipped",
+        "text",
+        "bytearray",
+        "none",
+        "int",
     ],
 )
 def test_a_bad_signature_from_a_peer_is_false_not_an_error(signature):

@@ -149,6 +149,18 @@ def test_clients_remembering_at_once_leave_whole_lines(tmp_path):
             "127.0.0.1:10000 already has another key on line 1; remove the wrong line",
         ),
     ],
+    # The keys are random: named cases give every run (and xdist worker) the same ids.
+    ids=[
+        "key-62-digits",
+        "address-without-port",
+        "port-0-on-line-2",
+        "port-65536",
+        "port-with-plus",
+        "address-without-host",
+        "host-with-space",
+        "address-without-key",
+        "address-twice-other-key",
+    ],
 )
 def test_a_bad_line_is_an_error_naming_file_and_line(tmp_path, text, line, reason):
     path = tmp_path / "known_servers"
