@@ -19,7 +19,7 @@ from processes import run_blockchain_cli, start_server
 from raw_peers import N_SAMPLES, RawClient, connect, join_raw_clients, write_key
 from wire_helpers import Exploit, frame, receive
 
-from fedchain.federation.server import RESUME_GRACE_S, STATUS_EVERY_S
+from fedchain.federation.protocol import RESUME_GRACE_S, STATUS_EVERY_S
 from fedchain.ledger.store import block_from_json
 from fedchain.trust.keys import public_hex
 from fedchain.wire.frames import HEADER, MAGIC, VERSION

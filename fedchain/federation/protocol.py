@@ -1,0 +1,741 @@
+"""The server's side of a run as a protocol with no I/O inside: everything that decides who takes
+part, what a client may send when, when a round has its quorum and when it gives up on a client
+lives in this file, over the round (round.py) and the checks of a login (admission.py).
+
+A transport hands in events (events.py: a registration, a client's messages, a lost connection)
+and carries out the actions they return (send, disconnect, say, write a block). Decisions are
+made in tick(), which the transport calls once it has handed in everything that has arrived, and
+again at wake_at(): so a batch of messages is judged whole, and every deadline reads the clock the
+transport passed in (monotonic() and process_time(), as the time module has them), which a test
+can turn by hand.
+"""
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedchain import settings
+from fedchain.checks import printable
+from fedchain.federation.admission import (
+    Applicant,
+    Member,
+    Refusal,
+    check_registration,
+    full,
+)
+from fedchain.federation.events import (
+    Abort,
+    Action,
+    BadFrame,
+    Closed,
+    Detail,
+    Disconnect,
+    Event,
+    Registration,
+    Report,
+    Say,
+    Send,
+    SendFailed,
+    Spoke,
+    TurnAwayNewcomers,
+    Write,
+)
+from fedchain.federation.plan import RunPlan
+from fedchain.federation.round import Round
+from fedchain.federation.round_report import ClientFigures, RoundReport
+from fedchain.learning.aggregation import RULES, Rule, feature_scale
+from fedchain.learning.dataset import Dataset
+from fedchain.learning.linear_model import LinearModel, mse, r2
+from fedchain.ledger.block import MAX_REASON_CHARS, Block, PrivacyTerms, RunRecord
+from fedchain.ledger.chain import Chain, make_closing_block, make_genesis, make_round_block
+from fedchain.ledger.store import block_to_json
+from fedchain.ledger.verification import ChainError
+from fedchain.trust.keys import public_hex
+
+STATUS_EVERY_S = 5.0  # how often a wait for clients says what it waits for
+RESUME_GRACE_S = 10.0  # once a resumed run has its quorum back, how long the rest may take
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def process_time(self) -> float: ...
+
+
+class Phase(enum.Enum):
+    """Where the run is, and so what the clients in its round may send."""
+
+    ADMITTING = "waiting for the clients to join"
+    RESUMING = "waiting for the clients of a resumed run to come back"
+    TRAINING = "collecting the round's updates"
+    PROBING = "collecting the gradients at the round's candidate"
+    SHORT = "short of the quorum, waiting for clients to come back"
+    CLOSING = "collecting the attestations of the last round"
+    DONE = "finished"
+    STOPPED = "stopped"
+
+
+# The message a client taking part in the round sends in each phase, once; in any other phase it
+# is silent, and a client that speaks then is out. A client back mid-run is silent until its
+# round begins.
+EXPECTED = {Phase.TRAINING: "update", Phase.PROBING: "gradient", Phase.CLOSING: "attest"}
+
+
+@dataclass(frozen=True)
+class Waits:
+    """How long the protocol waits for what, in seconds: the operator's settings."""
+
+    round_timeout_s: float = settings.ROUND_TIMEOUT_S
+    join_timeout_s: float = settings.JOIN_TIMEOUT_S
+    # Below min_clients, how long a round waits for clients to come back before the run stops.
+    rejoin_timeout_s: float = settings.REJOIN_TIMEOUT_S
+    # The expected time to mine a block at the run's difficulty: a long one is announced, to the
+    # log and to the clients, so a wait is never silent.
+    mining_estimate_s: float = 0.0
+
+
+def check_arguments(
+    plan: RunPlan, key: Ed25519PrivateKey, resumed: Chain | None, test_data: Dataset | None
+) -> None:
+    """Raise ValueError unless the plan, the key, a resumed chain and the held-out rows agree."""
+    if plan.server_key != public_hex(key):
+        raise ValueError("the plan's server key is not KEY's")
+    if resumed is not None and plan != RunPlan.from_genesis(resumed.genesis):
+        raise ValueError("a resumed run's plan must be the one its genesis records")
+    if test_data is not None and plan.features not in (None, test_data.feature_names):
+        raise ValueError("the test data's columns must be the plan's, in its order")
+
+
+class ServerProtocol:
+    """One run, to PLAN. RESUMED: a verified chain (kept in memory only: the transport writes
+    blocks) to go on from instead of starting anew; TEST_DATA: held-out rows each global model
+    is scored on, in the order of PLAN's features; CHAIN_NAME: where the chain is, for the log."""
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        key: Ed25519PrivateKey,
+        clock: Clock,
+        *,
+        waits: Waits | None = None,
+        resumed: Chain | None = None,
+        test_data: Dataset | None = None,
+        chain_name: str = "the chain",
+    ) -> None:
+        check_arguments(plan, key, resumed, test_data)
+        self.plan = plan
+        self.key = key
+        self.public_key = public_hex(key)
+        self.clock = clock
+        self.waits = waits or Waits()
+        self.test_data = test_data
+        self.chain_name = chain_name
+        self.phase = Phase.RESUMING if resumed else Phase.ADMITTING
+        self.chain: Chain | None = resumed  # once the run has begun
+        self.peers: list[Member] = []  # the clients taking part in the round, by name
+        self.standby: list[Member] = []  # back mid-run, caught up; in from the next round
+        self.round: Round | None = None
+        self.round_index = 0 if resumed is None else resumed.last.index + 1
+        self.run_features: tuple[str, ...] = () if resumed is None else plan.features
+        self.bound_keys: dict[str, str] = {}  # open enrolment: each name's first key
+        self.absent: dict[str, str] = {}  # clients left out of the run, and why
+        self.deadline_s = math.inf  # of the wait for clients (joining, or coming back)
+        self.next_status_s = math.inf
+        self.quorum_at_s = math.inf  # a resumed run: when its quorum was back
+        self.failure = ""  # why the run stopped
+
+    @property
+    def rule(self) -> Rule:
+        return RULES[self.plan.aggregation]
+
+    @property
+    def members(self) -> list[Member]:
+        """Every client registered and connected."""
+        return self.peers + self.standby
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (Phase.DONE, Phase.STOPPED)
+
+    # --- the transport's entry points ----------------------------------------------------
+
+    def start(self) -> list[Action]:
+        """Begin: say what the run waits for. The first call."""
+        now = self.clock.monotonic()
+        out: list[Action] = []
+        if self.chain is not None:
+            return self._begin_resuming(now)
+        if self.plan.features is not None:
+            out += self._fix_features(self.plan.features, "the test data")
+        if self.plan.authorized_keys is None:
+            out.append(
+                Say(
+                    "open enrolment: any key may join (--authorized-keys limits who may); "
+                    "each name stays bound to the key it first joins with"
+                )
+            )
+        self.deadline_s = now + self.waits.join_timeout_s
+        self.next_status_s = now
+        return out
+
+    def handle(self, event: Event) -> list[Action]:
+        """Take in EVENT; return what to do now (decisions wait for tick())."""
+        if self.finished:
+            return []
+        if isinstance(event, Registration):
+            return self._register(event)
+        member = self._member(event.conn)
+        if member is None:  # already out: what it sent last goes with it
+            return []
+        if member in self.standby:
+            return self._hear_idle(member, event)
+        if self.phase is Phase.ADMITTING:
+            return self._hear_early(member, event)
+        if self.phase in EXPECTED:
+            return self._hear_peer(member, event)
+        return self._hear_idle(member, event)
+
+    def tick(self) -> list[Action]:
+        """Decide what is due: a wait that is over, a deadline passed, a status to say."""
+        out: list[Action] = []
+        now = self.clock.monotonic()
+        try:
+            while not self.finished:
+                before = self.phase, self.round_index, self.round and len(self.round.probed)
+                out += self._STEPS[self.phase](self, now)
+                if (self.phase, self.round_index, self.round and len(self.round.probed)) == before:
+                    break
+        except _Stop as stop:
+            self.phase, self.failure = Phase.STOPPED, str(stop)
+            out.append(Abort(self.failure))
+        return out
+
+    def wake_at(self) -> float:
+        """When tick() is next due, if nothing arrives before (on the clock's monotonic time)."""
+        if self.phase in (Phase.ADMITTING, Phase.RESUMING, Phase.SHORT):
+            grace_s = math.inf
+            if self.phase is Phase.RESUMING:
+                grace_s = self.quorum_at_s + RESUME_GRACE_S
+            return min(self._wait_deadline(), self.next_status_s, grace_s)
+        if self.phase in EXPECTED:
+            return self.round.deadline_s
+        return math.inf
+
+    # --- hearing clients ---------------------------------------------------------------------
+
+    def _register(self, event: Registration) -> list[Action]:
+        applicant = Applicant(event.conn, event.address, event.challenge, event.messages)
+        try:
+            member = check_registration(
+                applicant,
+                plan=self.plan,
+                server_key=self.public_key,
+                chain=self.chain,
+                joined=self.peers,
+                bound_keys=self.bound_keys,
+                run_features=self.run_features,
+            )
+        except Refusal as refusal:
+            return self._refuse(event.conn, event.address, str(refusal))
+        out: list[Action] = []
+        if not self.run_features:
+            out += self._fix_features(member.features, member.name)
+        self.bound_keys.setdefault(member.name, member.public_key)
+        if self.chain is not None:
+            # A client that logs in again has restarted: a connection of its still open goes.
+            for old in [m for m in self.members if m.name == member.name]:
+                out += self._leave_out(old, "logged in again on a new connection")
+            return out + self._welcome_back(member)
+        self.peers.append(member)
+        out.append(
+            Say(
+                f"{member.name} joined from {member.address} with {member.n_samples} rows "
+                f"({len(self.peers)} of {self.plan.n_clients})"
+            )
+        )
+        return out
+
+    def _hear_early(self, member: Member, event: Event) -> list[Action]:
+        """A client that has joined has nothing to say until the first round: if its connection
+        stirs, it has left (and its name is free again, for a restart) or broken the protocol."""
+        self.peers.remove(member)
+        if not self.peers:
+            # Unless the plan fixes them, the first client to come sets them afresh.
+            self.run_features = self.plan.features or ()
+        if isinstance(event, Spoke | BadFrame):
+            return self._refuse(
+                member.conn, member.address, "a client may not speak before the run begins"
+            )
+        return [
+            Say(f"{member.name} left before the run began ({len(self.peers)} joined)"),
+            Disconnect(member.conn),
+        ]
+
+    def _hear_idle(self, member: Member, event: Event) -> list[Action]:
+        """A client with nothing to say (between its messages, or back and waiting for its
+        round) whose connection stirs: it has left, or broken the protocol. Either way it is
+        out."""
+        if isinstance(event, SendFailed):
+            return self._leave_out(member, f"disconnected ({event.error})")
+        if isinstance(event, Closed):
+            return self._leave_out(
+                member, "disconnected again" if member in self.standby else "disconnected"
+            )
+        return self._leave_out(member, "spoke out of turn")
+
+    def _hear_peer(self, member: Member, event: Event) -> list[Action]:
+        """A client of the round while the round collects EXPECTED[phase] messages."""
+        if isinstance(event, BadFrame):
+            return self._leave_out(member, f"sent a bad frame: {event.error}")
+        if isinstance(event, Closed):  # noticed at once, not at the deadline
+            return self._leave_out(member, "disconnected")
+        if isinstance(event, SendFailed):
+            return self._leave_out(member, f"disconnected ({event.error})")
+        kind = EXPECTED[self.phase]
+        round = self.round
+        collected = round.answers if kind == "gradient" else round.received
+        out: list[Action] = []
+        try:
+            for message in event.messages:
+                if member.name in collected:
+                    raise Refusal(f"sent a second message in round {round.index}")
+                collected[member.name] = round.check(member, message, kind)
+                checked = f"{member.name}'s {kind} for round {round.index} checked"
+                out.append(Detail(f"{checked}: signatures hold"))
+        except Refusal as refusal:
+            collected.pop(member.name, None)
+            out += self._leave_out(member, str(refusal))
+        return out
+
+    # --- the steps tick() takes, one per phase ---------------------------------------------
+
+    def _admitting(self, now: float) -> list[Action]:
+        if len(self.peers) == self.plan.n_clients:
+            return self._begin(now)
+        if now >= self.deadline_s:
+            raise _Stop(
+                f"only {len(self.peers)} of {self.plan.n_clients} clients joined within "
+                f"{self.waits.join_timeout_s:g} s (--join-timeout-s)"
+            )
+        joined = ", ".join(p.name for p in self.peers[:8]) + (", …" if len(self.peers) > 8 else "")
+        # The clients that have joined are told nothing until the run begins: they wait quietly.
+        return self._status(
+            now,
+            f"for {self.plan.n_clients} clients to join ({len(self.peers)} joined"
+            f"{': ' + joined if joined else ''})",
+            "--join-timeout-s",
+            tell_clients=False,
+        )
+
+    def _resuming(self, now: float) -> list[Action]:
+        back = len(self.standby)
+        if back < self.plan.min_clients:
+            self.quorum_at_s = math.inf  # one left again: the quorum is not back after all
+        elif self.quorum_at_s == math.inf:
+            self.quorum_at_s = now
+        if back == self.plan.n_clients or now >= self.quorum_at_s + RESUME_GRACE_S:
+            return self._next_round(now)
+        if now >= self.deadline_s:
+            raise _Stop(
+                f"only {back} of the {self.plan.min_clients} clients the run needs "
+                f"(its min_clients) came back within {self.waits.rejoin_timeout_s:g} s "
+                "(--rejoin-timeout-s)"
+            )
+        return self._status(
+            now, f"{back} of {self.plan.n_clients} clients are back", "--rejoin-timeout-s"
+        )
+
+    def _training(self, now: float) -> list[Action]:
+        round = self.round
+        out = self._collected(now, round.received, "update")
+        if out is None:
+            return []
+        if not round.has_quorum(self.plan.min_clients):
+            return out + self._fall_short(now)
+        if not self.rule.probes:
+            return out + self._finish_round(now)
+        return out + self._probe()
+
+    def _probing(self, now: float) -> list[Action]:
+        round = self.round
+        out = self._collected(now, round.answers, "gradient")
+        if out is None:
+            return []
+        if round.probe_answered():
+            return out + self._finish_round(now)
+        # One left meanwhile, which changes the candidate: the round goes on with the others
+        # (or waits for its quorum) and asks again.
+        return out + self._try_round(now)
+
+    def _short(self, now: float) -> list[Action]:
+        round = self.round
+        if len(self.peers) + len(self.standby) >= self.plan.min_clients:
+            round.waiting_s += now - round.short_since_s
+            return self._try_round(now)
+        gone = "; ".join(f"{name} {why}" for name, why in sorted(self._missing().items()))
+        if now >= round.rejoin_deadline_s:
+            raise _Stop(
+                f"round {round.index} cannot go on with {len(round.received)} of the "
+                f"{self.plan.min_clients} clients it needs (--min-clients); none came back "
+                f"within {self.waits.rejoin_timeout_s:g} s (--rejoin-timeout-s): {gone}"
+            )
+        return self._status(
+            now,
+            f"round {round.index} has {len(round.received)} of the {self.plan.min_clients} "
+            f"updates it needs (--min-clients); waiting for clients to come back ({gone})",
+            "--rejoin-timeout-s",
+        )
+
+    def _closing(self, now: float) -> list[Action]:
+        round = self.round
+        out = self._collected(now, round.received, "attest")
+        if out is None:
+            return []
+        attestations = {name: r.attestation for name, r in round.received.items()}
+        out += self._announce_mining(round.index)
+        block = make_closing_block(
+            self.chain.last,
+            attestations=attestations,
+            server_key=self.key,
+            missing=self._missing(),
+        )
+        out += self._append(block)
+        out.append(Say(f"closing block mined: {len(attestations)} clients attest the last round"))
+        done = {"type": "done", "blocks": len(self.chain.blocks)}
+        self.phase = Phase.DONE
+        return [*out, Send(self._conns(self.members), done)]
+
+    _STEPS: ClassVar = {
+        Phase.ADMITTING: _admitting,
+        Phase.RESUMING: _resuming,
+        Phase.TRAINING: _training,
+        Phase.PROBING: _probing,
+        Phase.SHORT: _short,
+        Phase.CLOSING: _closing,
+    }
+
+    # --- beginning -------------------------------------------------------------------------
+
+    def _begin(self, now: float) -> list[Action]:
+        """Everyone has joined: mine the genesis, write it and welcome the clients."""
+        out: list[Action] = [TurnAwayNewcomers(full(self.plan))]
+        self.peers.sort(key=lambda p: p.name)  # the order every round hashes and averages in
+        out += self._announce_mining(0)
+        scale, said = self._krum_scale()
+        out += said
+        genesis = make_genesis(
+            initial_model=LinearModel.zeros(len(self.run_features)),
+            feature_names=self.run_features,
+            difficulty=self.plan.difficulty_bits,
+            run=RunRecord(
+                self.plan.rounds,
+                self.plan.seed,
+                self.public_key,
+                {p.name: p.public_key for p in self.peers},
+                self.plan.min_clients,
+                self._privacy_terms(),
+            ),
+            server_key=self.key,
+            aggregation=self.plan.aggregation,
+            parameters=self.plan.aggregation_parameters,
+            scale=scale,
+        )
+        self.chain = Chain(genesis)
+        out.append(Write(genesis))  # the file is made only now: a run that never starts
+        self.round_index = 1  # leaves nothing in the way
+        for peer in self.peers:
+            out += self._welcome(peer)
+        out.append(
+            Say(f"genesis block mined (hash {genesis.hash[:16]}…); {self.plan.rounds} rounds to go")
+        )
+        return out + self._next_round(now)
+
+    def _privacy_terms(self) -> PrivacyTerms | None:
+        """What the genesis of a run with a schema records: the bounds, the limit, and each
+        private client's statement."""
+        if self.plan.schema is None:
+            return None
+        statements = {p.name: p.privacy for p in self.peers if p.privacy is not None}
+        return PrivacyTerms(self.plan.schema.canonical(), self.plan.max_epsilon, statements)
+
+    def _krum_scale(self) -> tuple[tuple[float, ...] | None, list[Action]]:
+        """For Krum, each feature's root mean square on the held-out rows, which the genesis
+        records and Krum multiplies each weight by before it measures a distance (so a
+        distance is a change of prediction); None, raw weight units, without held-out rows."""
+        if not self.rule.scaled:
+            return None, []
+        if self.test_data is None:
+            return None, [
+                Say(
+                    "krum measures distances in raw weight units: there are no held-out rows "
+                    "(--test) to scale the features by"
+                )
+            ]
+        rows = self.test_data.in_order(self.run_features)
+        said = Detail(
+            f"krum measures distances with each weight times its feature's root mean "
+            f"square on the {rows.n_samples} held-out rows"
+        )
+        return feature_scale(rows.X), [said]
+
+    def _begin_resuming(self, now: float) -> list[Action]:
+        """Take the run's clients from the genesis and wait for them to come back: all of
+        them, or the quorum and whoever follows within a grace period."""
+        chain = self.chain
+        out = self._fix_features(self.plan.features, "the chain's genesis")
+        participants = chain.genesis.run.participants
+        self.absent = {name: "not back since the server restarted" for name in participants}
+        out.append(
+            Say(
+                f"resuming the run of {self.chain_name} after block {chain.last.index} "
+                f"({chain.rounds_done} of {self.plan.rounds} rounds done); waiting for its "
+                f"{self.plan.n_clients} clients to come back"
+            )
+        )
+        self.deadline_s = now + self.waits.rejoin_timeout_s
+        self.next_status_s = now
+        return out
+
+    def _fix_features(self, features: tuple[str, ...], source: str) -> list[Action]:
+        self.run_features = features
+        shown = ", ".join(features[:8]) + (", …" if len(features) > 8 else "")
+        return [Say(f"the run's features, from {source}: {len(features)} columns ({shown})")]
+
+    # --- rounds ------------------------------------------------------------------------------
+
+    def _next_round(self, now: float) -> list[Action]:
+        """Begin the round after the chain's last block: a training round, or the closing."""
+        index = self.round_index = self.chain.last.index + 1
+        self.round = Round(
+            index,
+            self.chain,
+            self.rule,
+            len(self.run_features),
+            started_s=now,
+            cpu_started_s=self.clock.process_time(),
+        )
+        if self.round.closing:
+            return self._close(now)
+        return self._try_round(now)
+
+    def _try_round(self, now: float) -> list[Action]:
+        """Send the model to the clients in the round that lack it, or wait for the quorum."""
+        round = self.round
+        # Those back before the round join it; those back during it, only if it is short of its
+        # quorum. Not on a probe asked again: a client could log in again at every probe, be
+        # trained afresh each time, and hold the round forever.
+        if not round.trained or len(self.peers) < self.plan.min_clients:
+            self._bring_in_standby()
+        if len(self.peers) < self.plan.min_clients:
+            return self._fall_short(now)
+        model = self.chain.last.server_model
+        train = {"type": "train", "round": round.index, "weights": model.weights.copy()}
+        train["bias"] = model.bias
+        fresh = [p for p in self.peers if p.conn not in round.trained]
+        round.trained |= {p.conn for p in fresh}
+        round.deadline_s = now + self.waits.round_timeout_s
+        self.phase = Phase.TRAINING
+        return [Send(self._conns(fresh), train)]
+
+    def _fall_short(self, now: float) -> list[Action]:
+        round = self.round
+        if round.rejoin_deadline_s == math.inf:
+            round.rejoin_deadline_s = now + self.waits.rejoin_timeout_s
+        elif now >= round.rejoin_deadline_s:
+            raise _Stop(
+                f"round {round.index} kept losing clients it needs (--min-clients) for more "
+                f"than {self.waits.rejoin_timeout_s:g} s (--rejoin-timeout-s)"
+            )
+        self.phase = Phase.SHORT
+        round.short_since_s = self.next_status_s = now
+        return []
+
+    def _probe(self) -> list[Action]:
+        """Ask the round's contributors for their gradients at the candidate their updates
+        make (scaffold)."""
+        contributors = [p for p in self.peers if p.name in self.round.received]
+        try:
+            probe = self.round.start_probe([p.name for p in contributors])
+        except ValueError as error:
+            raise _Stop(str(error)) from None
+        self.round.deadline_s = self.clock.monotonic() + self.waits.round_timeout_s
+        self.phase = Phase.PROBING
+        return [Send(self._conns(contributors), probe)]
+
+    def _collected(self, now: float, collected: dict, kind: str) -> list[Action] | None:
+        """None while a client of the round has yet to send its KIND and there is time; else
+        the round's clients that sent none are left out (what that says)."""
+        silent = [p for p in self.peers if p.name not in collected]
+        if silent and now < self.round.deadline_s:
+            return None
+        out: list[Action] = []
+        for peer in silent:
+            why = f"sent no {kind} within {self.waits.round_timeout_s:g} s (--round-timeout-s)"
+            out += self._leave_out(peer, why)
+        return out
+
+    def _finish_round(self, now: float) -> list[Action]:
+        """Aggregate the round's updates into its block, append it and begin the next."""
+        round = self.round
+        contributors = [p for p in self.peers if p.name in round.received]
+        out = self._announce_mining(round.index)
+        mining_started_s, mining_cpu_started_s = self.clock.monotonic(), self.clock.process_time()
+        # The protocol caps every number at 1e100, so the weighted sum cannot overflow.
+        try:
+            block = make_round_block(
+                self.chain.last,
+                {p.name: round.received[p.name].update for p in contributors},
+                attestations={p.name: round.received[p.name].attestation for p in contributors},
+                server_key=self.key,
+                missing=self._missing(),
+            )
+        except ValueError as error:  # the quorum the genesis checked makes this a bug of ours
+            raise _Stop(f"round {round.index} cannot be aggregated: {error}") from None
+        mining_s = self.clock.monotonic() - mining_started_s
+        mining_cpu_s = self.clock.process_time() - mining_cpu_started_s
+        out += self._append(block)
+        scores = {}
+        if self.test_data:
+            model, X, y = block.server_model, self.test_data.X, self.test_data.y
+            scores = {"test_mse": mse(model, X, y), "test_r2": r2(model, X, y)}
+        report = RoundReport(
+            block,
+            self.plan.rounds,
+            self.plan.n_clients,
+            tuple(
+                ClientFigures(p.name, p.n_samples, round.received[p.name].metrics)
+                for p in contributors
+            ),
+            round.started_s,
+            round.cpu_started_s,
+            round.waiting_s,
+            mining_s,
+            mining_cpu_s,
+            scored=bool(scores),
+            **scores,
+        )
+        return [*out, Report(report), *self._next_round(now)]
+
+    def _close(self, now: float) -> list[Action]:
+        """Ask every client for its attestation of the last round, to seal in a closing block,
+        so the last round, like every other, is checked by the clients."""
+        self._bring_in_standby()
+        self.round.deadline_s = now + self.waits.round_timeout_s
+        self.phase = Phase.CLOSING
+        return [Send(self._conns(self.peers), {"type": "close", "round": self.round.index})]
+
+    def _append(self, block: Block) -> list[Action]:
+        """Verify BLOCK onto the chain, have it written, then announce it to every client."""
+        try:
+            self.chain.append(block)
+        except ChainError as error:  # a bug of ours, never a peer's doing: say so and stop
+            raise _Stop(f"the server made a block that does not verify: {error}") from None
+        announcement = {"type": "block", "block": block_to_json(block)}
+        return [Write(block), Send(self._conns(self.members), announcement)]
+
+    def _announce_mining(self, index: int) -> list[Action]:
+        if self.waits.mining_estimate_s <= settings.SLOW_MINING_S:
+            return []
+        text = (
+            f"mining block {index} at {self.plan.difficulty_bits} bits: about "
+            f"{self.waits.mining_estimate_s:.0f} s expected"
+        )
+        return [Say(text), Send(self._conns(self.members), {"type": "waiting", "reason": text})]
+
+    # --- clients coming and going ---------------------------------------------------------
+
+    def _welcome(self, member: Member) -> list[Action]:
+        """Send MEMBER the genesis and every block after it, so it holds the chain so far."""
+        chain = self.chain
+        welcome = {
+            "type": "welcome",
+            "genesis": block_to_json(chain.genesis),
+            "seed": self.plan.seed,
+            "rounds": self.plan.rounds,
+            "height": len(chain.blocks),
+        }
+        blocks = [{"type": "block", "block": block_to_json(b)} for b in chain.blocks[1:]]
+        return [Send((member.conn,), message) for message in [welcome, *blocks]]
+
+    def _welcome_back(self, member: Member) -> list[Action]:
+        """A client of this run has logged in again: catch it up; it takes part from the next
+        round (or at once, if the round in progress is short of its quorum)."""
+        self.standby.append(member)
+        index = self.round_index
+        if index > self.plan.rounds:  # the closing block is being gathered: no round is left
+            self.absent[member.name] = "came back as the run was closing"
+            when = "the run is closing: it gets the closing block"
+        else:
+            self.absent[member.name] = f"came back during round {index}; in from round {index + 1}"
+            when = "it takes part from the next round (from this one, if it is short)"
+        said = Say(
+            f"{member.name} is back from {member.address}: sent it the "
+            f"{len(self.chain.blocks)} blocks so far; {when}"
+        )
+        return [*self._welcome(member), said]
+
+    def _bring_in_standby(self) -> None:
+        """Move the clients that came back into the round."""
+        for member in self.standby:
+            self.peers.append(member)
+            self.absent.pop(member.name, None)
+        self.standby = []
+        self.peers.sort(key=lambda p: p.name)  # the order every round hashes and averages in
+
+    def _leave_out(self, member: Member, reason: str) -> list[Action]:
+        """Take MEMBER out of the run for REASON, with whatever it sent in this round, tell it
+        why, and record it for every block."""
+        if member in self.peers and self.round is not None:
+            self.round.take_out(member.name)
+        where = f"round {self.round_index}"
+        self.absent[member.name] = printable(f"{reason} ({where})", limit=MAX_REASON_CHARS - 2)
+        for group in (self.peers, self.standby):
+            if member in group:
+                group.remove(member)
+        return [
+            Say(f"{member.name} is left out of the run: {reason}"),
+            Disconnect(member.conn, f"left out: {reason}"),
+        ]
+
+    def _refuse(self, conn: int, address: str, reason: str) -> list[Action]:
+        reason = printable(reason)
+        return [Say(f"refused {address}: {reason}"), Disconnect(conn, reason)]
+
+    def _status(
+        self, now: float, waiting_for: str, flag: str, *, tell_clients: bool = True
+    ) -> list[Action]:
+        """Say what the run waits for and how long it may take (FLAG sets it), to the log and
+        (if TELL_CLIENTS) to the clients in the run, every STATUS_EVERY_S."""
+        if now < self.next_status_s:
+            return []
+        left = max(0.0, self._wait_deadline() - now)
+        text = printable(f"waiting: {waiting_for}; up to {left:.0f} s more ({flag})")
+        self.next_status_s = now + STATUS_EVERY_S
+        out: list[Action] = [Say(text)]
+        if tell_clients:
+            out.append(Send(self._conns(self.members), {"type": "waiting", "reason": text}))
+        return out
+
+    def _wait_deadline(self) -> float:
+        """When the wait for clients in progress gives up."""
+        return self.round.rejoin_deadline_s if self.phase is Phase.SHORT else self.deadline_s
+
+    def _missing(self) -> dict[str, str]:
+        """Every client of the run not taking part in this block, and why."""
+        present = {p.name for p in self.peers}
+        participants = self.chain.genesis.run.participants
+        return {n: self.absent.get(n, "not connected") for n in participants if n not in present}
+
+    def _member(self, conn: int) -> Member | None:
+        return next((m for m in self.members if m.conn == conn), None)
+
+    @staticmethod
+    def _conns(members: list[Member]) -> tuple[int, ...]:
+        return tuple(m.conn for m in members)
+
+
+class _Stop(Exception):
+    """The run cannot go on; the message says why."""
