@@ -24,7 +24,7 @@ import numpy as np
 
 from fedchain.cli.arguments import add_output_flags, integer_in
 from fedchain.cli.programs import start_client, start_server
-from fedchain.learning.aggregation import KNOWN_RULES, KRUM
+from fedchain.learning.aggregation import KNOWN_RULES, RULES
 from fedchain.learning.dataset import load_dataset, save_dataset
 from fedchain.learning.linear_model import fit_lstsq, mse
 from fedchain.learning.partition import pool, split_rows, split_sorted
@@ -87,10 +87,10 @@ def show_attack(chain_path: Path, attackers: Sequence[str]) -> None:
                 f"{first}={sent.weights[0]:.4g}; the global model has "
                 f"bias={made.bias:.4g} {first}={made.weights[0]:.4g}"
             )
-            if block.aggregation == KRUM:
+            if RULES[block.aggregation].keeps_clients:
                 kept = block.choice[name][1] == 1.0
                 show(
-                    f"  krum {'KEPT' if kept else 'left out'} {name} "
+                    f"  {block.aggregation} {'KEPT' if kept else 'left out'} {name} "
                     f"(score {block.choice[name][0]:.3g})"
                 )
             elif block.choice:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from layers import ALLOWED
 from processes import ROOT
-from test_architecture import ALLOWED
 
 from fedchain.cli import chain, client, model, server
 

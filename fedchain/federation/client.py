@@ -671,7 +671,7 @@ class FederatedClient:
         others = names(c for c in block.cli if c != self.name) or "no other client"
         gone = f"; missing: {names(block.missing)}" if block.missing else ""
         ours = "our signed update is in it as sent, with" if awaited else "a round we sat out, by"
-        rule = "FedAvg" if block.aggregation == "fedavg" else block.aggregation
+        rule = RULES[block.aggregation].title
         self.say(
             f"block {block.index} verified: {ours} {others}{gone}; {rule} and every signature "
             f"check out (hash {block.hash[:16]}…)"

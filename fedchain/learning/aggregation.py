@@ -3,7 +3,8 @@
 FedAvg, and rules robust to a few poisoned updates: the coordinate-wise median and trimmed mean,
 and multi-Krum. Each is a pure function of the updates in a fixed order, with a fixed order of
 float additions, so the server and every verifier get the same bits. RULES holds every rule, with
-what it takes, needs and records, and the rest of the program asks it what a rule needs.
+what it takes, needs and records and how a person writes it, and the rest of the program asks it
+what a rule needs and how to word it, rather than comparing names.
 """
 
 import math
@@ -116,13 +117,23 @@ class Rule:
     """An aggregation rule: the parameters it takes, the clients it needs, what a run of it
     asks of the clients and records on the chain, and how it aggregates."""
 
-    name: str
+    name: str  # as --aggregation and the chain write it
     parameters: tuple[str, ...]  # exactly these, each checked by PARAMETER_CHECKS
     format: int  # the public chain format a run is written in (ledger/block.py has the twins)
     combine: Combine | None  # None: the server's step settles it (learning/scaffold.py)
     needed: Callable[[int], int] = lambda f: 1  # the fewest clients, given f attackers
     probes: bool = False  # asks the clients for their gradients at candidate models
     scaled: bool = False  # measures in each feature's scale, which the genesis records
+    title: str = ""  # how a person writes the rule's name in a sentence; the name if empty
+    # What its choice says of each client: whether it kept the whole model (with a score, as
+    # Krum), or else each value's side; and whether a person wants the values it used (a
+    # median uses few) rather than those it trimmed.
+    keeps_clients: bool = False
+    counts_used_values: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", self.name)
 
     @property
     def robust(self) -> bool:
@@ -198,12 +209,35 @@ def _trimmed(updates: Updates, trim: int) -> Aggregate:
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (
-        Rule(FEDAVG, (), format=2, combine=_fedavg),
-        Rule(MEDIAN, (BYZANTINE,), format=3, combine=_median, needed=lambda f: 2 * f + 1),
+        Rule(FEDAVG, (), format=2, combine=_fedavg, title="FedAvg"),
         Rule(
-            TRIMMED_MEAN, (BYZANTINE,), format=3, combine=_trimmed_mean, needed=lambda f: 2 * f + 1
+            MEDIAN,
+            (BYZANTINE,),
+            format=3,
+            combine=_median,
+            needed=lambda f: 2 * f + 1,
+            counts_used_values=True,
         ),
-        Rule(KRUM, (BYZANTINE,), format=5, combine=_krum, needed=lambda f: 2 * f + 3, scaled=True),
+        Rule(
+            TRIMMED_MEAN,
+            (BYZANTINE,),
+            format=3,
+            combine=_trimmed_mean,
+            needed=lambda f: 2 * f + 1,
+            title="trimmed mean",
+        ),
+        Rule(
+            KRUM,
+            (BYZANTINE,),
+            format=5,
+            combine=_krum,
+            needed=lambda f: 2 * f + 3,
+            scaled=True,
+            title="Krum",
+            keeps_clients=True,
+        ),
+        # The docs write the project's rule "scaffold": it borrows SCAFFOLD's correction but
+        # takes its own step (learning/scaffold.py).
         Rule(SCAFFOLD, (PROXIMAL,), format=4, combine=None, probes=True),
     )
 }

@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedchain.learning.aggregation import KRUM, MEDIAN, RULES
+from fedchain.learning.aggregation import RULES
 from fedchain.ledger.block import FORMAT_RULES, Block
 from fedchain.ledger.chain import Chain, UntrustedChain, check_server_key, verify_chain
 from fedchain.ledger.verification import ChainError
@@ -124,23 +124,23 @@ def describe_choice(block: Block, most: int = 3) -> str:
     if block.search:
         along, previous = block.search["coefficients"]
         return (
-            f"scaffold: the least pooled MSE lies {along:.3g} x the way to the clients' "
+            f"{block.aggregation}: the least pooled MSE lies {along:.3g} x the way to the clients' "
             f"average, {previous:+.3g} x the last step"
         )
     if not block.choice:
         return ""
     rule = block.aggregation
-    if rule == KRUM:
+    if RULES[rule].keeps_clients:
         kept = [n for n in block.cli if block.choice[n][1] == 1.0]
         out = [f"{n} (score {block.choice[n][0]:.3g})" for n in block.cli if n not in kept]
         best = min(block.choice[n][0] for n in kept)
-        return f"krum kept {', '.join(kept)} (best score {best:.3g}); left out {', '.join(out)}"
+        return f"{rule} kept {', '.join(kept)} (best score {best:.3g}); left out {', '.join(out)}"
     n_values = len(block.feature_names) + 1
-    if rule == MEDIAN:
+    if RULES[rule].counts_used_values:
         used = {n: sum(v == 0.0 for v in block.choice[n]) for n in block.cli}
         shown = sorted(block.cli, key=lambda n: (used[n], n))[:most]
         least = ", ".join(f"{n} {used[n]}/{n_values}" for n in shown)
-        return f"median: values used least: {least}"
+        return f"{rule}: values used least: {least}"
     trimmed = {n: sum(v != 0.0 for v in block.choice[n]) for n in block.cli}
     shown = sorted(block.cli, key=lambda n: (-trimmed[n], n))[:most]
     most_trimmed = ", ".join(f"{n} {trimmed[n]}/{n_values}" for n in shown)

@@ -9,16 +9,10 @@ import signal
 import numpy as np
 import pytest
 from chain_helpers import fixed_key
+from client_processes import bundled_clients, split_by_bmi, split_client
 from processes import run_blockchain_cli, start_server
 from raw_peers import FEATURES, RawClient, write_key
-from test_scaffold_run import (
-    answer,
-    bundled_clients,
-    next_of,
-    split_by_bmi,
-    split_client,
-    update_with_gradient,
-)
+from scaffold_peers import answer, next_of, update_with_gradient
 from wire_helpers import receive
 
 from fedchain.learning.aggregation import SCAFFOLD

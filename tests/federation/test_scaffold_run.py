@@ -3,34 +3,18 @@ peers that break the probe's part of the protocol."""
 
 import numpy as np
 import pytest
-from chain_helpers import TRAINING
-from processes import ROOT, run_blockchain_cli, start_server
-from raw_peers import FEATURES, N_SAMPLES, RawClient
-from wire_helpers import receive
+from client_processes import bundled_clients, split_by_bmi, split_client
+from processes import run_blockchain_cli, start_server
+from raw_peers import FEATURES, RawClient
+from scaffold_peers import answer, next_of, update_with_gradient
 
 from fedchain.learning.aggregation import FEDAVG, PROXIMAL, SCAFFOLD
-from fedchain.learning.dataset import load_dataset, save_dataset
-from fedchain.learning.linear_model import LinearModel, fit_lstsq, mse
-from fedchain.learning.partition import pool, split_sorted
+from fedchain.learning.linear_model import fit_lstsq, mse
+from fedchain.learning.partition import pool
 from fedchain.learning.simulation import simulate
-from fedchain.ledger.block import ClientUpdate
-from fedchain.ledger.signatures import probe_message, update_message
 from fedchain.ledger.store import load_chain
-from fedchain.trust.keys import sign
 
 ROUNDS = 5
-
-
-def split_by_bmi(tmp_path, n_clients=2):
-    """The bundled rows pooled, sorted by bmi and cut: each client sees one range of bmi."""
-    everything = pool(load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2))
-    for name, shard in split_sorted(everything, "bmi", n_clients).items():
-        save_dataset(shard, tmp_path / f"{name}.csv")
-    # As the clients will read them: the simulation must see the same bits.
-    return {
-        name: load_dataset(tmp_path / f"{name}.csv")
-        for name in split_sorted(everything, "bmi", n_clients)
-    }
 
 
 def pooled_ratio(datasets, model):
@@ -38,29 +22,6 @@ def pooled_ratio(datasets, model):
     return mse(model, everything.X, everything.y) / mse(
         fit_lstsq(everything.X, everything.y), everything.X, everything.y
     )
-
-
-def split_client(programs, tmp_path, port, name):
-    """client.py as NAME on its shard TMP_PATH/NAME.csv, its replica beside it."""
-    return programs(
-        "client.py",
-        "--name",
-        name,
-        "--data",
-        tmp_path / f"{name}.csv",
-        "--port",
-        port,
-        "--replica",
-        tmp_path / f"{name}.jsonl",
-    )
-
-
-def bundled_clients(programs, tmp_path, port):
-    """client1.py and client2.py on the bundled rows, their replicas in TMP_PATH."""
-    return [
-        programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
-        for i in (1, 2)
-    ]
 
 
 def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(programs, tmp_path):
@@ -91,56 +52,6 @@ def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(prog
     fedavg = simulate(datasets, rounds=ROUNDS, run_seed=7, aggregation=FEDAVG)
     assert pooled_ratio(datasets, fedavg[-1].global_model) > 1.001
     assert pooled_ratio(datasets, blocks[-1].server_model) <= 1.001
-
-
-def update_with_gradient(raw: RawClient, gradient) -> dict:
-    """A signed scaffold update from RAW: the zero model, with GRADIENT as its start gradient."""
-    index = raw.last.index + 1
-    update = ClientUpdate(
-        LinearModel.zeros(len(FEATURES)),
-        N_SAMPLES,
-        training=TRAINING,
-        gradient=tuple(map(float, gradient)),
-    )
-    signed = update_message(
-        genesis_hash=raw.genesis.hash,
-        index=index,
-        previous_hash=raw.last.hash,
-        name=raw.name,
-        update=update,
-    )
-    message = raw.update()
-    message["signature"] = sign(raw.key, signed)
-    message["gradient"] = np.asarray(gradient, dtype=np.float64)
-    return message
-
-
-def answer(raw: RawClient, probe: dict, *, elsewhere: bool = False) -> dict:
-    """RAW's signed gradient (zeros) at the probe's candidate, or at another point."""
-    candidate = LinearModel(probe["weights"] + (1.0 if elsewhere else 0.0), probe["bias"])
-    gradient = np.zeros(len(FEATURES) + 1)
-    signed = probe_message(
-        genesis_hash=raw.genesis.hash,
-        index=probe["round"],
-        previous_hash=raw.last.hash,
-        name=raw.name,
-        candidate=candidate,
-        gradient=tuple(map(float, gradient)),
-    )
-    return {
-        "type": "gradient",
-        "round": probe["round"],
-        "gradient": gradient,
-        "signature": sign(raw.key, signed),
-    }
-
-
-def next_of(raw: RawClient, kind: str) -> dict:
-    message = receive(raw.sock)
-    while message["type"] == "waiting":
-        message = receive(raw.sock)
-    assert message["type"] == kind, message
-    return message
 
 
 # What the third client does wrong, and the reason the server gives for leaving it out.

@@ -6,7 +6,8 @@ not, which Krum measuring raw weights kept and FedAvg'ed by that count."""
 
 import numpy as np
 import pytest
-from test_simulation import DATA, least_squares_mse, pooled
+from learning_helpers import least_squares_mse, pooled
+from processes import ROOT
 
 from fedchain.learning.aggregation import (
     BYZANTINE,
@@ -22,6 +23,7 @@ from fedchain.learning.partition import split_rows
 from fedchain.learning.poisoning import Poison, parse_poison
 from fedchain.learning.simulation import simulate
 
+DATA = ROOT / "data"
 ATTACK = {"cli5": parse_poison("scale=-10")}
 # (rule, parameters, most quality without the attacker, most with it)
 GOALS = [

@@ -46,6 +46,42 @@ def test_the_rule_names_are_read_off_the_table():
     assert ROBUST_RULES == ("median", "trimmed-mean", "krum")
 
 
+def test_each_rule_has_its_name_as_the_docs_write_it():
+    titles = {name: rule.title for name, rule in RULES.items()}
+    assert titles == {
+        "fedavg": "FedAvg",
+        "median": "median",
+        "trimmed-mean": "trimmed mean",
+        "krum": "Krum",
+        "scaffold": "scaffold",
+    }
+    assert MEAN.title == "mean", "a rule given no title is written as it is named"
+
+
+def some_updates(n_clients):
+    rng = np.random.default_rng(0)
+    return [
+        (f"cli{i}", LinearModel(rng.normal(size=len(FEATURES)), float(rng.normal())), 10 + i)
+        for i in range(n_clients)
+    ]
+
+
+@pytest.mark.parametrize("name", [name for name, rule in RULES.items() if rule.combine])
+def test_what_a_rule_says_it_chose_is_what_its_choice_holds(name):
+    rule = RULES[name]
+    parameters = {BYZANTINE: 1.0} if rule.robust else {}
+    updates = some_updates(rule.clients_needed(parameters))
+    choice = rule.aggregate(parameters, updates).choice
+    if not rule.parameters:
+        assert choice == {} and not rule.keeps_clients and not rule.counts_used_values
+    elif rule.keeps_clients:  # a score and whether the whole model was kept
+        assert all(len(c) == 2 and c[1] in (0.0, 1.0) for c in choice.values())
+        assert not rule.counts_used_values
+    else:  # each value's side: -1 trimmed low, 0 used, +1 trimmed high
+        assert all(len(c) == len(FEATURES) + 1 for c in choice.values())
+        assert {v for c in choice.values() for v in c} <= {-1.0, 0.0, 1.0}
+
+
 def unweighted_mean(updates, f, scale, kept_by_rows):
     """A rule for the test: every model counts the same, whatever rows its client claims."""
     return Aggregate(fedavg([(model, 1) for _, model, _ in updates]), {})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from chain_helpers import FEATURES, TRAINING, reseal
 from processes import run_blockchain_cli
-from test_scaffold_on_chain import KEYS, NAMES, build, genesis
+from scaffold_chains import KEYS, NAMES, build, genesis
 
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import Block, ClientUpdate
