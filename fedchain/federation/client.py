@@ -247,37 +247,49 @@ class FederatedClient:
         channel was opened); return the verified chain (its tip: the blocks are in the
         replica). Called again on a new connection after a lost one, it goes on with the chain
         it holds."""
-        self.server_key = server_key
-        self.stage = Stage.LOGGING_IN  # afresh: every connection logs in
+        self.connect(server_key)
         while self.stage is not Stage.DONE:
-            message = receive_message(sock, max_frame_bytes=max_frame_bytes)
-            kind = message["type"]
-            self.detail(f"{self.name}: the server sent {kind!r} while it was {self.stage.value}")
-            if kind == "refused":
-                raise refusal(printable(message["reason"]), self.stage)
-            if kind not in _EXPECTED[self.stage]:
-                raise ClientFailed(
-                    f"the server sent a {kind!r} message while this client was {self.stage.value}"
-                )
-            if kind == "challenge":
-                registration = self.registration(message["challenge"], message.get("schema"))
-                send_message(sock, registration)
-                self.stage = Stage.JOINING
-            elif kind == "welcome":
-                self._accept_welcome(message)
-            elif kind == "train":
-                send_message(sock, self._train(message))
-            elif kind == "probe":
-                send_message(sock, self._answer_probe(message))
-            elif kind == "close":
-                send_message(sock, self._attest_last(message))
-            elif kind == "block":
-                self._accept_block(message["block"])
-            elif kind == "waiting":
-                self.say(f"{self.name}: the server says: {printable(message['reason'])}")
-            else:
-                self._finish(message)
+            reply = self.step(receive_message(sock, max_frame_bytes=max_frame_bytes))
+            if reply is not None:
+                send_message(sock, reply)
         return self.chain
+
+    def connect(self, server_key: str) -> None:
+        """Begin a connection to the server holding SERVER_KEY: every connection logs in."""
+        self.server_key = server_key
+        self.stage = Stage.LOGGING_IN
+
+    def step(self, message: dict) -> dict | None:
+        """Take the server's MESSAGE; return the reply to send, if it asks for one. Raises
+        ClientFailed on a message this client refuses. No I/O but the replica's file: any
+        transport that carries messages can drive it."""
+        kind = message["type"]
+        self.detail(f"{self.name}: the server sent {kind!r} while it was {self.stage.value}")
+        if kind == "refused":
+            raise refusal(printable(message["reason"]), self.stage)
+        if kind not in _EXPECTED[self.stage]:
+            raise ClientFailed(
+                f"the server sent a {kind!r} message while this client was {self.stage.value}"
+            )
+        if kind == "challenge":
+            registration = self.registration(message["challenge"], message.get("schema"))
+            self.stage = Stage.JOINING
+            return registration
+        if kind == "train":
+            return self._train(message)
+        if kind == "probe":
+            return self._answer_probe(message)
+        if kind == "close":
+            return self._attest_last(message)
+        if kind == "welcome":
+            self._accept_welcome(message)
+        elif kind == "block":
+            self._accept_block(message["block"])
+        elif kind == "waiting":
+            self.say(f"{self.name}: the server says: {printable(message['reason'])}")
+        else:
+            self._finish(message)
+        return None
 
     def close(self) -> None:
         """Close the replica's file."""
