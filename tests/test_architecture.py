@@ -61,3 +61,16 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("from fedchain.federation.server import FederationServer\nimport numpy\n")
     assert fedchain_imports(sample) == {"fedchain.federation"}
+
+
+SANS_IO = ["protocol.py", "round.py", "admission.py", "events.py", "round_report.py"]
+
+
+@pytest.mark.parametrize("name", SANS_IO)
+def test_the_servers_rules_do_no_io_and_read_no_clock(name):
+    tree = ast.parse((PACKAGE / "federation" / name).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    forbidden = {"socket", "ssl", "selectors", "time", "threading", "asyncio"}
+    assert not imported & forbidden
+    assert "fedchain.federation.server" not in imported  # the transport is theirs to drive
