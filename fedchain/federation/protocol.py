@@ -73,6 +73,9 @@ class Phase(enum.Enum):
     TRAINING = "collecting the round's updates"
     PROBING = "collecting the gradients at the round's candidate"
     SHORT = "short of the quorum, waiting for clients to come back"
+    # The next round begins at the next tick, once the transport has written and sent the
+    # block: its time and deadlines count from then, not from before the mining.
+    BETWEEN = "a block is out; the next round begins"
     CLOSING = "collecting the attestations of the last round"
     DONE = "finished"
     STOPPED = "stopped"
@@ -206,7 +209,8 @@ class ServerProtocol:
             while not self.finished:
                 before = self.phase, self.round_index, self.round and len(self.round.probed)
                 out += self._STEPS[self.phase](self, now)
-                if (self.phase, self.round_index, self.round and len(self.round.probed)) == before:
+                after = self.phase, self.round_index, self.round and len(self.round.probed)
+                if after == before or self.phase is Phase.BETWEEN:
                     break
         except _Stop as stop:
             self.phase, self.failure = Phase.STOPPED, str(stop)
@@ -222,6 +226,8 @@ class ServerProtocol:
             return min(self._wait_deadline(), self.next_status_s, grace_s)
         if self.phase in EXPECTED:
             return self.round.deadline_s
+        if self.phase is Phase.BETWEEN:
+            return -math.inf  # at once
         return math.inf
 
     # --- hearing clients ---------------------------------------------------------------------
@@ -314,7 +320,7 @@ class ServerProtocol:
 
     def _admitting(self, now: float) -> list[Action]:
         if len(self.peers) == self.plan.n_clients:
-            return self._begin(now)
+            return self._begin()
         if now >= self.deadline_s:
             raise _Stop(
                 f"only {len(self.peers)} of {self.plan.n_clients} clients joined within "
@@ -356,7 +362,7 @@ class ServerProtocol:
         if not round.has_quorum(self.plan.min_clients):
             return out + self._fall_short(now)
         if not self.rule.probes:
-            return out + self._finish_round(now)
+            return out + self._finish_round()
         return out + self._probe()
 
     def _probing(self, now: float) -> list[Action]:
@@ -365,7 +371,7 @@ class ServerProtocol:
         if out is None:
             return []
         if round.probe_answered():
-            return out + self._finish_round(now)
+            return out + self._finish_round()
         # One left meanwhile, which changes the candidate: the round goes on with the others
         # (or waits for its quorum) and asks again.
         return out + self._try_round(now)
@@ -415,11 +421,12 @@ class ServerProtocol:
         Phase.PROBING: _probing,
         Phase.SHORT: _short,
         Phase.CLOSING: _closing,
+        Phase.BETWEEN: lambda self, now: self._next_round(now),
     }
 
     # --- beginning -------------------------------------------------------------------------
 
-    def _begin(self, now: float) -> list[Action]:
+    def _begin(self) -> list[Action]:
         """Everyone has joined: mine the genesis, write it and welcome the clients."""
         out: list[Action] = [TurnAwayNewcomers(full(self.plan))]
         self.peers.sort(key=lambda p: p.name)  # the order every round hashes and averages in
@@ -451,7 +458,8 @@ class ServerProtocol:
         out.append(
             Say(f"genesis block mined (hash {genesis.hash[:16]}…); {self.plan.rounds} rounds to go")
         )
-        return out + self._next_round(now)
+        self.phase = Phase.BETWEEN
+        return out
 
     def _privacy_terms(self) -> PrivacyTerms | None:
         """What the genesis of a run with a schema records: the bounds, the limit, and each
@@ -577,7 +585,7 @@ class ServerProtocol:
             out += self._leave_out(peer, why)
         return out
 
-    def _finish_round(self, now: float) -> list[Action]:
+    def _finish_round(self) -> list[Action]:
         """Aggregate the round's updates into its block, append it and begin the next."""
         round = self.round
         contributors = [p for p in self.peers if p.name in round.received]
@@ -617,7 +625,8 @@ class ServerProtocol:
             scored=bool(scores),
             **scores,
         )
-        return [*out, Report(report), *self._next_round(now)]
+        self.phase = Phase.BETWEEN
+        return [*out, Report(report)]
 
     def _close(self, now: float) -> list[Action]:
         """Ask every client for its attestation of the last round, to seal in a closing block,

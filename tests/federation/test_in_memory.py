@@ -86,7 +86,7 @@ def test_a_client_that_fails_leaves_the_run_and_a_round_short_of_its_quorum_stop
     said = []
     members = clients(tmp_path, said)
     members[1].min_difficulty = 20  # refuses the genesis: it leaves before the first round
-    with pytest.raises(RunAborted, match=r"round 1 cannot go on with 1 of the 2 clients"):
+    with pytest.raises(RunAborted, match=r"round 1 cannot go on with 0 of the 2 clients"):
         run_in_memory(
             plan(2), SERVER_KEY, members, chain_path=tmp_path / "chain.jsonl", say=said.append
         )
