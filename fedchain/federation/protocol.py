@@ -149,6 +149,9 @@ class ServerProtocol:
         self.next_status_s = math.inf
         self.quorum_at_s = math.inf  # a resumed run: when its quorum was back
         self.failure = ""  # why the run stopped
+        # Something was handed in since the last tick (a client lost while the transport
+        # carried out the last tick's actions, say): tick() is due at once, not at a deadline.
+        self.heard = False
 
     @property
     def rule(self) -> Rule:
@@ -188,6 +191,7 @@ class ServerProtocol:
         """Take in EVENT; return what to do now (decisions wait for tick())."""
         if self.finished:
             return []
+        self.heard = True
         if isinstance(event, Registration):
             return self._register(event)
         member = self._member(event.conn)
@@ -205,6 +209,7 @@ class ServerProtocol:
         """Decide what is due: a wait that is over, a deadline passed, a status to say."""
         out: list[Action] = []
         now = self.clock.monotonic()
+        self.heard = False
         try:
             while not self.finished:
                 before = self.phase, self.round_index, self.round and len(self.round.probed)
@@ -219,6 +224,8 @@ class ServerProtocol:
 
     def wake_at(self) -> float:
         """When tick() is next due, if nothing arrives before (on the clock's monotonic time)."""
+        if self.heard or self.phase is Phase.BETWEEN:
+            return -math.inf  # at once
         if self.phase in (Phase.ADMITTING, Phase.RESUMING, Phase.SHORT):
             grace_s = math.inf
             if self.phase is Phase.RESUMING:
@@ -226,8 +233,6 @@ class ServerProtocol:
             return min(self._wait_deadline(), self.next_status_s, grace_s)
         if self.phase in EXPECTED:
             return self.round.deadline_s
-        if self.phase is Phase.BETWEEN:
-            return -math.inf  # at once
         return math.inf
 
     # --- hearing clients ---------------------------------------------------------------------
