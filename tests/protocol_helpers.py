@@ -66,10 +66,12 @@ def make_plan(
     )
 
 
-def make_server(plan: RunPlan | None = None, clock: FakeClock | None = None, **kwargs):
+def make_server(
+    plan: RunPlan | None = None, clock: FakeClock | None = None, *, waits=WAITS, **kwargs
+):
     """A started protocol for PLAN on CLOCK, and what starting it said."""
     protocol = ServerProtocol(
-        plan or make_plan(), SERVER_KEY, clock or FakeClock(), waits=WAITS, **kwargs
+        plan or make_plan(), SERVER_KEY, clock or FakeClock(), waits=waits, **kwargs
     )
     return protocol, protocol.start()
 
