@@ -145,17 +145,18 @@ class ScriptedClient:
         return Spoke(self.conn, tuple(wire(m) for m in messages))
 
     def update_message(
-        self, weights=None, *, index=None, key=None, gradient=None, **changes
+        self, weights=None, *, index=None, genesis=None, key=None, gradient=None, **changes
     ) -> dict:
-        """Its signed update for the round after its last block (INDEX: signed for another),
-        with GRADIENT as its start gradient (scaffold), CHANGES altered after signing."""
+        """Its signed update for the round after its last block (signed for round INDEX, or on
+        the chain of GENESIS, or with KEY, if given), with GRADIENT as its start gradient
+        (scaffold), CHANGES altered after signing."""
         weights = np.zeros(len(self.features)) if weights is None else np.asarray(weights, float)
         sent_gradient = () if gradient is None else tuple(map(float, gradient))
         update = ClientUpdate(
             LinearModel(weights, 0.0), self.n_samples, training=TRAINING, gradient=sent_gradient
         )
         signed = update_message(
-            genesis_hash=self.genesis.hash,
+            genesis_hash=(genesis or self.genesis).hash,
             index=self.last.index + 1 if index is None else index,
             previous_hash=self.last.hash,
             name=self.name,

@@ -1,6 +1,8 @@
 """Rounds as the server's protocol runs them, fed by hand: a whole run, the reasons a client is
 left out (recorded in the next block), the quorum, and what the protocol says while it waits."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from chain_helpers import SERVER_KEY, fixed_key
@@ -82,6 +84,10 @@ LEAVE_OUTS = {
     "silent": (None, "sent no update within 30 s (--round-timeout-s)"),
     "signed by another key": (lambda c: c.update(key=fixed_key("another")), NOT_SIGNED),
     "replayed from another round": (lambda c: c.update(index=2), NOT_SIGNED),
+    "replayed from another chain": (
+        lambda c: c.update(genesis=replace(c.genesis, hash="ab" * 32)),
+        NOT_SIGNED,
+    ),
     "wrong round": (lambda c: c.update(round=2), "sent round 2's update in round 1"),
     "second message": (
         lambda c: c.says(c.update_message(), c.update_message()),
