@@ -154,21 +154,31 @@ def test_with_a_quorum_a_client_breaking_a_rule_is_left_out_and_the_block_says_w
     verify_chain(protocol.chain.blocks)
 
 
-def test_a_client_of_a_round_that_speaks_out_of_turn_is_left_out():
+def test_a_client_back_that_speaks_before_its_round_is_left_out():
     protocol, _ = make_server(make_plan(n_clients=3, min_clients=2, rounds=1))
     cli1, cli2, cli3 = clients("cli1", "cli2", "cli3")
     join(protocol, cli1, cli2, cli3)
     step(protocol, Closed(3))
-    step(protocol, ScriptedClient("cli3", 4).registration())
-    assert protocol.standby[0].conn == 4  # back, caught up, waiting for round 2
-    out = step(protocol, cli3.says({"type": "done", "blocks": 1}))
-    assert out == []  # the old connection is out already: what it sent goes with it
     back = ScriptedClient("cli3", 4)
-    back.genesis = back.last = cli1.genesis
+    back.hear(step(protocol, back.registration()))
+    assert [m.conn for m in protocol.standby] == [4]  # caught up, waiting for round 2
+    assert step(protocol, cli3.says({"type": "done", "blocks": 1})) == []  # conn 3 is gone
     out = step(protocol, back.update())
     assert Disconnect(4, "left out: spoke out of turn") in out
     out = step(protocol, cli1.update(), cli2.update())
     assert written(out)[0].missing == {"cli3": "spoke out of turn (round 1)"}
+
+
+def test_a_client_that_speaks_while_its_round_waits_for_its_quorum_is_left_out():
+    protocol, _ = make_server(make_plan(n_clients=3, min_clients=3, rounds=1))
+    cli1, cli2, cli3 = clients("cli1", "cli2", "cli3")
+    join(protocol, cli1, cli2, cli3)
+    step(protocol, cli1.update(), cli2.update(), Closed(3))
+    assert protocol.phase is Phase.SHORT
+    out = step(protocol, cli2.attest())
+    assert Disconnect(2, "left out: spoke out of turn") in out
+    assert protocol.absent["cli2"] == "spoke out of turn (round 1)"
+    assert list(protocol.round.received) == ["cli1"]  # its update went with it
 
 
 def test_a_client_that_leaves_right_after_its_update_is_not_counted():
