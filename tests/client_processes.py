@@ -1,5 +1,5 @@
-"""Real clients for the end-to-end tests: client1.py and client2.py on the bundled rows, or
-client.py on shards of those rows split by bmi, so each client sees one range of it (non-IID)."""
+"""Real clients for the end-to-end tests: client.py on shards of the bundled rows split by bmi,
+so each client sees one range of it (non-IID)."""
 
 from processes import ROOT
 
@@ -32,11 +32,3 @@ def split_client(programs, tmp_path, port, name):
         "--replica",
         tmp_path / f"{name}.jsonl",
     )
-
-
-def bundled_clients(programs, tmp_path, port):
-    """client1.py and client2.py on the bundled rows, their replicas in TMP_PATH."""
-    return [
-        programs(f"client{i}.py", "--port", port, "--replica", tmp_path / f"cli{i}.jsonl")
-        for i in (1, 2)
-    ]

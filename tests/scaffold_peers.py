@@ -1,5 +1,5 @@
-"""A raw client's part in a scaffold round, done by hand: its update with a start gradient, its
-signed answer to the server's probe, and the wait for that probe."""
+"""A raw client's part in a scaffold round, done by hand: its update with a start gradient, and
+the wait for the server's probe."""
 
 import numpy as np
 from chain_helpers import TRAINING
@@ -8,7 +8,7 @@ from wire_helpers import receive
 
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import ClientUpdate
-from fedchain.ledger.signatures import probe_message, update_message
+from fedchain.ledger.signatures import update_message
 from fedchain.trust.keys import sign
 
 
@@ -32,26 +32,6 @@ def update_with_gradient(raw: RawClient, gradient) -> dict:
     message["signature"] = sign(raw.key, signed)
     message["gradient"] = np.asarray(gradient, dtype=np.float64)
     return message
-
-
-def answer(raw: RawClient, probe: dict, *, elsewhere: bool = False) -> dict:
-    """RAW's signed gradient (zeros) at the probe's candidate, or at another point."""
-    candidate = LinearModel(probe["weights"] + (1.0 if elsewhere else 0.0), probe["bias"])
-    gradient = np.zeros(len(FEATURES) + 1)
-    signed = probe_message(
-        genesis_hash=raw.genesis.hash,
-        index=probe["round"],
-        previous_hash=raw.last.hash,
-        name=raw.name,
-        candidate=candidate,
-        gradient=tuple(map(float, gradient)),
-    )
-    return {
-        "type": "gradient",
-        "round": probe["round"],
-        "gradient": gradient,
-        "signature": sign(raw.key, signed),
-    }
 
 
 def next_of(raw: RawClient, kind: str) -> dict:

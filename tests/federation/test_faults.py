@@ -1,6 +1,6 @@
-"""Faults in real runs: clients killed and restarted, a round short of its quorum, and a server
-killed with SIGKILL again and again, at random moments and with a block half-written, then
-resumed from its chain with the same client processes."""
+"""Faults in real runs: a client killed and restarted, and a server killed with SIGKILL again and
+again, at random moments and with a block half-written, then resumed from its chain with the
+same client processes. (A round short of its quorum is unit-tested on the protocol.)"""
 
 import random
 import time
@@ -71,25 +71,6 @@ def test_a_client_killed_mid_training_is_left_out_and_rejoins_when_restarted(pro
     assert back and back == list(range(back[0], rounds + 1)), rounds_of_cli3  # in, to the end
     # In between it sat out, and once back (caught up, waiting for its round) the block says so.
     assert all("cli3" in blocks[i].missing for i in range(gone, back[0]))
-
-
-def test_a_round_short_of_its_quorum_waits_and_takes_in_the_client_that_comes_back(
-    programs, tmp_path
-):
-    rounds = 3
-    server, port = start_server(programs, tmp_path, "--rounds", rounds, "--rejoin-timeout-s", "60")
-    survivor = start_client(programs, tmp_path, "cli1", port)
-    victim = start_client(programs, tmp_path, "cli2", port)
-    victim.wait_for(r"^block 1 verified")
-    victim.kill()
-    server.wait_for(r"^waiting: round 2 has \d of the 2 updates it needs \(--min-clients\)")
-    restarted = start_client(programs, tmp_path, "cli2", port)
-    for program in (server, survivor, restarted):
-        assert program.finish() == 0, program.output
-    assert "the server says: waiting: round 2" in survivor.output
-    blocks = check_complete(tmp_path, ("cli1", "cli2"), rounds)
-    # Round 2 waited for cli2 and holds both updates: no round went on below its quorum.
-    assert all(block.cli == ("cli1", "cli2") for block in blocks[1:-1])
 
 
 def test_a_server_killed_again_and_again_resumes_and_finishes_with_the_same_clients(

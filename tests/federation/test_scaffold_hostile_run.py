@@ -1,19 +1,18 @@
 """Scaffold runs with real processes, probed where the landing tests did not reach: a client
-whose columns come in another order than the run's, and peers that break the probe's part of
-the protocol in other ways."""
+whose columns come in another order than the run's, and clients that miss a round or leave at
+the probe and come back. The probe's rules are unit-tested on the protocol
+(test_protocol_scaffold.py)."""
 
 import itertools
 import os
 import signal
 
 import numpy as np
-import pytest
 from chain_helpers import fixed_key
-from client_processes import bundled_clients, split_by_bmi, split_client
+from client_processes import split_by_bmi, split_client
 from processes import run_blockchain_cli, start_server
 from raw_peers import FEATURES, RawClient, write_key
-from scaffold_peers import answer, next_of, update_with_gradient
-from wire_helpers import receive
+from scaffold_peers import next_of, update_with_gradient
 
 from fedchain.learning.aggregation import SCAFFOLD
 from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
@@ -21,8 +20,7 @@ from fedchain.learning.dataset import Dataset, save_dataset
 from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.correction import global_gradient, probe_point
-from fedchain.ledger.store import load_chain, updates_from_json
-from fedchain.wire.frames import encode_message
+from fedchain.ledger.store import load_chain
 
 
 def test_a_client_whose_columns_come_in_another_order_trains_the_runs_columns(programs, tmp_path):
@@ -49,61 +47,6 @@ def test_a_client_whose_columns_come_in_another_order_trains_the_runs_columns(pr
                 f"round {block.index}: {name}'s model is not what its rows make"
             )
         assert block.server_model == expected.global_model
-
-
-def three_clients(programs, tmp_path, *flags):
-    """A scaffold server for three clients (quorum 2) and two real clients; the third is the
-    test's raw peer."""
-    server, port = start_server(
-        programs,
-        tmp_path,
-        "--rounds",
-        "2",
-        "--clients",
-        "3",
-        "--min-clients",
-        "2",
-        "--aggregation",
-        "scaffold",
-        *flags,
-    )
-    return server, port
-
-
-# What the raw cli3 does wrong at the probe, and the reason the server gives for leaving it out.
-AT_THE_PROBE = {
-    "answers twice": "sent a second message in round 1",
-    "sends its update again": "sent 'update' instead of its gradient",
-    "answers for another round": "sent round 2's gradient in round 1",
-}
-
-
-@pytest.mark.parametrize("bad", sorted(AT_THE_PROBE))
-def test_a_peer_that_misbehaves_at_the_probe_is_left_out(programs, tmp_path, bad):
-    server, port = three_clients(programs, tmp_path)
-    with RawClient(port, "cli3") as raw:
-        raw.register()
-        clients = bundled_clients(programs, tmp_path, port)
-        assert raw.hear_welcome()["type"] == "train"
-        update = update_with_gradient(raw, np.zeros(len(FEATURES) + 1))
-        raw.send(update)
-        probe = next_of(raw, "probe")
-        if bad == "answers twice":
-            frame = encode_message(answer(raw, probe))
-            raw.sock.sendall(frame + frame)  # in one write: the server reads both at once
-        elif bad == "sends its update again":
-            raw.send(update)
-        else:
-            wrong = answer(raw, probe)
-            wrong["round"] = 2
-            raw.send(wrong)
-        for program in [server, *clients]:
-            assert program.finish() == 0, program.output
-    assert f"cli3 is left out of the run: {AT_THE_PROBE[bad]}" in server.output
-    assert "Traceback" not in server.output
-    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
-    assert result.returncode == 0 and "the run is complete (2 of 2 rounds)" in result.stdout
-    assert load_chain(tmp_path / "chain.jsonl").blocks[1].cli == ("cli1", "cli2")
 
 
 def split_in_three(tmp_path):
@@ -219,106 +162,3 @@ def test_a_client_that_leaves_at_the_probe_below_the_quorum_is_waited_for(progra
     assert all(block.cli == ("cli1", "cli2", "cli3") for block in blocks[1:-1])
     simulated = simulate(datasets, rounds=3, run_seed=7, aggregation=SCAFFOLD)
     assert [b.server_model for b in blocks[1:-1]] == [r.global_model for r in simulated]
-
-
-def test_a_client_that_logs_in_again_at_the_probe_waits_for_the_next_round(programs, tmp_path):
-    # Back during a round that still has its quorum, a client takes part from the next one: a
-    # probe asked again must not train it in this one, or by logging in again at every probe
-    # it would hold the round forever.
-    server, port = three_clients(programs, tmp_path)
-    with RawClient(port, "cli3") as raw:
-        raw.register()
-        clients = bundled_clients(programs, tmp_path, port)
-        assert raw.hear_welcome()["type"] == "train"
-        raw.send(update_with_gradient(raw, np.zeros(len(FEATURES) + 1)))
-        next_of(raw, "probe")
-        with RawClient(port, "cli3") as again:
-            again.register()
-            message = again.hear_welcome()
-            while message["type"] == "waiting":
-                message = receive(again.sock)
-            assert message["type"] == "block", f"round 1 sent cli3 a {message['type']!r}"
-        for program in [server, *clients]:
-            assert program.finish() == 0, program.output
-    assert "cli3 is left out of the run: logged in again on a new connection" in server.output
-    blocks = load_chain(tmp_path / "chain.jsonl").blocks
-    assert blocks[1].cli == ("cli1", "cli2")
-    assert blocks[1].missing["cli3"].startswith("came back during round 1; in from round 2")
-
-
-# A message out of place in the update phase, and the reason the server gives for leaving the
-# sender out.
-IN_THE_UPDATE_PHASE = {
-    "fedavg": ("an update with a gradient", "sent a gradient, which a fedavg run does not take"),
-    "scaffold": ("a gradient instead", "sent 'gradient' instead of its update"),
-}
-
-
-@pytest.mark.parametrize("rule", sorted(IN_THE_UPDATE_PHASE))
-def test_a_gradient_out_of_place_is_refused(programs, tmp_path, rule):
-    server, port = start_server(
-        programs,
-        tmp_path,
-        "--rounds",
-        "1",
-        "--clients",
-        "3",
-        "--min-clients",
-        "2",
-        "--aggregation",
-        rule,
-    )
-    with RawClient(port, "cli3") as raw:
-        raw.register()
-        clients = bundled_clients(programs, tmp_path, port)
-        train = raw.hear_welcome()
-        assert train["type"] == "train"
-        if rule == "fedavg":
-            raw.send(update_with_gradient(raw, np.zeros(len(FEATURES) + 1)))
-        else:
-            raw.send(answer(raw, {"round": 1, "weights": train["weights"], "bias": 0.0}))
-        for program in [server, *clients]:
-            assert program.finish() == 0, program.output
-    assert f"cli3 is left out of the run: {IN_THE_UPDATE_PHASE[rule][1]}" in server.output
-    assert "Traceback" not in server.output
-
-
-def test_a_round_that_loses_clients_at_two_probes_stops_the_run(programs, tmp_path):
-    # cli3 leaves at the first probe and cli4 at the second: the clients would answer no third,
-    # so the server stops the run, saying why, rather than ask for one.
-    server, port = start_server(
-        programs,
-        tmp_path,
-        "--rounds",
-        "2",
-        "--clients",
-        "4",
-        "--min-clients",
-        "2",
-        "--aggregation",
-        "scaffold",
-    )
-    with RawClient(port, "cli3") as cli3, RawClient(port, "cli4") as cli4:
-        cli3.register()
-        cli4.register()
-        clients = bundled_clients(programs, tmp_path, port)
-        for raw in (cli3, cli4):
-            assert raw.hear_welcome()["type"] == "train"
-            raw.send(update_with_gradient(raw, np.zeros(len(FEATURES) + 1)))
-        next_of(cli3, "probe")
-        cli3.sock.close()
-        first = next_of(cli4, "probe")
-        assert first["left"] == []
-        cli4.send(answer(cli4, first))
-        second = next_of(cli4, "probe")
-        assert second["left"] == ["cli3"]
-        assert list(updates_from_json(second["updates"])) == ["cli1", "cli2", "cli4"]
-        cli4.sock.close()
-        for program in [server, *clients]:
-            assert program.finish() == 1, program.output
-    stopped = "round 1 lost clients at 2 probes; a client answers no more probes a round"
-    assert stopped in server.output
-    assert all(stopped in client.output for client in clients)
-    assert "Traceback" not in server.output
-    result = run_blockchain_cli("verify", tmp_path / "chain.jsonl")
-    assert result.returncode == 3 and "incomplete" in result.stdout
