@@ -82,11 +82,17 @@ def wire(message: dict) -> dict:
 
 
 def step(protocol: ServerProtocol, *events: Event) -> list[Action]:
-    """Hand in EVENTS, then tick, as the transport does with what has arrived together."""
+    """Hand in EVENTS, then tick, as the transport does with what has arrived together, and
+    again while a tick is due (a round begins once the block before it is out)."""
     out: list[Action] = []
     for event in events:
         out += protocol.handle(event)
-    return out + protocol.tick()
+    out += protocol.tick()
+    for _ in range(100):  # a protocol always due would be a bug: fail, not hang
+        if protocol.finished or protocol.wake_at() > protocol.clock.monotonic():
+            return out
+        out += protocol.tick()
+    raise AssertionError("tick() is due again and again")
 
 
 def said(actions: list[Action]) -> list[str]:

@@ -227,10 +227,7 @@ class ServerProtocol:
         if self.heard or self.phase is Phase.BETWEEN:
             return -math.inf  # at once
         if self.phase in (Phase.ADMITTING, Phase.RESUMING, Phase.SHORT):
-            grace_s = math.inf
-            if self.phase is Phase.RESUMING:
-                grace_s = self.quorum_at_s + RESUME_GRACE_S
-            return min(self._wait_deadline(), self.next_status_s, grace_s)
+            return min(self._wait_deadline(), self.next_status_s)
         if self.phase in EXPECTED:
             return self.round.deadline_s
         return math.inf
@@ -349,15 +346,18 @@ class ServerProtocol:
             self.quorum_at_s = now
         if back == self.plan.n_clients or now >= self.quorum_at_s + RESUME_GRACE_S:
             return self._next_round(now)
-        if now >= self.deadline_s:
+        # The timeout bounds the wait for the quorum: once it is back, it has its grace.
+        if now >= self.deadline_s and self.quorum_at_s == math.inf:
             raise _Stop(
                 f"only {back} of the {self.plan.min_clients} clients the run needs "
                 f"(its min_clients) came back within {self.waits.rejoin_timeout_s:g} s "
                 "(--rejoin-timeout-s)"
             )
-        return self._status(
-            now, f"{back} of {self.plan.n_clients} clients are back", "--rejoin-timeout-s"
-        )
+        if self.quorum_at_s < math.inf:
+            waiting_for = f"{back} of {self.plan.n_clients} clients are back; the run goes on"
+            return self._status(now, f"{waiting_for} without the rest", None)
+        waiting_for = f"{back} of {self.plan.n_clients} clients are back"
+        return self._status(now, waiting_for, "--rejoin-timeout-s")
 
     def _training(self, now: float) -> list[Action]:
         round = self.round
@@ -719,14 +719,18 @@ class ServerProtocol:
         return [Say(f"refused {address}: {reason}"), Disconnect(conn, reason)]
 
     def _status(
-        self, now: float, waiting_for: str, flag: str, *, tell_clients: bool = True
+        self, now: float, waiting_for: str, flag: str | None, *, tell_clients: bool = True
     ) -> list[Action]:
-        """Say what the run waits for and how long it may take (FLAG sets it), to the log and
-        (if TELL_CLIENTS) to the clients in the run, every STATUS_EVERY_S."""
+        """Say what the run waits for and how long it may take (FLAG sets it; None: the wait
+        ends then whatever happens), to the log and (if TELL_CLIENTS) to the clients in the
+        run, every STATUS_EVERY_S."""
         if now < self.next_status_s:
             return []
         left = max(0.0, self._wait_deadline() - now)
-        text = printable(f"waiting: {waiting_for}; up to {left:.0f} s more ({flag})")
+        if flag is None:
+            text = printable(f"waiting: {waiting_for} in {left:.0f} s")
+        else:
+            text = printable(f"waiting: {waiting_for}; up to {left:.0f} s more ({flag})")
         self.next_status_s = now + STATUS_EVERY_S
         out: list[Action] = [Say(text)]
         if tell_clients:
@@ -734,8 +738,13 @@ class ServerProtocol:
         return out
 
     def _wait_deadline(self) -> float:
-        """When the wait for clients in progress gives up."""
-        return self.round.rejoin_deadline_s if self.phase is Phase.SHORT else self.deadline_s
+        """When the wait for clients in progress ends: it gives up, or a resumed run whose
+        quorum is back goes on."""
+        if self.phase is Phase.SHORT:
+            return self.round.rejoin_deadline_s
+        if self.phase is Phase.RESUMING and self.quorum_at_s < math.inf:
+            return self.quorum_at_s + RESUME_GRACE_S
+        return self.deadline_s
 
     def _missing(self) -> dict[str, str]:
         """Every client of the run not taking part in this block, and why."""

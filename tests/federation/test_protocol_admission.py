@@ -118,7 +118,7 @@ def test_a_full_run_refuses_the_next_and_turns_newcomers_away_as_it_begins():
     # Both arrive before the protocol decides anything: only one place.
     out = protocol.handle(first.registration()) + protocol.handle(second.registration())
     assert refusal(out, 2) == "the run is full (1 client)"
-    out = protocol.tick()
+    out = step(protocol)
     assert TurnAwayNewcomers("the run is full (1 client)") in out
     assert [m["type"] for m in sent_to(out, 1)] == ["welcome", "train"]
     # Once the run has begun, only a client of its genesis may log in.

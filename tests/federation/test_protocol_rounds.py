@@ -135,7 +135,7 @@ def test_with_a_quorum_a_client_breaking_a_rule_is_left_out_and_the_block_says_w
     out = step(protocol, honest.update())
     if make is None:
         clock.advance(WAITS.round_timeout_s)
-        out = protocol.tick()
+        out = step(protocol)
     else:
         out = step(protocol, make(suspect))
     assert Disconnect(suspect.conn, f"left out: {reason}") in out
@@ -273,17 +273,11 @@ def test_a_slow_block_is_announced_to_the_clients():
     assert sent_to(out, 1)[0] == {"type": "waiting", "reason": reason}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a client lost while the transport carries out tick()'s actions is decided on only "
-    "at the round's deadline",
-)
 def test_a_send_that_fails_as_a_round_begins_is_decided_on_at_once():
     # The transport hands in a SendFailed while it carries out what tick() returned (the next
-    # round's model, say), and ticks again only at wake_at(). The departure is "noticed at
-    # once, not at the deadline" (protocol.py, docs/protocol.md), so with no client of the
-    # round left wake_at() should be now; it is the round's deadline (--round-timeout-s, 60 s
-    # by default), which is how long a real server sat idle before saying it was short.
+    # round's model, say), and ticks again at wake_at(): the departure is noticed at once, so
+    # wake_at() is now, not the round's deadline (--round-timeout-s, 60 s by default), which is
+    # how long a real server once sat idle before saying it was short.
     clock = FakeClock()
     protocol, _ = make_server(make_plan(min_clients=1, rounds=2), clock)
     cli1, cli2 = clients("cli1", "cli2")
