@@ -46,11 +46,12 @@ from fedchain.federation.events import (
 from fedchain.federation.plan import RunPlan
 from fedchain.federation.round import Round
 from fedchain.federation.round_report import ClientFigures, RoundReport
-from fedchain.learning.aggregation import RULES, Rule, feature_scale
+from fedchain.federation.run_genesis import mine_genesis
+from fedchain.learning.aggregation import RULES, Rule
 from fedchain.learning.dataset import Dataset
-from fedchain.learning.linear_model import LinearModel, mse, r2
-from fedchain.ledger.block import MAX_REASON_CHARS, Block, PrivacyTerms, RunRecord
-from fedchain.ledger.chain import Chain, make_closing_block, make_genesis, make_round_block
+from fedchain.learning.linear_model import mse, r2
+from fedchain.ledger.block import MAX_REASON_CHARS, Block
+from fedchain.ledger.chain import Chain, make_closing_block, make_round_block
 from fedchain.ledger.store import block_to_json
 from fedchain.ledger.verification import ChainError
 from fedchain.trust.keys import public_hex
@@ -436,25 +437,10 @@ class ServerProtocol:
         out: list[Action] = [TurnAwayNewcomers(full(self.plan))]
         self.peers.sort(key=lambda p: p.name)  # the order every round hashes and averages in
         out += self._announce_mining(0)
-        scale, said = self._krum_scale()
-        out += said
-        genesis = make_genesis(
-            initial_model=LinearModel.zeros(len(self.run_features)),
-            feature_names=self.run_features,
-            difficulty=self.plan.difficulty_bits,
-            run=RunRecord(
-                self.plan.rounds,
-                self.plan.seed,
-                self.public_key,
-                {p.name: p.public_key for p in self.peers},
-                self.plan.min_clients,
-                self._privacy_terms(),
-            ),
-            server_key=self.key,
-            aggregation=self.plan.aggregation,
-            parameters=self.plan.aggregation_parameters,
-            scale=scale,
+        genesis, said = mine_genesis(
+            self.plan, self.key, self.peers, self.run_features, self.test_data
         )
+        out += said
         self.chain = Chain(genesis)
         out.append(Write(genesis))  # the file is made only now: a run that never starts
         self.round_index = 1  # leaves nothing in the way
@@ -465,34 +451,6 @@ class ServerProtocol:
         )
         self.phase = Phase.BETWEEN
         return out
-
-    def _privacy_terms(self) -> PrivacyTerms | None:
-        """What the genesis of a run with a schema records: the bounds, the limit, and each
-        private client's statement."""
-        if self.plan.schema is None:
-            return None
-        statements = {p.name: p.privacy for p in self.peers if p.privacy is not None}
-        return PrivacyTerms(self.plan.schema.canonical(), self.plan.max_epsilon, statements)
-
-    def _krum_scale(self) -> tuple[tuple[float, ...] | None, list[Action]]:
-        """For Krum, each feature's root mean square on the held-out rows, which the genesis
-        records and Krum multiplies each weight by before it measures a distance (so a
-        distance is a change of prediction); None, raw weight units, without held-out rows."""
-        if not self.rule.scaled:
-            return None, []
-        if self.test_data is None:
-            return None, [
-                Say(
-                    "krum measures distances in raw weight units: there are no held-out rows "
-                    "(--test) to scale the features by"
-                )
-            ]
-        rows = self.test_data.in_order(self.run_features)
-        said = Detail(
-            f"krum measures distances with each weight times its feature's root mean "
-            f"square on the {rows.n_samples} held-out rows"
-        )
-        return feature_scale(rows.X), [said]
 
     def _begin_resuming(self, now: float) -> list[Action]:
         """Take the run's clients from the genesis and wait for them to come back: all of
@@ -591,7 +549,8 @@ class ServerProtocol:
         return out
 
     def _finish_round(self) -> list[Action]:
-        """Aggregate the round's updates into its block, append it and begin the next."""
+        """Aggregate the round's updates into its block and append it; the next round begins
+        once it is out."""
         round = self.round
         contributors = [p for p in self.peers if p.name in round.received]
         out = self._announce_mining(round.index)
