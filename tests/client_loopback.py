@@ -29,16 +29,20 @@ CLIENT_KEY = CLIENT_KEYS["cli1"]
 SERVER_HEX = public_hex(SERVER_KEY)
 
 
-def new_client(replica: Path, said: list[str]) -> FederatedClient:
+def new_client(replica: Path, said: list[str], **options) -> FederatedClient:
+    """cli1 with a short search (OPTIONS: other data, --max-rounds, ...)."""
     return FederatedClient(
-        name="cli1",
-        data=DATA,
-        seed=None,
-        generations=3,
-        population=4,
-        replica=replica,
-        say=said.append,
-        key=CLIENT_KEY,
+        **{
+            "name": "cli1",
+            "data": DATA,
+            "seed": None,
+            "generations": 3,
+            "population": 4,
+            "replica": replica,
+            "say": said.append,
+            "key": CLIENT_KEY,
+        }
+        | options
     )
 
 

@@ -25,7 +25,9 @@ FEATURES = load_dataset(ROOT / "data" / "client1.csv").feature_names
 
 
 class Session:
-    """One client's connection to the fake server, past its login; what a script works with."""
+    """One client's connection to the fake server, past its login; what a script works with.
+    Scripts say and hear messages through send() and receive(), so the same script can play a
+    real client process over TLS or drive a client in this process (tests/client_steps.py)."""
 
     def __init__(self, conn: ssl.SSLSocket, registration: dict, key) -> None:
         self.conn = conn
@@ -33,6 +35,12 @@ class Session:
         self.client_key = registration["public_key"]
         self.genesis = self.make_genesis()
         self.last = self.genesis
+
+    def send(self, message: dict) -> None:
+        send_message(self.conn, message)
+
+    def receive(self) -> dict:
+        return receive(self.conn)
 
     def make_genesis(
         self, *, rounds=1, features=FEATURES, difficulty=8, participants=None, run_key=None
@@ -55,15 +63,14 @@ class Session:
         it holds HEIGHT blocks, if given: a lie)."""
         self.genesis = self.last = genesis or self.genesis
         rounds = self.genesis.run.rounds if self.genesis.signed else 1
-        send_message(
-            self.conn,
+        self.send(
             {
                 "type": "welcome",
                 "genesis": block_to_json(self.genesis),
                 "seed": 0,
                 "rounds": rounds,
                 "height": height or 1 + len(blocks),
-            },
+            }
         )
         for block in blocks:
             self.send_block(block)
@@ -71,11 +78,10 @@ class Session:
     def train(self, index: int | None = None, model: LinearModel | None = None) -> dict:
         model = model or self.last.server_model
         index = self.last.index + 1 if index is None else index
-        send_message(
-            self.conn,
-            {"type": "train", "round": index, "weights": model.weights.copy(), "bias": model.bias},
+        self.send(
+            {"type": "train", "round": index, "weights": model.weights.copy(), "bias": model.bias}
         )
-        return receive(self.conn)
+        return self.receive()
 
     def honest_block(self, update: dict) -> Block:
         """The block an honest server makes of the client's UPDATE."""
@@ -87,21 +93,21 @@ class Session:
         )
 
     def send_block(self, block: Block) -> None:
-        send_message(self.conn, {"type": "block", "block": block_to_json(block)})
+        self.send({"type": "block", "block": block_to_json(block)})
         self.last = block
 
     def run_honestly(self, rounds: int = 1, *, done: bool = True) -> None:
         self.welcome(self.make_genesis(rounds=rounds))
         for _ in range(rounds):
             self.send_block(self.honest_block(self.train()))
-        send_message(self.conn, {"type": "close", "round": rounds + 1})
-        attest = receive(self.conn)
+        self.send({"type": "close", "round": rounds + 1})
+        attest = self.receive()
         closing = make_closing_block(
             self.last, attestations={"cli1": attest["attestation"].hex()}, server_key=self.key
         )
         self.send_block(closing)
         if done:
-            send_message(self.conn, {"type": "done", "blocks": rounds + 2})
+            self.send({"type": "done", "blocks": rounds + 2})
 
 
 def as_client_update(update: dict) -> ClientUpdate:

@@ -1,6 +1,10 @@
-"""A real client against a fake server that lies, breaks the protocol or stalls: the client
-refuses, says which lie, keeps its replica as it was, and runs nothing the server sends. And a
-recording server that is honest: nothing of the client's rows is in anything the client sends."""
+"""A client against a fake server that lies, breaks the protocol or stalls: the client refuses,
+says which lie, keeps its replica as it was, and runs nothing the server sends. And an honest
+server that records: nothing of the client's rows is in anything the client sends.
+
+The client's rules are tested in this process, the scripts played through its step()
+(tests/client_steps.py); real client processes only where a process shows something: its exit
+code and printed line, TLS and key pinning, timeouts, reconnecting, and retrying when busy."""
 
 import pickle
 import time
@@ -8,9 +12,11 @@ import time
 import numpy as np
 import pytest
 from chain_helpers import SERVER_KEY, fixed_key, reseal, signed_update
+from client_loopback import Loopback, new_client, pickled
+from client_steps import CHALLENGE, play
 from fake_server import FEATURES, FakeServer, Session, crash, start_client
 from processes import ROOT
-from wire_helpers import Exploit, frame, receive
+from wire_helpers import Exploit, frame
 
 from fedchain.cli.client import main as client_main
 from fedchain.learning.dataset import load_dataset
@@ -20,7 +26,8 @@ from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_b
 from fedchain.ledger.mining import seal
 from fedchain.ledger.store import load_chain
 from fedchain.trust.keys import public_hex
-from fedchain.wire.frames import HEADER, MAGIC, VERSION, send_message
+from fedchain.wire.frames import HEADER, MAGIC, VERSION
+from fedchain.wire.messages import ProtocolError
 
 PWN = "open('pwned-by-fake-server', 'w')"
 
@@ -127,9 +134,7 @@ SCRIPTS = {
     ),
     "unsigned genesis": (unsigned_genesis, "the server's genesis block is unsigned (format 1)"),
     "malformed genesis": (
-        lambda s: send_message(
-            s.conn, {"type": "welcome", "genesis": "{}", "seed": 0, "rounds": 1, "height": 1}
-        ),
+        lambda s: s.send({"type": "welcome", "genesis": "{}", "seed": 0, "rounds": 1, "height": 1}),
         "malformed block",
     ),
     "other features": (
@@ -137,7 +142,7 @@ SCRIPTS = {
         "the run's features do not fit this client's rows",
     ),
     "early done": (
-        lambda s: (s.welcome(), send_message(s.conn, {"type": "done", "blocks": 1})),
+        lambda s: (s.welcome(), s.send({"type": "done", "blocks": 1})),
         "ended the run after 0 of 1 rounds",
     ),
     "block before welcome": (
@@ -153,21 +158,11 @@ SCRIPTS = {
         "a 'train' message while this client was waiting for the block of the round it trained",
     ),
     "close early": (
-        lambda s: (s.welcome(), send_message(s.conn, {"type": "close", "round": 2})),
+        lambda s: (s.welcome(), s.send({"type": "close", "round": 2})),
         "asked to close the run at block 2 out of turn",
     ),
-    "oversized frame": (
-        lambda s: s.conn.sendall(HEADER.pack(MAGIC, VERSION, 2**31)),
-        "over the limit",
-    ),
-    "hostile pickle": (
-        lambda s: s.conn.sendall(
-            frame(pickle.dumps({"type": "refused", "reason": Exploit(exec, PWN)}))
-        ),
-        "not allowed",
-    ),
     "refusal": (
-        lambda s: send_message(s.conn, {"type": "refused", "reason": "no room"}),
+        lambda s: s.send({"type": "refused", "reason": "no room"}),
         "the server refused: no room",
     ),
     "a height beyond the run": (
@@ -184,7 +179,7 @@ SCRIPTS = {
         "block 3 closed the run",
     ),
     "a refusal of four megabytes": (
-        lambda s: send_message(s.conn, {"type": "refused", "reason": "x" * (1 << 22)}),
+        lambda s: s.send({"type": "refused", "reason": "x" * (1 << 22)}),
         "the server refused: xxxx",
     ),
 }
@@ -193,7 +188,43 @@ KEPT_BLOCKS = {"rewritten history": 2, "a block after the closing block": 4}
 
 
 @pytest.mark.parametrize("lie", sorted(SCRIPTS))
-def test_the_client_refuses_a_lying_server(programs, tmp_path, lie):
+def test_the_client_refuses_a_lying_server(tmp_path, lie):
+    script, expected = SCRIPTS[lie]
+    failure = play(new_client(tmp_path / "cli1.jsonl", []), script)
+    assert failure is not None and expected in str(failure)  # anything else would propagate
+    assert len(str(failure)) < 5000  # what a server sends is echoed short, never in full
+    replica = tmp_path / "cli1.jsonl"
+    if replica.exists():  # made at the welcome: it holds what was verified, nothing else
+        blocks = load_chain(replica).blocks
+        assert len(blocks) == KEPT_BLOCKS.get(lie, 1)
+        verify_chain(blocks)
+
+
+# Frames the wire refuses before the client's rules see a message: read off a real socket.
+BAD_FRAMES = {
+    "oversized frame": (HEADER.pack(MAGIC, VERSION, 2**31), "over the limit"),
+    "hostile pickle": (
+        frame(pickle.dumps({"type": "refused", "reason": Exploit(exec, PWN)})),
+        "not allowed",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FRAMES))
+def test_the_client_refuses_a_frame_the_wire_does_not_take(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # where the exploit would write, as in the client's folder
+    data, expected = BAD_FRAMES[name]
+    with Loopback() as loopback:
+        error = loopback.play(pickled(CHALLENGE) + data, new_client(tmp_path / "cli1.jsonl", []))
+    assert isinstance(error, ProtocolError) and expected in str(error)
+    assert not (tmp_path / "pwned-by-fake-server").exists()
+    assert not (tmp_path / "cli1.jsonl").exists()
+
+
+# A refused client process: exit code 1 and one short line saying why, as every refusal above
+# would end in the program (main() turns ClientFailed into that line).
+@pytest.mark.parametrize("lie", ["a refusal of four megabytes", "forged average"])
+def test_a_client_process_refusing_a_lie_exits_1_and_says_why_briefly(programs, tmp_path, lie):
     script, expected = SCRIPTS[lie]
     server = FakeServer(script)
     client = start_client(programs, tmp_path, server.port)
@@ -201,13 +232,7 @@ def test_the_client_refuses_a_lying_server(programs, tmp_path, lie):
     assert expected in client.output
     assert "Traceback" not in client.output
     assert len(client.output) < 5000  # what a server sends is echoed short, never in full
-    assert not (tmp_path / "pwned-by-fake-server").exists()
     server.finish()
-    replica = tmp_path / "cli1.jsonl"
-    if replica.exists():  # made at the welcome: it holds what was verified, nothing else
-        blocks = load_chain(replica).blocks
-        assert len(blocks) == KEPT_BLOCKS.get(lie, 1)
-        verify_chain(blocks)
 
 
 def test_a_server_presenting_another_key_than_the_pinned_one_is_refused(programs, tmp_path):
@@ -279,7 +304,8 @@ def test_a_server_that_trickles_a_message_cannot_hold_the_client_past_its_timeou
     server.finish()
 
 
-def test_nothing_of_the_clients_rows_is_in_what_it_sends(programs, tmp_path):
+def test_nothing_of_the_clients_rows_is_in_what_it_sends(tmp_path):
+    # Every reply step() gives is kept as the frame the client would send: all it sends.
     recorded = bytearray()
     data = ROOT / "data" / "client1.csv"
     sizes = {}
@@ -288,20 +314,8 @@ def test_nothing_of_the_clients_rows_is_in_what_it_sends(programs, tmp_path):
         lines = data.read_text().splitlines()
         path.write_text("\n".join([lines[0], *lines[1:] * copies]) + "\n")
         before = len(recorded)
-        server = FakeServer(lambda s: s.run_honestly(rounds=2), record=recorded)
-        client = start_client(
-            programs,
-            tmp_path,
-            server.port,
-            "--data",
-            path,
-            "--replica",
-            tmp_path / f"rows{copies}.jsonl",
-            "--known-servers",
-            tmp_path / f"known{copies}",
-        )
-        assert client.finish() == 0, client.output
-        server.finish()
+        client = new_client(tmp_path / f"rows{copies}.jsonl", [], data=load_dataset(path))
+        assert play(client, lambda s: s.run_honestly(rounds=2), sent=recorded) is None
         sizes[copies] = len(recorded) - before
     rows = load_dataset(data)
     values = np.unique(np.concatenate([rows.X.ravel(), rows.y]))
@@ -320,7 +334,7 @@ def test_nothing_of_the_clients_rows_is_in_what_it_sends(programs, tmp_path):
 
 def test_a_client_turned_away_as_busy_tries_again_and_joins(programs, tmp_path):
     busy = {"type": "refused", "reason": "busy: too many connections are waiting to register"}
-    server = FakeServer([lambda s: send_message(s.conn, busy), lambda s: s.run_honestly()])
+    server = FakeServer([lambda s: s.send(busy), lambda s: s.run_honestly()])
     client = start_client(programs, tmp_path, server.port)
     assert client.finish() == 0, client.output
     assert "the server refused: busy: too many connections" in client.output
@@ -330,9 +344,7 @@ def test_a_client_turned_away_as_busy_tries_again_and_joins(programs, tmp_path):
 
 def test_a_refusal_once_joined_is_not_retried(programs, tmp_path):
     busy = {"type": "refused", "reason": "busy: made up"}
-    server = FakeServer(
-        [lambda s: (s.welcome(), send_message(s.conn, busy)), lambda s: s.run_honestly()]
-    )
+    server = FakeServer([lambda s: (s.welcome(), s.send(busy)), lambda s: s.run_honestly()])
     client = start_client(programs, tmp_path, server.port)
     assert client.finish() == 1 and "trying again" not in client.output
     server.finish(connections=1)  # the refusal's, and no other
@@ -355,14 +367,14 @@ def comeback(second) -> list:
 def finish_honestly(s: Session, rounds: int) -> None:
     while s.last.index < rounds:
         s.send_block(s.honest_block(s.train()))
-    send_message(s.conn, {"type": "close", "round": rounds + 1})
-    attest = receive(s.conn)
+    s.send({"type": "close", "round": rounds + 1})
+    attest = s.receive()
     s.send_block(
         make_closing_block(
             s.last, attestations={"cli1": attest["attestation"].hex()}, server_key=s.key
         )
     )
-    send_message(s.conn, {"type": "done", "blocks": rounds + 2})
+    s.send({"type": "done", "blocks": rounds + 2})
 
 
 COMEBACKS = {
@@ -388,14 +400,10 @@ COMEBACKS = {
 
 
 @pytest.mark.parametrize("lie", sorted(COMEBACKS))
-def test_a_server_that_comes_back_with_another_history_is_refused(programs, tmp_path, lie):
+def test_a_server_that_comes_back_with_another_history_is_refused(tmp_path, lie):
     second, expected = COMEBACKS[lie]
-    server = FakeServer(comeback(second))
-    client = start_client(programs, tmp_path, server.port)
-    assert client.finish() == 1, client.output
-    assert "lost the server" in client.output and "--reconnect-timeout-s" in client.output
-    assert expected in client.output
-    server.finish()
+    failure = play(new_client(tmp_path / "cli1.jsonl", []), comeback(second))
+    assert failure is not None and expected in str(failure)
     kept = load_chain(tmp_path / "cli1.jsonl").blocks  # what it verified before, nothing else
     assert [block.index for block in kept] == [0, 1]
     verify_chain(kept)  # raises ChainError naming the first wrong block
@@ -410,6 +418,7 @@ def test_a_client_catches_up_with_a_server_that_comes_back_and_finishes_the_run(
     client = start_client(programs, tmp_path, server.port)
     assert client.finish() == 0, client.output
     server.finish()
+    assert "lost the server" in client.output and "--reconnect-timeout-s" in client.output
     assert "caught up: 2 blocks verified" in client.output
     blocks = load_chain(tmp_path / "cli1.jsonl").blocks
     assert len(blocks) == 4 and verify_chain(blocks).closed
@@ -432,11 +441,11 @@ def test_a_run_planning_more_rounds_than_max_rounds_is_refused_naming_the_flag(p
     )
     server.finish()
     assert not (tmp_path / "cli1.jsonl").exists()
-    # As many rounds as the flag allows is a run like any other.
-    server = FakeServer(lambda s: s.run_honestly(rounds=3))
-    client = start_client(programs, tmp_path, server.port, "--max-rounds", "3")
-    assert client.finish() == 0, client.output
-    server.finish()
+
+
+def test_a_run_planning_as_many_rounds_as_max_rounds_is_a_run_like_any_other(tmp_path):
+    client = new_client(tmp_path / "cli1.jsonl", [], max_rounds=3)
+    assert play(client, lambda s: s.run_honestly(rounds=3)) is None
     assert len(load_chain(tmp_path / "cli1.jsonl").blocks) == 5
 
 

@@ -1,14 +1,17 @@
-"""A real client in a scaffold run against a fake server that lies about the probe or the step:
-the client refuses, says which lie, and never shows a traceback."""
+"""A client in a scaffold run against a fake server that lies about the probe or the step: the
+client refuses and says which lie. The scripts drive the real client in this process through
+its step() (tests/client_steps.py); a refused client process is tested once, in
+test_client_against_bad_server.py."""
 
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from chain_helpers import fixed_key, reseal
-from fake_server import FEATURES, FakeServer, Session, crash, start_client
+from client_loopback import new_client
+from client_steps import play
+from fake_server import FEATURES, Session, crash
 from processes import ROOT
-from wire_helpers import receive
 
 from fedchain.learning.aggregation import PROXIMAL, SCAFFOLD
 from fedchain.learning.corrected_training import gradient
@@ -21,7 +24,7 @@ from fedchain.ledger.correction import probe_point
 from fedchain.ledger.signatures import probe_message, sign_hex, update_message
 from fedchain.ledger.store import updates_to_json
 from fedchain.trust.keys import public_hex
-from fedchain.wire.frames import ConnectionClosed, send_message
+from fedchain.wire.frames import ConnectionClosed
 
 SIZE = len(FEATURES) + 1
 OTHER = fixed_key("cli2")  # a second participant the fake server plays itself
@@ -59,8 +62,7 @@ def probe(s: Session, updates: dict, *, candidate=None, left=(), index=None) -> 
     shows), naming LEFT as the clients that left since the last probe; return the answer."""
     index = s.last.index + 1 if index is None else index
     candidate = candidate or probe_point(tuple(updates), updates)
-    send_message(
-        s.conn,
+    s.send(
         {
             "type": "probe",
             "round": index,
@@ -68,9 +70,9 @@ def probe(s: Session, updates: dict, *, candidate=None, left=(), index=None) -> 
             "bias": candidate.bias,
             "updates": updates_to_json(updates),
             "left": list(left),
-        },
+        }
     )
-    return receive(s.conn)
+    return s.receive()
 
 
 def with_answer(update: ClientUpdate, answer: dict) -> ClientUpdate:
@@ -226,8 +228,7 @@ def second_probe_changing_who_stayed(s: Session) -> None:
 def malformed_updates(s: Session) -> None:
     s.welcome(scaffold_genesis(s))
     s.train()
-    send_message(
-        s.conn,
+    s.send(
         {
             "type": "probe",
             "round": 1,
@@ -235,7 +236,7 @@ def malformed_updates(s: Session) -> None:
             "bias": 0.0,
             "updates": "[]",
             "left": [],
-        },
+        }
     )
 
 
@@ -307,14 +308,10 @@ LIES = {
 
 
 @pytest.mark.parametrize("lie", sorted(LIES))
-def test_the_client_refuses_a_scaffold_server_that_lies(programs, tmp_path, lie):
+def test_the_client_refuses_a_scaffold_server_that_lies(tmp_path, lie):
     script, expected = LIES[lie]
-    server = FakeServer(script)
-    client = start_client(programs, tmp_path, server.port)
-    assert client.finish() == 1, client.output
-    assert expected in client.output, client.output
-    assert "Traceback" not in client.output
-    server.finish()
+    failure = play(new_client(tmp_path / "cli1.jsonl", []), script)
+    assert failure is not None and expected in str(failure)  # anything else would propagate
 
 
 def what_gradients_tell(points, gradients) -> tuple[np.ndarray, np.ndarray]:
@@ -341,9 +338,7 @@ def as_vector(model: LinearModel) -> np.ndarray:
     return np.append(model.weights, model.bias)
 
 
-def test_a_server_asking_fourteen_times_gets_two_answers_that_leave_xtx_undetermined(
-    programs, tmp_path
-):
+def test_a_server_asking_fourteen_times_gets_two_answers_that_leave_xtx_undetermined(tmp_path):
     # The review's attack: answers at points of the server's choosing solve the client's
     # XᵀX/n and Xᵀy/n. This server asks 14 times: as an honest server would (cli2, its own,
     # leaving at the first probe), then a step along each weight from there.
@@ -374,11 +369,8 @@ def test_a_server_asking_fourteen_times_gets_two_answers_that_leave_xtx_undeterm
             heard["points"].append(as_vector(candidate))
             heard["gradients"].append(answer["gradient"])
 
-    server = FakeServer(ask)
-    client = start_client(programs, tmp_path, server.port)
-    assert client.finish() == 1, client.output
-    server.finish()
-    assert "the server probed round 1 a third time" in client.output, client.output
+    failure = play(new_client(tmp_path / "cli1.jsonl", []), ask)
+    assert "the server probed round 1 a third time" in str(failure)
     assert len(heard["asked"]) == 14
     assert len(heard["gradients"]) == 1 + 2  # the update's, and two answers
     size = len(FEATURES) + 1
@@ -405,7 +397,7 @@ def test_a_server_asking_fourteen_times_gets_two_answers_that_leave_xtx_undeterm
     assert np.linalg.matrix_rank(what_gradients_tell(points, at)[0]) == unknowns
 
 
-def test_a_server_that_reconnects_gets_no_more_answers_in_the_round(programs, tmp_path):
+def test_a_server_that_reconnects_gets_no_more_answers_in_the_round(tmp_path):
     # Two answers, then the connection is "lost" and the round asked again from the start.
     kept: dict = {}
 
@@ -419,9 +411,7 @@ def test_a_server_that_reconnects_gets_no_more_answers_in_the_round(programs, tm
         assert as_update(s.train()) == kept["ours"]  # the same update: the same round
         probe(s, {"cli1": kept["ours"]}, left=["cli2"])
 
-    server = FakeServer([first, again])
-    client = start_client(programs, tmp_path, server.port)
-    assert client.finish() == 1, client.output
-    server.finish()
-    assert "lost the server" in client.output
-    assert "the server probed round 1 a third time" in client.output, client.output
+    # The client connects again as one that lost its server does (tested with a process in
+    # test_client_against_bad_server.py), holding what it answered.
+    failure = play(new_client(tmp_path / "cli1.jsonl", []), [first, again])
+    assert "the server probed round 1 a third time" in str(failure)
