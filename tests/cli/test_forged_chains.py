@@ -10,7 +10,8 @@ import warnings
 
 import pytest
 from chain_helpers import FEATURES, SERVER_KEY, build_chain, fixed_key
-from processes import run_main, run_script
+from in_process import run_main
+from processes import run_script
 
 from fedchain.learning.aggregation import fedavg
 from fedchain.ledger.block import FORMAT_UNSIGNED, ZERO_HASH, Block, ClientUpdate

@@ -7,7 +7,8 @@ import re
 
 import pytest
 from chain_helpers import build_chain
-from processes import run_blockchain_cli, run_main
+from in_process import run_main
+from processes import run_blockchain_cli
 
 from fedchain.ledger.compare import compare_chains
 from fedchain.ledger.store import ChainFileError, block_to_json, load_chain
