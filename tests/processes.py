@@ -1,6 +1,5 @@
 """Real programs for the end-to-end tests, read line by line, every wait under a watchdog."""
 
-import io
 import os
 import queue
 import re
@@ -9,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -125,19 +123,3 @@ def run_script(script: str, *args, cwd: Path | None = None) -> subprocess.Comple
 def run_blockchain_cli(*args) -> subprocess.CompletedProcess:
     """Run `python blockchain.py ARGS...` to completion and return what it printed."""
     return run_script("blockchain.py", *args)
-
-
-def run_main(script: str, *args) -> subprocess.CompletedProcess:
-    """blockchain.py's or model.py's main(ARGS), run in this process: its exit code and what it
-    printed. For sweeps over many calls, where a second of start-up each would add up."""
-    # Imported here: most tests run the programs themselves, and these pull in pandas.
-    from fedchain.cli import chain, model
-
-    main = {"blockchain.py": chain.main, "model.py": model.main}[script]
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main([str(arg) for arg in args])
-        except SystemExit as exit:  # argparse refusing the flags
-            code = exit.code
-    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())

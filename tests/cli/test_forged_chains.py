@@ -10,7 +10,8 @@ import warnings
 
 import pytest
 from chain_helpers import FEATURES, SERVER_KEY, build_chain, fixed_key
-from processes import run_main, run_script
+from in_process import run_main
+from processes import run_script
 
 from fedchain.learning.aggregation import fedavg
 from fedchain.ledger.block import FORMAT_UNSIGNED, ZERO_HASH, Block, ClientUpdate
@@ -104,7 +105,7 @@ def readers(chain, tmp_path) -> dict[str, tuple]:
 
 
 def test_a_chain_stripped_to_format_1_is_refused_by_every_reader_unless_allowed(unsigned, tmp_path):
-    hands_out = run_script(
+    hands_out = run_main(
         "model.py",
         "predict",
         "--chain",
@@ -139,7 +140,7 @@ def test_a_chain_rekeyed_by_a_forger_is_refused_naming_both_keys(rekeyed, honest
         ) in result.stdout + result.stderr, name
         assert not (tmp_path / "model.json").exists()
     # --require-signed, all that could be asked before, let it through; it still does no harm.
-    result = run_script(
+    result = run_main(
         "blockchain.py", "verify", rekeyed, "--require-signed", "--server-key", HONEST_KEY
     )
     assert result.returncode == EXIT_REFUSED
@@ -153,6 +154,7 @@ def test_a_chain_rekeyed_by_a_forger_is_refused_naming_both_keys(rekeyed, honest
 
 
 def test_with_no_key_pinned_a_reader_says_so_on_one_line_and_how_to_pin(rekeyed):
+    # A real process: the note goes to its standard error, the verdict to its standard output.
     result = run_script("blockchain.py", "verify", rekeyed)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].startswith("valid: 5 blocks")
@@ -161,7 +163,7 @@ def test_with_no_key_pinned_a_reader_says_so_on_one_line_and_how_to_pin(rekeyed)
         f"names the server key {FORGER_KEY}); to pin the key you expect: --server-key HEX or "
         "--known-servers FILE\n"
     )
-    exported = run_script("blockchain.py", "export", rekeyed)
+    exported = run_main("blockchain.py", "export", rekeyed)
     assert exported.returncode == 0 and json.loads(exported.stdout)["round"] == 3
     assert exported.stderr.count("\n") == 1 and "no server key pinned" in exported.stderr
 
@@ -171,7 +173,7 @@ def test_known_servers_pins_any_key_the_file_records(rekeyed, honest, tmp_path):
     known.write_text(
         f"# as a client records them\n127.0.0.1:10000 {HONEST_KEY}\nexample.org:9000 {'ab' * 32}\n"
     )
-    refused = run_script("blockchain.py", "verify", rekeyed, "--known-servers", known)
+    refused = run_main("blockchain.py", "verify", rekeyed, "--known-servers", known)
     assert refused.returncode == EXIT_REFUSED
     assert refused.stdout.strip() == (
         f"refused: block 0: the chain is signed by the server key {FORGER_KEY}, not by a key "

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from in_process import run_main
 from processes import ROOT, WAIT_S, Program, run_script
 
 from fedchain.cli.console import port_from_listening_line
@@ -62,7 +63,7 @@ def last_round_block(path):
 
 
 def test_export_then_predict_gives_the_chains_final_model_applied_in_numpy(chain, tmp_path):
-    exported = run_script("blockchain.py", "export", chain, "-o", tmp_path / "model.json")
+    exported = run_main("blockchain.py", "export", chain, "-o", tmp_path / "model.json")
     assert exported.returncode == 0, exported.stderr
     final, genesis = last_round_block(chain), load_chain(chain).blocks[0]
     record = json.loads((tmp_path / "model.json").read_text())
@@ -75,7 +76,7 @@ def test_export_then_predict_gives_the_chains_final_model_applied_in_numpy(chain
     rows = pd.read_csv(TEST_CSV)
     rows[rows.columns[::-1]].to_csv(tmp_path / "rows.csv", index=False)
     out = tmp_path / "predictions.csv"
-    predicted = run_script(
+    predicted = run_main(
         "model.py",
         "predict",
         "--model",
@@ -93,14 +94,14 @@ def test_export_then_predict_gives_the_chains_final_model_applied_in_numpy(chain
     got = pd.read_csv(out)
     assert list(got.columns) == ["predicted_charges"]
     assert np.array_equal(got["predicted_charges"].to_numpy(), expected)  # bit for bit
-    # Straight from the chain, the same file.
+    # Straight from the chain to a real process's stdout, the same bytes.
     direct = run_script("model.py", "predict", "--chain", chain, "--data", tmp_path / "rows.csv")
     assert direct.returncode == 0 and direct.stdout == out.read_text()
 
 
 def test_score_prints_mse_and_r2_on_the_rows(chain, tmp_path):
-    run_script("blockchain.py", "export", chain, "-o", tmp_path / "model.json")
-    scored = run_script("model.py", "score", "--model", tmp_path / "model.json", "--data", TEST_CSV)
+    run_main("blockchain.py", "export", chain, "-o", tmp_path / "model.json")
+    scored = run_main("model.py", "score", "--model", tmp_path / "model.json", "--data", TEST_CSV)
     assert scored.returncode == 0, scored.stderr
     model = last_round_block(chain).server_model
     rows = pd.read_csv(TEST_CSV)
@@ -115,13 +116,13 @@ def test_score_prints_mse_and_r2_on_the_rows(chain, tmp_path):
 def test_predict_refuses_rows_missing_the_models_columns_naming_them(chain, tmp_path):
     rows = pd.read_csv(TEST_CSV).drop(columns=["bmi", "OHE_yes"])
     rows.to_csv(tmp_path / "rows.csv", index=False)
-    result = run_script("model.py", "predict", "--chain", chain, "--data", tmp_path / "rows.csv")
+    result = run_main("model.py", "predict", "--chain", chain, "--data", tmp_path / "rows.csv")
     assert result.returncode == 2 and result.stdout == ""
     assert "the model's column(s) 'bmi', 'OHE_yes' are missing" in result.stderr
     no_target = tmp_path / "features.csv"
     pd.read_csv(TEST_CSV).drop(columns="charges").to_csv(no_target, index=False)
-    assert run_script("model.py", "predict", "--chain", chain, "--data", no_target).returncode == 0
-    scored = run_script("model.py", "score", "--chain", chain, "--data", no_target)
+    assert run_main("model.py", "predict", "--chain", chain, "--data", no_target).returncode == 0
+    scored = run_main("model.py", "score", "--chain", chain, "--data", no_target)
     assert scored.returncode == 2 and "no target column 'charges' to score against" in scored.stderr
 
 
@@ -130,21 +131,21 @@ def test_export_refuses_a_chain_that_does_not_verify(chain, tmp_path):
     lines = chain.read_text().splitlines()
     lines[3] = block_to_json(blocks[3]).replace('"bias":', '"bias":1', 1)  # one digit more
     chain.write_text("\n".join(lines) + "\n")
-    result = run_script("blockchain.py", "export", chain, "-o", tmp_path / "model.json")
+    result = run_main("blockchain.py", "export", chain, "-o", tmp_path / "model.json")
     assert result.returncode == 1 and result.stdout == ""
     assert re.fullmatch(r"error: \S+ does not verify: block 3: [^\n]+\n", result.stderr)
     assert not (tmp_path / "model.json").exists()
-    spoiled = run_script("model.py", "predict", "--chain", chain, "--data", TEST_CSV)
+    spoiled = run_main("model.py", "predict", "--chain", chain, "--data", TEST_CSV)
     assert spoiled.returncode == 1 and "does not verify" in spoiled.stderr
 
 
 def test_a_bad_model_file_or_round_is_refused(chain, tmp_path):
-    beyond = run_script("blockchain.py", "export", chain, "--round", "6")
+    beyond = run_main("blockchain.py", "export", chain, "--round", "6")
     assert beyond.returncode == 1 and "has rounds 0..5, not 6" in beyond.stderr
     (tmp_path / "model.json").write_text('{"format": "fedchain-model/1"}')
-    result = run_script("model.py", "score", "--model", tmp_path / "model.json", "--data", TEST_CSV)
+    result = run_main("model.py", "score", "--model", tmp_path / "model.json", "--data", TEST_CSV)
     assert result.returncode == 1 and "model.json: lacks bias" in result.stderr
-    first = json.loads(run_script("blockchain.py", "export", chain, "--round", "1").stdout)
+    first = json.loads(run_main("blockchain.py", "export", chain, "--round", "1").stdout)
     assert first["round"] == 1
 
 
@@ -155,8 +156,13 @@ def png_size(path) -> tuple[int, int]:
 
 
 def plot(*args) -> subprocess.CompletedProcess:
-    """blockchain.py plot ARGS with no display, and an interactive backend asked for: the
-    figure must be drawn off-screen all the same."""
+    """blockchain.py plot ARGS, in process: what it draws, refuses and says."""
+    return run_main("blockchain.py", "plot", *args)
+
+
+def plot_without_display(*args) -> subprocess.CompletedProcess:
+    """blockchain.py plot ARGS in a process of its own with no display, and an interactive
+    backend asked for: the figure must be drawn off-screen all the same."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env["MPLBACKEND"] = "TkAgg"
     return subprocess.run(
@@ -169,7 +175,7 @@ def plot(*args) -> subprocess.CompletedProcess:
 
 
 def test_plot_writes_a_png_of_the_expected_size_without_a_display(chain, tmp_path):
-    result = plot(chain, "-o", tmp_path / "convergence.png")
+    result = plot_without_display(chain, "-o", tmp_path / "convergence.png")
     assert result.returncode == 0, result.stderr
     assert png_size(tmp_path / "convergence.png") == (1200, 500)
     assert result.stdout == f"wrote {tmp_path / 'convergence.png'}: 5 rounds, 2 clients\n"
@@ -196,12 +202,24 @@ def test_plot_takes_the_servers_metrics_of_the_same_run_and_refuses_another_runs
         for c in b.cli
     ]
     pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
-    drawn = plot(chain, "--metrics", tmp_path / "metrics.csv", "-o", tmp_path / "m.png")
+    drawn = plot(
+        chain,
+        "--metrics",
+        tmp_path / "metrics.csv",
+        "-o",
+        tmp_path / "m.png",
+    )
     assert drawn.returncode == 0, drawn.stderr
     assert png_size(tmp_path / "m.png") == (1200, 500)
     rows[0]["block_hash"] = "ab" * 32
     pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
-    refused = plot(chain, "--metrics", tmp_path / "metrics.csv", "-o", tmp_path / "other.png")
+    refused = plot(
+        chain,
+        "--metrics",
+        tmp_path / "metrics.csv",
+        "-o",
+        tmp_path / "other.png",
+    )
     assert refused.returncode == 2 and "belongs to another run" in refused.stderr
     assert not (tmp_path / "other.png").exists()
 

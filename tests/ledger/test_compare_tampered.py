@@ -7,7 +7,7 @@ import re
 
 import pytest
 from chain_helpers import build_chain
-from processes import run_blockchain_cli, run_main
+from in_process import run_main
 
 from fedchain.ledger.compare import compare_chains
 from fedchain.ledger.store import ChainFileError, block_to_json, load_chain
@@ -98,11 +98,11 @@ def test_a_weight_changed_under_its_old_hash_is_caught(tmp_path):
         *honest[TAMPERED + 1 :],
     ]
     a, b = write(tmp_path / "a.jsonl", honest), write(tmp_path / "b.jsonl", tampered)
-    result = run_blockchain_cli("compare", a, b)
+    result = run_main("blockchain.py", "compare", a, b)
     assert result.returncode == 1 and "the copies are the same" not in result.stdout
     assert result.stderr.startswith(f"error: {b} does not verify: block 3: ")
     comparison = compare_chains(BLOCKS, load_chain(b).blocks)
     assert comparison.index == TAMPERED
     assert "differ under the same stored hash" in comparison.summary
-    same = run_blockchain_cli("compare", a, write(tmp_path / "c.jsonl", honest))
+    same = run_main("blockchain.py", "compare", a, write(tmp_path / "c.jsonl", honest))
     assert same.returncode == 0 and same.stdout == "the copies are the same 7 blocks\n"

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from chain_helpers import FEATURES, TRAINING, reseal
-from processes import run_blockchain_cli
+from in_process import run_main
 from scaffold_chains import KEYS, NAMES, build, genesis
 
 from fedchain.learning.linear_model import LinearModel
@@ -84,7 +84,7 @@ def test_gradients_too_large_to_sum_are_a_verdict_not_a_crash(case, tmp_path):
         verify_chain([first, block])
     path = tmp_path / "forged.jsonl"
     path.write_text(block_to_json(first) + "\n" + block_to_json(block) + "\n")
-    result = run_blockchain_cli("verify", path)
+    result = run_main("blockchain.py", "verify", path)
     assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr
     assert result.returncode != 0 and "invalid: block 1: " in result.stdout
 
@@ -143,7 +143,7 @@ def test_an_edited_format_4_field_is_refused_with_one_line(edit, tmp_path):
         text = text.replace(f'"{literal}"', literal)
     path = tmp_path / "edited.jsonl"
     path.write_text(text)
-    result = run_blockchain_cli("verify", path)
+    result = run_main("blockchain.py", "verify", path)
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     assert result.returncode != 0
     assert "block 1" in result.stdout + result.stderr, result.stdout + result.stderr

@@ -19,7 +19,8 @@ from chain_helpers import (
     run_record,
     signed_update,
 )
-from processes import ROOT, run_blockchain_cli
+from in_process import run_main
+from processes import ROOT
 
 from fedchain.learning.aggregation import fedavg
 from fedchain.learning.linear_model import LinearModel
@@ -113,7 +114,7 @@ def test_a_chain_is_complete_only_once_closed(tmp_path):
     with ChainWriter(path) as writer:
         for block in blocks[:3]:
             writer.append(block)
-    result = run_blockchain_cli("verify", path)
+    result = run_main("blockchain.py", "verify", path)
     assert result.returncode == 3
     assert result.stdout.splitlines()[-1] == (
         "incomplete: 3 blocks verify, but the run planned 2 rounds and holds 2"
@@ -122,7 +123,7 @@ def test_a_chain_is_complete_only_once_closed(tmp_path):
     with ChainWriter(tmp_path / "closed.jsonl") as writer:
         for block in blocks:
             writer.append(block)
-    closed = run_blockchain_cli("verify", tmp_path / "closed.jsonl")
+    closed = run_main("blockchain.py", "verify", tmp_path / "closed.jsonl")
     assert closed.returncode == 0, closed.stdout
     assert closed.stdout.splitlines()[-1] == "valid: 4 blocks; the run is complete (2 of 2 rounds)"
 
@@ -151,7 +152,7 @@ def test_a_block_dated_in_the_future_is_refused():
 def test_a_format_1_chain_still_verifies_reported_unsigned_on_request():
     chain = verify_chain(load_chain(FORMAT_1_CHAIN).blocks)
     assert not chain.genesis.signed and chain.planned_rounds is None
-    result = run_blockchain_cli("verify", FORMAT_1_CHAIN, "--allow-unsigned")
+    result = run_main("blockchain.py", "verify", FORMAT_1_CHAIN, "--allow-unsigned")
     assert result.returncode == 0
     assert result.stdout.strip() == (
         "valid: 4 blocks (format 1: unsigned, so no contribution is attributable)"
@@ -169,7 +170,7 @@ def test_compare_proves_equivocation_when_the_server_signed_both_versions(tmp_pa
         with ChainWriter(tmp_path / f"{name}.jsonl") as writer:
             for block in copy:
                 writer.append(block)
-    result = run_blockchain_cli("compare", tmp_path / "a.jsonl", tmp_path / "b.jsonl")
+    result = run_main("blockchain.py", "compare", tmp_path / "a.jsonl", tmp_path / "b.jsonl")
     assert result.returncode == 5
     assert result.stdout.startswith(
         f"proof of equivocation: the server (key {blocks[0].run.server_key}) signed two "
@@ -234,7 +235,7 @@ def test_every_participant_is_accounted_for_in_every_block():
 
 @pytest.mark.parametrize("flags", [(), ("--require-signed",)], ids=["default", "require-signed"])
 def test_verify_refuses_an_unsigned_chain_unless_allowed(flags):
-    result = run_blockchain_cli("verify", FORMAT_1_CHAIN, *flags)
+    result = run_main("blockchain.py", "verify", FORMAT_1_CHAIN, *flags)
     assert result.returncode == 6
     assert result.stdout.strip() == (
         "refused: block 0: the chain is unsigned (format 1): anyone could have made it; to read "

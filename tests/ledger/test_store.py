@@ -14,7 +14,7 @@ from chain_helpers import (
     run_record,
     signed_update,
 )
-from processes import run_blockchain_cli
+from in_process import run_main
 
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.chain import continue_chain, make_genesis, make_round_block, verify_chain
@@ -74,7 +74,7 @@ def test_a_torn_last_line_is_dropped_and_reported(tmp_path, cut):
     assert len(loaded.blocks) == 3
     assert "line 4" in loaded.dropped_tail
     verify_chain(loaded.blocks)
-    result = run_blockchain_cli("verify", path)
+    result = run_main("blockchain.py", "verify", path)
     assert result.returncode == 3  # what is left verifies, but the run it records is unfinished
     assert result.stdout.splitlines()[-1] == (
         "incomplete: 3 blocks verify, but the run planned 3 rounds and holds 2"
@@ -105,7 +105,7 @@ def test_damage_before_the_last_line_is_refused_naming_the_block(tmp_path, damag
     path.write_bytes(b"\n".join(lines))
     with pytest.raises(ChainFileError, match=r"line 2 \(block 1\)"):
         load_chain(path)
-    result = run_blockchain_cli("verify", path)
+    result = run_main("blockchain.py", "verify", path)
     assert result.returncode == 1
     assert "block 1" in result.stdout
 
@@ -147,7 +147,7 @@ def test_a_writer_never_overwrites_an_existing_chain(tmp_path):
 def test_show_prints_each_block_for_a_person(tmp_path):
     blocks = build_chain(rounds=2, closed=True)
     path = write_chain(tmp_path / "chain.jsonl", blocks)
-    result = run_blockchain_cli("show", path)
+    result = run_main("blockchain.py", "show", path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "block 0 (genesis)" in out and "block 2 (round)" in out
@@ -162,10 +162,10 @@ def test_cli_reports_tampering_and_unreadable_files(tmp_path):
     blocks = build_chain()
     blocks[2] = reseal(blocks[2], timestamp=blocks[2].timestamp + 1)
     path = write_chain(tmp_path / "chain.jsonl", blocks)
-    result = run_blockchain_cli("verify", path)
+    result = run_main("blockchain.py", "verify", path)
     assert result.returncode == 1
     assert result.stdout.startswith("invalid: block 3: previous_hash")
-    missing = run_blockchain_cli("verify", tmp_path / "absent.jsonl")
+    missing = run_main("blockchain.py", "verify", tmp_path / "absent.jsonl")
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 
 
@@ -184,15 +184,15 @@ def test_a_last_line_that_is_not_a_cut_off_block_is_damage_not_a_tear(tmp_path, 
     path.write_bytes(path.read_bytes() + tail)
     with pytest.raises(ChainFileError, match=r"line 3 \(block 2\)"):
         load_chain(path)
-    result = run_blockchain_cli("verify", path)
+    result = run_main("blockchain.py", "verify", path)
     assert result.returncode == 1 and "block 2" in result.stdout
     assert "Traceback" not in result.stderr
 
 
 def test_verify_can_require_a_minimum_difficulty(tmp_path):
     path = write_chain(tmp_path / "chain.jsonl", build_chain(rounds=1, closed=True))  # 8 bits
-    assert run_blockchain_cli("verify", path, "--min-difficulty", "8").returncode == 0
-    result = run_blockchain_cli("verify", path, "--min-difficulty", "9")
+    assert run_main("blockchain.py", "verify", path, "--min-difficulty", "8").returncode == 0
+    result = run_main("blockchain.py", "verify", path, "--min-difficulty", "9")
     assert result.returncode == 1
     assert result.stdout.strip() == "invalid: block 0: difficulty 8 is below the required 9"
 
@@ -257,7 +257,7 @@ def test_what_a_crafted_file_holds_is_echoed_short(tmp_path):
     record = json.loads(path.read_text().splitlines()[0])
     record["x" * 1_000_000] = 1
     path.write_text(json.dumps(record) + "\n")
-    result = run_blockchain_cli("verify", path)
+    result = run_main("blockchain.py", "verify", path)
     assert result.returncode == 1 and "unknown field(s)" in result.stdout
     assert len(result.stdout) < 2000
 
