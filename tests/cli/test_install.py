@@ -80,7 +80,8 @@ def test_console_scripts_run_a_federation_from_any_folder(installed, tmp_path):
         start(installed / "fedchain-server", "--port", "0", "--rounds", "2", "--difficulty", "8")
     ]
     try:
-        port = port_from_listening_line(started[0].stdout.readline())
+        first_line = started[0].stdout.readline()
+        port = port_from_listening_line(first_line)
         assert port is not None
         for i in (1, 2):
             data = ROOT / "data" / f"client{i}.csv"
@@ -95,7 +96,11 @@ def test_console_scripts_run_a_federation_from_any_folder(installed, tmp_path):
                     data,
                 )
             )
-        outputs = [process.communicate(timeout=WAIT_S)[0] for process in started]
+        outputs = [process.communicate(timeout=WAIT_S)[0] for process in started[1:]]
+        # Not communicate() for the server: the lines readline() buffered past the first would
+        # be lost to it (with a timeout it reads the pipe itself), as they were under load.
+        started[0].wait(timeout=WAIT_S)
+        outputs.insert(0, first_line + started[0].stdout.read())
         assert [process.returncode for process in started] == [0, 0, 0], outputs
     finally:
         for process in started:
