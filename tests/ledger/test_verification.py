@@ -26,6 +26,7 @@ from fedchain.learning.aggregation import fedavg
 from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import body_digest, compute_hash
 from fedchain.ledger.chain import verify_chain
+from fedchain.ledger import mining
 from fedchain.ledger.mining import meets_difficulty, mine
 from fedchain.ledger.store import ChainFileError, block_to_json, load_chain
 from fedchain.ledger.verification import ChainError
@@ -51,6 +52,18 @@ def test_mining_finds_the_first_nonce_that_meets_the_target(difficulty):
     for earlier in range(nonce):
         assert int(compute_hash_for(digest, earlier), 16) >= 2 ** (256 - difficulty)
     assert (nonce == 0) == (difficulty == 0)
+
+
+def test_the_mining_rate_is_measured_even_when_the_process_is_paused_past_the_sample(
+    monkeypatch,
+):
+    # Under load the server was once descheduled for longer than the 50 ms sample before its
+    # first try: it measured 0 tries a second, and its estimate divided by zero at start-up.
+    ticks = iter(range(0, 10**6, 10))  # every reading 10 s after the last
+    monkeypatch.setattr(mining.time, "perf_counter", lambda: next(ticks))
+    rate = mining.tries_per_second()
+    assert rate == 4096 / 10
+    assert mining.expected_mining_s(8, rate) == 256 / rate
 
 
 def test_meets_difficulty_reads_the_hash_as_a_256_bit_number():
