@@ -24,9 +24,9 @@ from chain_helpers import (
 
 from fedchain.learning.aggregation import fedavg
 from fedchain.learning.linear_model import LinearModel
+from fedchain.ledger import mining
 from fedchain.ledger.block import body_digest, compute_hash
 from fedchain.ledger.chain import verify_chain
-from fedchain.ledger import mining
 from fedchain.ledger.mining import meets_difficulty, mine
 from fedchain.ledger.store import ChainFileError, block_to_json, load_chain
 from fedchain.ledger.verification import ChainError
