@@ -127,14 +127,14 @@ BAD_UPDATES = {
         lambda c: update_with(c, {"weights": np.full(12, np.nan)}),
         "sent a bad frame: update message: weights holds NaN or infinity",
     ),
-    "silent": (None, "sent no update within 3 s (--round-timeout-s)"),
+    "silent": (None, "sent no update within 1 s (--round-timeout-s)"),
 }
 
 
 @pytest.mark.parametrize("bad", sorted(BAD_UPDATES))
 def test_a_bad_update_stops_the_run_cleanly_with_its_reason(programs, tmp_path, bad):
     make, expected = BAD_UPDATES[bad]
-    server, port = start_server(programs, tmp_path, "--rounds", "3", "--round-timeout-s", "3")
+    server, port = start_server(programs, tmp_path, "--rounds", "3", "--round-timeout-s", "1")
     # cli1 answers at once, so only cli2 can be to blame, however slow the machine.
     honest, suspect = join_raw_clients(port, "cli1", "cli2")
     with honest, suspect:
