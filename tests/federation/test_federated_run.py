@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pandas as pd
+from memory_runs import run_federation
 from processes import ROOT, run_blockchain_cli, start_server
 
 from fedchain.cli.console import port_from_listening_line
@@ -66,27 +67,14 @@ def test_a_networked_run_gives_the_simulated_models_and_identical_replicas(progr
     assert re.match(r"round 1/\d+: 2 of 2 clients, test MSE [\d.]+ \(R² [\d.]+\)", rounds[0])
 
 
-def test_a_client_with_its_columns_in_another_order_joins_with_the_same_models(programs, tmp_path):
+def test_a_client_with_its_columns_in_another_order_joins_with_the_same_models(tmp_path):
     lines = (ROOT / "data" / "client2.csv").read_text().splitlines()
     reversed_rows = [",".join(line.split(",")[::-1]) for line in lines]
     (tmp_path / "reversed.csv").write_text("\n".join(reversed_rows) + "\n")
-    server, port = start_server(programs, tmp_path, "--rounds", "2", "--seed", "7")
-    clients = [
-        programs("client1.py", *client_args("cli1", port, tmp_path)),
-        programs(
-            "client.py",
-            *client_args("cli2", port, tmp_path),
-            "--name",
-            "cli2",
-            "--data",
-            tmp_path / "reversed.csv",
-        ),
-    ]
-    for program in [server, *clients]:
-        assert program.finish() == 0, program.output
     datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
+    joining = {"cli1": datasets["cli1"], "cli2": load_dataset(tmp_path / "reversed.csv")}
+    blocks = run_federation(tmp_path, joining, rounds=2)  # in memory: the rules are the same
     simulated = simulate(datasets, rounds=2, run_seed=7)
-    blocks = load_chain(tmp_path / "chain.jsonl").blocks
     for block, expected in zip(blocks[1:-1], simulated, strict=True):
         # Weights in the run's column order, bit for bit as if the file had that order.
         assert block.client_model["cli2"].model == expected.client_models["cli2"]

@@ -1,6 +1,6 @@
-"""Scaffold runs with real processes, probed where the landing tests did not reach: a client
-whose columns come in another order than the run's, and clients that miss a round or leave at
-the probe and come back. The probe's rules are unit-tested on the protocol
+"""Scaffold runs probed where the landing tests did not reach: a client whose columns come in
+another order than the run's (in memory), and real clients that miss a round or leave at the
+probe and come back. The probe's rules are unit-tested on the protocol
 (test_protocol_scaffold.py)."""
 
 import itertools
@@ -10,35 +10,36 @@ import signal
 import numpy as np
 from chain_helpers import fixed_key
 from client_processes import split_by_bmi, split_client
+from memory_runs import run_federation
 from processes import run_blockchain_cli, start_server
 from raw_peers import FEATURES, RawClient, write_key
 from scaffold_peers import next_of, update_with_gradient
 
-from fedchain.learning.aggregation import SCAFFOLD
+from fedchain.learning.aggregation import PROXIMAL, SCAFFOLD
 from fedchain.learning.corrected_training import CorrectedProblem, gradient, train_corrected
-from fedchain.learning.dataset import Dataset, save_dataset
+from fedchain.learning.dataset import Dataset
 from fedchain.learning.local_training import LocalProblem, derive_seed, train_locally
+from fedchain.learning.scaffold import DEFAULT_PROXIMAL
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.correction import global_gradient, probe_point
 from fedchain.ledger.store import load_chain
 
 
-def test_a_client_whose_columns_come_in_another_order_trains_the_runs_columns(programs, tmp_path):
+def test_a_client_whose_columns_come_in_another_order_trains_the_runs_columns(tmp_path):
     datasets = split_by_bmi(tmp_path)
     # cli2 holds its columns reversed: it must match them to the run's by name, as a FedAvg
     # client does, in its corrected search as well as its plain one.
     reversed_ = Dataset(
         datasets["cli2"].feature_names[::-1], datasets["cli2"].X[:, ::-1], datasets["cli2"].y
     )
-    save_dataset(reversed_, tmp_path / "cli2.csv")
     rounds = 3
-    server, port = start_server(
-        programs, tmp_path, "--rounds", rounds, "--seed", "7", "--aggregation", "scaffold"
+    blocks = run_federation(
+        tmp_path,
+        {"cli1": datasets["cli1"], "cli2": reversed_},
+        rounds=rounds,
+        aggregation=SCAFFOLD,
+        parameters={PROXIMAL: DEFAULT_PROXIMAL},
     )
-    clients = [split_client(programs, tmp_path, port, name) for name in datasets]
-    for program in [server, *clients]:
-        assert program.finish() == 0, program.output
-    blocks = load_chain(tmp_path / "chain.jsonl").blocks
     assert blocks[0].feature_names == datasets["cli1"].feature_names  # the run's order
     simulated = simulate(datasets, rounds=rounds, run_seed=7, aggregation=SCAFFOLD)
     for block, expected in zip(blocks[1:-1], simulated, strict=True):

@@ -1,13 +1,16 @@
-"""Scaffold end to end: a real server and real clients on rows split by a column (non-IID), and
-a server killed mid-run. The probe's rules, and peers that break them, are unit-tested on the
-protocol (test_protocol_scaffold.py)."""
+"""Scaffold end to end: the federation on rows split by a column (non-IID), and a real server
+killed mid-run with real clients. The probe's rules, and peers that break them, are unit-tested
+on the protocol (test_protocol_scaffold.py)."""
 
 from client_processes import split_by_bmi, split_client
+from in_process import run_main
+from memory_runs import run_federation
 from processes import run_blockchain_cli, start_server
 
 from fedchain.learning.aggregation import FEDAVG, PROXIMAL, SCAFFOLD
 from fedchain.learning.linear_model import fit_lstsq, mse
 from fedchain.learning.partition import pool
+from fedchain.learning.scaffold import DEFAULT_PROXIMAL
 from fedchain.learning.simulation import simulate
 from fedchain.ledger.store import load_chain
 
@@ -21,16 +24,14 @@ def pooled_ratio(datasets, model):
     )
 
 
-def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(programs, tmp_path):
+def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(tmp_path):
+    # In memory: the rules are the network's by construction; the process run is the resume
+    # test below.
     datasets = split_by_bmi(tmp_path)
-    server, port = start_server(
-        programs, tmp_path, "--rounds", ROUNDS, "--seed", "7", "--aggregation", "scaffold"
-    )
-    clients = [split_client(programs, tmp_path, port, name) for name in datasets]
-    for program in [server, *clients]:
-        assert program.finish() == 0, program.output
+    parameters = {PROXIMAL: DEFAULT_PROXIMAL}
+    run_federation(tmp_path, datasets, rounds=ROUNDS, aggregation=SCAFFOLD, parameters=parameters)
     chain_path = tmp_path / "chain.jsonl"
-    result = run_blockchain_cli("verify", chain_path)
+    result = run_main("blockchain.py", "verify", chain_path)
     assert result.returncode == 0, result.stdout
     assert f"the run is complete ({ROUNDS} of {ROUNDS} rounds)" in result.stdout
     assert "scaffold: the least pooled MSE lies" in result.stdout
@@ -38,7 +39,7 @@ def test_a_scaffold_run_on_non_iid_rows_reaches_the_pooled_fit_as_simulated(prog
         assert (tmp_path / f"{name}.jsonl").read_bytes() == chain_path.read_bytes()
     blocks = load_chain(chain_path).blocks
     simulated = simulate(
-        datasets, rounds=ROUNDS, run_seed=7, aggregation=SCAFFOLD, parameters={PROXIMAL: 0.3}
+        datasets, rounds=ROUNDS, run_seed=7, aggregation=SCAFFOLD, parameters=parameters
     )
     for block, expected in zip(blocks[1:-1], simulated, strict=True):
         assert block.server_model == expected.global_model  # bit for bit
