@@ -426,6 +426,7 @@ def run_server_with_clients(datasets: dict[str, Dataset], rounds: int) -> Server
             str(folder / "chain.jsonl"),
             cwd=folder,
         )
+        memory = PeakMemory(server)
         clients = []
         watchdog = threading.Timer(RUN_WATCHDOG_S, server.kill)  # a hang ends the run, not us
         watchdog.start()
@@ -436,7 +437,9 @@ def run_server_with_clients(datasets: dict[str, Dataset], rounds: int) -> Server
                 flags = ("--port", str(port), "--replica", str(replica))
                 clients.append(start_client(name, rows, *flags, cwd=folder))
             lines = [first, *server.stdout]  # to the end of its output, so to its exit
-            exit_code, peak_bytes = wait_with_peak_memory(server)
+            exit_code = server.wait()
+            memory.join()
+            peak_bytes = memory.peak_bytes
             per_round = read_metrics(folder / "chain.metrics.csv")
         finally:
             watchdog.cancel()
@@ -458,13 +461,34 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return per_round.first().assign(train_s=per_round["train_s"].max())
 
 
-def wait_with_peak_memory(process: subprocess.Popen) -> tuple[int, int]:
-    """Wait for PROCESS to exit; return its exit code and its peak resident memory in bytes."""
-    # The kernel's own high-water mark (VmHWM in /proc/PID/status), as it stood at the exit:
-    # polling /proc could miss the last moments, or find the process already gone.
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage.ru_maxrss * 1024  # Linux counts ru_maxrss in KiB
+class PeakMemory(threading.Thread):
+    """Follows a process's peak resident memory while it runs (start it at once)."""
+
+    # The high-water mark of the program's own memory (VmHWM in /proc/PID/status), read until
+    # it exits: it only rises, so the last reading holds the peak but for the process's final
+    # milliseconds, when it is freeing, not growing. Not the kernel's ru_maxrss at exit, which
+    # also counts the memory of the process it was forked from, as it stood before exec: a
+    # benchmark that had just loaded a large CSV made every server "peak" at 820 MB.
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        super().__init__(daemon=True)
+        self.status = Path(f"/proc/{process.pid}/status")
+        self.peak_bytes = 0
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                status = self.status.read_text()
+            except OSError:  # exited (reaped)
+                return
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_bytes = max(self.peak_bytes, int(line.split()[1]) * 1024)
+                    break
+            else:
+                return  # a zombie: its memory is gone
+            time.sleep(0.005)
 
 
 def pooled_ratios(datasets: dict[str, Dataset], history: list[SimulatedRound]) -> list[float]:
