@@ -75,8 +75,11 @@ class RawClient:
 
     def hear_welcome(self) -> dict:
         """Read the welcome and the blocks it announces (to catch up on); keep the genesis and
-        the last block; return the next message (the round's global model, say)."""
+        the last block; return the next message (the round's global model, say). What the
+        server says it waits for (others to join) may come first, as a real client hears it."""
         welcome = receive(self.sock)
+        while welcome["type"] == "waiting":
+            welcome = receive(self.sock)
         assert welcome["type"] == "welcome", welcome
         self.genesis = self.last = block_from_json(welcome["genesis"])
         for _ in range(welcome["height"] - 1):

@@ -56,7 +56,6 @@ from fedchain.ledger.store import block_to_json
 from fedchain.ledger.verification import ChainError
 from fedchain.trust.keys import public_hex
 
-STATUS_EVERY_S = 5.0  # how often a wait for clients says what it waits for
 RESUME_GRACE_S = 10.0  # once a resumed run has its quorum back, how long the rest may take
 
 
@@ -147,7 +146,7 @@ class ServerProtocol:
         self.bound_keys: dict[str, str] = {}  # open enrolment: each name's first key
         self.absent: dict[str, str] = {}  # clients left out of the run, and why
         self.deadline_s = math.inf  # of the wait for clients (joining, or coming back)
-        self.next_status_s = math.inf
+        self.status_said = ""  # what the wait for clients last said it waits for
         self.quorum_at_s = math.inf  # a resumed run: when its quorum was back
         self.failure = ""  # why the run stopped
         # Something was handed in since the last tick (a client lost while the transport
@@ -185,7 +184,6 @@ class ServerProtocol:
                 )
             )
         self.deadline_s = now + self.waits.join_timeout_s
-        self.next_status_s = now
         return out
 
     def handle(self, event: Event) -> list[Action]:
@@ -228,7 +226,7 @@ class ServerProtocol:
         if self.heard or self.phase is Phase.BETWEEN:
             return -math.inf  # at once
         if self.phase in (Phase.ADMITTING, Phase.RESUMING, Phase.SHORT):
-            return min(self._wait_deadline(), self.next_status_s)
+            return self._wait_deadline()
         if self.phase in EXPECTED:
             return self.round.deadline_s
         return math.inf
@@ -329,14 +327,12 @@ class ServerProtocol:
                 f"only {len(self.peers)} of {self.plan.n_clients} clients joined within "
                 f"{self.waits.join_timeout_s:g} s (--join-timeout-s)"
             )
-        joined = ", ".join(p.name for p in self.peers[:8]) + (", …" if len(self.peers) > 8 else "")
-        # The clients that have joined are told nothing until the run begins: they wait quietly.
+        joined = f": {_names(self.peers)}" if self.peers else ""
+        # The clients that have joined hear it too, so none waits in silence for the others.
         return self._status(
             now,
-            f"for {self.plan.n_clients} clients to join ({len(self.peers)} joined"
-            f"{': ' + joined if joined else ''})",
+            f"for {self.plan.n_clients} clients to join ({len(self.peers)} joined{joined})",
             "--join-timeout-s",
-            tell_clients=False,
         )
 
     def _resuming(self, now: float) -> list[Action]:
@@ -387,17 +383,21 @@ class ServerProtocol:
         if len(self.peers) + len(self.standby) >= self.plan.min_clients:
             round.waiting_s += now - round.short_since_s
             return self._try_round(now)
-        gone = "; ".join(f"{name} {why}" for name, why in sorted(self._missing().items()))
+        missing = self._missing()
         if now >= round.rejoin_deadline_s:
+            gone = "; ".join(f"{name} {why}" for name, why in sorted(missing.items()))
             raise _Stop(
                 f"round {round.index} cannot go on with {len(round.received)} of the "
                 f"{self.plan.min_clients} clients it needs (--min-clients); none came back "
                 f"within {self.waits.rejoin_timeout_s:g} s (--rejoin-timeout-s): {gone}"
             )
+        # Who, not why: each one's reason was said as it left, and is on the chain.
+        who = sorted(missing)
+        comes = "comes" if len(who) == 1 else "come"
         return self._status(
             now,
             f"round {round.index} has {len(round.received)} of the {self.plan.min_clients} "
-            f"updates it needs (--min-clients); waiting for clients to come back ({gone})",
+            f"updates it needs (--min-clients) until {_names(who)} {comes} back",
             "--rejoin-timeout-s",
         )
 
@@ -467,7 +467,6 @@ class ServerProtocol:
             )
         )
         self.deadline_s = now + self.waits.rejoin_timeout_s
-        self.next_status_s = now
         return out
 
     def _fix_features(self, features: tuple[str, ...], source: str) -> list[Action]:
@@ -521,7 +520,7 @@ class ServerProtocol:
                 f"than {self.waits.rejoin_timeout_s:g} s (--rejoin-timeout-s)"
             )
         self.phase = Phase.SHORT
-        round.short_since_s = self.next_status_s = now
+        round.short_since_s = now
         return []
 
     def _probe(self) -> list[Action]:
@@ -677,24 +676,19 @@ class ServerProtocol:
         reason = printable(reason)
         return [Say(f"refused {address}: {reason}"), Disconnect(conn, reason)]
 
-    def _status(
-        self, now: float, waiting_for: str, flag: str | None, *, tell_clients: bool = True
-    ) -> list[Action]:
+    def _status(self, now: float, waiting_for: str, flag: str | None) -> list[Action]:
         """Say what the run waits for and how long it may take (FLAG sets it; None: the wait
-        ends then whatever happens), to the log and (if TELL_CLIENTS) to the clients in the
-        run, every STATUS_EVERY_S."""
-        if now < self.next_status_s:
+        ends then whatever happens), to the log and to the clients in the run: when it changes,
+        not over and over."""
+        if waiting_for == self.status_said:
             return []
+        self.status_said = waiting_for
         left = max(0.0, self._wait_deadline() - now)
         if flag is None:
             text = printable(f"waiting: {waiting_for} in {left:.0f} s")
         else:
             text = printable(f"waiting: {waiting_for}; up to {left:.0f} s more ({flag})")
-        self.next_status_s = now + STATUS_EVERY_S
-        out: list[Action] = [Say(text)]
-        if tell_clients:
-            out.append(Send(self._conns(self.members), {"type": "waiting", "reason": text}))
-        return out
+        return [Say(text), Send(self._conns(self.members), {"type": "waiting", "reason": text})]
 
     def _wait_deadline(self) -> float:
         """When the wait for clients in progress ends: it gives up, or a resumed run whose
@@ -717,6 +711,13 @@ class ServerProtocol:
     @staticmethod
     def _conns(members: list[Member]) -> tuple[int, ...]:
         return tuple(m.conn for m in members)
+
+
+def _names(clients: list[Member] | list[str], most: int = 4) -> str:
+    """Up to MOST names of CLIENTS, and how many more."""
+    names = [c if isinstance(c, str) else c.name for c in clients]
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 class _Stop(Exception):

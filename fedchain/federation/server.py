@@ -61,6 +61,16 @@ FRAME_BASE_BYTES, FRAME_BYTES_PER_FEATURE = 8192, 300
 MAX_NEWCOMER_BUFFER_BYTES = 64 << 20  # all newcomers' half-sent frames together
 
 
+# How a peer's closed connection shows when the server writes to it.
+_CLOSED = (
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+    BrokenPipeError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+)
+
+
 class RunAborted(RuntimeError):
     """The run cannot go on; the message names the client, or the stage, and why."""
 
@@ -236,8 +246,10 @@ class FederationServer:
                 continue
             try:
                 self._send_now(connection.sock, frame)
+            except _CLOSED:  # the peer has gone: what a read would have found
+                self._tell(Closed(conn))
             except OSError as error:
-                self._tell(SendFailed(conn, str(error) or type(error).__name__))
+                self._tell(SendFailed(conn, self._in_words(error)))
 
     def _write(self, block: Block) -> None:
         if self.writer is None:  # the genesis: the file is made only now
@@ -295,7 +307,7 @@ class FederationServer:
         try:
             self._send_now(connection.sock, challenge)
         except OSError as error:
-            self._drop(connection, f"it left during the login ({error})")
+            self._drop(connection, f"it left during the login ({self._in_words(error)})")
             return
         self._hear_newcomer(connection)  # the registration may already wait inside TLS
 
@@ -395,6 +407,15 @@ class FederationServer:
         finally:
             with contextlib.suppress(OSError):
                 sock.setblocking(False)
+
+    def _in_words(self, error: OSError) -> str:
+        """What went wrong with a connection, as a person would say it (not the TLS library's
+        "EOF occurred in violation of protocol (_ssl.c:2427)")."""
+        if isinstance(error, _CLOSED):
+            return "the connection closed"
+        if isinstance(error, TimeoutError):
+            return f"it took nothing sent to it for {self.send_timeout_s:g} s"
+        return error.strerror or str(error) or type(error).__name__
 
     def _turn_away(self, connection: _Connection, reason: str) -> None:
         reason = printable(reason)
