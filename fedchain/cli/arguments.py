@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fedchain import settings
 from fedchain.checks import MAX_INT, check_int, check_name
+from fedchain.cli.console import command_for
 from fedchain.learning.aggregation import MAX_PROXIMAL, MIN_PROXIMAL
 from fedchain.learning.privacy import MAX_DELTA, MAX_EPSILON, MIN_EPSILON
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
@@ -107,8 +108,9 @@ def add_chain_reading_flags(
         type=public_key,
         default=None,
         metavar="HEX",
-        help="refuse a chain not signed by this server key, 64 hex digits (`python server.py "
-        "--show-key` prints it); without it, anyone's key is accepted, and a note says so",
+        help="refuse a chain not signed by this server key, 64 hex digits "
+        f"(`{command_for('server')} --show-key` prints it); without it, anyone's key is accepted, "
+        "and a note says so",
     )
     pinned.add_argument(
         "--known-servers",

@@ -32,7 +32,9 @@ EXIT_REFUSED = 6  # valid, but unsigned (and not allowed) or not signed by the p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Show, verify or compare chain files.")
+    parser = argparse.ArgumentParser(
+        description="Show, verify or compare chain files; export a chain's model or plot its run."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         (
