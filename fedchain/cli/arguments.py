@@ -3,6 +3,7 @@ message and every program spells the common flags the same way."""
 
 import argparse
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedchain import settings
@@ -88,6 +89,19 @@ def public_key(text: str) -> str:
         return check_public_hex(text, "--server-key")
     except (TrustError, TypeError) as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the flags ARGV gives, whatever their values: a flag set to its
+    default is still the user's word. PARSER must have accepted ARGV already."""
+    defaults = {action: action.default for action in parser._actions}
+    try:
+        for action in defaults:
+            action.default = argparse.SUPPRESS  # so only what ARGV sets reaches the namespace
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults.items():
+            action.default = default
 
 
 def add_chain_reading_flags(
