@@ -17,6 +17,27 @@ from fedchain.trust.keys import check_public_hex
 from fedchain.wire.frames import MAX_FRAME_LIMIT
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """--help with an option's default where it tells something: not for a switch, nor a default
+    of None (nothing set), nor where the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and action.nargs != 0  # a switch: on when given, nothing more to say
+            and action.default not in (None, "", argparse.SUPPRESS)
+            and "default" not in text.lower()
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def parser_for(**settings: object) -> argparse.ArgumentParser:
+    """An argument parser with this project's help formatting."""
+    return argparse.ArgumentParser(formatter_class=HelpFormatter, **settings)
+
+
 def port(text: str) -> int:
     """A TCP port, 0..65535 (0: let the system pick a free one)."""
     return integer_in(0, 65535)(text)

@@ -14,6 +14,7 @@ from fedchain.cli.arguments import (
     delta,
     epsilon,
     integer_in,
+    parser_for,
     public_key,
     seconds,
 )
@@ -48,9 +49,8 @@ def poison(text: str):
 def parse_args(
     argv: Sequence[str] | None, *, default_name: str, default_data: str
 ) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = parser_for(
         description="A federated client: trains on its own rows, sends only its model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_connection_flags(parser, listening=False)
     flag = parser.add_argument
@@ -61,13 +61,17 @@ def parse_args(
         required=not default_name,
         help="this client's name",
     )
-    flag("--data", default=default_data or None, help="this client's CSV rows (required)")
+    flag(
+        "--data",
+        default=default_data or None,
+        help="this client's CSV rows" + ("" if default_data else "; needed unless --show-key"),
+    )
     flag("--target", default=settings.TARGET, help="the column to predict")
     flag(
         "--seed",
         type=integer_in(0),
         default=None,
-        help="the local search's seed (%(default)s: the run's, sent by the server)",
+        help="the local search's seed (default: the run's, sent by the server)",
     )
     flag(
         "--generations",

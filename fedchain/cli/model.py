@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from fedchain import settings
-from fedchain.cli.arguments import add_chain_reading_flags, add_output_flags, integer_in
+from fedchain.cli.arguments import (
+    add_chain_reading_flags,
+    add_output_flags,
+    integer_in,
+    parser_for,
+)
 from fedchain.cli.chain import reading, verified
 from fedchain.cli.console import command_for, configure_output, quiet_on_broken_pipe, say, shown
 from fedchain.learning.dataset import DataError, load_rows
@@ -37,7 +42,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _show(argv: list[str]) -> int:
     me = command_for("model")
-    parser = argparse.ArgumentParser(
+    parser = parser_for(
         description="Print the global model of a chain's round (default: the last), "
         "after verifying the chain.",
         epilog=f"Also: `{me} predict ...` writes a model's predictions for a CSV's rows, "
@@ -65,9 +70,7 @@ def _use(command: str, argv: list[str]) -> int:
         "predict": "Write a model's predictions for the rows of a CSV file.",
         "score": "Print a model's MSE and R² on the rows of a CSV file that holds the target.",
     }
-    parser = argparse.ArgumentParser(
-        prog=f"{Path(sys.argv[0]).name} {command}", description=what[command]
-    )
+    parser = parser_for(prog=f"{Path(sys.argv[0]).name} {command}", description=what[command])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help=f"a model file written by `{command_for('chain')} export`")
     source.add_argument("--chain", help="a chain file: its global model, after verifying it")

@@ -14,6 +14,7 @@ from fedchain.cli.arguments import (
     epsilon,
     given_flags,
     integer_in,
+    parser_for,
     proximal_weight,
     seconds,
 )
@@ -54,10 +55,9 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = parser_for(
         description="The federated server: averages the clients' models, round by round, "
         "and records every round on a proof-of-work chain.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_connection_flags(parser, listening=True)
     flag = parser.add_argument
@@ -99,7 +99,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag(
         "--test",
         default=str(settings.bundled_data("test.csv")),
-        help="held-out CSV to score rounds on ('' for none); fixes the run's columns",
+        help="held-out CSV to score rounds on ('' for none; default: the bundled test.csv); "
+        "fixes the run's columns",
     )
     flag("--target", default=settings.TARGET, help="target column of the --test file")
     flag("--seed", type=integer_in(0), default=settings.RUN_SEED, help="the run's seed")
