@@ -18,7 +18,7 @@ from fedchain.cli.arguments import (
     public_key,
     seconds,
 )
-from fedchain.cli.console import configure_output, detail, say, shown
+from fedchain.cli.console import configure_output, detail, new_key_note, say, shown, warn
 from fedchain.federation.client import (
     ClientFailed,
     FederatedClient,
@@ -174,7 +174,9 @@ def main(
         print(f"error: {name}: {shown(error)}", file=sys.stderr)
         return EXIT_USAGE
     if args.show_key:
-        say(public_hex(key))
+        if created:
+            warn(new_key_note(key_path))
+        say(public_hex(key))  # alone on standard output, for scripts to take
         return EXIT_OK
     if created:
         say(f"{name}: made a new key {public_hex(key)} in {key_path}")

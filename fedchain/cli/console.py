@@ -105,6 +105,15 @@ def command_for(program: str) -> str:
     return f"python {started.parent / SCRIPTS[program]}"
 
 
+def new_key_note(path: object) -> str:
+    """What --show-key says on standard error when it had to make the key it prints: a key
+    printed from the wrong folder would be sent to whoever must trust it."""
+    return (
+        f"note: there was no key at {path}, so a new one was made there; if you meant an "
+        "existing key, run this from its folder or give its --key"
+    )
+
+
 def listening_line(host: str, port: int) -> str:
     """The server's first line."""
     return f"listening on {host}:{port}"

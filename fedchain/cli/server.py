@@ -24,6 +24,7 @@ from fedchain.cli.console import (
     configure_output,
     detail,
     listening_line,
+    new_key_note,
     say,
     shown,
     warn,
@@ -248,7 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.show_key:
-        say(public_hex(key))
+        if created:
+            warn(new_key_note(args.key))
+        say(public_hex(key))  # alone on standard output, for scripts to take
         return EXIT_OK
     try:
         test_data = load_dataset(args.test, target=args.target) if args.test else None
