@@ -3,16 +3,39 @@ message and every program spells the common flags the same way."""
 
 import argparse
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedchain import settings
 from fedchain.checks import MAX_INT, check_int, check_name
+from fedchain.cli.console import command_for
 from fedchain.learning.aggregation import MAX_PROXIMAL, MIN_PROXIMAL
 from fedchain.learning.privacy import MAX_DELTA, MAX_EPSILON, MIN_EPSILON
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.trust.errors import TrustError
 from fedchain.trust.keys import check_public_hex
 from fedchain.wire.frames import MAX_FRAME_LIMIT
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """--help with an option's default where it tells something: not for a switch, nor a default
+    of None (nothing set), nor where the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and action.nargs != 0  # a switch: on when given, nothing more to say
+            and action.default not in (None, "", argparse.SUPPRESS)
+            and "default" not in text.lower()
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def parser_for(**settings: object) -> argparse.ArgumentParser:
+    """An argument parser with this project's help formatting."""
+    return argparse.ArgumentParser(formatter_class=HelpFormatter, **settings)
 
 
 def port(text: str) -> int:
@@ -89,6 +112,19 @@ def public_key(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the flags ARGV gives, whatever their values: a flag set to its
+    default is still the user's word. PARSER must have accepted ARGV already."""
+    defaults = {action: action.default for action in parser._actions}
+    try:
+        for action in defaults:
+            action.default = argparse.SUPPRESS  # so only what ARGV sets reaches the namespace
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults.items():
+            action.default = default
+
+
 def add_chain_reading_flags(
     parser: argparse.ArgumentParser, *, require_signed: bool = False
 ) -> None:
@@ -107,8 +143,9 @@ def add_chain_reading_flags(
         type=public_key,
         default=None,
         metavar="HEX",
-        help="refuse a chain not signed by this server key, 64 hex digits (`python server.py "
-        "--show-key` prints it); without it, anyone's key is accepted, and a note says so",
+        help="refuse a chain not signed by this server key, 64 hex digits "
+        f"(`{command_for('server')} --show-key` prints it); without it, anyone's key is accepted, "
+        "and a note says so",
     )
     pinned.add_argument(
         "--known-servers",

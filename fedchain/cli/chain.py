@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.arguments import add_chain_reading_flags, add_output_flags, integer_in
+from fedchain.cli.arguments import (
+    HelpFormatter,
+    add_chain_reading_flags,
+    add_output_flags,
+    integer_in,
+    parser_for,
+)
 from fedchain.cli.console import configure_output, quiet_on_broken_pipe, say, shown, warn
 from fedchain.learning.dataset import DataError, column_difference, load_dataset
 from fedchain.ledger.block import Block
@@ -32,7 +38,9 @@ EXIT_REFUSED = 6  # valid, but unsigned (and not allowed) or not signed by the p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Show, verify or compare chain files.")
+    parser = parser_for(
+        description="Show, verify or compare chain files; export a chain's model or plot its run."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         (
@@ -42,11 +50,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ),
         ("show", "print every block, then verify"),
     ):
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(name, help=help_text, formatter_class=HelpFormatter)
         command.add_argument("path", help="a chain file (JSON Lines)")
         add_chain_reading_flags(command, require_signed=True)
     compare = commands.add_parser(
         "compare",
+        formatter_class=HelpFormatter,
         help="verify two copies, then where they part; exit 0 if one holds every "
         "block of the other, byte for byte, 4 if they part, 5 if the server signed both "
         "versions (proof of equivocation), 1 if a copy does not verify, 6 if one is refused",
@@ -55,13 +64,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     compare.add_argument("second")
     add_chain_reading_flags(compare)
     export = commands.add_parser(
-        "export", help="verify a chain, then write the global model of a round as JSON"
+        "export",
+        formatter_class=HelpFormatter,
+        help="verify a chain, then write the global model of a round as JSON",
     )
     export.add_argument("path", help="a chain file (JSON Lines)")
     export.add_argument("--round", type=integer_in(0), default=None, help="default: the last")
     export.add_argument("-o", "--output", help="the model file to write (default: print it)")
     plot = commands.add_parser(
-        "plot", help="verify a chain, then draw its errors and weights per round as a PNG"
+        "plot",
+        formatter_class=HelpFormatter,
+        help="verify a chain, then draw its errors and weights per round as a PNG",
     )
     plot.add_argument("path", help="a chain file (JSON Lines)")
     plot.add_argument(
@@ -80,7 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         command.add_argument(
             "--target",
             default=settings.TARGET,
-            help="the column the model predicts (the chain does not record it)",
+            help="the column the model predicts, which the chain does not record",
         )
         add_chain_reading_flags(command)
     for command in commands.choices.values():

@@ -14,10 +14,11 @@ from fedchain.cli.arguments import (
     delta,
     epsilon,
     integer_in,
+    parser_for,
     public_key,
     seconds,
 )
-from fedchain.cli.console import configure_output, detail, say, shown
+from fedchain.cli.console import configure_output, detail, new_key_note, say, shown, warn
 from fedchain.federation.client import (
     ClientFailed,
     FederatedClient,
@@ -48,9 +49,8 @@ def poison(text: str):
 def parse_args(
     argv: Sequence[str] | None, *, default_name: str, default_data: str
 ) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = parser_for(
         description="A federated client: trains on its own rows, sends only its model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_connection_flags(parser, listening=False)
     flag = parser.add_argument
@@ -61,13 +61,17 @@ def parse_args(
         required=not default_name,
         help="this client's name",
     )
-    flag("--data", default=default_data or None, help="this client's CSV rows (required)")
+    flag(
+        "--data",
+        default=default_data or None,
+        help="this client's CSV rows" + ("" if default_data else "; needed unless --show-key"),
+    )
     flag("--target", default=settings.TARGET, help="the column to predict")
     flag(
         "--seed",
         type=integer_in(0),
         default=None,
-        help="the local search's seed (%(default)s: the run's, sent by the server)",
+        help="the local search's seed (default: the run's, sent by the server)",
     )
     flag(
         "--generations",
@@ -170,7 +174,9 @@ def main(
         print(f"error: {name}: {shown(error)}", file=sys.stderr)
         return EXIT_USAGE
     if args.show_key:
-        say(public_hex(key))
+        if created:
+            warn(new_key_note(key_path))
+        say(public_hex(key))  # alone on standard output, for scripts to take
         return EXIT_OK
     if created:
         say(f"{name}: made a new key {public_hex(key)} in {key_path}")

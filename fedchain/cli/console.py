@@ -10,10 +10,20 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from fedchain.checks import printable
 
 MAX_SHOWN_CHARS = 1000  # an error line: enough for two keys and a path, not a peer's megabytes
+
+# Each program by the script a checkout runs it as; installed, it is fedchain-PROGRAM.
+SCRIPTS = {
+    "server": "server.py",
+    "client": "client.py",
+    "chain": "blockchain.py",
+    "model": "model.py",
+}
+_INSTALLED_PREFIX = "fedchain-"
 
 _LISTENING = re.compile(r"^listening on (?P<host>\S+):(?P<port>\d+)$")
 
@@ -81,6 +91,27 @@ def detail(line: str) -> None:
 def announce(line: str) -> None:
     """A line printed whatever -q says: one other programs read back (the listening line)."""
     print(line, flush=True)
+
+
+def command_for(program: str) -> str:
+    """How to start PROGRAM (a key of SCRIPTS), the way this process was started: `fedchain-chain`
+    when installed, `python -m fedchain.cli.chain` as a module, else `python blockchain.py` (with
+    the folder the running script was started from), so a hint names what works here."""
+    started = Path(sys.argv[0] if sys.argv and sys.argv[0] else "")
+    if started.name.startswith(_INSTALLED_PREFIX):
+        return f"{_INSTALLED_PREFIX}{program}"
+    if started.parent.name == "cli" and started.parent.parent.name == "fedchain":
+        return f"python -m fedchain.cli.{program}"
+    return f"python {started.parent / SCRIPTS[program]}"
+
+
+def new_key_note(path: object) -> str:
+    """What --show-key says on standard error when it had to make the key it prints: a key
+    printed from the wrong folder would be sent to whoever must trust it."""
+    return (
+        f"note: there was no key at {path}, so a new one was made there; if you meant an "
+        "existing key, run this from its folder or give its --key"
+    )
 
 
 def listening_line(host: str, port: int) -> str:

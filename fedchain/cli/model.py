@@ -1,5 +1,6 @@
 """`python model.py CHAIN [--round N]`: the global model a verified chain holds, for a person;
-`python model.py predict|score --model FILE|--chain CHAIN --data CSV`: that model put to use."""
+`python model.py predict|score --model FILE|--chain CHAIN --data CSV`: that model put to use.
+Installed, `fedchain-model`."""
 
 import argparse
 import sys
@@ -9,9 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from fedchain import settings
-from fedchain.cli.arguments import add_chain_reading_flags, add_output_flags, integer_in
+from fedchain.cli.arguments import (
+    add_chain_reading_flags,
+    add_output_flags,
+    integer_in,
+    parser_for,
+)
 from fedchain.cli.chain import reading, verified
-from fedchain.cli.console import configure_output, quiet_on_broken_pipe, say, shown
+from fedchain.cli.console import command_for, configure_output, quiet_on_broken_pipe, say, shown
 from fedchain.learning.dataset import DataError, load_rows
 from fedchain.results import read_model_file
 from fedchain.results.chain_model import ChainModel, ModelFileError
@@ -35,11 +41,12 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _show(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    me = command_for("model")
+    parser = parser_for(
         description="Print the global model of a chain's round (default: the last), "
         "after verifying the chain.",
-        epilog="Also: `model.py predict ...` writes a model's predictions for a CSV's rows, "
-        "`model.py score ...` prints its MSE and R² on them (see `model.py predict --help`).",
+        epilog=f"Also: `{me} predict ...` writes a model's predictions for a CSV's rows, "
+        f"`{me} score ...` prints its MSE and R² on them (see `{me} predict --help`).",
     )
     parser.add_argument("chain", help="a chain file (JSON Lines)")
     parser.add_argument("--round", type=integer_in(0), default=None, help="which round's model")
@@ -63,9 +70,9 @@ def _use(command: str, argv: list[str]) -> int:
         "predict": "Write a model's predictions for the rows of a CSV file.",
         "score": "Print a model's MSE and R² on the rows of a CSV file that holds the target.",
     }
-    parser = argparse.ArgumentParser(prog=f"model.py {command}", description=what[command])
+    parser = parser_for(prog=f"{Path(sys.argv[0]).name} {command}", description=what[command])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a model file written by `blockchain.py export`")
+    source.add_argument("--model", help=f"a model file written by `{command_for('chain')} export`")
     source.add_argument("--chain", help="a chain file: its global model, after verifying it")
     parser.add_argument("--round", type=integer_in(0), default=None, help="with --chain")
     parser.add_argument(
@@ -152,3 +159,7 @@ def _from_chain(
     except ValueError as error:
         print(f"error: {path}: {error}", file=sys.stderr)
         return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

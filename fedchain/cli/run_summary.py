@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.console import shown
+from fedchain.cli.console import command_for, shown
 from fedchain.learning.dataset import Dataset
 from fedchain.learning.linear_model import mse, r2
 from fedchain.ledger.block import Block
@@ -46,15 +46,13 @@ def summarise_run(
             f"R² {_r2(last, test_data):.3f} (round 1: {_r2(first, test_data):.3f})"
         )
     say(f"chain: {chain_path}")
+    chain, model = command_for("chain"), command_for("model")  # as the user ran this server
     if metrics_path is not None and metrics_path.exists():
         say(f"metrics, a row per round and client: {metrics_path}")
         figure = chain_path.with_name("convergence.png")
-        say(
-            f"a figure of the run: python blockchain.py plot {chain_path} --metrics "
-            f"{metrics_path} -o {figure}"
-        )
-    say(f"every block in full: python blockchain.py show {chain_path}")
-    say(f"the model on new rows: python model.py predict --chain {chain_path} --data ROWS.csv")
+        say(f"a figure of the run: {chain} plot {chain_path} --metrics {metrics_path} -o {figure}")
+    say(f"every block in full: {chain} show {chain_path}")
+    say(f"the model on new rows: {model} predict --chain {chain_path} --data ROWS.csv")
     return show_chain(chain_path, say, blocks, server_key=server_key)
 
 

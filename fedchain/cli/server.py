@@ -12,15 +12,19 @@ from fedchain.cli.arguments import (
     add_connection_flags,
     add_output_flags,
     epsilon,
+    given_flags,
     integer_in,
+    parser_for,
     proximal_weight,
     seconds,
 )
 from fedchain.cli.console import (
     announce,
+    command_for,
     configure_output,
     detail,
     listening_line,
+    new_key_note,
     say,
     shown,
     warn,
@@ -37,12 +41,13 @@ from fedchain.learning.aggregation import (
     ROBUST_RULES,
     RULES,
 )
-from fedchain.learning.dataset import DataError, Dataset, load_dataset
+from fedchain.learning.dataset import DataError, Dataset, column_difference, load_dataset
 from fedchain.learning.scaffold import DEFAULT_PROXIMAL
 from fedchain.learning.schema import Schema, load_schema
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.chain import Chain, continue_chain
 from fedchain.ledger.mining import expected_mining_s, tries_per_second
+from fedchain.ledger.store import load_chain
 from fedchain.trust.authorized import load_authorized_keys
 from fedchain.trust.errors import TrustError
 from fedchain.trust.keys import load_or_create_key, public_hex
@@ -51,10 +56,9 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = parser_for(
         description="The federated server: averages the clients' models, round by round, "
         "and records every round on a proof-of-work chain.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_connection_flags(parser, listening=True)
     flag = parser.add_argument
@@ -89,13 +93,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     flag(
         "--resume",
         action="store_true",
-        help="go on with the run recorded in --chain (after a crash, say): the flags must "
-        "match its genesis; with no file there yet, a new run starts",
+        help="go on with the run recorded in --chain (after a crash, say), with the settings "
+        "its genesis records; a flag given must match them; with no file there yet, a new run "
+        "starts",
     )
     flag(
         "--test",
         default=str(settings.bundled_data("test.csv")),
-        help="held-out CSV to score rounds on ('' for none); fixes the run's columns",
+        help="held-out CSV to score rounds on ('' for none; default: the bundled test.csv); "
+        "fixes the run's columns",
     )
     flag("--target", default=settings.TARGET, help="target column of the --test file")
     flag("--seed", type=integer_in(0), default=settings.RUN_SEED, help="the run's seed")
@@ -174,7 +180,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--schema; default: any client, private or not)",
     )
     add_output_flags(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.given = given_flags(parser, argv)
+    return args
 
 
 def load_run_schema(args: argparse.Namespace, test_data: Dataset | None) -> Schema | str | None:
@@ -184,7 +192,8 @@ def load_run_schema(args: argparse.Namespace, test_data: Dataset | None) -> Sche
     if args.schema is None:
         return None
     try:
-        schema = load_schema(args.schema)
+        # Resuming without --schema, it is the Schema the genesis records.
+        schema = args.schema if isinstance(args.schema, Schema) else load_schema(args.schema)
         if test_data is not None:
             schema.ranges(test_data.feature_names, args.target)
     except DataError as error:
@@ -222,6 +231,7 @@ def aggregation_parameters(args: argparse.Namespace) -> dict[str, float] | str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_output(quiet=args.quiet, verbose=args.verbose)
+    recorded = settings_from_genesis(args)
     if args.min_clients is not None and args.min_clients > args.clients:
         print(
             f"error: --min-clients {args.min_clients} is more than --clients {args.clients}",
@@ -239,13 +249,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.show_key:
-        say(public_hex(key))
+        if created:
+            warn(new_key_note(args.key))
+        say(public_hex(key))  # alone on standard output, for scripts to take
         return EXIT_OK
     try:
         test_data = load_dataset(args.test, target=args.target) if args.test else None
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    if (
+        recorded is not None
+        and test_data is not None
+        and "test" not in args.given
+        and column_difference(recorded.features, test_data.feature_names)
+    ):
+        say(f"{args.test} has other columns than the chain's run: rounds go unscored (--test)")
+        test_data = None
     schema = load_run_schema(args, test_data)
     if isinstance(schema, str):
         print(f"error: {schema}", file=sys.stderr)
@@ -356,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.chain.exists():
                 warn(
                     f"interrupted; {args.chain} holds every block finished so far "
-                    "(--resume goes on with it)"
+                    f"({command_for('server')} --resume --chain {args.chain} goes on with it)"
                 )
             else:
                 warn("interrupted before the run began; no chain file was made")
@@ -368,6 +388,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.chain, args.metrics, test_data, args.target, say, server_key=public_hex(key)
     )
     return EXIT_OK if complete else EXIT_RUN_FAILED
+
+
+def settings_from_genesis(args: argparse.Namespace) -> RunPlan | None:
+    """Resuming, every run setting the flags leave unset taken from the genesis of --chain, so
+    `--resume --chain PATH` alone goes on with the run it records; a flag given is compared
+    with it later, by open_for_resuming. The genesis's plan, or None if not resuming or it
+    cannot be read (open_for_resuming then says why)."""
+    if not (args.resume and args.chain is not None and args.chain.exists()):
+        return None
+    try:
+        blocks = load_chain(args.chain).blocks
+        recorded = RunPlan.from_genesis(blocks[0])
+    except (OSError, ValueError, IndexError):  # ChainFileError is a ValueError
+        return None
+    parameters = recorded.aggregation_parameters
+    genesis_settings = {
+        "clients": recorded.n_clients,
+        "min_clients": recorded.min_clients,
+        "rounds": recorded.rounds,
+        "difficulty": recorded.difficulty_bits,
+        "seed": recorded.seed,
+        "aggregation": recorded.aggregation,
+        "byzantine": int(parameters[BYZANTINE]) if BYZANTINE in parameters else None,
+        "proximal": parameters.get(PROXIMAL),
+        "schema": recorded.schema,
+        "max_epsilon": recorded.max_epsilon,
+    }
+    for name, value in genesis_settings.items():
+        if name not in args.given:
+            setattr(args, name, value)
+    return recorded
 
 
 def open_for_resuming(args: argparse.Namespace, plan: RunPlan) -> Chain | int:

@@ -116,9 +116,21 @@ def test_console_scripts_run_a_federation_from_any_folder(installed, tmp_path):
     assert (
         verified.stdout.splitlines()[-1] == "valid: 4 blocks; the run is complete (2 of 2 rounds)"
     )
+    # The end of the run names the installed commands, and the one it gives for new rows works.
+    assert f"fedchain-chain show {chain.relative_to(tmp_path)}" in outputs[0]
+    assert "fedchain-model predict --chain" in outputs[0]
+    assert "python blockchain.py" not in outputs[0] and "python model.py" not in outputs[0]
+    rows = ROOT / "data" / "test.csv"
+    scored = run(
+        [installed / "fedchain-model", "score", "--chain", chain, "--data", rows], tmp_path
+    )
+    assert scored.returncode == 0, scored.stderr
+    assert scored.stdout.splitlines()[-1].startswith("R²")
 
 
-@pytest.mark.parametrize("script", ["fedchain-server", "fedchain-client", "fedchain-chain"])
+@pytest.mark.parametrize(
+    "script", ["fedchain-server", "fedchain-client", "fedchain-chain", "fedchain-model"]
+)
 def test_every_console_script_answers_help(installed, tmp_path, script):
     result = run([installed / script, "--help"], tmp_path)
     assert result.returncode == 0 and result.stdout.startswith(f"usage: {script}")

@@ -14,8 +14,11 @@ def test_the_server_makes_its_key_once_and_shows_it(tmp_path):
     assert first.returncode == 0, first.stderr
     assert re.fullmatch(r"[0-9a-f]{64}\n", first.stdout)
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    # Made now, and said so beside the key, not in it: an operator in the wrong folder would
+    # otherwise send the server's administrator a key nobody uses.
+    assert f"no key at {key}, so a new one was made there" in first.stderr
     again = run_main("server.py", "--key", key, "--show-key", cwd=tmp_path)
-    assert again.stdout == first.stdout
+    assert again.stdout == first.stdout and again.stderr == ""
 
 
 def test_a_client_shows_its_key_without_needing_data(tmp_path):
@@ -23,8 +26,13 @@ def test_a_client_shows_its_key_without_needing_data(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert re.fullmatch(r"[0-9a-f]{64}\n", shown.stdout)
     assert (tmp_path / "keys" / "alice.key").exists()  # keys/NAME.key by default
-    other = run_main("client1.py", "--show-key", cwd=tmp_path)
+    other = run_main("client1.py", "--show-key", "-q", cwd=tmp_path)
     assert other.stdout != shown.stdout  # cli1 has a key of its own
+    # Each made its key now, and says where, even with -q, on standard error only.
+    assert "no key at keys/alice.key, so a new one was made there" in shown.stderr
+    assert "no key at keys/cli1.key, so a new one was made there" in other.stderr
+    again = run_main("client.py", "--name", "alice", "--show-key", cwd=tmp_path)
+    assert again.stdout == shown.stdout and again.stderr == ""
 
 
 def test_a_key_file_others_can_read_is_refused(tmp_path):
