@@ -75,7 +75,9 @@ def load_dataset(path: str | Path, *, target: str = settings.TARGET) -> Dataset:
     feature_names = tuple(c for c in header if c != target)
     X = np.delete(values, target_index, axis=1)
     y = values[:, target_index].copy()
-    return Dataset(feature_names=feature_names, X=X, y=y)
+    data = Dataset(feature_names=feature_names, X=X, y=y)
+    check_squarable(data, path, target=target)
+    return data
 
 
 def load_rows(
@@ -97,6 +99,44 @@ def load_rows(
     X = values[:, [header.index(name) for name in feature_names]]
     y = values[:, header.index(target)].copy() if target in header else None
     return X, y
+
+
+def check_squarable(data: Dataset, path: str | Path, *, target: str = settings.TARGET) -> None:
+    """Raise DataError, naming PATH's line and column, if a column of DATA is too large to train
+    or score on: the sum of its squared deviations from its mean overflows float64."""
+    values = np.column_stack([data.X, data.y])
+    with np.errstate(over="ignore", invalid="ignore"):  # the sums local training makes
+        deviation = values - values.mean(axis=0)
+        too_large = ~np.isfinite(np.einsum("ij,ij->j", deviation, deviation))
+    if not too_large.any():
+        return
+    # In each such column name its largest value, the one to fix (a single 1e300 among values
+    # near 30 pushes every other deviation out of range too); the earliest of them in the file.
+    largest = np.argmax(np.abs(values), axis=0)
+    rows = {int(largest[j]): j for j in np.flatnonzero(too_large)[::-1]}
+    row = min(rows)
+    name = [*data.feature_names, target][rows[row]]
+    raise DataError(
+        f"{path}: {_where(Path(path), row, name)} is too large: the column's squared deviations "
+        "from its mean overflow float64 (keep values within about ±1e150)"
+    )
+
+
+def _where(path: Path, row: int, column: str) -> str:
+    """Data row ROW (from 0)'s line in the file, counted as _locate_fault counts, the column,
+    and the COLUMN cell as written."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file)
+            rows = (cells for cells in reader if not _blank(cells))
+            header = next(rows)
+            for index, cells in enumerate(rows):
+                if index == row:
+                    cell = cells[header.index(column)]
+                    return f"line {reader.line_num}, column {column!r}: {cell[:40]!r}"
+    except (OSError, UnicodeDecodeError, csv.Error, StopIteration, ValueError, IndexError):
+        pass  # changed since it was loaded: name the row without its line
+    return f"data row {row + 1}, column {column!r}"
 
 
 def _read_header(path: Path) -> list[str]:
