@@ -47,7 +47,7 @@ def chain_page(chain: Chain, *, figure_png: bytes | None, pinned: bool, source: 
         '<h2 id="verdict">Verdict</h2>',
         *verdict_lines(chain, pinned=pinned),
         '<h2 id="settings">The run</h2>',
-        _table(("setting", "value"), settings_rows(genesis)),
+        _table(("setting", "value"), ((_text(k), v) for k, v in settings_rows(genesis))),
     ]
     if genesis.signed:
         parts += [
@@ -92,7 +92,7 @@ def verdict_lines(chain: Chain, *, pinned: bool) -> list[str]:
 
 
 def settings_rows(genesis: Block) -> list[tuple[str, str]]:
-    """What the genesis fixes for the whole run, as (setting, HTML) rows."""
+    """What the genesis fixes for the whole run, as (setting in plain text, value in HTML)."""
     rows = [
         ("genesis hash", _code(genesis.hash)),
         ("started", _text(_when(genesis.timestamp))),

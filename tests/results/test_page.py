@@ -9,9 +9,12 @@ from html.parser import HTMLParser
 
 import pytest
 from chain_helpers import build_chain
+from processes import ROOT
 from report_chains import EPSILON, HOSTILE_NAME, HOSTILE_REASON, hostile_chain
 
 from fedchain.ledger.chain import verify_chain
+from fedchain.ledger.report import describe_choice
+from fedchain.ledger.store import load_chain
 from fedchain.results.page import BLOCK_COLUMNS, chain_page
 
 PNG = b"\x89PNG\r\n\x1a\n not a real figure"
@@ -112,3 +115,16 @@ def test_who_signed_attested_and_was_left_out_of_each_block(page):
     assert f"<td>server, cli1, {hostile}</td><td>cli1</td><td>—</td>" in rows[1]
     assert f"<td>server, cli1</td><td>cli1</td><td>{hostile}: {reason}</td>" in rows[2]
     assert f"<td>server</td><td>—</td><td>{hostile}: {reason}</td>" in rows[3]
+
+
+def test_the_rules_parameters_and_what_it_chose_in_each_block():
+    # A Krum run, a real one kept as a fixture: its attacker a3 is left out of both rounds.
+    blocks = load_chain(ROOT / "tests" / "fixtures" / "format3-krum-chain.jsonl").blocks
+    page = chain_page(verify_chain(blocks), figure_png=PNG, pinned=True, source="krum.jsonl")
+    assert "<td>rule</td><td>krum</td>" in page
+    assert "<td>rule&#x27;s parameters</td><td>byzantine 1</td>" in page
+    rows = page.split('<h2 id="blocks">', 1)[1].split("<tr>")[2:]
+    for block, row in zip(blocks, rows, strict=True):
+        chose = describe_choice(block)
+        assert f"<td>{html.escape(chose or '—')}</td>" in row
+    assert "left out a3 (score 1.7e+03)" in rows[1]
