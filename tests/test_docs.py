@@ -20,7 +20,7 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 # Flags the pages may name that belong to other programs (pip's, pytest's), each with its reason.
 # None today: every flag the pages name is one of ours.
 NOT_OURS: dict[str, str] = {}
-CHAIN_COMMANDS = ("verify", "show", "compare", "export", "plot")
+CHAIN_COMMANDS = ("verify", "show", "compare", "export", "plot", "report")
 
 
 def load_script(path: Path):

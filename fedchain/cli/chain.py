@@ -1,14 +1,16 @@
 """The chain's command line: `python blockchain.py show|verify PATH`, `compare A B`,
-`export PATH`, `plot PATH`, or `fedchain-chain`.
+`export PATH`, `plot PATH`, `report PATH`, or `fedchain-chain`.
 
 `show` prints a chain for a person; `verify` checks every link, hash, proof of work, average and
 signature, and names the first block that is wrong; `compare` verifies two copies and finds where
 they part and whether that proves the server signed two different blocks; `export` writes a
-verified chain's global model as JSON; `plot` draws how a verified chain's run converged. Each
+verified chain's global model as JSON; `plot` draws how a verified chain's run converged;
+`report` writes a verified chain as one self-contained HTML page, the figure in it. Each
 refuses an unsigned chain unless allowed, and a chain signed by another key than the one pinned.
 """
 
 import argparse
+import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,20 +78,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=HelpFormatter,
         help="verify a chain, then draw its errors and weights per round as a PNG",
     )
-    plot.add_argument("path", help="a chain file (JSON Lines)")
-    plot.add_argument(
-        "--metrics",
-        help="the server's metrics CSV of the same run: the clients' errors on "
-        "their own rows and the test MSE the server measured",
-    )
-    plot.add_argument(
-        "--test",
-        type=Path,
-        default=None,
-        help="held-out rows to score every model on (default: the bundled data/test.csv)",
-    )
     plot.add_argument("-o", "--output", default="convergence.png", help="the PNG to write")
-    for command in (export, plot):
+    report = commands.add_parser(
+        "report",
+        help="verify a chain, then write it as one self-contained HTML page: the run's "
+        "settings, every block, each client's ε, the verdict and the figure",
+    )
+    report.add_argument("-o", "--output", default="report.html", help="the page to write")
+    for command in (plot, report):
+        command.add_argument("path", help="a chain file (JSON Lines)")
+        command.add_argument(
+            "--metrics",
+            help="the server's metrics CSV of the same run: the clients' errors on "
+            "their own rows and the test MSE the server measured",
+        )
+        command.add_argument(
+            "--test",
+            type=Path,
+            default=None,
+            help="held-out rows to score every model on (default: the bundled data/test.csv)",
+        )
+    for command in (export, plot, report):
         command.add_argument(
             "--target",
             default=settings.TARGET,
@@ -110,11 +119,11 @@ def _main(argv: Sequence[str] | None) -> int:
     configure_output(quiet=args.quiet, verbose=args.verbose)
     if args.command == "compare":
         return _compare(args)
-    if args.command in ("export", "plot"):
+    if args.command in ("export", "plot", "report"):
         chain = verified(args.path, **reading(args))
         if isinstance(chain, int):
             return chain
-        return (_export if args.command == "export" else _plot)(args, chain)
+        return {"export": _export, "plot": _plot, "report": _report}[args.command](args, chain)
     blocks = _load(args.path)
     if isinstance(blocks, int):
         return blocks
@@ -238,13 +247,52 @@ def _export(args: argparse.Namespace, chain: Chain) -> int:
 
 
 def _plot(args: argparse.Namespace, chain: Chain) -> int:
-    # matplotlib takes a while to import: only the plot command pays for it.
-    from fedchain.results.figure import convergence, draw_convergence
+    from fedchain.results.figure import draw_convergence
 
-    blocks = chain.blocks
-    if last_round(blocks) == 0:
+    if last_round(chain.blocks) == 0:
         print(f"error: {args.path} holds no round yet: nothing to plot", file=sys.stderr)
         return EXIT_INVALID
+    data = _figure_data(args, chain.blocks)
+    if isinstance(data, int):
+        return data
+    try:
+        draw_convergence(data, args.output)
+    except OSError as error:
+        print(f"error: cannot write {args.output}: {error.strerror}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    say(f"wrote {args.output}: {len(data.global_mse)} rounds, {len(data.client_mse)} clients")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace, chain: Chain) -> int:
+    from fedchain.results.figure import draw_convergence
+    from fedchain.results.page import chain_page
+
+    png = None
+    if last_round(chain.blocks) > 0:  # a genesis alone still makes a page, with no figure
+        data = _figure_data(args, chain.blocks)
+        if isinstance(data, int):
+            return data
+        drawn = io.BytesIO()
+        draw_convergence(data, drawn)
+        png = drawn.getvalue()
+    pinned = args.server_key is not None or args.known_servers is not None
+    page = chain_page(chain, figure_png=png, pinned=pinned, source=args.path)
+    try:
+        Path(args.output).write_text(page, encoding="utf-8")
+    except OSError as error:
+        print(f"error: cannot write {args.output}: {error.strerror}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    say(f"wrote {args.output}: {len(chain.blocks)} blocks")
+    return EXIT_OK
+
+
+def _figure_data(args: argparse.Namespace, blocks: Sequence[Block]):
+    """The convergence figure's data for --metrics, --test and --target, or the exit code
+    after saying why not."""
+    # matplotlib takes a while to import: only the commands that draw pay for it.
+    from fedchain.results.figure import convergence
+
     try:
         metrics = None if args.metrics is None else read_metrics(args.metrics, blocks)
         test = None
@@ -254,17 +302,10 @@ def _plot(args: argparse.Namespace, chain: Chain) -> int:
             if difference := column_difference(blocks[0].feature_names, test.feature_names):
                 raise DataError(f"{path}: the columns differ from the chain's: {difference}")
             test = test.in_order(blocks[0].feature_names)
-        data = convergence(blocks, test=test, metrics=metrics, target=args.target)
+        return convergence(blocks, test=test, metrics=metrics, target=args.target)
     except (DataError, MetricsError) as error:
         print(f"error: {shown(error)}", file=sys.stderr)
         return EXIT_UNREADABLE
-    try:
-        draw_convergence(data, args.output)
-    except OSError as error:
-        print(f"error: cannot write {args.output}: {error.strerror}", file=sys.stderr)
-        return EXIT_UNREADABLE
-    say(f"wrote {args.output}: {len(data.global_mse)} rounds, {len(data.client_mse)} clients")
-    return EXIT_OK
 
 
 def _load(path: str) -> list[Block] | int:

@@ -4,6 +4,7 @@ each weight's path over the rounds. Drawn on matplotlib's Agg canvas, so it need
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -32,8 +33,9 @@ class Convergence:
     source: str  # where the errors came from, for the caption
 
 
-def draw_convergence(data: Convergence, path: str | Path) -> None:
-    """Write the figure to PATH as a PNG of WIDTH_IN x HEIGHT_IN inches at DPI."""
+def draw_convergence(data: Convergence, path: str | Path | BinaryIO) -> None:
+    """Write the figure to PATH (or a binary file) as a PNG of WIDTH_IN x HEIGHT_IN inches at
+    DPI."""
     figure = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     errors, weights = figure.subplots(1, 2)

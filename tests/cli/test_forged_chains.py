@@ -97,6 +97,7 @@ def readers(chain, tmp_path) -> dict[str, tuple]:
         "show": ("blockchain.py", "show", chain),
         "export": ("blockchain.py", "export", chain, "-o", tmp_path / "model.json"),
         "plot": ("blockchain.py", "plot", chain, "-o", tmp_path / "figure.png"),
+        "report": ("blockchain.py", "report", chain, "--test", rows, "-o", tmp_path / "run.html"),
         "compare": ("blockchain.py", "compare", chain, chain),
         "model.py": ("model.py", chain),
         "model.py predict": ("model.py", "predict", "--chain", chain, "--data", rows),
@@ -121,6 +122,7 @@ def test_a_chain_stripped_to_format_1_is_refused_by_every_reader_unless_allowed(
         assert "block 0: the chain is unsigned (format 1): anyone could have made it" in said
         assert "--allow-unsigned" in said, name
         assert not (tmp_path / "model.json").exists() and not (tmp_path / "figure.png").exists()
+        assert not (tmp_path / "run.html").exists()
     for name, (script, *args) in readers(unsigned, tmp_path).items():
         if name == "plot":  # its test rows have other columns: drawing is tested elsewhere
             continue
