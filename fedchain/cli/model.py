@@ -18,7 +18,7 @@ from fedchain.cli.arguments import (
 )
 from fedchain.cli.chain import reading, verified
 from fedchain.cli.console import command_for, configure_output, quiet_on_broken_pipe, say, shown
-from fedchain.learning.dataset import DataError, load_rows
+from fedchain.learning.dataset import DataError, Dataset, check_squarable, load_rows
 from fedchain.results import read_model_file
 from fedchain.results.chain_model import ChainModel, ModelFileError
 from fedchain.results.history import model_of_round
@@ -114,6 +114,9 @@ def _use(command: str, argv: list[str]) -> int:
             return model
     try:
         X, y = load_rows(args.data, feature_names=model.feature_names, target=model.target)
+        # The rows a client would refuse to train on, named by file, line and column.
+        rows = Dataset(tuple(model.feature_names), X, np.zeros(len(X)) if y is None else y)
+        check_squarable(rows, args.data, target=model.target)
     except DataError as error:
         print(f"error: {shown(error)}", file=sys.stderr)
         return EXIT_UNREADABLE
@@ -125,10 +128,21 @@ def _use(command: str, argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_UNREADABLE
-    residual = model.predict(X) - y
+    with np.errstate(over="ignore", invalid="ignore"):
+        residual = model.predict(X) - y
+        mse = float(residual @ residual) / len(y)
+    if not np.isfinite(mse):
+        print(
+            f"error: {args.data}: round {model.round}'s model is too large to score on these "
+            "rows: its errors' squares overflow float64",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     say(f"{len(y)} rows of {args.data}, target {model.target!r}, round {model.round}'s model")
-    say(f"MSE {float(residual @ residual) / len(y):.6g}")
-    say(f"R²  {model.score(X, y):.6g}")
+    say(f"MSE {mse:.6g}")
+    variance = float(np.var(y))
+    r2 = f"{1.0 - mse / variance:.6g}" if variance > 0 else "undefined (the target is constant)"
+    say(f"R²  {r2}")
     return EXIT_OK
 
 

@@ -196,7 +196,7 @@ class FederatedClient:
         before), train on them alone from now on, and sign what it promises."""
         if schema_text is None:
             raise ClientFailed(
-                "the server's run has no schema (server.py --schema): a private client needs "
+                "the server's run has no schema (the server's --schema): a private client needs "
                 "public bounds to clip its rows to, so it does not join"
             )
         if self.release is not None:

@@ -113,6 +113,25 @@ def test_score_prints_mse_and_r2_on_the_rows(chain, tmp_path):
     assert scored.stdout.startswith("268 rows of ")
 
 
+@pytest.mark.parametrize("command", ["score", "predict"])
+def test_rows_too_large_are_refused_naming_file_line_and_column(chain, tmp_path, command):
+    rows = pd.read_csv(TEST_CSV)
+    rows.loc[6, "bmi"] = 1e300  # the file's line 8: the header is line 1
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    result = run_main("model.py", command, "--chain", chain, "--data", tmp_path / "rows.csv")
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"{tmp_path / 'rows.csv'}: line 8, column 'bmi'" in result.stderr
+    assert "inf" not in result.stderr and "Warning" not in result.stderr
+
+
+def test_score_on_a_constant_target_says_r2_is_undefined(chain, tmp_path):
+    rows = pd.read_csv(TEST_CSV).head(3).assign(charges=9.0)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    result = run_main("model.py", "score", "--chain", chain, "--data", tmp_path / "rows.csv")
+    assert result.returncode == 0, result.stderr
+    assert "R²  undefined (the target is constant)" in result.stdout
+
+
 def test_predict_refuses_rows_missing_the_models_columns_naming_them(chain, tmp_path):
     rows = pd.read_csv(TEST_CSV).drop(columns=["bmi", "OHE_yes"])
     rows.to_csv(tmp_path / "rows.csv", index=False)

@@ -113,7 +113,7 @@ def test_a_private_client_does_not_join_a_run_without_a_schema(programs, tmp_pat
     private = client(programs, tmp_path, port, "cli1", "--dp-epsilon", "1")
     assert private.finish() == 1
     assert (
-        "the server's run has no schema (server.py --schema): a private client needs "
+        "the server's run has no schema (the server's --schema): a private client needs "
         "public bounds to clip its rows to, so it does not join"
     ) in private.output
     assert not release_path(tmp_path / "keys", "cli1").exists()
