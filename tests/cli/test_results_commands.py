@@ -257,10 +257,15 @@ def readme_example() -> str:
 
 def test_the_readmes_notebook_example_runs_as_written(run, tmp_path):
     code = readme_example()
-    assert len([line for line in code.splitlines() if line.strip()]) == 6
-    # From the top of a checkout holding the run's chain.jsonl, as the README says, and the
-    # known_servers file its clients wrote there.
-    shutil.copy(run / "chain.jsonl", tmp_path / "chain.jsonl")
+    assert len([line for line in code.splitlines() if line.strip()]) == 8
+    # From the top of a checkout after a three-terminal run, as the README says: the run's
+    # chain in runs/<date>-<time>/ (an older run and a demo's beside it), and the
+    # known_servers file its clients wrote.
+    for folder in ("20261206-090000", "20261207-120000", "demo-20261207-130000-abcdefgh"):
+        (tmp_path / "runs" / folder).mkdir(parents=True)
+    for other in ("20261206-090000", "demo-20261207-130000-abcdefgh"):
+        (tmp_path / "runs" / other / "chain.jsonl").write_text("not this one\n")
+    shutil.copy(run / "chain.jsonl", tmp_path / "runs" / "20261207-120000" / "chain.jsonl")
     (tmp_path / "keys").mkdir()
     shutil.copy(run / "keys" / "known_servers", tmp_path / "keys" / "known_servers")
     (tmp_path / "data").mkdir()
