@@ -78,7 +78,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=HelpFormatter,
         help="verify a chain, then draw its errors and weights per round as a PNG",
     )
-    plot.add_argument("-o", "--output", default="convergence.png", help="the PNG to write")
+    plot.add_argument(
+        "-o", "--output", type=png_path, default="convergence.png", help="the PNG to write"
+    )
     report = commands.add_parser(
         "report",
         help="verify a chain, then write it as one self-contained HTML page: the run's "
@@ -108,6 +110,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for command in commands.choices.values():
         add_output_flags(command)
     return parser.parse_args(argv)
+
+
+def png_path(text: str) -> str:
+    """An --output for the figure: it is drawn as PNG, so the name must say so (a .jpg holding
+    PNG bytes would mislead whoever opens it)."""
+    if Path(text).suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(
+            f"{text!r} does not end in .png: the figure is drawn as PNG only "
+            "(convert it afterwards for another format)"
+        )
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

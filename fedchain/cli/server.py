@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedchain import settings
 from fedchain.cli.arguments import (
     add_connection_flags,
@@ -330,10 +332,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
-        args.chain.parent.mkdir(parents=True, exist_ok=True)
+        made = make_folders(args.chain.parent)
     except OSError as error:
         print(f"error: cannot make a folder for {args.chain}: {error}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        return serve(
+            args,
+            key=key,
+            created=created,
+            plan=plan,
+            resumed=resumed,
+            test_data=test_data,
+            mining_s=mining_s,
+        )
+    finally:
+        if not args.chain.exists():
+            # A run stopped before its genesis leaves no empty runs/DATE-TIME/ behind.
+            remove_if_empty(made)
+        elif args.quiet:
+            # Whatever became of the run, a quiet operator still needs to find its chain.
+            announce(f"chain: {args.chain}")
+
+
+def serve(
+    args: argparse.Namespace,
+    *,
+    key: Ed25519PrivateKey,
+    created: bool,
+    plan: RunPlan,
+    resumed: Chain | None,
+    test_data: Dataset | None,
+    mining_s: float,
+) -> int:
+    """Listen, run the federation to its end and sum it up; the exit code."""
     try:
         listener = socket.create_server((args.host, args.port), backlog=16)
     except OSError as error:
@@ -388,6 +420,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.chain, args.metrics, test_data, args.target, say, server_key=public_hex(key)
     )
     return EXIT_OK if complete else EXIT_RUN_FAILED
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Make FOLDER and any parent missing; the folders made, innermost first."""
+    missing = [folder, *folder.parents]
+    made = [path for path in missing if not path.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of FOLDERS, innermost first, while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # something was put there since: it is not ours to remove
+            return
 
 
 def settings_from_genesis(args: argparse.Namespace) -> RunPlan | None:

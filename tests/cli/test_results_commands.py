@@ -200,6 +200,18 @@ def test_plot_writes_a_png_of_the_expected_size_without_a_display(chain, tmp_pat
     assert result.stdout == f"wrote {tmp_path / 'convergence.png'}: 5 rounds, 2 clients\n"
 
 
+def test_plot_writes_png_bytes_under_a_png_name_and_refuses_any_other_name(chain, tmp_path):
+    drawn = plot(chain, "-o", tmp_path / "figure.PNG")
+    assert drawn.returncode == 0, drawn.stderr
+    assert (tmp_path / "figure.PNG").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("figure.jpg", "figure.pdf", "figure"):
+        refused = plot(chain, "-o", tmp_path / name)
+        assert refused.returncode == 2
+        assert "argument -o/--output: " in refused.stderr
+        assert "does not end in .png: the figure is drawn as PNG only" in refused.stderr
+        assert not (tmp_path / name).exists()
+
+
 def test_plot_takes_the_servers_metrics_of_the_same_run_and_refuses_another_runs(chain, tmp_path):
     blocks = load_chain(chain).blocks
     rows = [

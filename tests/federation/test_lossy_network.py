@@ -91,10 +91,10 @@ class Network:
                 done = ip(*command)
                 assert done.returncode == 0, f"ip {' '.join(command)}: {done.stderr}"
 
-    def start(self, role: str, script: str, *args: str) -> Program:
-        """Start `python SCRIPT ARGS...` inside ROLE's namespace."""
+    def start(self, role: str, script: str, *args: str, cwd: Path | None = None) -> Program:
+        """Start `python SCRIPT ARGS...` inside ROLE's namespace, in CWD (the test's folder)."""
         prefix = ("ip", "netns", "exec", self.namespace(role))
-        program = Program(script, *args, cwd=self.tmp_path, prefix=prefix)
+        program = Program(script, *args, cwd=cwd or self.tmp_path, prefix=prefix)
         self.started.append(program)
         return program
 
