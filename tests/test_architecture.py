@@ -63,6 +63,52 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     assert fedchain_imports(sample) == {"fedchain.federation"}
 
 
+def is_test(module: str) -> bool:
+    return any(part.startswith("test_") for part in module.split("."))
+
+
+def imported_test_modules(path: Path) -> set[str]:
+    """The test_* modules PATH imports: any dotted name with a part starting test_, as in
+    `import test_docs`, `from test_docs import HELPS` or `from tests import test_docs`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            names = [module] if is_test(module) else [f"{module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {name.lstrip(".") for name in names if is_test(name)}
+    return found
+
+
+TESTS = sorted((ROOT / "tests").rglob("test_*.py"))
+
+
+@pytest.mark.parametrize("path", TESTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_test_imports_another(path):
+    # What two tests share lives in a helper beside them (processes.py, namespaces.py,
+    # program_helps.py): a test module is pytest's to run, and one that others import cannot
+    # change without breaking them.
+    imported = imported_test_modules(path)
+    assert not imported, f"{path.relative_to(ROOT)} imports {sorted(imported)}: use a helper"
+
+
+def test_the_checker_sees_a_test_imported(tmp_path):
+    sample = tmp_path / "test_sample.py"
+    sample.write_text(
+        "import test_a\nfrom test_b import X\nfrom tests import test_c\nfrom . import test_d\n"
+        "from processes import ROOT\nimport pytest\n"
+    )
+    assert imported_test_modules(sample) == {
+        "test_a",
+        "test_b",
+        "tests.test_c",
+        "test_d",
+    }
+
+
 SANS_IO = ["protocol.py", "round.py", "admission.py", "events.py", "round_report.py"]
 
 

@@ -2,42 +2,19 @@
 flag the pages name exists, every relative link and anchor resolves, and the README's import
 arrows are the ones tests/test_architecture.py allows. In-process and fast: no program is run."""
 
-import contextlib
-import importlib.util
-import io
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from layers import ALLOWED
 from processes import ROOT
-
-from fedchain.cli import chain, client, model, server
+from program_helps import HELPS
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 # Flags the pages may name that belong to other programs (pip's, pytest's), each with its reason.
 # None today: every flag the pages name is one of ours.
 NOT_OURS: dict[str, str] = {}
-CHAIN_COMMANDS = ("verify", "show", "compare", "export", "plot", "report")
-
-
-def load_script(path: Path):
-    """A top-level script (demo.py, benchmark.py, data/split.py) as a module, without running it."""
-    spec = importlib.util.spec_from_file_location(f"docs_check_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def help_text(main: Callable[[list[str]], object], argv: list[str]) -> str:
-    """What `PROGRAM ARGV --help` prints, from the program's own parser, in this process."""
-    shown = io.StringIO()
-    with contextlib.redirect_stdout(shown), pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--help"])
-    assert exit_info.value.code == 0
-    return shown.getvalue()
 
 
 def listed_flags(text: str) -> set[str]:
@@ -48,27 +25,6 @@ def listed_flags(text: str) -> set[str]:
             spec = re.split(r"\s{2,}", line.strip())[0]
             flags |= set(FLAG.findall(spec))
     return flags
-
-
-def commands() -> dict[str, str]:
-    """Each command line's --help, by a name a person would type."""
-    helps = {
-        "server.py": help_text(server.parse_args, []),
-        "client.py": help_text(
-            lambda argv: client.parse_args(argv, default_name="", default_data=""), []
-        ),
-        "model.py": help_text(model.main, []),
-    }
-    for command in model.COMMANDS:
-        helps[f"model.py {command}"] = help_text(model.main, [command])
-    top = help_text(chain.parse_args, [])
-    listed = re.search(r"\{([a-z,]+)\}", top)[1].split(",")
-    assert sorted(listed) == sorted(CHAIN_COMMANDS), "a new blockchain.py command: add it here"
-    for command in CHAIN_COMMANDS:
-        helps[f"blockchain.py {command}"] = help_text(chain.parse_args, [command])
-    for script in ("demo.py", "benchmark.py", "data/split.py"):
-        helps[script] = help_text(load_script(ROOT / script).main, [])
-    return helps
 
 
 def named_in(text: str) -> set[str]:
@@ -108,7 +64,6 @@ def relative_links(page: Path) -> list[str]:
     return [t for t in targets if not re.match(r"[a-z]+:", t)]  # not http:, https:, mailto:
 
 
-HELPS = commands()
 DOCUMENTED = set().union(*(named_in(page.read_text()) for page in PAGES))
 EXISTING = set().union(*(listed_flags(text) for text in HELPS.values()))
 

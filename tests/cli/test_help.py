@@ -4,7 +4,7 @@ as its usage line shows it."""
 import re
 
 import pytest
-from test_docs import HELPS
+from program_helps import HELPS
 
 
 def options(help_text: str) -> dict[str, str]:

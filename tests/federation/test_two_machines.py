@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from namespaces import ADDRESSES, Network, ip, why_namespaces_cannot_be_made
 from processes import ROOT, run_script
-from test_lossy_network import ADDRESSES, Network, ip, why_namespaces_cannot_be_made
 
 GUIDE = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
 CLIENTS = ("cli1", "cli2")
