@@ -259,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(chain_path),
             "--metrics",
             str(chain_path.with_name("chain.metrics.csv")),
+            "--pooled",  # the rows compare_with_central pooled: the figure's reference
+            *map(str, files.values()),
             "-o",
             str(figure),
             "--known-servers",

@@ -24,7 +24,8 @@ from fedchain.cli.arguments import (
     parser_for,
 )
 from fedchain.cli.console import configure_output, quiet_on_broken_pipe, say, shown, warn
-from fedchain.learning.dataset import DataError, column_difference, load_dataset
+from fedchain.learning.dataset import DataError, Dataset, column_difference, load_dataset
+from fedchain.learning.partition import pool
 from fedchain.ledger.block import Block
 from fedchain.ledger.chain import Chain, UntrustedChain, check_server_key, verify_chain
 from fedchain.ledger.compare import compare_chains
@@ -99,6 +100,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             type=Path,
             default=None,
             help="held-out rows to score every model on (default: the bundled data/test.csv)",
+        )
+        command.add_argument(
+            "--pooled",
+            nargs="+",
+            type=Path,
+            metavar="CSV",
+            help="the clients' rows: the global model is drawn against least squares fitted "
+            "on them pooled",
         )
     for command in (export, plot, report):
         command.add_argument(
@@ -308,17 +317,29 @@ def _figure_data(args: argparse.Namespace, blocks: Sequence[Block]):
 
     try:
         metrics = None if args.metrics is None else read_metrics(args.metrics, blocks)
-        test = None
-        if metrics is None or metrics["test_mse"].isna().any():
-            path = args.test or settings.bundled_data("test.csv")
-            test = load_dataset(path, target=args.target)
-            if difference := column_difference(blocks[0].feature_names, test.feature_names):
-                raise DataError(f"{path}: the columns differ from the chain's: {difference}")
-            test = test.in_order(blocks[0].feature_names)
-        return convergence(blocks, test=test, metrics=metrics, target=args.target)
+        # The held-out rows give round 0's error and each feature's spread even when the
+        # metrics hold the test MSE; then the bundled rows are used only if they fit the chain.
+        needed = args.test is not None or metrics is None or metrics["test_mse"].isna().any()
+        try:
+            test = _rows_of(args.test or settings.bundled_data("test.csv"), args, blocks)
+        except DataError:
+            if needed:
+                raise
+            test = None
+        pooled = (
+            None if args.pooled is None else pool(_rows_of(p, args, blocks) for p in args.pooled)
+        )
+        return convergence(blocks, test=test, metrics=metrics, pooled=pooled, target=args.target)
     except (DataError, MetricsError) as error:
         print(f"error: {shown(error)}", file=sys.stderr)
         return EXIT_UNREADABLE
+
+
+def _rows_of(path: Path, args: argparse.Namespace, blocks: Sequence[Block]) -> Dataset:
+    rows = load_dataset(path, target=args.target)
+    if difference := column_difference(blocks[0].feature_names, rows.feature_names):
+        raise DataError(f"{path}: the columns differ from the chain's: {difference}")
+    return rows.in_order(blocks[0].feature_names)
 
 
 def _load(path: str) -> list[Block] | int:
