@@ -69,16 +69,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    args.out.mkdir(parents=True, exist_ok=True)
-    return write(parts, args.out)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return write(parts, args.out)
+    except OSError as error:
+        print(f"error: --out {args.out}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def deal(rows: pd.DataFrame, *, n_clients: int, sort_by: str | None) -> dict[str, pd.DataFrame]:
     """ROWS in N_CLIENTS consecutive shards of near-equal size, named client1.csv, …, sorted by
     the column SORT_BY first if given: as fedchain.learning.partition's split_rows and
     split_sorted deal them, with each cell's text kept as the file has it."""
-    if not 1 <= n_clients <= len(rows):
-        raise ValueError(f"--clients must be 1 to {len(rows)} (the non-test rows), not {n_clients}")
+    # Two rows each at least: a client refuses a file of one row (a line needs two points).
+    if not 1 <= n_clients <= len(rows) // 2:
+        raise ValueError(
+            f"--clients must be 1 to {len(rows) // 2} (two of the {len(rows)} non-test rows "
+            f"each at least), not {n_clients}"
+        )
     if sort_by is not None:
         if sort_by not in rows.columns:
             raise ValueError(

@@ -72,8 +72,8 @@ def test_sorted_by_a_column_as_partition_deals_them(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--clients", "0"], "--clients must be 1 to 1070 (the non-test rows), not 0"),
-        (["--clients", "1071"], "--clients must be 1 to 1070"),
+        (["--clients", "0"], "--clients must be 1 to 535 (two of the 1070 non-test rows each"),
+        (["--clients", "536"], "--clients must be 1 to 535"),
         (["--sort-by", "height"], "--sort-by: no column 'height' (columns: age, bmi,"),
     ],
 )

@@ -11,6 +11,7 @@ refuses an unsigned chain unless allowed, and a chain signed by another key than
 
 import argparse
 import io
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +85,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     report = commands.add_parser(
         "report",
+        formatter_class=HelpFormatter,
         help="verify a chain, then write it as one self-contained HTML page: the run's "
         "settings, every block, each client's ε, the verdict and the figure",
     )
@@ -142,6 +144,12 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "compare":
         return _compare(args)
     if args.command in ("export", "plot", "report"):
+        if args.output is not None and _same_file(args.output, args.path):
+            # What it writes would replace the run's record it was asked to read.
+            print(
+                f"error: -o {args.output} is the chain itself; name another file", file=sys.stderr
+            )
+            return EXIT_UNREADABLE
         chain = verified(args.path, **reading(args))
         if isinstance(chain, int):
             return chain
@@ -220,6 +228,13 @@ def _verify(
     if loaded.dropped_tail:
         print(f"warning: {path}: {loaded.dropped_tail}", file=sys.stderr)
     return chain, caveat
+
+
+def _same_file(first: str | Path, second: str | Path) -> bool:
+    try:
+        return Path(first).resolve() == Path(second).resolve() or os.path.samefile(first, second)
+    except OSError:  # one of them does not exist yet: then they are not one file
+        return False
 
 
 def _unreadable(error: OSError | TrustError, path: str | None = None) -> int:

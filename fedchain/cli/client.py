@@ -176,7 +176,7 @@ def main(
     if args.show_key:
         if created:
             warn(new_key_note(key_path))
-        say(public_hex(key))  # alone on standard output, for scripts to take
+        print(public_hex(key))  # alone on standard output, for scripts to take, even with -q
         return EXIT_OK
     if created:
         say(f"{name}: made a new key {public_hex(key)} in {key_path}")

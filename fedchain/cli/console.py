@@ -8,6 +8,7 @@ output, warnings and errors to standard error; -q keeps only those, -v adds the 
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -102,7 +103,9 @@ def command_for(program: str) -> str:
         return f"{_INSTALLED_PREFIX}{program}"
     if started.parent.name == "cli" and started.parent.parent.name == "fedchain":
         return f"python -m fedchain.cli.{program}"
-    return f"python {started.parent / SCRIPTS[program]}"
+    return (
+        f"python {shlex.quote(str(started.parent / SCRIPTS[program]))}"  # a folder may hold spaces
+    )
 
 
 def new_key_note(path: object) -> str:

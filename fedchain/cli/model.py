@@ -116,7 +116,7 @@ def _use(command: str, argv: list[str]) -> int:
         X, y = load_rows(args.data, feature_names=model.feature_names, target=model.target)
         # The rows a client would refuse to train on, named by file, line and column.
         rows = Dataset(tuple(model.feature_names), X, np.zeros(len(X)) if y is None else y)
-        check_squarable(rows, args.data, target=model.target)
+        check_squarable(rows, args.data, target=model.target, about_mean=False)
     except DataError as error:
         print(f"error: {shown(error)}", file=sys.stderr)
         return EXIT_UNREADABLE

@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.show_key:
         if created:
             warn(new_key_note(args.key))
-        say(public_hex(key))  # alone on standard output, for scripts to take
+        print(public_hex(key))  # alone on standard output, for scripts to take, even with -q
         return EXIT_OK
     try:
         test_data = load_dataset(args.test, target=args.target) if args.test else None

@@ -101,12 +101,16 @@ def load_rows(
     return X, y
 
 
-def check_squarable(data: Dataset, path: str | Path, *, target: str = settings.TARGET) -> None:
+def check_squarable(
+    data: Dataset, path: str | Path, *, target: str = settings.TARGET, about_mean: bool = True
+) -> None:
     """Raise DataError, naming PATH's line and column, if a column of DATA is too large to train
-    or score on: the sum of its squared deviations from its mean overflows float64."""
+    on (ABOUT_MEAN: the sum of its squared deviations from its mean overflows float64, as local
+    training sums them) or to predict and score with (not ABOUT_MEAN: the sum of its squares
+    does, whatever the other rows, a single row included)."""
     values = np.column_stack([data.X, data.y])
-    with np.errstate(over="ignore", invalid="ignore"):  # the sums local training makes
-        deviation = values - values.mean(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        deviation = values - values.mean(axis=0) if about_mean else values
         too_large = ~np.isfinite(np.einsum("ij,ij->j", deviation, deviation))
     if not too_large.any():
         return
@@ -117,8 +121,9 @@ def check_squarable(data: Dataset, path: str | Path, *, target: str = settings.T
     row = min(rows)
     name = [*data.feature_names, target][rows[row]]
     raise DataError(
-        f"{path}: {_where(Path(path), row, name)} is too large: the column's squared deviations "
-        "from its mean overflow float64 (keep values within about ±1e150)"
+        f"{path}: {_where(Path(path), row, name)} is too large: the column's squared "
+        f"{'deviations from its mean' if about_mean else 'values'} overflow float64 (keep "
+        "values within about ±1e150)"
     )
 
 

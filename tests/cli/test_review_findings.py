@@ -140,10 +140,6 @@ def test_a_refused_resume_makes_no_key(tmp_path):
 # --- B: --show-key -q prints nothing ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--show-key prints the key with say(), an INFO line -q suppresses: exit 0, empty stdout",
-)
 @pytest.mark.parametrize("script", ["server.py", "client1.py"])
 def test_show_key_with_quiet_still_prints_the_key(tmp_path, script):
     first = run_main(script, "--show-key", cwd=tmp_path)
@@ -166,11 +162,6 @@ def model_file(tmp_path):
     return model
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_squarable measures deviations from the column's mean, zero for one row: a "
-    "row of 1e308s passes and predict writes 'inf' with exit 0",
-)
 def test_predict_refuses_a_single_row_too_large_instead_of_printing_inf(tmp_path, model_file):
     rows = tmp_path / "rows.csv"
     rows.write_text("age,bmi,smoker\n1e308,0,1e308\n")
@@ -179,11 +170,6 @@ def test_predict_refuses_a_single_row_too_large_instead_of_printing_inf(tmp_path
     assert result.returncode != 0 and "too large" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the same row is refused beside another but accepted alone: the check depends on the "
-    "other rows, not on the value",
-)
 def test_a_row_too_large_is_refused_alone_as_beside_another(tmp_path, model_file):
     pair, alone = tmp_path / "pair.csv", tmp_path / "alone.csv"
     pair.write_text("age,bmi,smoker\n1e200,0,1\n1,0,1\n")
@@ -194,11 +180,6 @@ def test_a_row_too_large_is_refused_alone_as_beside_another(tmp_path, model_file
     assert single.returncode == refused.returncode, single.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="score on one row of 1e308 passes check_squarable and then blames the model "
-    "('round 2's model is too large to score'), not the row",
-)
 def test_score_on_one_huge_row_names_the_row_not_the_model(tmp_path, model_file):
     rows = tmp_path / "rows.csv"
     rows.write_text("age,bmi,smoker,charges\n1e308,1,0,5\n")
@@ -224,11 +205,6 @@ def split_main(*args) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="split.py --out naming an existing file raises FileExistsError from mkdir: a "
-    "traceback, not an error line and exit 2",
-)
 def test_split_out_an_existing_file_is_refused_with_a_message(tmp_path):
     target = tmp_path / "afile"
     target.write_text("")
@@ -239,11 +215,6 @@ def test_split_out_an_existing_file_is_refused_with_a_message(tmp_path):
     assert code == 2 and "error:" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="split.py accepts --clients up to 1070 and writes one-row files that every client "
-    "refuses ('only one row; a linear model needs at least two')",
-)
 def test_split_refuses_more_clients_than_gives_each_two_rows(tmp_path):
     code, _, err = split_main("--clients", "600", "--out", tmp_path / "many")
     assert code == 2 and "--clients" in err
@@ -253,11 +224,6 @@ def test_split_refuses_more_clients_than_gives_each_two_rows(tmp_path):
 # --- F, G: blockchain.py report -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the report subparser is made without formatter_class=HelpFormatter: its --help shows "
-    "no default for -o (report.html), --target or --min-difficulty, unlike plot's",
-)
 def test_report_help_shows_its_defaults_as_plot_does():
     text = run_main("blockchain.py", "report", "--help").stdout
     flat = " ".join(text.split())
@@ -265,10 +231,6 @@ def test_report_help_shows_its_defaults_as_plot_does():
     assert "(default: charges)" in flat and "(default: 0)" in flat
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report -o CHAIN writes the page over the chain it reports: the run's record is lost",
-)
 def test_report_does_not_write_over_the_chain_it_reads(tmp_path):
     blocks = hostile_chain()
     chain = write_chain(tmp_path / "chain.jsonl", blocks)
@@ -284,11 +246,6 @@ def test_report_does_not_write_over_the_chain_it_reads(tmp_path):
 # --- H: command_for with a space in the path ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="command_for joins sys.argv[0]'s folder unquoted: a checkout in '/home/me/my "
-    "projects' gives hints a shell splits in two",
-)
 def test_command_for_quotes_a_folder_with_a_space(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["/home/me/my projects/fedchain/server.py"])
     assert console.command_for("chain") == "python '/home/me/my projects/fedchain/blockchain.py'"
