@@ -47,7 +47,7 @@ from fedchain.learning.dataset import DataError, Dataset, column_difference, loa
 from fedchain.learning.scaffold import DEFAULT_PROXIMAL
 from fedchain.learning.schema import Schema, load_schema
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS
-from fedchain.ledger.chain import Chain, continue_chain
+from fedchain.ledger.chain import Chain, continue_chain, verify_chain
 from fedchain.ledger.mining import expected_mining_s, tries_per_second
 from fedchain.ledger.store import load_chain
 from fedchain.trust.authorized import load_authorized_keys
@@ -233,7 +233,15 @@ def aggregation_parameters(args: argparse.Namespace) -> dict[str, float] | str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_output(quiet=args.quiet, verbose=args.verbose)
+    if args.resume and args.chain is None and not args.show_key:  # before a key is made here
+        print(
+            "error: --resume needs --chain PATH, the chain of the run to go on with",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     recorded = settings_from_genesis(args)
+    if isinstance(recorded, int):
+        return recorded
     if args.min_clients is not None and args.min_clients > args.clients:
         print(
             f"error: --min-clients {args.min_clients} is more than --clients {args.clients}",
@@ -287,12 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_epsilon=args.max_epsilon,
     )
     if args.chain is None:
-        if args.resume:
-            print(
-                "error: --resume needs --chain PATH, the chain of the run to go on with",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
         args.chain = new_run_chain_path()
     args.metrics = args.metrics or metrics_path_for(args.chain)
     rate = tries_per_second()
@@ -439,17 +441,17 @@ def remove_if_empty(folders: list[Path]) -> None:
             return
 
 
-def settings_from_genesis(args: argparse.Namespace) -> RunPlan | None:
+def settings_from_genesis(args: argparse.Namespace) -> RunPlan | int | None:
     """Resuming, every run setting the flags leave unset taken from the genesis of --chain, so
     `--resume --chain PATH` alone goes on with the run it records; a flag given is compared
-    with it later, by open_for_resuming. The genesis's plan, or None if not resuming or it
-    cannot be read (open_for_resuming then says why)."""
+    with it now. The genesis's plan; the exit code if a flag given differs, having said which;
+    None if not resuming or the chain cannot be read or verified (open_for_resuming then says
+    why)."""
     if not (args.resume and args.chain is not None and args.chain.exists()):
         return None
-    try:
-        blocks = load_chain(args.chain).blocks
-        recorded = RunPlan.from_genesis(blocks[0])
-    except (OSError, ValueError, IndexError):  # ChainFileError is a ValueError
+    try:  # verified first: settings are never taken from a chain that does not verify
+        recorded = RunPlan.from_genesis(verify_chain(load_chain(args.chain).blocks).genesis)
+    except (OSError, ValueError, IndexError):  # ChainFileError and ChainError are ValueErrors
         return None
     parameters = recorded.aggregation_parameters
     genesis_settings = {
@@ -464,10 +466,39 @@ def settings_from_genesis(args: argparse.Namespace) -> RunPlan | None:
         "schema": recorded.schema,
         "max_epsilon": recorded.max_epsilon,
     }
+    # A flag given that differs is named now, before the flags are checked against each other:
+    # else a value taken from the genesis would be blamed as if it had been typed.
+    found = [
+        f"{_FLAGS[name]} is {getattr(args, name)}, but the chain's genesis records {value}"
+        for name, value in genesis_settings.items()
+        if name in _FLAGS and name in args.given and getattr(args, name) != value
+    ]
+    if found:
+        print(
+            f"error: {args.chain} cannot be resumed: the flags differ from its run:\n  "
+            + "\n  ".join(found),
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     for name, value in genesis_settings.items():
         if name not in args.given:
             setattr(args, name, value)
     return recorded
+
+
+# The run settings a genesis records, by the flag that sets them (the schema is compared later,
+# by its bounds).
+_FLAGS = {
+    "clients": "--clients",
+    "min_clients": "--min-clients",
+    "rounds": "--rounds",
+    "difficulty": "--difficulty",
+    "seed": "--seed",
+    "aggregation": "--aggregation",
+    "byzantine": "--byzantine",
+    "proximal": "--proximal",
+    "max_epsilon": "--max-epsilon",
+}
 
 
 def open_for_resuming(args: argparse.Namespace, plan: RunPlan) -> Chain | int:
