@@ -12,6 +12,7 @@ can turn by hand.
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -218,7 +219,7 @@ class ServerProtocol:
                     break
         except _Stop as stop:
             self.phase, self.failure = Phase.STOPPED, str(stop)
-            out.append(Abort(self.failure))
+            out += [*stop.said, Abort(self.failure)]  # who was left out on the way is told
         return out
 
     def wake_at(self) -> float:
@@ -362,10 +363,10 @@ class ServerProtocol:
         if out is None:
             return []
         if not round.has_quorum(self.plan.min_clients):
-            return out + self._fall_short(now)
+            return _then(out, lambda: self._fall_short(now))
         if not self.rule.probes:
-            return out + self._finish_round()
-        return out + self._probe()
+            return _then(out, self._finish_round)
+        return _then(out, self._probe)
 
     def _probing(self, now: float) -> list[Action]:
         round = self.round
@@ -373,14 +374,14 @@ class ServerProtocol:
         if out is None:
             return []
         if round.probe_answered():
-            return out + self._finish_round()
+            return _then(out, self._finish_round)
         # One left meanwhile, which changes the candidate: the round goes on with the others
         # (or waits for its quorum) and asks again.
-        return out + self._try_round(now)
+        return _then(out, lambda: self._try_round(now))
 
     def _short(self, now: float) -> list[Action]:
         round = self.round
-        if len(self.peers) + len(self.standby) >= self.plan.min_clients:
+        if len(self.peers) + len(self.standby) >= self._quorum():
             round.waiting_s += now - round.short_since_s
             return self._try_round(now)
         missing = self._missing()
@@ -388,16 +389,19 @@ class ServerProtocol:
             gone = "; ".join(f"{name} {why}" for name, why in sorted(missing.items()))
             raise _Stop(
                 f"round {round.index} cannot go on with {len(round.received)} of the "
-                f"{self.plan.min_clients} clients it needs (--min-clients); none came back "
+                f"{self._quorum()} clients it needs{self._quorum_flag()}; none came back "
                 f"within {self.waits.rejoin_timeout_s:g} s (--rejoin-timeout-s): {gone}"
             )
-        # Who, not why: each one's reason was said as it left, and is on the chain.
-        who = sorted(missing)
+        # Who, not why: each one's reason was said as it left, and is on the chain. One back and
+        # waiting to join is not waited for.
+        back = {m.name for m in self.standby}
+        who = sorted(name for name in missing if name not in back)
         comes = "comes" if len(who) == 1 else "come"
         return self._status(
             now,
-            f"round {round.index} has {len(round.received)} of the {self.plan.min_clients} "
-            f"updates it needs (--min-clients) until {_names(who)} {comes} back",
+            f"round {round.index} has {len(round.received)} of the {self._quorum()} "
+            f"{'attestations' if round.closing else 'updates'} it needs{self._quorum_flag()} "
+            f"until {_names(who)} {comes} back",
             "--rejoin-timeout-s",
         )
 
@@ -406,6 +410,8 @@ class ServerProtocol:
         out = self._collected(now, round.received, "attest")
         if out is None:
             return []
+        if not round.has_quorum(self._quorum()):  # a closing block no client attested is none
+            return _then(out, lambda: self._fall_short(now))
         attestations = {name: r.attestation for name, r in round.received.items()}
         out += self._announce_mining(round.index)
         block = make_closing_block(
@@ -487,8 +493,6 @@ class ServerProtocol:
             started_s=now,
             cpu_started_s=self.clock.process_time(),
         )
-        if self.round.closing:
-            return self._close(now)
         return self._try_round(now)
 
     def _try_round(self, now: float) -> list[Action]:
@@ -497,16 +501,19 @@ class ServerProtocol:
         # Those back before the round join it; those back during it, only if it is short of its
         # quorum. Not on a probe asked again: a client could log in again at every probe, be
         # trained afresh each time, and hold the round forever.
-        if not round.trained or len(self.peers) < self.plan.min_clients:
+        if not round.trained or len(self.peers) < self._quorum():
             self._bring_in_standby()
-        if len(self.peers) < self.plan.min_clients:
+        if len(self.peers) < self._quorum():
             return self._fall_short(now)
-        model = self.chain.last.server_model
-        train = {"type": "train", "round": round.index, "weights": model.weights.copy()}
-        train["bias"] = model.bias
         fresh = [p for p in self.peers if p.conn not in round.trained]
         round.trained |= {p.conn for p in fresh}
         round.deadline_s = now + self.waits.round_timeout_s
+        if round.closing:  # what the clients are asked for is their attestation of the last
+            self.phase = Phase.CLOSING
+            return [Send(self._conns(fresh), {"type": "close", "round": round.index})]
+        model = self.chain.last.server_model
+        train = {"type": "train", "round": round.index, "weights": model.weights.copy()}
+        train["bias"] = model.bias
         self.phase = Phase.TRAINING
         return [Send(self._conns(fresh), train)]
 
@@ -590,14 +597,6 @@ class ServerProtocol:
         )
         self.phase = Phase.BETWEEN
         return [*out, Report(report)]
-
-    def _close(self, now: float) -> list[Action]:
-        """Ask every client for its attestation of the last round, to seal in a closing block,
-        so the last round, like every other, is checked by the clients."""
-        self._bring_in_standby()
-        self.round.deadline_s = now + self.waits.round_timeout_s
-        self.phase = Phase.CLOSING
-        return [Send(self._conns(self.peers), {"type": "close", "round": self.round.index})]
 
     def _append(self, block: Block) -> list[Action]:
         """Verify BLOCK onto the chain, have it written, then announce it to every client."""
@@ -690,6 +689,15 @@ class ServerProtocol:
             text = printable(f"waiting: {waiting_for}; up to {left:.0f} s more ({flag})")
         return [Say(text), Send(self._conns(self.members), {"type": "waiting", "reason": text})]
 
+    def _quorum(self) -> int:
+        """The fewest clients the round in progress may go on with: --min-clients for a round
+        block; for the closing block, one attestation (the run's end is sealed by whoever of its
+        clients is left, but never by none)."""
+        return 1 if self.round.closing else self.plan.min_clients
+
+    def _quorum_flag(self) -> str:
+        return "" if self.round.closing else " (--min-clients)"
+
     def _wait_deadline(self) -> float:
         """When the wait for clients in progress ends: it gives up, or a resumed run whose
         quorum is back goes on."""
@@ -721,4 +729,18 @@ def _names(clients: list[Member] | list[str], most: int = 4) -> str:
 
 
 class _Stop(Exception):
-    """The run cannot go on; the message says why."""
+    """The run cannot go on; the message says why. SAID: what the step that stopped had already
+    done (a client left out, say), which must still be carried out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.said: list[Action] = []
+
+
+def _then(out: list[Action], step: Callable[[], list[Action]]) -> list[Action]:
+    """OUT, then what STEP does; if STEP stops the run, OUT is carried out all the same."""
+    try:
+        return out + step()
+    except _Stop as stop:
+        stop.said = [*out, *stop.said]
+        raise
