@@ -52,7 +52,7 @@ from fedchain.ledger.mining import expected_mining_s, tries_per_second
 from fedchain.ledger.store import load_chain
 from fedchain.trust.authorized import load_authorized_keys
 from fedchain.trust.errors import TrustError
-from fedchain.trust.keys import load_or_create_key, public_hex
+from fedchain.trust.keys import existing_key, load_or_create_key, public_hex
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -473,6 +473,17 @@ def settings_from_genesis(args: argparse.Namespace) -> RunPlan | int | None:
         for name, value in genesis_settings.items()
         if name in _FLAGS and name in args.given and getattr(args, name) != value
     ]
+    if found and "key" in args.given:  # named too, but no key is made to find out
+        try:
+            key = existing_key(args.key)
+        except (TrustError, OSError):
+            key = None
+        if key is None or public_hex(key) != recorded.server_key:
+            shown = f"{public_hex(key)[:16]}…" if key is not None else f"at {args.key} (none yet)"
+            found.append(
+                f"the server key {shown} (--key) is not the one the chain was made with, "
+                f"{recorded.server_key[:16]}…"
+            )
     if found:
         print(
             f"error: {args.chain} cannot be resumed: the flags differ from its run:\n  "

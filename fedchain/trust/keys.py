@@ -40,6 +40,14 @@ def load_or_create_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
     return _load_private_key(path), False
 
 
+def existing_key(path: Path) -> Ed25519PrivateKey | None:
+    """The private key in PATH, or None if there is no file there (none is made)."""
+    try:
+        return _load_private_key(Path(path))
+    except FileNotFoundError:
+        return None
+
+
 def public_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     """KEY's raw 32-byte public key as 64 lowercase hex digits."""
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
