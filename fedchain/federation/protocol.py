@@ -639,6 +639,9 @@ class ServerProtocol:
         if index > self.plan.rounds:  # the closing block is being gathered: no round is left
             self.absent[member.name] = "came back as the run was closing"
             when = "the run is closing: it gets the closing block"
+        elif self.round is None or self.phase is Phase.BETWEEN:  # no round is under way
+            self.absent[member.name] = "came back between rounds"
+            when = f"it takes part in round {self.chain.last.index + 1}"
         else:
             self.absent[member.name] = f"came back during round {index}; in from round {index + 1}"
             when = "it takes part from the next round (from this one, if it is short)"

@@ -205,6 +205,10 @@ def test_a_resumed_run_waits_for_its_clients_and_goes_on_once_all_are_back():
     )
     out = step(protocol, *(back(n, c).registration() for n, c in (("cli1", 11), ("cli2", 12))))
     assert protocol.phase is Phase.RESUMING
+    # No round is under way: each one back takes part in the next, and is told which.
+    assert [line.split("; ")[-1] for line in said(out) if " is back from " in line] == [
+        "it takes part in round 2"
+    ] * 2
     assert said(out)[-1] == (
         "waiting: 2 of 3 clients are back; the run goes on without the rest in 10 s"
     )
