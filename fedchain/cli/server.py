@@ -333,6 +333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.metrics.parent != args.chain.parent and not args.metrics.parent.is_dir():
+        # Found now, not at the first round, when the run would go on losing every figure.
+        print(
+            f"error: --metrics {args.metrics}: there is no folder {args.metrics.parent}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         made = make_folders(args.chain.parent)
     except OSError as error:

@@ -231,3 +231,11 @@ def test_the_fixtures_these_findings_use_are_as_assumed(tmp_path):
     chain = genesis_only(tmp_path / "chain.jsonl", run_changes={"min_clients": 2})
     result = run_main("blockchain.py", "verify", chain, "--server-key", public_hex(SERVER_KEY))
     assert result.returncode == 3  # valid, incomplete
+
+
+def test_a_metrics_path_in_a_folder_that_does_not_exist_is_refused_at_start(tmp_path):
+    metrics = tmp_path / "no such folder" / "metrics.csv"
+    result = run_main("server.py", "--port", "0", "--metrics", metrics, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"--metrics {metrics}: there is no folder {metrics.parent}" in result.stderr
+    assert not (tmp_path / "runs").exists()  # refused before the run's folder is made
