@@ -149,7 +149,6 @@ class ServerProtocol:
         self.deadline_s = math.inf  # of the wait for clients (joining, or coming back)
         self.status_said = ""  # what the wait for clients last said it waits for
         self.quorum_at_s = math.inf  # a resumed run: when its quorum was back
-        self.failure = ""  # why the run stopped
         # Something was handed in since the last tick (a client lost while the transport
         # carried out the last tick's actions, say): tick() is due at once, not at a deadline.
         self.heard = False
@@ -218,8 +217,8 @@ class ServerProtocol:
                 if after == before or self.phase is Phase.BETWEEN:
                     break
         except _Stop as stop:
-            self.phase, self.failure = Phase.STOPPED, str(stop)
-            out += [*stop.said, Abort(self.failure)]  # who was left out on the way is told
+            self.phase = Phase.STOPPED
+            out += [*stop.said, Abort(str(stop))]  # who was left out on the way is told
         return out
 
     def wake_at(self) -> float:
@@ -592,7 +591,6 @@ class ServerProtocol:
             round.waiting_s,
             mining_s,
             mining_cpu_s,
-            scored=bool(scores),
             **scores,
         )
         self.phase = Phase.BETWEEN

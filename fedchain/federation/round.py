@@ -57,11 +57,6 @@ class Round:
     def closing(self) -> bool:
         return self.index > self.chain.genesis.run.rounds
 
-    @property
-    def kind(self) -> str:
-        """The message the round collects from each client."""
-        return "attest" if self.closing else "update"
-
     def take_out(self, name: str) -> None:
         """NAME has left the round: whatever it sent goes with it."""
         self.received.pop(name, None)

@@ -31,7 +31,6 @@ class RoundReport:
     mining_cpu_s: float
     test_mse: float = math.nan  # on the server's held-out rows, if it has some
     test_r2: float = math.nan
-    scored: bool = False
 
     def finish(self, now_s: float, cpu_now_s: float) -> tuple[list[dict], list[str]]:
         """The metrics rows and the log lines, the round's time measured to NOW_S."""
@@ -62,7 +61,9 @@ class RoundReport:
             for client in self.clients
         ]
         # One short line a round; the metrics file has the details.
-        scored = f", test MSE {self.test_mse:.4g} (R² {self.test_r2:.3f})" if self.scored else ""
+        scored = f", test MSE {self.test_mse:.4g} (R² {self.test_r2:.3f})"
+        if math.isnan(self.test_mse):  # no held-out rows to score on
+            scored = ""
         lines = [
             f"round {index}/{self.planned_rounds}: {len(self.clients)} of {self.n_clients} "
             f"clients{scored}, {1000 * round_s:.0f} ms, block {self.block.hash[:8]}"
