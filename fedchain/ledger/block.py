@@ -19,6 +19,9 @@ Formats 6 to 9 are formats 2 to 5 for a run with differential privacy: the genes
 the public bounds every client clips to, the most ε the run admits, and each private client's
 signed statement of its mechanism, ε and δ (learning/privacy.py). A block's layout is that of
 its public twin; the version alone says which.
+Formats 10 to 17 are formats 2 to 9 with the genesis also naming the column the run predicts and
+its unit (say, ln(USD per year)), so a prediction read off the chain says what it is. The two are
+hashed after everything else, so each twin's bytes are those of the format it extends.
 """
 
 import hashlib
@@ -49,11 +52,15 @@ FORMAT_SCALED = 5  # format 3, plus each feature's scale, for Krum (equal weight
 # The same, with the genesis also recording the run's privacy terms (PrivacyTerms).
 PRIVATE_TWIN = {FORMAT_SIGNED: 6, FORMAT_RULES: 7, FORMAT_CORRECTED: 8, FORMAT_SCALED: 9}
 PUBLIC_TWIN = {private: public for public, private in PRIVATE_TWIN.items()}
+# The same again (2 to 9), with the genesis also recording the run's target (TargetRecord).
+TARGET_TWIN = {untargeted: untargeted + 8 for untargeted in range(FORMAT_SIGNED, 10)}
+UNTARGETED_TWIN = {targeted: untargeted for untargeted, targeted in TARGET_TWIN.items()}
 FORMAT_VERSION = FORMAT_SIGNED  # what new FedAvg chains are written in
 ZERO_HASH = "0" * 64
 MAX_DIFFICULTY_BITS = 64  # far beyond what anyone mines on a CPU; keeps the target in range
 HASH_HEX, KEY_HEX, SIGNATURE_HEX = 64, 64, 128  # lengths in hex digits
 MAX_REASON_CHARS = 300
+MAX_UNIT_CHARS = 200
 MAX_SCHEMA_CHARS = 1 << 22  # a schema's CSV: about 100,000 columns' bounds
 _MAGIC = b"FLBC"
 _U16_MAX = 2**16 - 1
@@ -121,9 +128,25 @@ class PrivacyTerms:
 
 
 @dataclass(frozen=True)
+class TargetRecord:
+    """The column a run predicts and its unit ("" where the run did not state one), so that a
+    prediction off the chain says what it is: the bundled target is a log, not dollars."""
+
+    column: str
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        check_name(self.column, "the target column")
+        if not isinstance(self.unit, str) or len(self.unit) > MAX_UNIT_CHARS:
+            raise ValueError(f"the target's unit must be 0..{MAX_UNIT_CHARS} characters")
+        if not self.unit.isprintable():
+            raise ValueError("the target's unit must be printable")
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """What a format-2 genesis fixes for the whole run: its length, seed and keys (and in
-    formats 6 to 9, its privacy terms)."""
+    formats 6 to 9, its privacy terms; in formats 10 to 17, its target)."""
 
     rounds: int
     seed: int
@@ -131,6 +154,7 @@ class RunRecord:
     participants: dict[str, str]  # each admitted client's name and public key
     min_clients: int = 1  # the fewest contributions a round block may hold (the quorum)
     privacy: PrivacyTerms | None = None
+    target: TargetRecord | None = None
 
     def __post_init__(self) -> None:
         check_int(self.rounds, 1, MAX_INT, "rounds")
@@ -151,6 +175,8 @@ class RunRecord:
                 raise ValueError(
                     f"privacy statements of clients not admitted: {', '.join(sorted(strangers))}"
                 )
+        if self.target is not None and not isinstance(self.target, TargetRecord):
+            raise TypeError("target must be a TargetRecord")
 
 
 @dataclass(frozen=True)
@@ -290,13 +316,19 @@ class Block:
 
     @property
     def layout(self) -> int:
-        """The format whose fields this block carries: a private format's public twin."""
-        return PUBLIC_TWIN.get(self.version, self.version)
+        """The format whose block fields this block carries (1 to 5): a private or targeted
+        format's public, untargeted twin."""
+        return layout_of(self.version)
 
     @property
     def private(self) -> bool:
-        """Whether the run's genesis records privacy terms (formats 6 to 9)."""
+        """Whether the run's genesis records privacy terms (formats 6 to 9 and 14 to 17)."""
         return PRIVACY in self.sections
+
+    @property
+    def targeted(self) -> bool:
+        """Whether the run's genesis records its target (formats 10 to 17)."""
+        return TARGET in self.sections
 
     def rule_options(self) -> dict:
         """What the rule needs besides its parameters, as this block's format defines it: the
@@ -427,9 +459,22 @@ def _pack_privacy(block: Block) -> list[bytes]:
 def _check_privacy(block: Block, carried: bool) -> None:
     if block.run is not None and carried != (block.run.privacy is not None):
         raise ValueError(
-            f"a format-{PRIVATE_TWIN[FORMAT_SIGNED]} to "
-            f"{PRIVATE_TWIN[FORMAT_SCALED]} genesis, and only one, records "
-            "privacy terms"
+            f"a genesis of format {formats_with(PRIVACY)}, and only one, records privacy terms"
+        )
+
+
+def _pack_target(block: Block) -> list[bytes]:
+    # Last of all a genesis hashes, so a targeted format's bytes begin with its twin's.
+    if block.run is None:
+        return []
+    target = block.run.target
+    return [pack_string(target.column), pack_string(target.unit)]
+
+
+def _check_target(block: Block, carried: bool) -> None:
+    if block.run is not None and carried != (block.run.target is not None):
+        raise ValueError(
+            f"a genesis of format {formats_with(TARGET)}, and only one, records the run's target"
         )
 
 
@@ -480,7 +525,9 @@ def _pack_scale(block: Block) -> list[bytes]:
 
 def _check_scale(block: Block, carried: bool) -> None:
     if carried != bool(block.scale):
-        raise ValueError("format-5 blocks, and only they, record each feature's scale")
+        raise ValueError(
+            f"blocks of format {formats_with(SCALED)}, and only they, record each feature's scale"
+        )
 
 
 SIGNED = Section("signed", _pack_training, _pack_signed, _check_signed)
@@ -488,7 +535,8 @@ PRIVACY = Section("privacy", _no_bytes, _pack_privacy, _check_privacy)
 RULES = Section("rules", _no_bytes, _pack_rules, _check_rules)
 CORRECTED = Section("corrected", _no_bytes, _pack_corrected, _check_corrected)
 SCALED = Section("scaled", _no_bytes, _pack_scale, _check_scale)
-SECTIONS = (SCALED, RULES, CORRECTED, SIGNED, PRIVACY)  # checked in this order
+TARGET = Section("target", _no_bytes, _pack_target, _check_target)
+SECTIONS = (SCALED, RULES, CORRECTED, SIGNED, PRIVACY, TARGET)  # checked in this order
 
 # Every format this program reads and writes, and the sections it adds to format 1's fields.
 # A new format is one entry here (and its golden chain in tests/fixtures/).
@@ -503,7 +551,38 @@ FORMAT_SECTIONS: dict[int, tuple[Section, ...]] = {
     PRIVATE_TWIN[FORMAT_CORRECTED]: (SIGNED, PRIVACY, RULES, CORRECTED),
     PRIVATE_TWIN[FORMAT_SCALED]: (SIGNED, PRIVACY, RULES, SCALED),
 }
+FORMAT_SECTIONS |= {
+    TARGET_TWIN[untargeted]: (*FORMAT_SECTIONS[untargeted], TARGET) for untargeted in TARGET_TWIN
+}
 KNOWN_FORMATS = tuple(FORMAT_SECTIONS)
+
+
+def layout_of(version: int) -> int:
+    """The format whose block fields a VERSION block carries: without its target, and public."""
+    untargeted = UNTARGETED_TWIN.get(version, version)
+    return PUBLIC_TWIN.get(untargeted, untargeted)
+
+
+def formats_with(section: Section) -> str:
+    """The formats that carry SECTION, as a reader says them: '6 to 9 or 14 to 17'."""
+    return spans([version for version, sections in FORMAT_SECTIONS.items() if section in sections])
+
+
+def formats_laid_out_as(layout: int) -> str:
+    """The formats whose blocks carry format LAYOUT's fields: '4, 8, 12 or 16'."""
+    return spans([version for version in FORMAT_SECTIONS if layout_of(version) == layout])
+
+
+def spans(numbers: list[int]) -> str:
+    """NUMBERS, ascending, with each run of three or more consecutive ones as 'a to b'."""
+    runs: list[list[int]] = []
+    for number in sorted(numbers):
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    said = [f"{run[0]} to {run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs]
+    return said[0] if len(said) == 1 else f"{', '.join(said[:-1])} or {said[-1]}"
 
 
 def check_hex(name: str, value: object, digits: int) -> str:

@@ -19,6 +19,7 @@ from fedchain.learning.linear_model import LinearModel
 from fedchain.ledger.block import (
     FORMAT_RULES,
     PRIVATE_TWIN,
+    TARGET_TWIN,
     ZERO_HASH,
     Block,
     ClientUpdate,
@@ -241,11 +242,14 @@ def make_genesis(
     """Mine and sign block 0, which records the run: its parameters, keys, starting model and
     aggregation rule (a FedAvg run in format 2, as before; scaffold in format 4; Krum in format
     5, with each feature's SCALE, None for raw units; any other rule in format 3; each in its
-    private twin, 6 to 9, when RUN records privacy terms)."""
+    private twin, 6 to 9, when RUN records privacy terms; and that in its targeted twin, 10 to
+    17, when RUN records its target)."""
     rule = RULES.get(aggregation)  # an unknown one is refused below, by verify_genesis_fields
     version = FORMAT_RULES if rule is None else rule.format
     if run.privacy is not None:
         version = PRIVATE_TWIN[version]
+    if run.target is not None:
+        version = TARGET_TWIN[version]
     scaled = rule is not None and rule.scaled
     if scaled and scale is None:
         scale = (1.0,) * len(feature_names)

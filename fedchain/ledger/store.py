@@ -22,12 +22,14 @@ from fedchain.ledger.block import (
     RULES,
     SCALED,
     SIGNED,
+    TARGET,
     Block,
     ClientUpdate,
     PrivacyStatement,
     PrivacyTerms,
     RunRecord,
     Section,
+    TargetRecord,
     TrainingSettings,
 )
 
@@ -49,7 +51,7 @@ _BLOCK_KEYS = {
 _UPDATE_KEYS = {"weights", "bias", "n_samples"}
 _TRAINING_KEYS = {"seed", "generations", "population"}
 _RUN_KEYS = {"rounds", "seed", "server_key", "participants", "min_clients"}
-_PRIVATE_RUN_KEYS = _RUN_KEYS | {"privacy"}
+_TARGET_KEYS = {"column", "unit"}
 _PRIVACY_KEYS = {"schema", "max_epsilon", "statements"}
 _STATEMENT_KEYS = {"mechanism", "epsilon", "delta", "signature"}
 
@@ -197,7 +199,7 @@ def _write_signed(block: Block, record: dict) -> None:
 def _read_signed(record: dict, sections: tuple[Section, ...]) -> dict:
     run = record["run"]
     return {
-        "run": None if run is None else _run_from_record(run, PRIVACY in sections),
+        "run": None if run is None else _run_from_record(run, sections),
         "attestations": _typed("attestations", record["attestations"], dict),
         "missing": _typed("missing", record["missing"], dict),
         "server_signature": _typed("server_signature", record["server_signature"], str),
@@ -228,6 +230,13 @@ def _write_privacy(block: Block, record: dict) -> None:
     # Stored inside the genesis's run, and read with it (_run_from_record).
     if block.run is not None:
         record["run"]["privacy"] = _privacy_to_record(block.run.privacy)
+
+
+def _write_target(block: Block, record: dict) -> None:
+    # Stored inside the genesis's run, and read with it (_run_from_record).
+    if block.run is not None:
+        target = block.run.target
+        record["run"]["target"] = {"column": target.column, "unit": target.unit}
 
 
 def _write_rules(block: Block, record: dict) -> None:
@@ -304,6 +313,7 @@ _STORED = {
         _read_training,
     ),
     PRIVACY: _Stored(write=_write_privacy),
+    TARGET: _Stored(write=_write_target),
     RULES: _Stored(frozenset({"parameters", "choice"}), write=_write_rules, read=_read_rules),
     CORRECTED: _Stored(
         frozenset({"search"}),
@@ -317,8 +327,10 @@ _STORED = {
 }
 
 
-def _run_from_record(record: object, private: bool) -> RunRecord:
-    _expect_keys("run", record, _PRIVATE_RUN_KEYS if private else _RUN_KEYS)
+def _run_from_record(record: object, sections: tuple[Section, ...]) -> RunRecord:
+    private, targeted = PRIVACY in sections, TARGET in sections
+    keys = _RUN_KEYS | ({"privacy"} if private else set()) | ({"target"} if targeted else set())
+    _expect_keys("run", record, keys)
     return RunRecord(
         rounds=record["rounds"],
         seed=record["seed"],
@@ -326,6 +338,15 @@ def _run_from_record(record: object, private: bool) -> RunRecord:
         participants=_typed("run.participants", record["participants"], dict),
         min_clients=record["min_clients"],
         privacy=_privacy_from_record(record["privacy"]) if private else None,
+        target=_target_from_record(record["target"]) if targeted else None,
+    )
+
+
+def _target_from_record(record: object) -> TargetRecord:
+    _expect_keys("run.target", record, _TARGET_KEYS)
+    return TargetRecord(
+        column=_typed("run.target.column", record["column"], str),
+        unit=_typed("run.target.unit", record["unit"], str),
     )
 
 

@@ -23,11 +23,11 @@ from fedchain.ledger.block import (
     FORMAT_SCALED,
     FORMAT_SIGNED,
     KNOWN_FORMATS,
-    PRIVATE_TWIN,
     ZERO_HASH,
     Block,
     PrivacyStatement,
     compute_hash,
+    formats_laid_out_as,
 )
 from fedchain.ledger.correction import corrected_step, probe_point
 from fedchain.ledger.mining import meets_difficulty
@@ -83,7 +83,7 @@ def verify_genesis_fields(genesis: Block) -> None:
         fail(f"unknown aggregation rule {genesis.aggregation!r}")
     rule = RULES[genesis.aggregation]
     written_in = {r.format: r.name for r in RULES.values()}  # whose runs each format is for
-    layout = genesis.layout  # a private format is checked as its public twin, and then some
+    layout = genesis.layout  # a private or targeted format is checked as its twin, and then some
     # Formats 1 and 2 hold no parameters or choices; format 3 holds any rule's (Krum wrote it
     # before format 5) but no gradients; a later format is written for one rule alone.
     if layout < FORMAT_RULES and rule.format != FORMAT_SIGNED:
@@ -94,7 +94,7 @@ def verify_genesis_fields(genesis: Block) -> None:
     if (layout == FORMAT_CORRECTED) != rule.probes:
         fail(
             f"{written_in[FORMAT_CORRECTED]} runs, and only they, are written in format "
-            f"{FORMAT_CORRECTED} (or {PRIVATE_TWIN[FORMAT_CORRECTED]}), not "
+            f"{formats_laid_out_as(FORMAT_CORRECTED)}, not "
             f"{genesis.aggregation!r} in format {genesis.version}"
         )
     if layout > FORMAT_RULES and layout != rule.format:
@@ -124,6 +124,8 @@ def verify_genesis_fields(genesis: Block) -> None:
             f"min_clients is {genesis.run.min_clients}"
         )
     _verify_model_sizes(0, genesis)
+    if genesis.targeted and genesis.run.target.column in genesis.feature_names:
+        fail(f"the target column {genesis.run.target.column!r} is also one of the features")
     if genesis.private:
         _verify_privacy(genesis)
 
@@ -138,6 +140,10 @@ def _verify_privacy(genesis: Block) -> None:
         raise ChainError(0, str(error)) from None
     if fault := schema_fault(schema, genesis.feature_names):
         raise ChainError(0, f"the privacy terms' {fault}")
+    if genesis.targeted and genesis.run.target.column not in schema.bounds:
+        raise ChainError(
+            0, f"the privacy terms' schema does not bound the target {genesis.run.target.column!r}"
+        )
     if schema.canonical() != terms.schema:
         raise ChainError(0, "the privacy terms' schema is not written in its canonical form")
     for name in sorted(run.participants):
@@ -155,7 +161,7 @@ def _verify_privacy(genesis: Block) -> None:
 
 def schema_fault(schema: Schema, feature_names: Sequence[str]) -> str | None:
     """What keeps SCHEMA from being a run's with FEATURE_NAMES, or None: it must bound each of
-    them and one column more, the target (which the chain does not name)."""
+    them and one column more, the target (which only formats 10 to 17 name)."""
     missing = [name for name in feature_names if name not in schema.bounds]
     beyond = len(schema.bounds) - (len(feature_names) - len(missing))
     if missing or beyond != 1:

@@ -2,7 +2,7 @@
 verifies, is written back to exactly its file's bytes, and hashes to what it records, so any
 change to any format's hashed or stored bytes fails here.
 
-The chains of formats 2 to 9 were made once, by golden_chain() below (signed with the fixed keys
+The chains of formats 2 to 17 were made once, by golden_chain() below (signed with the fixed keys
 of chain_helpers, at the time they were made); format 1's and the format-3 Krum chain are older.
 To add a format: add its chain to GOLDEN, make it once with write_golden_chain(N) and commit it.
 """
@@ -33,6 +33,7 @@ from fedchain.ledger.block import (
     ClientUpdate,
     PrivacyTerms,
     RunRecord,
+    TargetRecord,
     compute_hash,
 )
 from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_block, verify_chain
@@ -76,6 +77,9 @@ GOLDEN = {
     ),
     9: dict(rule=KRUM, parameters={BYZANTINE: 0.0}, private=True, rounds=(EVERYONE, EVERYONE)),
 }
+# Formats 10 to 17: the runs of their twins, 2 to 9, naming their target too.
+TARGET = TargetRecord("charges", "ln(USD per year)")
+GOLDEN |= {untargeted + 8: dict(spec, target=TARGET) for untargeted, spec in GOLDEN.items()}
 OLDER = {"format1-chain.jsonl": 1, "format3-krum-chain.jsonl": 3}
 FILES = {**{f"format{n}-chain.jsonl": n for n in GOLDEN}, **OLDER}
 
@@ -167,6 +171,7 @@ def golden_chain(version: int) -> list:
         {name: public_hex(key) for name, key in KEYS.items()},
         min_clients=min(map(len, rounds)),
         privacy=privacy,
+        target=spec.get("target"),
     )
     blocks = [
         make_genesis(
@@ -229,10 +234,12 @@ def test_the_golden_chains_record_every_field_their_format_has():
         spec, (genesis, first, second, closing) = GOLDEN[n], blocks
         assert genesis.run is not None and closing.attestations and second.attestations
         assert bool(first.missing or second.missing) == (ONE_OUT in spec["rounds"])
-        assert (genesis.run.privacy is not None) == (n >= 6)
-        if n in (3, 5, 7, 9):
+        assert (genesis.run.privacy is not None) == (n % 8 in (6, 7, 0, 1))
+        assert genesis.run.target == spec.get("target")
+        layout = genesis.layout
+        if layout in (3, 5):
             assert first.choice and first.parameters == spec["parameters"]
-        if n in (4, 8):
+        if layout == 4:
             assert first.search and all(u.corrected for u in first.client_model.values())
-        if n in (5, 9):
+        if layout == 5:
             assert genesis.scale == spec.get("scale", (1.0,) * len(FEATURES))

@@ -285,11 +285,11 @@ def test_a_krum_genesis_with_a_bad_scale_is_refused(scale, error):
 
 def test_a_scale_outside_a_krum_genesis_of_format_5_is_refused():
     first = genesis(KRUM, 1.0)
-    with pytest.raises(ValueError, match="format-5 blocks, and only they"):
+    with pytest.raises(ValueError, match="blocks of format 5, 9, 13 or 17, and only they"):
         reseal(first, version=FORMAT_RULES)
     with pytest.raises(ChainError, match="format 5 records krum runs only"):
         verify_chain([reseal(first, aggregation=MEDIAN)])
-    with pytest.raises(ValueError, match="format-5 blocks, and only they"):
+    with pytest.raises(ValueError, match="blocks of format 5, 9, 13 or 17, and only they"):
         reseal(genesis(MEDIAN, 1.0), scale=(1.0, 1.0, 1.0))
 
 
