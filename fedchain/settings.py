@@ -19,6 +19,7 @@ DIFFICULTY_BITS = 18  # about a quarter of a second of mining a block here
 # A client refuses a run mined at less: at 0 bits anyone re-mines a forged history in no time.
 MIN_DIFFICULTY_BITS = 8
 TARGET = "charges"  # the bundled data's target column: ln(yearly medical charges)
+TARGET_UNIT = "ln(USD per year)"  # its unit, as the chain records it
 
 # Local training (a client's own settings; they do not change what a verifier checks).
 GENERATIONS = 300

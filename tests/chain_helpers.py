@@ -8,7 +8,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import Block, ClientUpdate, RunRecord, TrainingSettings
+from fedchain.ledger.block import Block, ClientUpdate, RunRecord, TargetRecord, TrainingSettings
 from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_block
 from fedchain.ledger.mining import seal
 from fedchain.ledger.signatures import (
@@ -40,13 +40,18 @@ def run_record(rounds: int, clients=CLIENT_KEYS, server_key=SERVER_KEY) -> RunRe
 
 
 def genesis_for(
-    rounds: int, features=FEATURES, initial=None, server_key=SERVER_KEY, client_keys=CLIENT_KEYS
+    rounds: int,
+    features=FEATURES,
+    initial=None,
+    server_key=SERVER_KEY,
+    client_keys=CLIENT_KEYS,
+    target: TargetRecord | None = None,
 ) -> Block:
     return make_genesis(
         initial_model=initial or LinearModel.zeros(len(features)),
         feature_names=features,
         difficulty=DIFFICULTY,
-        run=run_record(rounds, client_keys, server_key),
+        run=replace(run_record(rounds, client_keys, server_key), target=target),
         server_key=server_key,
     )
 
@@ -106,12 +111,14 @@ def build_chain(
     closed: bool = False,
     server_key=SERVER_KEY,
     client_keys=CLIENT_KEYS,
+    target: TargetRecord | None = None,
 ) -> list[Block]:
     """A valid signed chain of ROUNDS rounds (and its closing block, if CLOSED), signed by
-    SERVER_KEY and CLIENT_KEYS (the fixed ones unless a test plays a forger with its own)."""
+    SERVER_KEY and CLIENT_KEYS (the fixed ones unless a test plays a forger with its own), in
+    format 10 if it names its TARGET, else 2."""
     rng = np.random.default_rng(seed)
     keys = {"server_key": server_key, "client_keys": client_keys}
-    blocks = [genesis_for(rounds, **keys)]
+    blocks = [genesis_for(rounds, target=target, **keys)]
     for _ in range(rounds):
         blocks.append(next_round(blocks[0], blocks[-1], rng, **keys))
     if closed:

@@ -11,7 +11,7 @@ from fedchain.checks import MAX_INT, check_int, check_name
 from fedchain.cli.console import command_for
 from fedchain.learning.aggregation import MAX_PROXIMAL, MIN_PROXIMAL
 from fedchain.learning.privacy import MAX_DELTA, MAX_EPSILON, MIN_EPSILON
-from fedchain.ledger.block import MAX_DIFFICULTY_BITS
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS, check_unit
 from fedchain.trust.errors import TrustError
 from fedchain.trust.keys import check_public_hex
 from fedchain.wire.frames import MAX_FRAME_LIMIT
@@ -100,6 +100,22 @@ def client_name(text: str) -> str:
     """A client's name, held to the same rule as on the wire and the chain."""
     try:
         return check_name(text, "a client's name")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def column_name(text: str) -> str:
+    """A data column's name (the target's), held to the same rule as a feature's."""
+    try:
+        return check_name(text, "a column's name")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def target_unit(text: str) -> str:
+    """A target's unit as the chain records it; '' for none stated."""
+    try:
+        return check_unit(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 

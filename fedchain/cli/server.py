@@ -13,12 +13,14 @@ from fedchain import settings
 from fedchain.cli.arguments import (
     add_connection_flags,
     add_output_flags,
+    column_name,
     epsilon,
     given_flags,
     integer_in,
     parser_for,
     proximal_weight,
     seconds,
+    target_unit,
 )
 from fedchain.cli.console import (
     announce,
@@ -46,7 +48,7 @@ from fedchain.learning.aggregation import (
 from fedchain.learning.dataset import DataError, Dataset, column_difference, load_dataset
 from fedchain.learning.scaffold import DEFAULT_PROXIMAL
 from fedchain.learning.schema import Schema, load_schema
-from fedchain.ledger.block import MAX_DIFFICULTY_BITS
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS, TargetRecord
 from fedchain.ledger.chain import Chain, continue_chain, verify_chain
 from fedchain.ledger.mining import expected_mining_s, tries_per_second
 from fedchain.ledger.store import load_chain
@@ -105,7 +107,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="held-out CSV to score rounds on ('' for none; default: the bundled test.csv); "
         "fixes the run's columns",
     )
-    flag("--target", default=settings.TARGET, help="target column of the --test file")
+    flag(
+        "--target",
+        type=column_name,
+        default=settings.TARGET,
+        help="the column the run predicts, recorded in the genesis (and the --test file's "
+        "target column)",
+    )
+    flag(
+        "--target-unit",
+        type=target_unit,
+        default=None,
+        help="the target's unit, recorded in the genesis so predictions say it (default: "
+        f"{settings.TARGET_UNIT!r} for the bundled target {settings.TARGET!r}; for another "
+        "--target, '': not stated)",
+    )
     flag("--seed", type=integer_in(0), default=settings.RUN_SEED, help="the run's seed")
     flag(
         "--round-timeout-s",
@@ -242,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     recorded = settings_from_genesis(args)
     if isinstance(recorded, int):
         return recorded
+    if args.target_unit is None:  # neither typed nor taken from the genesis
+        args.target_unit = settings.TARGET_UNIT if args.target == settings.TARGET else ""
     if args.min_clients is not None and args.min_clients > args.clients:
         print(
             f"error: --min-clients {args.min_clients} is more than --clients {args.clients}",
@@ -293,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         authorized_keys=authorized,
         schema=schema,
         max_epsilon=args.max_epsilon,
+        target=TargetRecord(args.target, args.target_unit),
     )
     if args.chain is None:
         args.chain = new_run_chain_path()
@@ -473,13 +492,21 @@ def settings_from_genesis(args: argparse.Namespace) -> RunPlan | int | None:
         "schema": recorded.schema,
         "max_epsilon": recorded.max_epsilon,
     }
+    if recorded.target is not None:
+        genesis_settings |= {"target": recorded.target.column, "target_unit": recorded.target.unit}
     # A flag given that differs is named now, before the flags are checked against each other:
     # else a value taken from the genesis would be blamed as if it had been typed.
     found = [
-        f"{_FLAGS[name]} is {getattr(args, name)}, but the chain's genesis records {value}"
+        f"{_FLAGS[name]} is {_said(name, getattr(args, name))}, but the chain's genesis records "
+        f"{_said(name, value)}"
         for name, value in genesis_settings.items()
         if name in _FLAGS and name in args.given and getattr(args, name) != value
     ]
+    if recorded.target is None and "target_unit" in args.given:
+        found.append(
+            "--target-unit is given, but the chain's genesis records no target (it is older "
+            "than chain format 10)"
+        )
     if found and "key" in args.given:  # named too, but no key is made to find out
         try:
             key = existing_key(args.key)
@@ -516,7 +543,14 @@ _FLAGS = {
     "byzantine": "--byzantine",
     "proximal": "--proximal",
     "max_epsilon": "--max-epsilon",
+    "target": "--target",
+    "target_unit": "--target-unit",
 }
+
+
+def _said(name: str, value: object) -> str:
+    """A flag's value in a refusal: the target's names quoted, so an empty unit shows as ''."""
+    return repr(value) if name in ("target", "target_unit") else str(value)
 
 
 def open_for_resuming(args: argparse.Namespace, plan: RunPlan) -> Chain | int:

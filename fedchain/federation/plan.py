@@ -1,6 +1,7 @@
 """A run's plan: what fixes the meaning of its chain (who takes part and how many must, the work,
-the rounds, the seed, the rule, the columns, the keys, the privacy terms), as one frozen value made
-from the flags for a new run or from the genesis for a resumed one, and how two plans differ."""
+the rounds, the seed, the rule, the columns, the target, the keys, the privacy terms), as one
+frozen value made from the flags for a new run or from the genesis for a resumed one, and how two
+plans differ."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 from fedchain.learning.aggregation import FEDAVG
 from fedchain.learning.dataset import column_difference
 from fedchain.learning.schema import Schema, parse_schema
-from fedchain.ledger.block import Block
+from fedchain.ledger.block import Block, TargetRecord
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class RunPlan:
     authorized_keys: Mapping[str, str] | None = None  # name -> public key
     schema: Schema | None = None  # a private run's public bounds; None: not a private run
     max_epsilon: float | None = None  # the most ε a private client may join with; None: any
+    target: TargetRecord | None = None  # what the run predicts; None: a chain that does not say
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_clients <= self.n_clients:
@@ -55,6 +57,7 @@ class RunPlan:
             authorized_keys=run.participants,
             schema=None if privacy is None else parse_schema(privacy.schema),
             max_epsilon=None if privacy is None else privacy.max_epsilon,
+            target=run.target,
         )
 
 
@@ -87,6 +90,10 @@ def differences(wanted: RunPlan, recorded: RunPlan) -> list[str]:
             f"chain's genesis records {'bounds' if theirs else 'none'}"
         )
     compare("--max-epsilon", wanted.max_epsilon, recorded.max_epsilon)
+    # A chain from before formats 10 to 17 names no target: the run goes on without one.
+    if wanted.target is not None and recorded.target is not None:
+        compare("--target", repr(wanted.target.column), repr(recorded.target.column))
+        compare("--target-unit", repr(wanted.target.unit), repr(recorded.target.unit))
     if wanted.server_key != recorded.server_key:
         found.append(
             f"the server key {wanted.server_key[:16]}… (--key) is not the one the chain was "

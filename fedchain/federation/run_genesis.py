@@ -1,5 +1,5 @@
-"""The block a run begins with: the plan, the clients admitted with their keys, each private
-client's signed statement, and for Krum the scale of each feature."""
+"""The block a run begins with: the plan (its target included), the clients admitted with their
+keys, each private client's signed statement, and for Krum the scale of each feature."""
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -35,6 +35,7 @@ def mine_genesis(
             {c.name: c.public_key for c in clients},
             plan.min_clients,
             _privacy_terms(plan, clients),
+            plan.target,
         ),
         server_key=key,
         aggregation=plan.aggregation,

@@ -137,10 +137,16 @@ class TargetRecord:
 
     def __post_init__(self) -> None:
         check_name(self.column, "the target column")
-        if not isinstance(self.unit, str) or len(self.unit) > MAX_UNIT_CHARS:
-            raise ValueError(f"the target's unit must be 0..{MAX_UNIT_CHARS} characters")
-        if not self.unit.isprintable():
-            raise ValueError("the target's unit must be printable")
+        check_unit(self.unit)
+
+
+def check_unit(value: object) -> str:
+    """Return VALUE if it can be a target's unit: 0..200 printable characters ("": not stated)."""
+    if not isinstance(value, str) or len(value) > MAX_UNIT_CHARS:
+        raise ValueError(f"the target's unit must be 0..{MAX_UNIT_CHARS} characters")
+    if not value.isprintable():
+        raise ValueError("the target's unit must be printable")
+    return value
 
 
 @dataclass(frozen=True)

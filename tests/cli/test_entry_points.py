@@ -12,7 +12,7 @@ from processes import ROOT, run_script
 import model
 from fedchain.learning.aggregation import feature_scale, fedavg
 from fedchain.learning.dataset import load_dataset
-from fedchain.ledger.block import FORMAT_SCALED
+from fedchain.ledger.block import FORMAT_SCALED, TARGET_TWIN
 from fedchain.ledger.store import ChainWriter, block_to_json, load_chain
 
 
@@ -130,7 +130,7 @@ def test_the_poisoning_demo_shows_krum_leaving_the_attacker_out():
     # test.csv), recorded in the genesis, which every client and verify recomputed with.
     genesis = load_chain(chain_path).blocks[0]
     test = load_dataset(ROOT / "data" / "test.csv").in_order(genesis.feature_names)
-    assert genesis.version == FORMAT_SCALED and genesis.scale == feature_scale(test.X)
+    assert genesis.version == TARGET_TWIN[FORMAT_SCALED] and genesis.scale == feature_scale(test.X)
     shutil.rmtree(chain_path.parent)
 
 

@@ -11,9 +11,11 @@ import pandas as pd
 from memory_runs import run_federation
 from processes import ROOT, run_blockchain_cli, start_server
 
+from fedchain import settings
 from fedchain.cli.console import port_from_listening_line
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.simulation import simulate
+from fedchain.ledger.block import TargetRecord
 from fedchain.ledger.store import load_chain
 
 ROUNDS = 3
@@ -48,6 +50,8 @@ def test_a_networked_run_gives_the_simulated_models_and_identical_replicas(progr
     ]
     check_finished_run(tmp_path, server, clients)
     blocks = load_chain(tmp_path / "chain.jsonl").blocks
+    # Every chain the server writes names what the run predicts, and in what unit.
+    assert blocks[0].run.target == TargetRecord(settings.TARGET, settings.TARGET_UNIT)
     datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
     simulated = simulate(datasets, rounds=ROUNDS, run_seed=7)  # the clients took it from the server
     for block, expected in zip(blocks[1:-1], simulated, strict=True):

@@ -67,7 +67,7 @@ def test_a_private_run_records_each_guarantee_and_trains_on_the_releases_alone(p
     chain_path = tmp_path / "chain.jsonl"
     blocks = load_chain(chain_path).blocks
     statements = blocks[0].run.privacy.statements
-    assert blocks[0].version == 6
+    assert blocks[0].version == 14  # format 6 (private) naming its target
     assert {n: (s.epsilon, s.delta) for n, s in statements.items()} == {
         "cli1": (1.0, 1e-5),
         "cli2": (2.0, 1e-6),
