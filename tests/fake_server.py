@@ -43,11 +43,18 @@ class Session:
         return receive(self.conn)
 
     def make_genesis(
-        self, *, rounds=1, features=FEATURES, difficulty=8, participants=None, run_key=None
+        self,
+        *,
+        rounds=1,
+        features=FEATURES,
+        difficulty=8,
+        participants=None,
+        run_key=None,
+        target=None,
     ) -> Block:
         participants = {"cli1": self.client_key} if participants is None else participants
         # RUN_KEY: a genesis made and signed by another server, valid in itself.
-        run = RunRecord(rounds, 0, public_hex(run_key or self.key), participants)
+        run = RunRecord(rounds, 0, public_hex(run_key or self.key), participants, target=target)
         return make_genesis(
             initial_model=LinearModel.zeros(len(features)),
             feature_names=features,

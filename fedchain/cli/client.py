@@ -193,6 +193,7 @@ def main(
             key=key,
             min_difficulty=args.min_difficulty,
             max_rounds=args.max_rounds,
+            target=args.target,
         )
         client.detail = detail
         client.poison = args.poison

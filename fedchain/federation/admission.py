@@ -1,6 +1,6 @@
 """Who may join a run: the checks of a registration, before the run (authorized keys, one key
-per name, columns, privacy) and during it (a client of the genesis, with its key and its rows).
-Each check raises Refusal with the reason the client is sent."""
+per name, target, columns, privacy) and during it (a client of the genesis, with its key and its
+rows). Each check raises Refusal with the reason the client is sent."""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +74,7 @@ def check_registration(
         _check_newcomer(name, key, plan, joined, bound_keys)
     else:
         _check_returning(name, key, message["n_samples"], chain)
+    _check_target(name, message.get("target"), plan)
     privacy = _check_privacy(name, key, features, message.get("privacy"), plan, server_key, chain)
     # Columns are matched by name: a client may hold them in any order.
     if run_features and (difference := column_difference(run_features, features)):
@@ -130,6 +131,16 @@ def _check_returning(name: str, key: str, n_samples: int, chain: Chain) -> None:
     if recorded is not None and recorded != n_samples:
         # The count weighs the client's model in every average: it is fixed for the run.
         raise Refusal(f"{name} now has {n_samples} rows, but the chain records {recorded}")
+
+
+def _check_target(name: str, offered: str | None, plan: RunPlan) -> None:
+    """A client that says which column it predicts must predict the run's: its model would
+    otherwise be averaged with models of another quantity. One that does not say is let in."""
+    if offered is not None and plan.target is not None and offered != plan.target.column:
+        raise Refusal(
+            f"{name} predicts {offered!r} (its --target), but the run predicts "
+            f"{plan.target.column!r}"
+        )
 
 
 def _check_privacy(

@@ -124,8 +124,12 @@ class FederatedClient:
         key: Ed25519PrivateKey,
         min_difficulty: int = settings.MIN_DIFFICULTY_BITS,
         max_rounds: int = settings.MAX_ROUNDS,
+        target: str | None = None,
     ) -> None:
         self.name = name
+        # The column DATA's y is, said at registration and held against the genesis's; None:
+        # not said (a run records a target only from format 10 on).
+        self.target = target
         self.key = key
         self.public_key = public_hex(key)
         self.min_difficulty = min_difficulty
@@ -175,6 +179,8 @@ class FederatedClient:
             "public_key": self.public_key,
             "login_signature": sign(self.key, login),
         }
+        if self.target is not None:
+            message["target"] = self.target
         if self.privacy is not None:
             self._make_private(schema)
             message["n_samples"] = self.n_samples
@@ -348,6 +354,11 @@ class FederatedClient:
             )
         if run.participants.get(self.name) != self.public_key:
             raise ClientFailed("the genesis does not admit this client with its own key")
+        if run.target is not None and self.target is not None and run.target.column != self.target:
+            # Before any training: its model would be averaged with models of another quantity.
+            raise ClientFailed(
+                f"the run predicts {run.target.column!r}; this client's --target is {self.target!r}"
+            )
         if run.rounds != message["rounds"] or run.seed != message["seed"]:
             raise ClientFailed("the welcome's rounds or seed differ from the genesis's")
         if run.rounds > self.max_rounds:

@@ -3,8 +3,8 @@
 Server -> client: challenge (in a private run, with its schema), welcome (then, for a client
 joining late, the blocks it lacks), train, probe (scaffold runs: the round's candidate), block,
 close, waiting, done, refused.
-Client -> server: register (signing the challenge; a private client also states its privacy),
-update, gradient (the answer to a probe), attest.
+Client -> server: register (signing the challenge; a private client also states its privacy, and
+a client may name the column it predicts), update, gradient (the answer to a probe), attest.
 A refusal names the field and never echoes more of what the peer sent than a short, escaped
 description.
 """
@@ -199,7 +199,9 @@ OPTIONAL: dict[str, dict[str, Callable[[object, str], object]]] = {
     "update": {"gradient": _gradient},
     # A private run's public bounds (learning/schema.py), and a private client's statement.
     "challenge": {"schema": _schema},
-    "register": {"privacy": _privacy},
+    # The column a client trains to predict, so a run of another target refuses it on joining
+    # (older clients do not send it).
+    "register": {"privacy": _privacy, "target": check_name},
 }
 
 
