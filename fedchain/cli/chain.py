@@ -34,6 +34,7 @@ from fedchain.ledger.report import Verdict, report_chain
 from fedchain.ledger.store import ChainFileError, load_chain
 from fedchain.ledger.verification import ChainError
 from fedchain.results.history import MetricsError, last_round, model_of_round, read_metrics
+from fedchain.results.target import chain_target, unit_line
 from fedchain.trust.errors import TrustError
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE, EXIT_INCOMPLETE = 0, 1, 2, 3
@@ -114,8 +115,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for command in (export, plot, report):
         command.add_argument(
             "--target",
-            default=settings.TARGET,
-            help="the column the model predicts, which the chain does not record",
+            default=None,
+            help="the column the model predicts (default: the one the chain records; for a "
+            f"chain older than format 10, which records none, {settings.TARGET})",
         )
         add_chain_reading_flags(command)
     for command in commands.choices.values():
@@ -153,6 +155,11 @@ def _main(argv: Sequence[str] | None) -> int:
         chain = verified(args.path, **reading(args))
         if isinstance(chain, int):
             return chain
+        try:  # the chain's own target where it records one: a --target typed is checked
+            args.target, _ = chain_target(chain.genesis, args.target)
+        except ValueError as error:
+            print(f"error: {args.path}: {error}", file=sys.stderr)
+            return EXIT_UNREADABLE
         return {"export": _export, "plot": _plot, "report": _report}[args.command](args, chain)
     blocks = _load(args.path)
     if isinstance(blocks, int):
@@ -280,6 +287,8 @@ def _export(args: argparse.Namespace, chain: Chain) -> int:
         f"wrote {args.output}: the global model of round {model.round} "
         f"(block hash {model.block_hash[:16]}…, genesis {model.genesis_hash[:16]}…)"
     )
+    if unit := unit_line(f"predicted_{model.target}", model.unit):
+        say(unit)
     return EXIT_OK
 
 

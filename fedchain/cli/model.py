@@ -17,11 +17,19 @@ from fedchain.cli.arguments import (
     parser_for,
 )
 from fedchain.cli.chain import reading, verified
-from fedchain.cli.console import command_for, configure_output, quiet_on_broken_pipe, say, shown
+from fedchain.cli.console import (
+    command_for,
+    configure_output,
+    quiet_on_broken_pipe,
+    say,
+    shown,
+    warn,
+)
 from fedchain.learning.dataset import DataError, Dataset, check_squarable, load_rows
 from fedchain.results import read_model_file
 from fedchain.results.chain_model import ChainModel, ModelFileError
 from fedchain.results.history import model_of_round
+from fedchain.results.target import unit_line
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 # and, as blockchain.py, 6 for a chain refused: unsigned, or not signed by the pinned key
@@ -54,7 +62,7 @@ def _show(argv: list[str]) -> int:
     add_output_flags(parser)
     args = parser.parse_args(argv)
     configure_output(quiet=args.quiet, verbose=args.verbose)
-    model = _from_chain(args.chain, args.round, settings.TARGET, args)
+    model = _from_chain(args.chain, args.round, None, args)
     if isinstance(model, int):
         return model
     say(f"global model of round {model.round} (block hash {model.block_hash[:16]}…), y = X·w + b:")
@@ -62,6 +70,8 @@ def _show(argv: list[str]) -> int:
     for name, weight in zip(model.feature_names, model.coef_, strict=True):
         say(f"  {name:<{width}}  {weight:+.6g}")
     say(f"  {'(bias)':<{width}}  {model.intercept_:+.6g}")
+    if model.unit is not None:  # what y is, where the chain records it
+        say(f"y is the predicted {model.target}; {unit_line('y', model.unit)}")
     return EXIT_OK
 
 
@@ -81,7 +91,8 @@ def _use(command: str, argv: list[str]) -> int:
     parser.add_argument(
         "--target",
         default=None,
-        help=f"the target column (default: the model file's; with --chain, {settings.TARGET})",
+        help="the target column (default: the model file's, or with --chain the chain's; "
+        f"for a chain older than format 10, which records none, {settings.TARGET})",
     )
     if command == "predict":
         parser.add_argument("-o", "--output", help="the CSV to write (default: print it)")
@@ -105,11 +116,17 @@ def _use(command: str, argv: list[str]) -> int:
         except OSError as error:
             print(f"error: cannot read {args.model}: {error.strerror}", file=sys.stderr)
             return EXIT_UNREADABLE
-        if args.target is not None:
+        if args.target is not None and args.target != model.target:
+            if model.unit is not None:  # the chain recorded it: not the reader's to rename
+                print(
+                    f"error: {args.model}: the model predicts {model.target!r}, as its chain "
+                    f"records; --target is {args.target!r}",
+                    file=sys.stderr,
+                )
+                return EXIT_UNREADABLE
             model.target = args.target
     else:
-        target = args.target or settings.TARGET
-        model = _from_chain(args.chain, args.round, target, args)
+        model = _from_chain(args.chain, args.round, args.target, args)
         if isinstance(model, int):
             return model
     try:
@@ -148,10 +165,14 @@ def _use(command: str, argv: list[str]) -> int:
 
 def _predict(model: ChainModel, X: np.ndarray, output: str | None) -> int:
     # 17 significant digits read back as the same bits: the predictions are the model's exactly.
-    lines = [f"predicted_{model.target}"] + [f"{value:.17g}" for value in model.predict(X)]
+    column = f"predicted_{model.target}"
+    lines = [column] + [f"{value:.17g}" for value in model.predict(X)]
     text = "\n".join(lines) + "\n"
+    unit = unit_line(column, model.unit)
     if output is None:
         sys.stdout.write(text)
+        if unit is not None:  # beside the CSV, not in it: the output stays one column
+            warn(f"note: {unit}")
         return EXIT_OK
     try:
         Path(output).write_text(text, encoding="utf-8")
@@ -159,11 +180,13 @@ def _predict(model: ChainModel, X: np.ndarray, output: str | None) -> int:
         print(f"error: cannot write {output}: {error.strerror}", file=sys.stderr)
         return EXIT_UNREADABLE
     say(f"wrote {output}: {len(X)} predictions of {model.target!r} by round {model.round}'s model")
+    if unit is not None:
+        say(unit)
     return EXIT_OK
 
 
 def _from_chain(
-    path: str, round: int | None, target: str, args: argparse.Namespace
+    path: str, round: int | None, target: str | None, args: argparse.Namespace
 ) -> ChainModel | int:
     chain = verified(path, **reading(args))
     if isinstance(chain, int):

@@ -37,9 +37,15 @@ def summarise_run(
     if test_data is not None and rounds:
         first, last = rounds[0].server_model, rounds[-1].server_model
         X, y = test_data.X, test_data.y
-        what = f"target {target}" + (
-            ", the log of the yearly charges" if target == settings.TARGET else ""
-        )
+        recorded = blocks[0].run.target if blocks[0].targeted else None
+        if recorded is not None:  # the unit as the chain records it
+            what = f"target {recorded.column}" + (
+                f", in {recorded.unit}" if recorded.unit else ", its unit not stated"
+            )
+        else:
+            what = f"target {target}" + (
+                ", the log of the yearly charges" if target == settings.TARGET else ""
+            )
         say(f"the global model on {len(y)} held-out rows ({what}):")
         say(
             f"  test MSE {mse(last, X, y):.4g} (round 1: {mse(first, X, y):.4g}), "

@@ -92,6 +92,8 @@ def report_chain(
         say(describe_signatures(chain, block))
     if chain.genesis.private:
         say(describe_privacy(chain.genesis))
+    if chain.genesis.targeted:
+        say(describe_target(chain.genesis))
     planned, done = chain.planned_rounds, chain.rounds_done
     if not chain.closed:
         verb = "verifies" if len(blocks) == 1 else "verify"
@@ -115,6 +117,13 @@ def describe_privacy(genesis: Block) -> str:
         f"privacy, per row of each client's data, as each client signed: {'; '.join(each)} "
         f"(the run admits {limit})"
     )
+
+
+def describe_target(genesis: Block) -> str:
+    """One line: what the run predicts, and in what unit, as its genesis records."""
+    target = genesis.run.target
+    unit = f", in {target.unit}" if target.unit else " (its unit not stated)"
+    return f"the run predicts {target.column}{unit}"
 
 
 def describe_choice(block: Block, most: int = 3) -> str:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedchain import settings
 from fedchain.results.chain_model import ChainModel, ModelFileError, model_from_json
 from fedchain.results.history import (
     UnpinnedChainWarning,
@@ -80,13 +79,15 @@ def load_model(
     path: str | Path,
     *,
     round: int | None = None,
-    target: str = settings.TARGET,
+    target: str | None = None,
     min_difficulty: int = 0,
     server_key: str | None = None,
     known_servers: str | Path | None = None,
     allow_unsigned: bool = False,
 ) -> ChainModel:
-    """Verify the chain file PATH; return the global model of ROUND (default: the last)."""
+    """Verify the chain file PATH; return the global model of ROUND (default: the last), of the
+    target the chain records (TARGET, default 'charges', for a chain that records none;
+    ValueError if TARGET differs from the recorded one)."""
     chain = verified_chain(
         path,
         min_difficulty=min_difficulty,

@@ -1,7 +1,8 @@
 """A global model taken off a verified chain, in scikit-learn's names, and its JSON file.
 
 The file says where the model came from (the round, its block's hash and the chain's genesis
-hash), so anyone holding the chain can check that the model is the one it records. This is the
+hash), so anyone holding the chain can check that the model is the one it records, and what it
+predicts: the target, and its unit where the chain records them (formats 10 to 17). This is the
 only place that knows the file's layout.
 """
 
@@ -17,6 +18,7 @@ from fedchain.learning.linear_model import LinearModel
 
 FORMAT = "fedchain-model/1"
 TARGET_SOURCE = "named when the model was exported (--target): the chain does not record it"
+TARGET_RECORDED = "recorded in the chain's genesis, with its unit (target_unit)"
 _KEYS = {
     "format",
     "feature_names",
@@ -28,6 +30,7 @@ _KEYS = {
     "block_hash",
     "genesis_hash",
 }
+_OPTIONAL_KEYS = {"target_unit"}  # written for a chain that records its target; older files lack it
 
 
 class ModelFileError(ValueError):
@@ -46,6 +49,7 @@ class ChainModel:
         round: int,
         block_hash: str,
         genesis_hash: str,
+        unit: str | None = None,
     ) -> None:
         self.model = model
         self.feature_names = check_names(tuple(feature_names), "feature_names")
@@ -54,6 +58,9 @@ class ChainModel:
                 f"{len(self.feature_names)} feature names for {model.n_features} weights"
             )
         self.target = target
+        # The target's unit as the chain records it ("": not stated); None: the chain records
+        # no target, so TARGET is only what whoever exported the model named.
+        self.unit = unit
         self.round = round
         self.block_hash = block_hash
         self.genesis_hash = genesis_hash
@@ -112,11 +119,13 @@ class ChainModel:
             "weights": [float(w) for w in self.coef_],
             "bias": self.intercept_,
             "target": self.target,
-            "target_source": TARGET_SOURCE,
+            "target_source": TARGET_SOURCE if self.unit is None else TARGET_RECORDED,
             "round": self.round,
             "block_hash": self.block_hash,
             "genesis_hash": self.genesis_hash,
         }
+        if self.unit is not None:
+            record["target_unit"] = self.unit
         # repr-style floats: the file holds the chain's weights bit for bit.
         return json.dumps(record, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
@@ -133,7 +142,7 @@ def model_from_json(text: str) -> ChainModel:
         raise ModelFileError(f"format is {describe(record.get('format'))}, not {FORMAT!r}")
     if missing := _KEYS - record.keys():
         raise ModelFileError(f"lacks {', '.join(sorted(missing))}")
-    if extra := record.keys() - _KEYS:
+    if extra := record.keys() - _KEYS - _OPTIONAL_KEYS:
         raise ModelFileError(f"has unknown field(s) {', '.join(map(describe, sorted(extra)))}")
     try:
         weights = [_number("weights", w) for w in _typed("weights", record["weights"], list)]
@@ -144,6 +153,9 @@ def model_from_json(text: str) -> ChainModel:
             round=check_int(record["round"], 0, 2**63 - 1, "round"),
             block_hash=_typed("block_hash", record["block_hash"], str),
             genesis_hash=_typed("genesis_hash", record["genesis_hash"], str),
+            unit=_typed("target_unit", record["target_unit"], str)
+            if "target_unit" in record
+            else None,
         )
     except (TypeError, ValueError) as error:
         raise ModelFileError(str(error)) from None

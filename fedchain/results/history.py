@@ -16,6 +16,7 @@ from fedchain.ledger.block import Block
 from fedchain.ledger.chain import Chain, PinHints, check_server_key, verify_chain
 from fedchain.ledger.store import load_chain
 from fedchain.results.chain_model import ChainModel
+from fedchain.results.target import chain_target
 
 METRICS_COLUMNS = ("round", "client", "local_mse_after", "test_mse", "block_hash")
 MIN_HASH_PREFIX = 8  # hex digits of a block's hash the metrics file must give, at the least
@@ -65,10 +66,12 @@ def last_round(blocks: Sequence[Block]) -> int:
 
 
 def model_of_round(
-    blocks: Sequence[Block], round: int | None = None, *, target: str = settings.TARGET
+    blocks: Sequence[Block], round: int | None = None, *, target: str | None = None
 ) -> ChainModel:
-    """The global model of ROUND (default: the last) of the verified BLOCKS; ValueError if the
-    chain has no such round."""
+    """The global model of ROUND (default: the last) of the verified BLOCKS, predicting the
+    target the chain records (or TARGET, default the bundled one, for a chain that records
+    none); ValueError if the chain has no such round, or records another target than TARGET."""
+    column, unit = chain_target(blocks[0], target)
     last = last_round(blocks)
     index = last if round is None else round
     if not 0 <= index <= last:
@@ -77,7 +80,8 @@ def model_of_round(
     return ChainModel(
         block.server_model,
         block.feature_names,
-        target=target,
+        target=column,
+        unit=unit,
         round=index,
         block_hash=block.hash,
         genesis_hash=blocks[0].hash,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from fedchain.ledger.block import Block
 from fedchain.ledger.chain import Chain
 from fedchain.ledger.report import describe_choice
+from fedchain.results.target import target_phrase
 
 # Blocks nothing but inline styles and data: images, so even a page altered by hand loads
 # nothing from the network.
@@ -105,6 +106,9 @@ def settings_rows(genesis: Block) -> list[tuple[str, str]]:
         ("difficulty", _text(f"{genesis.difficulty} bits")),
         ("features", _text(", ".join(genesis.feature_names))),
     ]
+    if genesis.targeted:
+        target = genesis.run.target
+        rows.append(("target", _text(target_phrase(target.column, target.unit))))
     run = genesis.run
     if run is not None:
         rows += [

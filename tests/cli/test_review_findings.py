@@ -203,7 +203,8 @@ def test_report_help_shows_its_defaults_as_plot_does():
     text = run_main("blockchain.py", "report", "--help").stdout
     flat = " ".join(text.split())
     assert "(default: report.html)" in flat
-    assert "(default: charges)" in flat and "(default: 0)" in flat
+    assert "(default: 0)" in flat
+    assert "(default: the one the chain records; for a chain older than format 10" in flat
 
 
 def test_report_does_not_write_over_the_chain_it_reads(tmp_path):
