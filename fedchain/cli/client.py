@@ -11,6 +11,7 @@ from fedchain.cli.arguments import (
     add_connection_flags,
     add_output_flags,
     client_name,
+    column_name,
     delta,
     epsilon,
     integer_in,
@@ -66,7 +67,13 @@ def parse_args(
         default=default_data or None,
         help="this client's CSV rows" + ("" if default_data else "; needed unless --show-key"),
     )
-    flag("--target", default=settings.TARGET, help="the column to predict")
+    flag(
+        "--target",
+        type=column_name,
+        default=settings.TARGET,
+        help="the column to predict; said to the server, which refuses it for a run that "
+        "predicts another, as this client refuses such a run's genesis",
+    )
     flag(
         "--seed",
         type=integer_in(0),
