@@ -97,6 +97,13 @@ def verify_genesis_fields(genesis: Block) -> None:
             f"{formats_laid_out_as(FORMAT_CORRECTED)}, not "
             f"{genesis.aggregation!r} in format {genesis.version}"
         )
+    if layout == FORMAT_RULES and rule.scaled and genesis.version != FORMAT_RULES:
+        # Format 3 holds Krum only because Krum was written in it before format 5 existed; no
+        # program ever wrote Krum in a twin of format 3, whose distances would be in raw units.
+        fail(
+            f"{genesis.aggregation} runs are written in format "
+            f"{formats_laid_out_as(FORMAT_SCALED)}, not {genesis.version}"
+        )
     if layout > FORMAT_RULES and layout != rule.format:
         fail(
             f"format {genesis.version} records {written_in[layout]} runs only, not "

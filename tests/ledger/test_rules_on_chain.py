@@ -16,7 +16,9 @@ from fedchain.ledger.block import (
     FORMAT_SCALED,
     FORMAT_SIGNED,
     ClientUpdate,
+    PrivacyTerms,
     RunRecord,
+    TargetRecord,
 )
 from fedchain.ledger.chain import make_closing_block, make_genesis, make_round_block, verify_chain
 from fedchain.ledger.report import LEGACY_KRUM_NOTE, Verdict, report_chain
@@ -303,3 +305,19 @@ def test_verify_says_when_a_krum_chain_is_in_the_legacy_format_3():
     said.clear()
     report_chain(build(KRUM, 1.0), said.append)
     assert LEGACY_KRUM_NOTE not in said
+
+
+@pytest.mark.parametrize("twin", [7, 11, 15])
+def test_krum_in_a_twin_of_the_legacy_format_3_is_refused(twin):
+    # Only format 3 itself holds Krum, from before format 5; a twin of it, which no program
+    # wrote, would have Krum measure raw units and pass the tools.
+    first = genesis(KRUM, 1.0)
+    terms = PrivacyTerms("column,low,high\nx0,0,1\n", None, {})
+    run = replace(
+        first.run,
+        privacy=terms if twin in (7, 15) else None,
+        target=TargetRecord("y", "") if twin in (11, 15) else None,
+    )
+    forged = reseal(first, version=twin, scale=(), run=run)
+    with pytest.raises(ChainError, match=f"krum runs are written in format 5, .*, not {twin}"):
+        verify_chain([forged])
