@@ -18,4 +18,6 @@ ALLOWED = {
     # A run's result for people and notebooks: read off a verified chain, never off the network.
     "results": {"checks", "settings", "learning", "ledger"},
     "cli": {"checks", "settings", "learning", "ledger", "wire", "trust", "federation", "results"},
+    # The same federation on Flower: an entry point beside the command line, using its parts.
+    "flower": {"checks", "settings", "learning", "ledger", "wire", "trust", "federation", "cli"},
 }

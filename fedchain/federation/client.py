@@ -143,6 +143,8 @@ class FederatedClient:
         self.generations = generations
         self.population = population
         self.replica = replica
+        # Where the replica goes when REPLICA is None, named after the run's genesis.
+        self.replica_folder = settings.REPLICA_DIR
         self.say = say
         self.stage = Stage.LOGGING_IN
         self.detail: Callable[[str], None] = lambda line: None  # what only -v shows
@@ -370,27 +372,11 @@ class FederatedClient:
         # would have the client wait for blocks that cannot come.
         self._check_height(message["height"], run.rounds)
         self._check_privacy_terms(genesis)
-        if genesis.feature_names != self.data.feature_names:
-            try:
-                # Columns are matched by name: the model's weights follow the run's order.
-                ours = self.data.feature_names
-                self.data = self.data.in_order(genesis.feature_names)
-            except DataError as error:
-                raise ClientFailed(
-                    f"the run's features do not fit this client's rows: {error}"
-                ) from None
-            if self.release is None:
-                self.problem = LocalProblem.from_data(self.data.X, self.data.y)
-            else:
-                sums = in_order(self.release.moments, ours, genesis.feature_names)
-                self.problem = LocalProblem.from_moments(sums)
-            # The corrected search reads its own copy of the rows: it must see the run's order
-            # too, or it fits each weight to another column.
-            self.corrected = CorrectedProblem(self.problem)
+        self.take_columns_of(genesis)
         if self.seed is None:
             self.seed = message["seed"]
         self.rounds = run.rounds
-        path = self.replica or settings.REPLICA_DIR / f"{self.name}-{genesis.hash[:12]}.jsonl"
+        path = self.replica or self.replica_folder / f"{self.name}-{genesis.hash[:12]}.jsonl"
         if path.exists():  # this client has been in this run before, and was restarted
             self.chain = self._continue_replica(path, genesis)
             return
@@ -407,6 +393,27 @@ class FederatedClient:
             writer.close()
             raise ClientFailed(f"cannot write block 0 to {path}: {error}") from None
         self.say(f"joined; genesis {genesis.hash[:16]}… verified; replica in {path}")
+
+    def take_columns_of(self, genesis: Block) -> None:
+        """Train in the run's column order from now on (columns are matched by name: the
+        model's weights follow the genesis's order)."""
+        if genesis.feature_names == self.data.feature_names:
+            return
+        try:
+            ours = self.data.feature_names
+            self.data = self.data.in_order(genesis.feature_names)
+        except DataError as error:
+            raise ClientFailed(
+                f"the run's features do not fit this client's rows: {error}"
+            ) from None
+        if self.release is None:
+            self.problem = LocalProblem.from_data(self.data.X, self.data.y)
+        else:
+            sums = in_order(self.release.moments, ours, genesis.feature_names)
+            self.problem = LocalProblem.from_moments(sums)
+        # The corrected search reads its own copy of the rows: it must see the run's order
+        # too, or it fits each weight to another column.
+        self.corrected = CorrectedProblem(self.problem)
 
     def _check_height(self, height: int, rounds: int) -> None:
         """A run of ROUNDS has at most the genesis, its rounds and the closing block."""

@@ -1,0 +1,222 @@
+"""The ServerApp's transport: the run's protocol (federation/protocol.py) driven over Flower's
+Grid, as server.py drives it over sockets. Flower delivers request and reply, so each node has at
+most one message in flight: what the protocol sends a node while it is busy waits, and goes with
+the next message, in order. Every reply's messages are one `Spoke` (a registration, first); a
+node whose reply is an error, or says its client failed, is `Closed`; one that never answers is
+left out by the protocol's own deadlines. Flower never decides anything here."""
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fedchain import settings
+from fedchain.federation.events import (
+    Abort,
+    Action,
+    BadFrame,
+    Closed,
+    Detail,
+    Disconnect,
+    Event,
+    Registration,
+    Report,
+    Say,
+    Send,
+    Spoke,
+    TurnAwayNewcomers,
+    Write,
+)
+from fedchain.federation.plan import RunPlan
+from fedchain.federation.protocol import Phase, ServerProtocol, Waits
+from fedchain.federation.server import RunAborted
+from fedchain.flower.config import FlowerRun
+from fedchain.flower.records import pack, unpack
+from fedchain.learning.dataset import Dataset, load_dataset
+from fedchain.ledger.block import Block
+from fedchain.ledger.store import ChainWriter
+from fedchain.trust.handshake import new_challenge
+from fedchain.trust.keys import load_or_create_key, public_hex
+from fedchain.wire.messages import ProtocolError
+
+POLL_S = 0.05  # between looks for replies; Flower's own polling is far slower when deployed
+GOODBYE_S = 30.0  # how long the last messages (the run's end) are waited on
+
+
+@dataclass(eq=False)
+class _Node:
+    """A SuperNode as the protocol sees it: a connection, named by CONN."""
+
+    conn: int
+    node_id: int
+    challenge: bytes  # the login challenge it was sent; its first reply registers it
+    registered: bool = False
+    gone: bool = False
+    in_flight: str = ""  # the id of the message awaiting its reply
+    outbox: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class FlowerServer:
+    """One run over GRID, to RUN's settings; SAY is the log."""
+
+    grid: Grid
+    run: FlowerRun
+    chain_path: Path
+    say: Callable[[str], None]
+    nodes: dict[int, _Node] = field(default_factory=dict)  # by conn
+    blocks: list[Block] = field(default_factory=list)
+    server_key: str = ""  # once the key is loaded
+
+    def serve(self) -> list[Block]:
+        """Run the federation to its end; return the chain's blocks. Raises RunAborted."""
+        run = self.run
+        key, created = load_or_create_key(run.key)
+        self.say(f"server key {public_hex(key)} ({'made now in' if created else 'from'} {run.key})")
+        test_data = load_dataset(run.test, target=run.target.column) if run.test else None
+        plan = self._plan(public_hex(key), test_data)
+        waits = Waits(round_timeout_s=run.round_timeout_s, join_timeout_s=run.join_timeout_s)
+        self.protocol = ServerProtocol(plan, key, time, waits=waits, test_data=test_data)
+        self.server_key = public_hex(key)
+        self.events: deque[Event] = deque()
+        self.in_flight: dict[str, _Node] = {}
+        self.say(f"the chain goes to {self.chain_path}")
+        with ChainWriter(self.chain_path) as self.writer:
+            self._carry_out(self.protocol.start())
+            while not self.protocol.finished:
+                self._step()
+            self._say_goodbye()
+        return self.blocks
+
+    def _plan(self, server_key: str, test_data: Dataset | None) -> RunPlan:
+        run = self.run
+        return RunPlan(
+            n_clients=run.clients,
+            min_clients=run.min_clients,
+            rounds=run.rounds,
+            difficulty_bits=run.difficulty,
+            seed=run.seed,
+            server_key=server_key,
+            aggregation=run.aggregation,
+            aggregation_parameters=run.parameters or {},
+            features=None if test_data is None else test_data.feature_names,
+            target=run.target,
+        )
+
+    def _step(self) -> None:
+        """Hand in what has arrived, decide what is due, send, and wait a little for more."""
+        protocol = self.protocol
+        if protocol.phase is Phase.ADMITTING:
+            self._greet_newcomers()
+        while self.events and not protocol.finished:
+            self._carry_out(protocol.handle(self.events.popleft()))
+        while not protocol.finished and protocol.wake_at() <= time.monotonic():
+            self._carry_out(protocol.tick())
+        self._flush()
+        if not protocol.finished and not self._collect():
+            time.sleep(POLL_S)
+
+    def _greet_newcomers(self) -> None:
+        """Send each node not seen before its login challenge (the socket's first message)."""
+        known = {node.node_id for node in self.nodes.values()}
+        for node_id in sorted(set(self.grid.get_node_ids()) - known):
+            challenge = new_challenge()
+            node = _Node(len(self.nodes) + 1, node_id, challenge)
+            self.nodes[node.conn] = node
+            node.outbox.append({"type": "challenge", "challenge": challenge})
+
+    def _flush(self) -> None:
+        """Each idle node's waiting messages, in order, as one Flower message."""
+        messages = []
+        for node in self.nodes.values():
+            if node.gone or node.in_flight or not node.outbox:
+                continue
+            batch, node.outbox = node.outbox, []
+            kind = "train" if any(m["type"] == "train" for m in batch) else "query"
+            content = pack(batch, server_key=self.server_key)
+            messages.append((node, Message(content, dst_node_id=node.node_id, message_type=kind)))
+        if messages:
+            ids = self.grid.push_messages([message for _, message in messages])
+            for (node, _), message_id in zip(messages, ids, strict=True):
+                node.in_flight = message_id
+                self.in_flight[message_id] = node
+
+    def _collect(self) -> bool:
+        """Take in the replies that have arrived; whether any had."""
+        if not self.in_flight:
+            return False
+        replies = list(self.grid.pull_messages(list(self.in_flight)))
+        for reply in replies:
+            node = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
+            if node is None:
+                continue
+            node.in_flight = ""
+            if not node.gone:
+                self._hear(node, reply)
+        return bool(replies)
+
+    def _hear(self, node: _Node, reply: Message) -> None:
+        if reply.has_error():
+            self.say(f"node {node.node_id}: Flower reports error {reply.error.code}")
+            self._lose(node)
+            return
+        try:
+            messages, _, failure = unpack(reply.content, settings.MAX_FRAME_BYTES)
+        except ProtocolError as error:
+            self.events.append(BadFrame(node.conn, str(error)))
+            node.gone = True
+            return
+        if failure:
+            self.say(f"node {node.node_id}'s client failed: {failure}")
+            self._lose(node)
+        elif not node.registered:
+            node.registered = True
+            address = f"Flower node {node.node_id}"
+            self.events.append(Registration(node.conn, address, node.challenge, tuple(messages)))
+        elif messages:
+            self.events.append(Spoke(node.conn, tuple(messages)))
+
+    def _lose(self, node: _Node) -> None:
+        node.gone = True
+        self.events.append(Closed(node.conn))
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Send(to, message):
+                    for conn in to:
+                        self.nodes[conn].outbox.append(message)
+                case Disconnect(conn, refusal):
+                    node = self.nodes[conn]
+                    if refusal is not None:
+                        node.outbox.append({"type": "refused", "reason": refusal})
+                        self._flush()
+                    node.gone = True
+                case Say(text):
+                    self.say(text)
+                case Write(block):
+                    self.writer.append(block)
+                    self.blocks.append(block)
+                case Report(report):
+                    for line in report.finish(time.monotonic(), time.process_time())[1]:
+                        self.say(line)
+                case Abort(reason):
+                    self._flush()
+                    raise RunAborted(reason)
+                case Detail() | TurnAwayNewcomers():
+                    pass  # no details asked for; a node joining late is refused by the protocol
+
+    def _say_goodbye(self) -> None:
+        """Deliver the run's last messages (its end), so every node's client finishes."""
+        self._flush()
+        deadline = time.monotonic() + GOODBYE_S
+        while self.in_flight and time.monotonic() < deadline:
+            if not self._collect():
+                time.sleep(POLL_S)
+            self._flush()
+        if self.in_flight:
+            self.say(f"{len(self.in_flight)} node(s) did not confirm the run's end")

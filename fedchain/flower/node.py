@@ -1,0 +1,112 @@
+"""A SuperNode's side of a run: which client it is, and its answer to each message.
+
+Flower may run every message in a fresh process (its deployment does), so nothing is kept in
+memory: the client is built again from its rows and key at each message and restored from the
+snapshot its node keeps in Flower's Context.state (federation/client_snapshot.py), its replica
+read back and verified. The server's key is pinned at the first message the node takes."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, Context, Message
+
+from fedchain import settings
+from fedchain.federation.client import ClientFailed, FederatedClient
+from fedchain.federation.client_snapshot import restore, snapshot
+from fedchain.flower.config import FlowerRun
+from fedchain.flower.records import pack, unpack
+from fedchain.learning.dataset import DataError, Dataset, load_dataset
+from fedchain.learning.partition import pool, split_rows
+from fedchain.trust.errors import TrustError
+from fedchain.trust.keys import load_or_create_key
+from fedchain.wire.messages import ProtocolError
+
+STATE = "fedchain-client"  # the node's record in Context.state
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a node is in the run: its client's name and rows."""
+
+    name: str
+    data: Dataset
+
+
+def identity(node_config: dict, run: FlowerRun) -> Identity:
+    """The client a node is: NAME and DATA from its node config if it gives them (a deployed
+    SuperNode: --node-config "name=cli1 data=/path/rows.csv"), else by its partition-id: client
+    K of run.data's clientK.csv, or of the bundled rows (cli1 and cli2 on client1.csv and
+    client2.csv, as the socket demo; for more clients, the same rows split evenly)."""
+    target = run.target.column
+    if "name" in node_config or "data" in node_config:
+        name, data = str(node_config.get("name", "")), str(node_config.get("data", ""))
+        if not name or not data:
+            raise ClientFailed("the node config names a client with both name and data, or neither")
+        return Identity(name, load_dataset(data, target=target))
+    try:
+        partition, partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except (KeyError, TypeError, ValueError):
+        raise ClientFailed(
+            "the node config gives neither name and data nor partition-id and num-partitions"
+        ) from None
+    if not 0 <= partition < partitions:
+        raise ClientFailed(f"partition-id {partition} is not below num-partitions {partitions}")
+    if run.data is not None:
+        return Identity(
+            f"cli{partition + 1}",
+            load_dataset(run.data / f"client{partition + 1}.csv", target=target),
+        )
+    halves = [load_dataset(settings.bundled_data(f"client{k}.csv"), target=target) for k in (1, 2)]
+    if partitions == 2:
+        return Identity(f"cli{partition + 1}", halves[partition])
+    name, data = list(split_rows(pool(halves), partitions).items())[partition]
+    return Identity(name, data)
+
+
+def answer(
+    message: Message, context: Context, run: FlowerRun, say: Callable[[str], None]
+) -> Message:
+    """This node's client takes MESSAGE's protocol messages, in order; the reply holds its
+    answers, or why it failed (after which the server leaves it out)."""
+    name = "this node"
+    client = None
+    try:
+        who = identity(dict(context.node_config), run)
+        name = who.name
+        incoming, server_key, _ = unpack(message.content, settings.MAX_FRAME_BYTES)
+        key, created = load_or_create_key(run.keys / f"{name}.key")
+        if created:
+            say(f"{name}: made its key in {run.keys / f'{name}.key'}")
+        client = FederatedClient(
+            name=name,
+            data=who.data,
+            seed=None,
+            generations=run.generations,
+            population=run.population,
+            replica=None,
+            say=lambda line: say(f"{name}: {line}" if not line.startswith(name) else line),
+            key=key,
+            target=run.target.column,
+        )
+        client.replica_folder = run.replicas
+        kept = context.state.config_records.get(STATE)
+        if kept is None:  # the run's first message: pin the key it names
+            client.connect(server_key)
+        else:
+            if server_key != kept["server_key"]:
+                raise ClientFailed(
+                    f"the server's key changed from {kept['server_key'][:16]}… to "
+                    f"{server_key[:16]}… during the run"
+                )
+            restore(client, kept["snapshot"])
+        replies = [reply for m in incoming if (reply := client.step(m)) is not None]
+        context.state[STATE] = ConfigRecord(
+            {"server_key": client.server_key, "snapshot": snapshot(client)}
+        )
+        return Message(pack(replies), reply_to=message)
+    except (ClientFailed, ProtocolError, DataError, TrustError, OSError) as error:
+        say(f"{name}: {error}")
+        return Message(pack([], failure=str(error) or type(error).__name__), reply_to=message)
+    finally:
+        if client is not None:
+            client.close()
