@@ -39,6 +39,7 @@ class FlowerRun:
     data: Path | None = None  # a folder of client1.csv … clientN.csv; None: the bundled rows
     replicas: Path = settings.REPLICA_DIR
     keys: Path = settings.KEY_DIR
+    authorized_keys: Path | None = None  # a file of NAME KEY lines: who may join; None: anyone
     target: TargetRecord = BUNDLED_TARGET
     generations: int = settings.GENERATIONS
     population: int = settings.POPULATION
@@ -83,6 +84,7 @@ class FlowerRun:
             data=read.path("data"),
             replicas=read.path("replicas") or settings.REPLICA_DIR,
             keys=read.path("keys") or settings.KEY_DIR,
+            authorized_keys=read.path("authorized-keys"),
             target=target_record,
             generations=read.integer("generations", settings.GENERATIONS, low=1),
             population=read.integer("population", settings.POPULATION, low=2),

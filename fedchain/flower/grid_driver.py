@@ -39,6 +39,7 @@ from fedchain.flower.records import pack, unpack
 from fedchain.learning.dataset import Dataset, load_dataset
 from fedchain.ledger.block import Block
 from fedchain.ledger.store import ChainWriter
+from fedchain.trust.authorized import load_authorized_keys
 from fedchain.trust.handshake import new_challenge
 from fedchain.trust.keys import load_or_create_key, public_hex
 from fedchain.wire.messages import ProtocolError
@@ -78,7 +79,8 @@ class FlowerServer:
         key, created = load_or_create_key(run.key)
         self.say(f"server key {public_hex(key)} ({'made now in' if created else 'from'} {run.key})")
         test_data = load_dataset(run.test, target=run.target.column) if run.test else None
-        plan = self._plan(public_hex(key), test_data)
+        authorized = load_authorized_keys(run.authorized_keys) if run.authorized_keys else None
+        plan = self._plan(public_hex(key), test_data, authorized)
         waits = Waits(round_timeout_s=run.round_timeout_s, join_timeout_s=run.join_timeout_s)
         self.protocol = ServerProtocol(plan, key, time, waits=waits, test_data=test_data)
         self.server_key = public_hex(key)
@@ -92,7 +94,9 @@ class FlowerServer:
             self._say_goodbye()
         return self.blocks
 
-    def _plan(self, server_key: str, test_data: Dataset | None) -> RunPlan:
+    def _plan(
+        self, server_key: str, test_data: Dataset | None, authorized: dict[str, str] | None
+    ) -> RunPlan:
         run = self.run
         return RunPlan(
             n_clients=run.clients,
@@ -105,6 +109,7 @@ class FlowerServer:
             aggregation_parameters=run.parameters or {},
             features=None if test_data is None else test_data.feature_names,
             target=run.target,
+            authorized_keys=authorized,
         )
 
     def _step(self) -> None:

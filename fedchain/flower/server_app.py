@@ -10,7 +10,9 @@ from fedchain.cli.server import new_run_chain_path
 from fedchain.federation.server import RunAborted
 from fedchain.flower.config import FlowerRun
 from fedchain.flower.grid_driver import FlowerServer
+from fedchain.learning.dataset import DataError
 from fedchain.ledger.report import Verdict, report_chain
+from fedchain.trust.errors import TrustError
 
 
 def make_server_app(
@@ -32,6 +34,11 @@ def make_server_app(
         except RunAborted as error:
             say(f"run stopped: {error}")
             blocks = server.blocks
+        except (DataError, TrustError, OSError) as error:  # the run's files: named in the error
+            say(f"error: the run cannot start: {error}")
+            if outcome is not None:
+                outcome.append(Verdict.INVALID)
+            return
         verdict = report_chain(blocks, say, show_blocks=False, server_key=server.server_key)
         say(f"chain: {chain_path}")
         if outcome is not None:
