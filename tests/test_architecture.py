@@ -127,3 +127,26 @@ def test_the_servers_rules_do_no_io_and_read_no_clock(name):
     forbidden = {"socket", "ssl", "selectors", "time", "threading", "asyncio"}
     assert not imported & forbidden
     assert "fedchain.federation.server" not in imported  # the transport is theirs to drive
+
+
+def top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return {name.split(".")[0] for name in imported}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in MODULES if "flower" not in p.relative_to(PACKAGE).parts],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_only_the_flower_package_imports_flwr(path):
+    # Flower is an extra (pip install .[flower]): every base command runs without it.
+    assert "flwr" not in top_level_imports(path)
+
+
+def test_the_flower_check_sees_an_import_of_flwr(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("from flwr.app import Message\n")
+    assert "flwr" in top_level_imports(sample)
