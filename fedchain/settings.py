@@ -2,6 +2,7 @@
 all start from these, so the three-terminal run, the demo and the tests agree without repeating.
 """
 
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 # Where a run happens.
@@ -51,7 +52,14 @@ KNOWN_SERVERS_PATH = KEY_DIR / "known_servers"
 
 def bundled_data(name: str) -> Path:
     """A file of the bundled data set: inside the package once installed, else the checkout's
-    data/ folder (a missing file is left for the loader to report)."""
+    data/ folder, else the installed package's (a Flower app runs from a copy of the package
+    that holds no CSV files); a missing file is left for the loader to report."""
     package = Path(__file__).resolve().parent
-    installed = package / "bundled_data" / name
+    for candidate in (package / "bundled_data" / name, package.parent / "data" / name):
+        if candidate.is_file():
+            return candidate
+    try:
+        installed = Path(distribution("fedchain").locate_file(f"fedchain/bundled_data/{name}"))
+    except PackageNotFoundError:
+        return package.parent / "data" / name
     return installed if installed.is_file() else package.parent / "data" / name
