@@ -10,12 +10,27 @@ from pathlib import Path
 from fedchain import settings
 from fedchain.checks import check_name
 from fedchain.learning.aggregation import BYZANTINE, PROXIMAL, RULES
+from fedchain.learning.dataset import DataError
 from fedchain.learning.scaffold import DEFAULT_PROXIMAL
 from fedchain.ledger.block import MAX_DIFFICULTY_BITS, TargetRecord
 
 NOT_GIVEN = -1
 BUNDLED_TEST = settings.bundled_data("test.csv")
 BUNDLED_TARGET = TargetRecord(settings.TARGET, settings.TARGET_UNIT)
+
+
+def bundled_rows(name: str) -> Path:
+    """The bundled data file NAME, or a DataError that says how to do without it: Flower runs
+    the app from a copy of the package that holds no CSV files, so they come from the installed
+    package, or the run names its own."""
+    path = settings.bundled_data(name)
+    if not path.is_file():
+        raise DataError(
+            f"the bundled {name} is not beside this copy of the package ({path}): install the "
+            "package (pip install .[flower]) or name the rows in the run config "
+            "(--run-config \"data='FOLDER' test='FILE'\")"
+        )
+    return path
 
 
 class ConfigError(ValueError):

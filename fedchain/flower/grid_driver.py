@@ -34,7 +34,7 @@ from fedchain.federation.events import (
 from fedchain.federation.plan import RunPlan
 from fedchain.federation.protocol import Phase, ServerProtocol, Waits
 from fedchain.federation.server import RunAborted
-from fedchain.flower.config import FlowerRun
+from fedchain.flower.config import BUNDLED_TEST, FlowerRun, bundled_rows
 from fedchain.flower.records import pack, unpack
 from fedchain.learning.dataset import Dataset, load_dataset
 from fedchain.ledger.block import Block
@@ -78,7 +78,8 @@ class FlowerServer:
         run = self.run
         key, created = load_or_create_key(run.key)
         self.say(f"server key {public_hex(key)} ({'made now in' if created else 'from'} {run.key})")
-        test_data = load_dataset(run.test, target=run.target.column) if run.test else None
+        test = bundled_rows("test.csv") if run.test == BUNDLED_TEST else run.test
+        test_data = load_dataset(test, target=run.target.column) if test else None
         authorized = load_authorized_keys(run.authorized_keys) if run.authorized_keys else None
         plan = self._plan(public_hex(key), test_data, authorized)
         waits = Waits(round_timeout_s=run.round_timeout_s, join_timeout_s=run.join_timeout_s)

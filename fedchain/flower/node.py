@@ -13,7 +13,7 @@ from flwr.app import ConfigRecord, Context, Message
 from fedchain import settings
 from fedchain.federation.client import ClientFailed, FederatedClient
 from fedchain.federation.client_snapshot import restore, snapshot
-from fedchain.flower.config import FlowerRun
+from fedchain.flower.config import FlowerRun, bundled_rows
 from fedchain.flower.records import pack, unpack
 from fedchain.learning.dataset import DataError, Dataset, load_dataset
 from fedchain.learning.partition import pool, split_rows
@@ -56,7 +56,7 @@ def identity(node_config: dict, run: FlowerRun) -> Identity:
             f"cli{partition + 1}",
             load_dataset(run.data / f"client{partition + 1}.csv", target=target),
         )
-    halves = [load_dataset(settings.bundled_data(f"client{k}.csv"), target=target) for k in (1, 2)]
+    halves = [load_dataset(bundled_rows(f"client{k}.csv"), target=target) for k in (1, 2)]
     if partitions == 2:
         return Identity(f"cli{partition + 1}", halves[partition])
     name, data = list(split_rows(pool(halves), partitions).items())[partition]

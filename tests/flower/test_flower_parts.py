@@ -6,12 +6,13 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 from processes import ROOT
 
+from fedchain import settings
 from fedchain.federation.client import ClientFailed
 from fedchain.flower.config import ConfigError, FlowerRun
 from fedchain.flower.node import identity
 from fedchain.flower.records import RECORD, pack, unpack
 from fedchain.learning.aggregation import BYZANTINE, PROXIMAL
-from fedchain.learning.dataset import load_dataset
+from fedchain.learning.dataset import DataError, load_dataset
 from fedchain.wire.frames import encode_message
 from fedchain.wire.messages import ProtocolError
 
@@ -127,3 +128,10 @@ def test_a_deployed_node_names_its_client_and_rows(tmp_path):
         identity({"name": "hospital-a"}, FlowerRun())
     with pytest.raises(ClientFailed, match="neither name and data nor partition-id"):
         identity({}, FlowerRun())
+
+
+def test_without_the_bundled_rows_a_node_says_how_to_do_without_them(monkeypatch, tmp_path):
+    # Flower runs the app from a copy of the package with no CSV files in it.
+    monkeypatch.setattr(settings, "bundled_data", lambda name: tmp_path / name)
+    with pytest.raises(DataError, match=r"pip install \.\[flower\]\) or name the rows"):
+        identity({"partition-id": 0, "num-partitions": 2}, FlowerRun())
