@@ -12,6 +12,7 @@ import pytest
 from processes import ROOT
 
 from fedchain.cli import chain, client, model, server
+from fedchain.flower import simulate
 
 CHAIN_COMMANDS = ("verify", "show", "compare", "export", "plot", "report")
 
@@ -49,6 +50,7 @@ def commands() -> dict[str, str]:
     assert sorted(listed) == sorted(CHAIN_COMMANDS), "a new blockchain.py command: add it here"
     for command in CHAIN_COMMANDS:
         helps[f"blockchain.py {command}"] = help_text(chain.parse_args, [command])
+    helps["python -m fedchain.flower simulate"] = help_text(simulate.parse_args, [])
     for script in ("demo.py", "benchmark.py", "data/split.py"):
         helps[script] = help_text(load_script(ROOT / script).main, [])
     return helps

@@ -14,7 +14,12 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 # Flags the pages may name that belong to other programs (pip's, pytest's), each with its reason.
 # None today: every flag the pages name is one of ours.
-NOT_OURS: dict[str, str] = {}
+NOT_OURS: dict[str, str] = {
+    # Flower's command lines (docs/flower.md), whose --help is Flower's to keep.
+    "--stream": "flwr run",
+    "--run-config": "flwr run",
+    "--federation-config": "flwr run",
+}
 
 
 def listed_flags(text: str) -> set[str]:
