@@ -1,6 +1,8 @@
 """The block a run begins with: the plan (its target included), the clients admitted with their
 keys, each private client's signed statement, and for Krum the scale of each feature."""
 
+from collections.abc import Mapping
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedchain.federation.admission import Member
@@ -20,9 +22,14 @@ def mine_genesis(
     clients: list[Member],
     features: tuple[str, ...],
     test_data: Dataset | None,
+    *,
+    participants: Mapping[str, str] | None = None,
 ) -> tuple[Block, list[Action]]:
     """The genesis of PLAN's run with CLIENTS (in the order every round takes them), mined and
-    signed with KEY, and what to say of it."""
+    signed with KEY, and what to say of it. PARTICIPANTS: whom it admits (name -> key), if not
+    just CLIENTS (a run that begins with its quorum admits every authorized client)."""
+    if participants is None:
+        participants = {c.name: c.public_key for c in clients}
     scale, said = _krum_scale(plan, features, test_data)
     genesis = make_genesis(
         initial_model=LinearModel.zeros(len(features)),
@@ -32,7 +39,7 @@ def mine_genesis(
             plan.rounds,
             plan.seed,
             public_hex(key),
-            {c.name: c.public_key for c in clients},
+            dict(participants),
             plan.min_clients,
             _privacy_terms(plan, clients),
             plan.target,
