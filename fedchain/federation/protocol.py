@@ -166,6 +166,15 @@ class ServerProtocol:
     def finished(self) -> bool:
         return self.phase in (Phase.DONE, Phase.STOPPED)
 
+    @property
+    def participants_known(self) -> bool:
+        """Whether the run knows its clients before they join: --authorized-keys names exactly
+        its --clients. Only then may it begin with its quorum at the join timeout, its genesis
+        admitting the absent too: in open enrolment, or with more names than places, nobody
+        knows who the absent would be, so such a run needs all its --clients."""
+        keys = self.plan.authorized_keys
+        return keys is not None and len(keys) == self.plan.n_clients
+
     # --- the transport's entry points ----------------------------------------------------
 
     def start(self) -> list[Action]:
@@ -246,6 +255,7 @@ class ServerProtocol:
                 run_features=self.run_features,
             )
         except Refusal as refusal:
+            self._note_refusal(event, str(refusal))
             return self._refuse(event.conn, event.address, str(refusal))
         out: list[Action] = []
         if not self.run_features:
@@ -257,6 +267,7 @@ class ServerProtocol:
                 out += self._leave_out(old, "logged in again on a new connection")
             return out + self._welcome_back(member)
         self.peers.append(member)
+        self.absent.pop(member.name, None)  # whatever kept it out before is past
         out.append(
             Say(
                 f"{member.name} joined from {member.address} with {member.n_samples} rows "
@@ -273,9 +284,10 @@ class ServerProtocol:
             # Unless the plan fixes them, the first client to come sets them afresh.
             self.run_features = self.plan.features or ()
         if isinstance(event, Spoke | BadFrame):
-            return self._refuse(
-                member.conn, member.address, "a client may not speak before the run begins"
-            )
+            reason = "a client may not speak before the run begins"
+            self._record_absence(member.name, f"refused: {reason}")
+            return self._refuse(member.conn, member.address, reason)
+        self._record_absence(member.name, "left before the run began")
         return [
             Say(f"{member.name} left before the run began ({len(self.peers)} joined)"),
             Disconnect(member.conn),
@@ -322,18 +334,27 @@ class ServerProtocol:
     def _admitting(self, now: float) -> list[Action]:
         if len(self.peers) == self.plan.n_clients:
             return self._begin()
+        # Open enrolment stops below --clients at the timeout (see participants_known).
+        with_quorum = self.participants_known and len(self.peers) >= self.plan.min_clients
         if now >= self.deadline_s:
+            if with_quorum:
+                return self._begin()
             raise _Stop(
                 f"only {len(self.peers)} of {self.plan.n_clients} clients joined within "
                 f"{self.waits.join_timeout_s:g} s (--join-timeout-s)"
             )
         joined = f": {_names(self.peers)}" if self.peers else ""
+        n_joined = len(self.peers)
+        waiting_for = f"for {self.plan.n_clients} clients to join ({n_joined} joined{joined})"
         # The clients that have joined hear it too, so none waits in silence for the others.
-        return self._status(
-            now,
-            f"for {self.plan.n_clients} clients to join ({len(self.peers)} joined{joined})",
-            "--join-timeout-s",
-        )
+        if with_quorum:
+            return self._status(
+                now,
+                f"{waiting_for}; with its quorum (--min-clients), the run begins with those who "
+                "joined at the join timeout (--join-timeout-s)",
+                None,
+            )
+        return self._status(now, waiting_for, "--join-timeout-s")
 
     def _resuming(self, now: float) -> list[Action]:
         back = len(self.standby)
@@ -438,12 +459,24 @@ class ServerProtocol:
     # --- beginning -------------------------------------------------------------------------
 
     def _begin(self) -> list[Action]:
-        """Everyone has joined: mine the genesis, write it and welcome the clients."""
-        out: list[Action] = [TurnAwayNewcomers(full(self.plan))]
+        """Everyone has joined, or the quorum by the join timeout: mine the genesis, write it
+        and welcome the clients."""
         self.peers.sort(key=lambda p: p.name)  # the order every round hashes and averages in
+        if len(self.peers) == self.plan.n_clients:
+            out: list[Action] = [TurnAwayNewcomers(full(self.plan))]
+            participants = None  # those who joined
+        else:
+            # Newcomers still registering are not turned away: an absent client among them
+            # comes in as a client of the genesis that is back.
+            out, participants = self._begin_without_the_absent()
         out += self._announce_mining(0)
         genesis, said = mine_genesis(
-            self.plan, self.key, self.peers, self.run_features, self.test_data
+            self.plan,
+            self.key,
+            self.peers,
+            self.run_features,
+            self.test_data,
+            participants=participants,
         )
         out += said
         self.chain = Chain(genesis)
@@ -456,6 +489,22 @@ class ServerProtocol:
         )
         self.phase = Phase.BETWEEN
         return out
+
+    def _begin_without_the_absent(self) -> tuple[list[Action], dict[str, str]]:
+        """The join timeout has passed with the quorum: what to say of it, and whom the genesis
+        admits, every authorized client, so an absent one may still come back with its key, and
+        every block records why it is missing (its refusal, or that it never joined)."""
+        authorized = self.plan.authorized_keys
+        joined = {p.name for p in self.peers}
+        absent = sorted(name for name in authorized if name not in joined)
+        for name in absent:
+            self.absent.setdefault(name, self._worded("never joined"))
+        said = Say(
+            f"{len(joined)} of {self.plan.n_clients} clients joined within "
+            f"{self.waits.join_timeout_s:g} s (--join-timeout-s), the quorum (--min-clients): "
+            f"the run begins without {_names(absent)}"
+        )
+        return [said], {name: authorized[name] for name in sorted(authorized)}
 
     def _begin_resuming(self, now: float) -> list[Action]:
         """Take the run's clients from the genesis and wait for them to come back: all of
@@ -662,8 +711,7 @@ class ServerProtocol:
         why, and record it for every block."""
         if member in self.peers and self.round is not None:
             self.round.take_out(member.name)
-        where = f"round {self.round_index}"
-        self.absent[member.name] = printable(f"{reason} ({where})", limit=MAX_REASON_CHARS - 2)
+        self._record_absence(member.name, reason)
         for group in (self.peers, self.standby):
             if member in group:
                 group.remove(member)
@@ -671,6 +719,25 @@ class ServerProtocol:
             Say(f"{member.name} is left out of the run: {reason}"),
             Disconnect(member.conn, f"left out: {reason}"),
         ]
+
+    def _record_absence(self, name: str, reason: str) -> None:
+        """Record REASON, with when, as why NAME is missing from every block until it is back."""
+        self.absent[name] = self._worded(reason)
+
+    def _worded(self, reason: str) -> str:
+        """REASON as a block's missing field holds it: with the round, within the limit."""
+        where = f"round {self.round_index}" if self.round_index else "before round 1"
+        return printable(f"{reason} ({where})", limit=MAX_REASON_CHARS - 2)
+
+    def _note_refusal(self, registration: Registration, reason: str) -> None:
+        """A registration refused before the run in the name of an authorized client that has
+        not joined: if the run begins without it, its blocks say why (the latest refusal)."""
+        if self.chain is not None or not self.participants_known:
+            return
+        first = registration.messages[0] if registration.messages else {}
+        name = first.get("name") if first.get("type") == "register" else None
+        if name in self.plan.authorized_keys and all(p.name != name for p in self.peers):
+            self._record_absence(name, f"refused: {reason}")
 
     def _refuse(self, conn: int, address: str, reason: str) -> list[Action]:
         reason = printable(reason)
