@@ -388,8 +388,15 @@ class Deployment:
             raise RuntimeError(f"{service.name} stopped but port(s) {still} still listen")
 
     def stop_all(self) -> None:
+        """Stop every service, even when one of them cannot be; then say which could not."""
+        failures = []
         for service in reversed(self.services):
-            self.stop(service)
+            try:
+                self.stop(service)
+            except RuntimeError as error:
+                failures.append(str(error))
+        if failures:
+            raise RuntimeError("; ".join(failures))
 
 
 def format_run_config(run_config: Mapping[str, object]) -> str:
