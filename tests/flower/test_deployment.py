@@ -81,7 +81,6 @@ def test_a_supernode_whose_key_is_not_registered_is_refused(deployed):
     assert "[code: 2004] Failed to activate SuperNode" in node.output
 
 
-# Last in the module: it adds a third SuperNode to the shared SuperLink.
 def test_a_client_whose_chain_key_is_not_authorized_is_refused_and_recorded(deployed, tmp_path):
     # cli3's Flower key is registered, so Flower lets it in; the run's authorized keys name
     # another chain key for cli3, so our admission refuses it, and the quorum of two runs.
@@ -101,6 +100,8 @@ def test_a_client_whose_chain_key_is_not_authorized_is_refused_and_recorded(depl
     third = tmp_path / "client3.csv"  # every other row of cli1's: its own rows, same columns
     lines = DATA["cli1"].read_text().splitlines(keepends=True)
     third.write_text("".join(lines[:1] + lines[1::2]))
+    # Stopped at the end: a stopped SuperNode deactivates itself, so the other tests of the
+    # shared SuperLink see cli1 and cli2 only, whatever their order.
     node = start_nodes(deployed, {"cli3": third})["cli3"]
     try:
         assert node.process.poll() is None, node.output
