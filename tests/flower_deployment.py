@@ -3,33 +3,22 @@ authentication, SuperNodes that are clients of this project, and `flwr run` agai
 real processes in a tmp folder. Every process started here, and every process those start, is
 stopped when the deployment ends, and its ports are checked to be closed."""
 
-import datetime as dt
-import ipaddress
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from flower_certificates import Certificates, make_certificates
+from services import WAIT_S, Service, free_port, is_listening
 
 # flwr, flower-superlink and flower-supernode sit beside the interpreter; not resolved, so a
 # venv's bin stays the venv's.
 BIN = Path(sys.executable).parent
-WAIT_S = 60.0  # a watchdog for every wait on Flower
 RUN_WAIT_S = 300.0  # a whole `flwr run`
-POLL_S = 0.05
-STOP_S = 15.0  # how long a stopped process may take before it is killed
 PORT_TRIES = 5
 CONNECTION = "deploy"  # the connection's name in FLWR_HOME/config.toml
 # Flower reports to its makers, looks for a newer release, and installs an app's dependencies
@@ -39,205 +28,6 @@ QUIET = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 }
-
-
-@dataclass(frozen=True)
-class Certificates:
-    """A CA, and a server certificate it signed for 127.0.0.1."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-
-
-def make_certificates(folder: Path) -> Certificates:
-    """A fresh CA and the SuperLink's certificate (P-256), written to FOLDER."""
-    folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedchain test CA")])
-    ca = (
-        _valid_for_a_day(x509.CertificateBuilder(), now)
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    loopback = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    server = (
-        _valid_for_a_day(x509.CertificateBuilder(), now)
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .add_extension(loopback, critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    made = Certificates(folder / "ca.crt", folder / "server.pem", folder / "server.key")
-    made.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    made.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    made.server_key.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return made
-
-
-def _valid_for_a_day(builder: x509.CertificateBuilder, now: dt.datetime):
-    return (
-        builder.serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-    )
-
-
-def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
-    """A SuperNode's key pair in OpenSSH format: (private, public). Flower's node
-    authentication takes NIST EC keys only (an Ed25519 key, as our clients sign with, is
-    refused), so this is P-256 and has nothing to do with the client's key on the chain."""
-    folder.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    private, public = folder / name, folder / f"{name}.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-    )
-    private.chmod(0o600)
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        + b"\n"
-    )
-    return private, public
-
-
-def free_port() -> int:
-    """A loopback port free a moment ago. flower-superlink cannot take port 0 and say which
-    port it got, so the caller may lose a race for it and must retry on a bind failure."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def is_listening(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(1.0)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Service:
-    """A long-running Flower program, its output going to LOG (read back to see how it is),
-    in a session of its own so that it and what it starts can be stopped together."""
-
-    def __init__(self, name: str, args: list[str], *, log: Path, env: Mapping[str, str]) -> None:
-        self.name, self.log, self.ports = name, log, []
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=dict(env),
-                start_new_session=True,
-            )
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout_s: float = WAIT_S) -> re.Match | None:
-        """The first match of PATTERN in the output; None if the program ended without it.
-        Raises TimeoutError if it neither prints it nor ends in time."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ended = self.process.poll() is not None  # before reading: no line is missed
-            if match := re.search(pattern, self.output, re.MULTILINE):
-                return match
-            if ended:
-                return None
-            time.sleep(POLL_S)
-        raise TimeoutError(f"{self.name} printed nothing matching {pattern!r}:\n{self.output}")
-
-    def wait_exit(self, timeout_s: float = WAIT_S) -> int:
-        return self.process.wait(timeout=timeout_s)
-
-    def stop(self) -> None:
-        """Stop the program and everything it started (Flower's SuperExec runs in a session
-        of its own, and starts a process per run or message); kill what outlives STOP_S."""
-        family = [self.process.pid, *_descendants(self.process.pid)]
-        groups = {group for pid in family if (group := _group_of(pid)) is not None}
-        for group in groups:
-            _signal_group(group, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_S
-        while time.monotonic() < deadline and _alive(family):
-            self.process.poll()  # reap our own child
-            time.sleep(POLL_S)
-        for group in groups:
-            _signal_group(group, signal.SIGKILL)
-        for pid in _alive(family):
-            os.kill(pid, signal.SIGKILL)
-        self.process.wait(timeout=WAIT_S)
-        deadline = time.monotonic() + STOP_S
-        while (left := _members(groups)) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        if left:
-            raise RuntimeError(f"{self.name}: processes {left} outlived SIGKILL")
-
-
-def _stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat's fields after the command (state, ppid, pgrp, …); None if it's gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return text[text.rindex(")") + 2 :].split()
-
-
-def _processes() -> Iterator[tuple[int, list[str]]]:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
-            yield int(entry.name), fields
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for child, fields in _processes():
-        children.setdefault(int(fields[1]), []).append(child)
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def _group_of(pid: int) -> int | None:
-    fields = _stat(pid)
-    return None if fields is None else int(fields[2])
-
-
-def _signal_group(group: int, signum: int) -> None:
-    with suppress(ProcessLookupError):  # all gone already
-        os.killpg(group, signum)
-
-
-def _members(groups: set[int]) -> list[int]:
-    """The live processes of GROUPS, including any started after the family was listed."""
-    return [pid for pid, fields in _processes() if int(fields[2]) in groups and fields[0] != "Z"]
-
-
-def _alive(pids: list[int]) -> list[int]:
-    """The PIDS still running (a zombie has ended: only its parent's wait is missing)."""
-    return [pid for pid in pids if (fields := _stat(pid)) is not None and fields[0] != "Z"]
 
 
 @dataclass

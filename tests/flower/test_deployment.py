@@ -4,7 +4,8 @@ answers every message in a fresh process after polling for seconds, so these tes
 SuperLink and its two SuperNodes (cli1, cli2) and keep the runs short."""
 
 import pytest
-from flower_deployment import Deployment, deployment, make_node_key
+from flower_certificates import make_node_key
+from flower_deployment import Deployment, deployment
 from memory_runs import run_federation
 from processes import ROOT
 
