@@ -122,6 +122,7 @@ class Deployment:
             if not lost:
                 return started
             for label in lost:
+                started[label].ports.clear()  # another program's, maybe: not to be checked
                 started[label] = self._start_supernode(label, *nodes[label])
         raise RuntimeError(f"no free port for SuperNodes {lost} in {PORT_TRIES} tries")
 
