@@ -1,7 +1,7 @@
 """Print the project's speed and quality figures, each measured against a reference in this run.
 
 `python benchmark.py [--write PAGE]
-[quality|noniid|poisoning|privacy|speed|csv|rows|mining|network|trust|clients]`
+[quality|noniid|poisoning|privacy|speed|csv|rows|mining|network|trust|clients|flower]`
 (all: a few minutes).
 Figures, not pass/fail: the machines are shared and noisy, so every number that matters is a
 ratio of two measurements taken side by side. With --write, each section's output also replaces
@@ -62,6 +62,7 @@ HERE = Path(__file__).resolve().parent
 MINING_DIFFICULTY = 18  # about 260,000 tries a block: long enough to time, short to wait for
 MANY_CLIENTS = (2, 8, 32)
 MANY_CLIENTS_DIFFICULTY = 8  # the same for every size; mining is left out of the own time anyway
+FLOWER_MANY_CLIENTS = 100
 RUN_WATCHDOG_S = 600.0  # 33 processes starting on two shared cores take a while; a hang does not
 
 
@@ -408,6 +409,122 @@ def many_clients(sizes: Sequence[int] = MANY_CLIENTS, rounds: int = settings.ROU
     )
 
 
+def flower_cost(rounds: int = settings.ROUNDS, many: int = FLOWER_MANY_CLIENTS) -> None:
+    """One run on the bundled rows three ways, side by side: the socket scripts, Flower's
+    simulation and Flower deployed on loopback (TLS, SuperNode authentication); then a Flower
+    simulation of MANY clients: its chain's size, verify's time and the server's memory."""
+    # The deployment's set-up (certificates, a SuperLink, SuperNodes) is the tests' own.
+    sys.path.insert(0, str(HERE / "tests"))
+    from flower_certificates import make_node_key
+    from flower_deployment import deployment
+
+    from fedchain.ledger.chain import verify_chain
+
+    walls: dict[str, float] = {}
+    started = time.perf_counter()
+    socket_run = run_server_with_clients(bundled(), rounds)
+    walls["socket scripts (3 processes)"] = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        simulated = flower_simulation(folder / "sim", rounds, clients=2)
+        walls["Flower simulation (Ray)"] = simulated.wall_s
+        with deployment(folder / "deployed") as flower:
+            began = time.perf_counter()
+            keys = {n: make_node_key(folder / "node-keys", n) for n in ("cli1", "cli2")}
+            flower.register(*(public for _, public in keys.values()))
+            flower.start_supernodes(
+                {
+                    name: (
+                        {"name": name, "data": str(settings.bundled_data(f"client{i}.csv"))},
+                        keys[name][0],
+                    )
+                    for i, name in ((1, "cli1"), (2, "cli2"))
+                }
+            )
+            set_up_s = time.perf_counter() - began
+            began = time.perf_counter()
+            run = folder / "deployed-run"
+            done = flower.run(
+                HERE,
+                {
+                    "rounds": rounds,
+                    "difficulty": MANY_CLIENTS_DIFFICULTY,
+                    "chain": run / "chain.jsonl",
+                    "key": run / "keys" / "server.key",
+                    "keys": run / "keys",
+                    "replicas": run / "replicas",
+                    "test": settings.bundled_data("test.csv"),
+                },
+            )
+            walls["Flower deployed (SuperLink + 2 SuperNodes)"] = time.perf_counter() - began
+        many_run = flower_simulation(folder / "many", rounds, clients=many)
+        blocks = load_chain(many_run.chain).blocks
+        verify_s = best_time(lambda: verify_chain(load_chain(many_run.chain).blocks), 3)
+        chain_bytes = many_run.chain.stat().st_size
+    failed = [
+        label
+        for label, ok in (
+            ("socket", socket_run.exit_code == 0),
+            ("simulation", simulated.exit_code == 0),
+            ("deployment", done.returncode == 0),
+            (f"{many} clients", many_run.exit_code == 0 and len(blocks) == rounds + 2),
+        )
+        if not ok
+    ]
+    if failed:
+        print(f"flower: the {', '.join(failed)} run failed:\n{done.stdout}{done.stderr}")
+        return
+    print(
+        f"flower: wall time of a {rounds}-round run on the bundled rows, 2 clients, difficulty "
+        f"{MANY_CLIENTS_DIFFICULTY} bits, each from its start to its chain's last block"
+    )
+    socket_s = walls["socket scripts (3 processes)"]
+    for label, wall_s in walls.items():
+        print(f"  {label:<44}{wall_s:>7.1f} s  {wall_s / socket_s:>5.1f} x the scripts'")
+    print(f"  (the deployment's set-up before it, certificates aside: {set_up_s:.1f} s)")
+    print(
+        f"  {many} clients in Flower's simulation, the bundled rows split evenly: "
+        f"{many_run.wall_s:.1f} s; chain {chain_bytes / 1024:.0f} KiB, {len(blocks)} blocks; "
+        f"verify {verify_s * 1000:.0f} ms; the server's process (the ServerApp, Ray's driver) "
+        f"peaked at {many_run.peak_bytes / 2**20:.0f} MB"
+    )
+
+
+@dataclass(frozen=True)
+class FlowerTiming:
+    exit_code: int
+    wall_s: float
+    chain: Path
+    peak_bytes: int
+
+
+def flower_simulation(folder: Path, rounds: int, *, clients: int) -> FlowerTiming:
+    """`python -m fedchain.flower simulate` in FOLDER, timed, its memory followed."""
+    chain = folder / "chain.jsonl"
+    command = [
+        sys.executable, "-m", "fedchain.flower", "simulate", "--rounds", str(rounds),
+        "--difficulty", str(MANY_CLIENTS_DIFFICULTY), "--clients", str(clients),
+        "--chain", str(chain), "--replicas", str(folder / "replicas"),
+        "--keys", str(folder / "keys"),
+    ]  # fmt: skip
+    folder.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(HERE), "FLWR_TELEMETRY_ENABLED": "0"}
+    began = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    memory = PeakMemory(process)
+    try:
+        exit_code = process.wait(timeout=RUN_WATCHDOG_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)  # whatever Ray left
+    wall_s = time.perf_counter() - began
+    memory.join()
+    return FlowerTiming(exit_code, wall_s, chain, memory.peak_bytes)
+
+
 def run_server_with_clients(datasets: dict[str, Dataset], rounds: int) -> ServerRun:
     """Run a server and one client process per dataset to the end; what the server measured,
     and what the kernel measured of it."""
@@ -752,6 +869,7 @@ SECTIONS = {
     "network": network_overhead,
     "trust": trust_cost,
     "clients": many_clients,
+    "flower": flower_cost,
 }
 
 
