@@ -19,6 +19,14 @@ NOT_OURS: dict[str, str] = {
     "--stream": "flwr run",
     "--run-config": "flwr run",
     "--federation-config": "flwr run",
+    "--ssl-ca-certfile": "flower-superlink",
+    "--ssl-certfile": "flower-superlink",
+    "--ssl-keyfile": "flower-superlink",
+    "--enable-supernode-auth": "flower-superlink",
+    "--superlink": "flower-supernode",
+    "--root-certificates": "flower-supernode",
+    "--auth-supernode-private-key": "flower-supernode",
+    "--node-config": "flower-supernode",
 }
 
 
