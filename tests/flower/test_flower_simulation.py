@@ -106,6 +106,12 @@ def test_a_flower_simulation_writes_a_chain_that_blockchain_py_verifies(flower_r
     assert [r.name.split("-")[0] for r in replicas] == ["cli1", "cli2"]
     for replica in replicas:
         assert replica.read_bytes() == (folder / "chain.jsonl").read_bytes()
+    # The tools treat it as any chain: its copies compare equal, at the work it was mined at.
+    compared = run_main(
+        "blockchain.py", "compare", "--min-difficulty", DIFFICULTY, folder / "chain.jsonl",
+        replicas[0],
+    )  # fmt: skip
+    assert compared.returncode == 0, compared.stdout + compared.stderr
 
 
 def test_a_flower_simulation_gives_the_socket_runs_models_bit_for_bit(flower_run, tmp_path):
