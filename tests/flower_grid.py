@@ -71,7 +71,7 @@ def error_reply(message: Message, code: int = 0, reason: str = "boom") -> Messag
 class FakeGrid:
     """Flower's Grid as the driver uses it. A pushed message is delivered at the next pull, and
     a pulled reply is handed over once, as the SuperLink does. Unlike a SuperLink it checks
-    nothing about a reply (who sent it, what it answers): the driver must."""
+    nothing about what a reply answers: the driver must."""
 
     def __init__(self, nodes: dict[int, Node]) -> None:
         self.nodes = dict(nodes)
@@ -113,6 +113,9 @@ class FakeGrid:
         for message in delivering:
             for reply in self.nodes[message.metadata.dst_node_id](message):
                 reply.metadata.__dict__["_message_id"] = next(self.ids)
+                # Who sent a reply is the one thing a SuperLink knows for sure (the node's
+                # connection); what it answers is the node's to say.
+                reply.metadata.__dict__["_src_node_id"] = message.metadata.dst_node_id
                 self.replies.append(reply)
         wanted = set(message_ids)
         out = [r for r in self.replies if r.metadata.reply_to_message_id in wanted]
