@@ -2,8 +2,9 @@
 (node.answer) with a Context of its own, or a scripted peer that answers as it likes; no Ray, no
 SuperLink, a whole run in about a second."""
 
+import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,12 +128,18 @@ def serve(grid: FakeGrid, run: FlowerRun) -> tuple[FlowerServer, list[str]]:
     """Run RUN's server over GRID to its end; the server and what it said."""
     said: list[str] = []
     server = FlowerServer(grid, run, run.chain, said.append)
-    # Flower's Message reads the run it belongs to from the process's task identity, which a
-    # ServerApp process has set before main() runs.
+    with server_app():
+        server.serve()
+    return server, said
+
+
+@contextlib.contextmanager
+def server_app() -> Iterator[None]:
+    """Messages made inside are the ServerApp's: Flower's Message reads the run it belongs to
+    from the process's task identity, which a ServerApp process has set before main() runs."""
     kept = TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     try:
-        server.serve()
+        yield
     finally:
         TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = kept
-    return server, said
