@@ -60,6 +60,7 @@ class _Node:
     registered: bool = False
     gone: bool = False
     in_flight: str = ""  # the id of the message awaiting its reply
+    asked: int = 0  # how many protocol messages it holds: the reply holds no more
     outbox: list[dict] = field(default_factory=list)
 
 
@@ -152,7 +153,7 @@ class FlowerServer:
             if len(ids) != 1 or not ids[0]:
                 self._unreachable(node)
                 continue
-            node.in_flight = ids[0]
+            node.in_flight, node.asked = ids[0], len(batch)
             self.in_flight[ids[0]] = node
 
     def _unreachable(self, node: _Node) -> None:
@@ -188,7 +189,7 @@ class FlowerServer:
             self._lose(node)
             return
         try:
-            messages, _, failure = unpack(reply.content, self._frame_limit())
+            messages, _, failure = unpack(reply.content, self._frame_limit(), node.asked)
         except ProtocolError as error:
             if node.registered:  # the protocol leaves it out, and says why
                 self.events.append(BadFrame(node.conn, str(error)))

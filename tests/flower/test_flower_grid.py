@@ -20,7 +20,7 @@ from fedchain.ledger.report import Verdict, report_chain
 from fedchain.ledger.store import load_chain
 from fedchain.settings import MAX_FRAME_BYTES
 from fedchain.trust.keys import load_or_create_key, public_hex
-from fedchain.wire.frames import HEADER, MAGIC, VERSION
+from fedchain.wire.frames import HEADER, MAGIC, VERSION, encode_message
 
 
 def in_memory_twin(run, folder):
@@ -306,3 +306,15 @@ def test_a_first_reply_with_no_registration_is_refused_not_a_crash(tmp_path):
     server, said = serve(FakeGrid(nodes), run)
     assert verified(server) and server.blocks[1].cli == ("cli1", "cli2")
     assert any("refused Flower node 100: " in line for line in said), said
+
+
+def test_a_reply_of_more_frames_than_its_message_asked_for_is_refused_unread(tmp_path):
+    run, nodes = three_of_two(tmp_path)
+    waiting = encode_message({"type": "waiting", "reason": "x" * 1000})
+    flood = waiting * 10_000  # each frame small, ten megabytes in all
+    record = RecordDict({RECORD: ConfigRecord({"frames": flood, "server_key": "", "failure": ""})})
+    nodes[103] = turns(nodes[103], at_train, lambda m, _: [Message(record, reply_to=m)])
+    server, said = serve(FakeGrid(nodes), run)
+    assert_completes_without(
+        server, said, "cli3", f"sent a bad frame: {len(flood)} bytes of frames"
+    )
