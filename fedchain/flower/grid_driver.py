@@ -85,7 +85,13 @@ class FlowerServer:
         test_data = load_dataset(test, target=run.target.column) if test else None
         authorized = load_authorized_keys(run.authorized_keys) if run.authorized_keys else None
         plan = self._plan(public_hex(key), test_data, authorized)
-        waits = Waits(round_timeout_s=run.round_timeout_s, join_timeout_s=run.join_timeout_s)
+        waits = Waits(
+            round_timeout_s=run.round_timeout_s,
+            join_timeout_s=run.join_timeout_s,
+            # A node is greeted only while the run admits, so one left out never comes back:
+            # a round short of its quorum stops at once instead of waiting for nobody.
+            rejoin_timeout_s=0.0,
+        )
         self.protocol = ServerProtocol(plan, key, time, waits=waits, test_data=test_data)
         self.server_key = public_hex(key)
         self.events: deque[Event] = deque()

@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from fedchain.federation.client import FederatedClient
 from fedchain.federation.in_memory import run_in_memory
 from fedchain.federation.plan import RunPlan
-from fedchain.federation.server import FRAME_BASE_BYTES, FRAME_BYTES_PER_FEATURE
+from fedchain.federation.server import FRAME_BASE_BYTES, FRAME_BYTES_PER_FEATURE, RunAborted
 from fedchain.flower import grid_driver
 from fedchain.flower.config import bundled_rows
 from fedchain.flower.records import RECORD, pack, unpack
@@ -318,3 +318,15 @@ def test_a_reply_of_more_frames_than_its_message_asked_for_is_refused_unread(tmp
     assert_completes_without(
         server, said, "cli3", f"sent a bad frame: {len(flood)} bytes of frames"
     )
+
+
+def test_a_run_below_its_quorum_stops_at_once_for_no_node_can_come_back(tmp_path):
+    # A node left out is gone for good over Flower (docs/flower.md: no rejoin): waiting the
+    # socket server's --rejoin-timeout-s (120 s) for it to come back only stalls the run.
+    run, nodes = three_of_two(tmp_path)
+    for node_id in (102, 103):
+        nodes[node_id] = turns(nodes[node_id], at_train, lambda m, _: [error_reply(m)])
+    grid = FakeGrid(nodes)
+    with pytest.raises(RunAborted, match="round 1 cannot go on with 1 of the 2 clients") as stop:
+        serve(grid, run)
+    assert "within 0 s" in str(stop.value)
