@@ -255,6 +255,11 @@ class FlowerServer:
                     for line in report.finish(time.monotonic(), time.process_time())[1]:
                         self.say(line)
                 case Abort(reason):
+                    # Every client is told, as server.py tells them; one whose message is still
+                    # in flight is not waited for.
+                    stopped = {"type": "refused", "reason": printable(f"run stopped: {reason}")}
+                    for member in self.protocol.members:
+                        self.nodes[member.conn].outbox.append(stopped)
                     self._flush()
                     raise RunAborted(reason)
                 case Detail() | TurnAwayNewcomers():

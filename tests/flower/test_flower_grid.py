@@ -330,3 +330,15 @@ def test_a_run_below_its_quorum_stops_at_once_for_no_node_can_come_back(tmp_path
     with pytest.raises(RunAborted, match="round 1 cannot go on with 1 of the 2 clients") as stop:
         serve(grid, run)
     assert "within 0 s" in str(stop.value)
+
+
+def test_a_stopped_run_tells_its_nodes_why(tmp_path):
+    run, nodes = three_of_two(tmp_path)
+    for node_id in (102, 103):
+        nodes[node_id] = turns(nodes[node_id], at_train, lambda m, _: [error_reply(m)])
+    grid = FakeGrid(nodes)
+    with pytest.raises(RunAborted):
+        serve(grid, run)
+    last = [m for m in grid.sent if m.metadata.dst_node_id == 101][-1]
+    (refused,) = unpack(last.content, MAX_FRAME_BYTES)[0]
+    assert refused["type"] == "refused" and refused["reason"].startswith("run stopped: round 1")
