@@ -4,6 +4,7 @@ SuperLink, a whole run in about a second."""
 
 import contextlib
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +81,11 @@ class FakeGrid:
         self.refuse: set[int] = set()  # node ids a push to fails (a None id, as http_grid's)
         self.ids = (f"m{k}" for k in itertools.count(1))
         self.drop_refused = False
+        # How long after a node has made its replies they reach the SuperLink (a slow link).
+        self.delay_s: Callable[[Message], float] = lambda message: 0.0
         self.sent: list[Message] = []
         self.undelivered: list[Message] = []
-        self.replies: list[Message] = []
+        self.replies: list[tuple[float, Message]] = []  # each with when it arrives
         self.pulls = 0
 
     def get_node_ids(self) -> list[int]:
@@ -112,16 +115,19 @@ class FakeGrid:
         self.pulls += 1
         delivering, self.undelivered = self.undelivered, []
         for message in delivering:
-            for reply in self.nodes[message.metadata.dst_node_id](message):
+            replies = self.nodes[message.metadata.dst_node_id](message)
+            arrives_s = time.monotonic() + self.delay_s(message)
+            for reply in replies:
                 reply.metadata.__dict__["_message_id"] = next(self.ids)
                 # Who sent a reply is the one thing a SuperLink knows for sure (the node's
                 # connection); what it answers is the node's to say.
                 reply.metadata.__dict__["_src_node_id"] = message.metadata.dst_node_id
-                self.replies.append(reply)
-        wanted = set(message_ids)
-        out = [r for r in self.replies if r.metadata.reply_to_message_id in wanted]
-        self.replies = [r for r in self.replies if r not in out]
-        return out
+                self.replies.append((arrives_s, reply))
+        wanted, now = set(message_ids), time.monotonic()
+        out = [(at, r) for at, r in self.replies if at <= now]
+        out = [(at, r) for at, r in out if r.metadata.reply_to_message_id in wanted]
+        self.replies = [pair for pair in self.replies if pair not in out]
+        return [r for _, r in out]
 
 
 def serve(grid: FakeGrid, run: FlowerRun) -> tuple[FlowerServer, list[str]]:

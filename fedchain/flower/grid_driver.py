@@ -127,12 +127,15 @@ class FlowerServer:
         protocol = self.protocol
         if protocol.phase is Phase.ADMITTING:
             self._greet_newcomers()
+        # The last look, as server.py takes it: what reached the SuperLink while this waited
+        # counts in the decision, so a node is never blamed for the time between two pulls.
+        heard = self._collect()
         while self.events and not protocol.finished:
             self._carry_out(protocol.handle(self.events.popleft()))
         while not protocol.finished and protocol.wake_at() <= time.monotonic():
             self._carry_out(protocol.tick())
         self._flush()
-        if not protocol.finished and not self._collect():
+        if not protocol.finished and not heard:
             time.sleep(POLL_S)
 
     def _greet_newcomers(self) -> None:

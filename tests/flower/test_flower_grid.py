@@ -342,3 +342,17 @@ def test_a_stopped_run_tells_its_nodes_why(tmp_path):
     last = [m for m in grid.sent if m.metadata.dst_node_id == 101][-1]
     (refused,) = unpack(last.content, MAX_FRAME_BYTES)[0]
     assert refused["type"] == "refused" and refused["reason"].startswith("run stopped: round 1")
+
+
+def test_a_reply_that_arrived_before_the_deadline_counts(tmp_path, monkeypatch):
+    # The driver looks for replies every POLL_S: one that reached the SuperLink before the
+    # deadline must be taken in before the deadline is judged, as server.py's last look does.
+    # The driver pulls when the nodes have trained (the fake Grid delivers at a pull), then
+    # 0.6 s and 1.2 s later; cli3's update reaches the SuperLink between the two, at 0.7 s,
+    # before the deadline (1 s after the train was sent, a little before that first pull).
+    monkeypatch.setattr(grid_driver, "POLL_S", 0.6)
+    run, nodes = three_of_two(tmp_path, rounds=1, round_timeout_s=1.0)
+    grid = FakeGrid(nodes)
+    grid.delay_s = lambda m: 0.7 if m.metadata.dst_node_id == 103 and at_train(m) else 0.0
+    server, said = serve(grid, run)
+    assert verified(server) and server.blocks[1].cli == ("cli1", "cli2", "cli3"), said
