@@ -74,6 +74,16 @@ def restore(client: FederatedClient, text: str) -> None:
             )
         except (OSError, ValueError) as error:  # ChainFileError and ChainError are ValueErrors
             raise ClientFailed(f"cannot go on with the replica {path}: {error}") from None
+        # Verified, but against its own genesis: it must be the run the client joined, with the
+        # server it pinned (as _accept_genesis checked), or its blocks vouch for nothing.
+        run = client.chain.genesis.run
+        if run.server_key != client.server_key:
+            raise ClientFailed(
+                f"the replica {path} names server key {run.server_key[:16]}…, not the pinned "
+                f"{client.server_key[:16]}…"
+            )
+        if run.participants.get(client.name) != client.public_key:
+            raise ClientFailed(f"the replica {path}'s genesis does not admit this client's key")
         client.take_columns_of(client.chain.genesis)
         if client.stage is Stage.CATCHING_UP and client.caught_up < client.chain.length:
             # It was checking the server's blocks against the ones it held: that reading of

@@ -15,6 +15,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedchain import settings
+from fedchain.checks import printable
 from fedchain.federation.events import (
     Abort,
     Action,
@@ -27,13 +28,14 @@ from fedchain.federation.events import (
     Report,
     Say,
     Send,
+    SendFailed,
     Spoke,
     TurnAwayNewcomers,
     Write,
 )
 from fedchain.federation.plan import RunPlan
 from fedchain.federation.protocol import Phase, ServerProtocol, Waits
-from fedchain.federation.server import RunAborted
+from fedchain.federation.server import FRAME_BASE_BYTES, FRAME_BYTES_PER_FEATURE, RunAborted
 from fedchain.flower.config import BUNDLED_TEST, FlowerRun, bundled_rows
 from fedchain.flower.records import pack, unpack
 from fedchain.learning.dataset import Dataset, load_dataset
@@ -58,6 +60,7 @@ class _Node:
     registered: bool = False
     gone: bool = False
     in_flight: str = ""  # the id of the message awaiting its reply
+    asked: int = 0  # how many protocol messages it holds: the reply holds no more
     outbox: list[dict] = field(default_factory=list)
 
 
@@ -82,7 +85,13 @@ class FlowerServer:
         test_data = load_dataset(test, target=run.target.column) if test else None
         authorized = load_authorized_keys(run.authorized_keys) if run.authorized_keys else None
         plan = self._plan(public_hex(key), test_data, authorized)
-        waits = Waits(round_timeout_s=run.round_timeout_s, join_timeout_s=run.join_timeout_s)
+        waits = Waits(
+            round_timeout_s=run.round_timeout_s,
+            join_timeout_s=run.join_timeout_s,
+            # A node is greeted only while the run admits, so one left out never comes back:
+            # a round short of its quorum stops at once instead of waiting for nobody.
+            rejoin_timeout_s=0.0,
+        )
         self.protocol = ServerProtocol(plan, key, time, waits=waits, test_data=test_data)
         self.server_key = public_hex(key)
         self.events: deque[Event] = deque()
@@ -118,12 +127,15 @@ class FlowerServer:
         protocol = self.protocol
         if protocol.phase is Phase.ADMITTING:
             self._greet_newcomers()
+        # The last look, as server.py takes it: what reached the SuperLink while this waited
+        # counts in the decision, so a node is never blamed for the time between two pulls.
+        heard = self._collect()
         while self.events and not protocol.finished:
             self._carry_out(protocol.handle(self.events.popleft()))
         while not protocol.finished and protocol.wake_at() <= time.monotonic():
             self._carry_out(protocol.tick())
         self._flush()
-        if not protocol.finished and not self._collect():
+        if not protocol.finished and not heard:
             time.sleep(POLL_S)
 
     def _greet_newcomers(self) -> None:
@@ -137,19 +149,30 @@ class FlowerServer:
 
     def _flush(self) -> None:
         """Each idle node's waiting messages, in order, as one Flower message."""
-        messages = []
-        for node in self.nodes.values():
+        for node in list(self.nodes.values()):
             if node.gone or node.in_flight or not node.outbox:
                 continue
             batch, node.outbox = node.outbox, []
             kind = "train" if any(m["type"] == "train" for m in batch) else "query"
             content = pack(batch, server_key=self.server_key)
-            messages.append((node, Message(content, dst_node_id=node.node_id, message_type=kind)))
-        if messages:
-            ids = self.grid.push_messages([message for _, message in messages])
-            for (node, _), message_id in zip(messages, ids, strict=True):
-                node.in_flight = message_id
-                self.in_flight[message_id] = node
+            message = Message(content, dst_node_id=node.node_id, message_type=kind)
+            # One at a time: a Grid that cannot take a message says so by a None id (deployed)
+            # or by leaving its id out (in memory), and only alone is the message it means known.
+            ids = list(self.grid.push_messages([message]))
+            if len(ids) != 1 or not ids[0]:
+                self._unreachable(node)
+                continue
+            node.in_flight, node.asked = ids[0], len(batch)
+            self.in_flight[ids[0]] = node
+
+    def _unreachable(self, node: _Node) -> None:
+        """Flower cannot deliver to NODE (its SuperNode has left, say): it is out at once."""
+        node.gone = True
+        if node.registered:
+            error = f"Flower could not deliver to node {node.node_id}"
+            self.events.append(SendFailed(node.conn, error))
+        else:
+            self.say(f"dropped Flower node {node.node_id}: Flower could not deliver to it")
 
     def _collect(self) -> bool:
         """Take in the replies that have arrived; whether any had."""
@@ -157,9 +180,13 @@ class FlowerServer:
             return False
         replies = list(self.grid.pull_messages(list(self.in_flight)))
         for reply in replies:
-            node = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
-            if node is None:
+            asked = reply.metadata.reply_to_message_id
+            node = self.in_flight.get(asked)
+            # A reply answers a message in flight, from the node it went to; anything else
+            # (one node answering for another, say) is not that node's to give.
+            if node is None or reply.metadata.src_node_id != node.node_id:
                 continue
+            del self.in_flight[asked]
             node.in_flight = ""
             if not node.gone:
                 self._hear(node, reply)
@@ -171,14 +198,18 @@ class FlowerServer:
             self._lose(node)
             return
         try:
-            messages, _, failure = unpack(reply.content, settings.MAX_FRAME_BYTES)
+            messages, _, failure = unpack(reply.content, self._frame_limit(), node.asked)
         except ProtocolError as error:
-            self.events.append(BadFrame(node.conn, str(error)))
-            node.gone = True
+            if node.registered:  # the protocol leaves it out, and says why
+                self.events.append(BadFrame(node.conn, str(error)))
+            else:
+                self._refuse(node, str(error))
             return
         if failure:
-            self.say(f"node {node.node_id}'s client failed: {failure}")
+            self.say(f"node {node.node_id}'s client failed: {printable(failure)}")
             self._lose(node)
+        elif not node.registered and not messages:
+            self._refuse(node, "its first reply holds no registration")
         elif not node.registered:
             node.registered = True
             address = f"Flower node {node.node_id}"
@@ -189,6 +220,22 @@ class FlowerServer:
     def _lose(self, node: _Node) -> None:
         node.gone = True
         self.events.append(Closed(node.conn))
+
+    def _refuse(self, node: _Node, reason: str) -> None:
+        """Turn away NODE, not registered yet, telling it why (as the socket server does)."""
+        reason = printable(reason)
+        self.say(f"refused Flower node {node.node_id}: {reason}")
+        node.outbox.append({"type": "refused", "reason": reason})
+        self._flush()
+        node.gone = True
+
+    def _frame_limit(self) -> int:
+        """The longest frame a node may send: sized from the run once its features are known,
+        as the socket server sizes it."""
+        if not self.protocol.run_features:
+            return settings.MAX_FRAME_BYTES
+        sized = FRAME_BASE_BYTES + FRAME_BYTES_PER_FEATURE * len(self.protocol.run_features)
+        return min(settings.MAX_FRAME_BYTES, sized)
 
     def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
@@ -211,6 +258,11 @@ class FlowerServer:
                     for line in report.finish(time.monotonic(), time.process_time())[1]:
                         self.say(line)
                 case Abort(reason):
+                    # Every client is told, as server.py tells them; one whose message is still
+                    # in flight is not waited for.
+                    stopped = {"type": "refused", "reason": printable(f"run stopped: {reason}")}
+                    for member in self.protocol.members:
+                        self.nodes[member.conn].outbox.append(stopped)
                     self._flush()
                     raise RunAborted(reason)
                 case Detail() | TurnAwayNewcomers():
@@ -220,9 +272,14 @@ class FlowerServer:
         """Deliver the run's last messages (its end), so every node's client finishes."""
         self._flush()
         deadline = time.monotonic() + GOODBYE_S
-        while self.in_flight and time.monotonic() < deadline:
+        while self._awaited() and time.monotonic() < deadline:
             if not self._collect():
                 time.sleep(POLL_S)
             self._flush()
-        if self.in_flight:
-            self.say(f"{len(self.in_flight)} node(s) did not confirm the run's end")
+        if awaited := self._awaited():
+            self.say(f"{len(awaited)} node(s) did not confirm the run's end")
+
+    def _awaited(self) -> list[_Node]:
+        """The nodes of the run still to answer: not those left out or never let in, whose
+        last message may never be answered (a silent node's, say)."""
+        return [n for n in self.in_flight.values() if n.registered and not n.gone]

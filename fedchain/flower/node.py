@@ -93,12 +93,15 @@ def answer(
         if kept is None:  # the run's first message: pin the key it names
             client.connect(server_key)
         else:
-            if server_key != kept["server_key"]:
+            pinned, text = _kept(kept)
+            if server_key != pinned:
                 raise ClientFailed(
-                    f"the server's key changed from {kept['server_key'][:16]}… to "
-                    f"{server_key[:16]}… during the run"
+                    f"the server's key changed from {pinned[:16]}… to {server_key[:16]}… during "
+                    "the run"
                 )
-            restore(client, kept["snapshot"])
+            restore(client, text)
+            if client.server_key != pinned:
+                raise ClientFailed("this node's saved state names two server keys")
         replies = [reply for m in incoming if (reply := client.step(m)) is not None]
         context.state[STATE] = ConfigRecord(
             {"server_key": client.server_key, "snapshot": snapshot(client)}
@@ -110,3 +113,12 @@ def answer(
     finally:
         if client is not None:
             client.close()
+
+
+def _kept(record: ConfigRecord) -> tuple[str, str]:
+    """The server key a node pinned and its client's snapshot, from its record in
+    Context.state. Raises ClientFailed if they are not there."""
+    pinned, text = record.get("server_key"), record.get("snapshot")
+    if type(pinned) is not str or type(text) is not str:
+        raise ClientFailed("this node's saved state cannot be read: its server key or snapshot")
+    return pinned, text

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fedchain.wire.frames import FrameReader, encode_message
+from fedchain.wire.frames import HEADER, FrameReader, encode_message
 from fedchain.wire.messages import ProtocolError
 
 RECORD = "fedchain"
@@ -20,9 +20,12 @@ def pack(messages: Sequence[dict], *, server_key: str = "", failure: str = "") -
     return RecordDict({RECORD: record})
 
 
-def unpack(content: RecordDict, max_frame_bytes: int) -> tuple[list[dict], str, str]:
+def unpack(
+    content: RecordDict, max_frame_bytes: int, max_frames: int | None = None
+) -> tuple[list[dict], str, str]:
     """The messages, the server's key and the failure CONTENT holds, checked as the socket
-    checks them. Raises ProtocolError naming what is wrong."""
+    checks them; no more than MAX_FRAMES frames' worth of bytes, if given, is read at all.
+    Raises ProtocolError naming what is wrong."""
     record = content.config_records.get(RECORD)
     if record is None:
         raise ProtocolError(f"a Flower message without the {RECORD!r} record")
@@ -32,6 +35,12 @@ def unpack(content: RecordDict, max_frame_bytes: int) -> tuple[list[dict], str, 
         if type(value) is not kind:
             raise ProtocolError(f"the {RECORD!r} record's {name!r} is not {kind.__name__}")
         fields[name] = value
+    budget = None if max_frames is None else max_frames * (max_frame_bytes + HEADER.size)
+    if budget is not None and len(fields["frames"]) > budget:
+        raise ProtocolError(
+            f"{len(fields['frames'])} bytes of frames, more than {max_frames} frame(s) of at "
+            f"most {max_frame_bytes} bytes"
+        )
     reader = FrameReader(max_frame_bytes)
     messages = reader.feed(fields["frames"])
     if reader.buffered_bytes:
