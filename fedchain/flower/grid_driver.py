@@ -5,6 +5,7 @@ the next message, in order. Every reply's messages are one `Spoke` (a registrati
 node whose reply is an error, or says its client failed, is `Closed`; one that never answers is
 left out by the protocol's own deadlines. Flower never decides anything here."""
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +49,9 @@ from fedchain.wire.messages import ProtocolError
 
 POLL_S = 0.05  # between looks for replies; Flower's own polling is far slower when deployed
 GOODBYE_S = 30.0  # how long the last messages (the run's end) are waited on
+# How often, once the run has begun, the SuperLink is asked for nodes not seen before: a client
+# of the genesis that never joined may still come in, from the next round, as over a socket.
+GREET_EVERY_S = 1.0
 
 
 @dataclass(eq=False)
@@ -75,6 +79,7 @@ class FlowerServer:
     nodes: dict[int, _Node] = field(default_factory=dict)  # by conn
     blocks: list[Block] = field(default_factory=list)
     server_key: str = ""  # once the key is loaded
+    greeted_at: float = -math.inf  # when the SuperLink was last asked for new nodes
 
     def serve(self) -> list[Block]:
         """Run the federation to its end; return the chain's blocks. Raises RunAborted."""
@@ -88,8 +93,8 @@ class FlowerServer:
         waits = Waits(
             round_timeout_s=run.round_timeout_s,
             join_timeout_s=run.join_timeout_s,
-            # A node is greeted only while the run admits, so one left out never comes back:
-            # a round short of its quorum stops at once instead of waiting for nobody.
+            # A node left out is spent (its node id is never greeted again), so a round short
+            # of its quorum stops at once instead of waiting for it to come back.
             rejoin_timeout_s=0.0,
         )
         self.protocol = ServerProtocol(plan, key, time, waits=waits, test_data=test_data)
@@ -125,7 +130,9 @@ class FlowerServer:
     def _step(self) -> None:
         """Hand in what has arrived, decide what is due, send, and wait a little for more."""
         protocol = self.protocol
-        if protocol.phase is Phase.ADMITTING:
+        now = time.monotonic()
+        if protocol.phase is Phase.ADMITTING or now >= self.greeted_at + GREET_EVERY_S:
+            self.greeted_at = now
             self._greet_newcomers()
         # The last look, as server.py takes it: what reached the SuperLink while this waited
         # counts in the decision, so a node is never blamed for the time between two pulls.

@@ -251,11 +251,13 @@ def test_a_message_of_the_wrong_kind_for_the_phase_leaves_the_node_out(tmp_path)
     assert_completes_without(server, said, "cli3", "")
 
 
-def test_more_nodes_than_clients_and_latecomers_are_turned_away(tmp_path):
+def test_more_nodes_than_clients_and_latecomers_are_turned_away(tmp_path, monkeypatch):
+    monkeypatch.setattr(grid_driver, "GREET_EVERY_S", 0.0)  # every step looks for newcomers
     run = fast_run(tmp_path)
     nodes = honest_nodes(run, 3)
     grid = FakeGrid(nodes)
     grid.visible = {101, 102, 103}
+    # A fourth node, come after the run began: cli1 by its partition, but all the rows.
     late = HonestNode(run, 104, {"partition-id": 0, "num-partitions": 1})
     grid.nodes[104] = late
 
@@ -270,7 +272,47 @@ def test_more_nodes_than_clients_and_latecomers_are_turned_away(tmp_path):
     server, said = serve(grid, run)
     assert verified(server) and server.blocks[0].run.participants.keys() == {"cli1", "cli2"}
     assert any("refused Flower node 103: the run is full (2 clients)" in line for line in said)
-    assert not any(m.metadata.dst_node_id == 104 for m in grid.sent)
+    # Greeted once the run has begun, as a client of the genesis coming back would be, and
+    # refused with the reason: it holds other rows than the cli1 the chain records.
+    assert any(
+        "refused Flower node 104: cli1 now has 1070 rows, but the chain records 357" in line
+        for line in said
+    ), said
+    assert all(block.cli == ("cli1", "cli2") for block in server.blocks[1:-1])
+
+
+def test_an_authorized_client_that_never_joined_comes_in_late(tmp_path, monkeypatch):
+    # The run begins at the join timeout with its quorum (cli1, cli2); cli3's SuperNode starts
+    # later, and cli3 takes part from the round after it is greeted.
+    monkeypatch.setattr(grid_driver, "GREET_EVERY_S", 0.0)
+    keys = tmp_path / "keys"
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text(
+        "".join(
+            f"cli{k} {public_hex(load_or_create_key(keys / f'cli{k}.key')[0])}\n" for k in (1, 2, 3)
+        )
+    )
+    run = fast_run(
+        tmp_path, rounds=4, clients=3, min_clients=2, authorized_keys=authorized,
+        join_timeout_s=1.0,
+    )  # fmt: skip
+    nodes = honest_nodes(run, 3)
+    grid = FakeGrid(nodes)
+    grid.visible = {101, 102}
+
+    def shows_cli3_in_round_1(message):
+        if at_train(message):
+            grid.visible.add(103)
+        return honest(message)
+
+    honest = nodes[101]
+    grid.nodes[101] = shows_cli3_in_round_1
+    server, said = serve(grid, run)
+    assert verified(server), said
+    clients = [block.cli for block in server.blocks[1:-1]]
+    assert clients[0] == ("cli1", "cli2") and clients[-1] == ("cli1", "cli2", "cli3"), clients
+    assert "never joined" in server.blocks[1].missing["cli3"]
+    assert "cli3" in server.blocks[-1].attestations
 
 
 def test_a_registration_under_another_nodes_name_and_key_is_refused(tmp_path):
