@@ -5,8 +5,9 @@ memory: the client is built again from its rows and key at each message and rest
 snapshot its node keeps in Flower's Context.state (federation/client_snapshot.py), its replica
 read back and verified. The server's key is pinned at the first message the node takes."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message
 
@@ -17,8 +18,9 @@ from fedchain.flower.config import FlowerRun, bundled_rows
 from fedchain.flower.records import pack, unpack
 from fedchain.learning.dataset import DataError, Dataset, load_dataset
 from fedchain.learning.partition import pool, split_rows
+from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.trust.errors import TrustError
-from fedchain.trust.keys import load_or_create_key
+from fedchain.trust.keys import check_public_hex, load_or_create_key
 from fedchain.wire.messages import ProtocolError
 
 STATE = "fedchain-client"  # the node's record in Context.state
@@ -63,6 +65,53 @@ def identity(node_config: dict, run: FlowerRun) -> Identity:
     return Identity(name, data)
 
 
+@dataclass(frozen=True)
+class NodeChoices:
+    """What a node's operator decides, not the server's run config: where its key and replica
+    live, the least work it takes for a block, the most rounds it joins, and the server key it
+    expects (None: the one the first message names, pinned from then on)."""
+
+    keys: Path
+    replicas: Path
+    min_difficulty: int = settings.MIN_DIFFICULTY_BITS
+    max_rounds: int = settings.MAX_ROUNDS
+    server_key: str | None = None
+
+
+def node_choices(node_config: Mapping[str, object], run: FlowerRun) -> NodeChoices:
+    """The node config's keys, replicas, min-difficulty, max-rounds and server-key (as
+    client.py's --key folder, --replica folder, --min-difficulty, --max-rounds, --server-key);
+    the folders default to the run config's. Raises ClientFailed naming a bad one."""
+
+    def integer(key: str, default: int, low: int, high: int) -> int:
+        value = node_config.get(key, default)
+        if type(value) is not int or not low <= value <= high:
+            raise ClientFailed(f"the node config's {key} must be {low} to {high}, not {value!r}")
+        return value
+
+    def folder(key: str, default: Path) -> Path:
+        value = node_config.get(key, "")
+        if not isinstance(value, str):
+            raise ClientFailed(f"the node config's {key} must be a folder's path, not {value!r}")
+        return Path(value) if value else default
+
+    server_key = node_config.get("server-key")
+    if server_key is not None:
+        try:
+            server_key = check_public_hex(server_key, "the node config's server-key")
+        except (TrustError, TypeError) as error:
+            raise ClientFailed(str(error)) from None
+    return NodeChoices(
+        keys=folder("keys", run.keys),
+        replicas=folder("replicas", run.replicas),
+        min_difficulty=integer(
+            "min-difficulty", settings.MIN_DIFFICULTY_BITS, 0, MAX_DIFFICULTY_BITS
+        ),
+        max_rounds=integer("max-rounds", settings.MAX_ROUNDS, 1, settings.MAX_ROUNDS),
+        server_key=server_key,
+    )
+
+
 def answer(
     message: Message, context: Context, run: FlowerRun, say: Callable[[str], None]
 ) -> Message:
@@ -73,10 +122,16 @@ def answer(
     try:
         who = identity(dict(context.node_config), run)
         name = who.name
+        ours = node_choices(dict(context.node_config), run)
         incoming, server_key, _ = unpack(message.content, settings.MAX_FRAME_BYTES)
-        key, created = load_or_create_key(run.keys / f"{name}.key")
+        if ours.server_key is not None and server_key != ours.server_key:
+            raise ClientFailed(
+                f"the server's key {server_key[:16]}… is not the node config's server-key "
+                f"{ours.server_key[:16]}…"
+            )
+        key, created = load_or_create_key(ours.keys / f"{name}.key")
         if created:
-            say(f"{name}: made its key in {run.keys / f'{name}.key'}")
+            say(f"{name}: made its key in {ours.keys / f'{name}.key'}")
         client = FederatedClient(
             name=name,
             data=who.data,
@@ -87,8 +142,10 @@ def answer(
             say=lambda line: say(f"{name}: {line}" if not line.startswith(name) else line),
             key=key,
             target=run.target.column,
+            min_difficulty=ours.min_difficulty,
+            max_rounds=ours.max_rounds,
         )
-        client.replica_folder = run.replicas
+        client.replica_folder = ours.replicas
         kept = context.state.config_records.get(STATE)
         if kept is None:  # the run's first message: pin the key it names
             client.connect(server_key)

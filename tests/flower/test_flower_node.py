@@ -3,10 +3,13 @@ cannot be turned against it, and a server whose key changes is refused."""
 
 import json
 
+import pytest
 from flower_grid import FakeGrid, HonestNode, fast_run, honest_nodes, serve, server_app
 from flwr.app import ConfigRecord, Message
 
-from fedchain.flower.node import STATE
+from fedchain.federation.client import ClientFailed
+from fedchain.federation.server import RunAborted
+from fedchain.flower.node import STATE, node_choices
 from fedchain.flower.records import pack, unpack
 from fedchain.settings import MAX_FRAME_BYTES
 
@@ -65,3 +68,52 @@ def test_a_saved_state_pointing_at_another_servers_replica_is_refused(tmp_path):
     )
     last = [m for m in grid.sent if m.metadata.dst_node_id == 101][-1]
     assert "names server key" in failure(again(last, node))
+
+
+def test_a_node_holds_the_server_to_the_key_its_config_pins(tmp_path):
+    run = fast_run(tmp_path)
+    nodes = honest_nodes(run, 2)
+    nodes[101].context.node_config["server-key"] = "ab" * 32
+    with pytest.raises(RunAborted, match="only 1 of 2 clients joined"):
+        serve(FakeGrid(nodes), run)
+    assert any(
+        "the server's key" in line and "is not the node config's server-key abababab" in line
+        for line in nodes[101].said
+    ), nodes[101].said
+
+
+def test_a_node_refuses_less_work_than_its_config_asks_for(tmp_path):
+    run = fast_run(tmp_path)  # mined at 8 bits
+    nodes = honest_nodes(run, 2)
+    nodes[102].context.node_config["min-difficulty"] = 12
+    with pytest.raises(RunAborted):  # the quorum of two is short of cli2 at once
+        serve(FakeGrid(nodes), run)
+    assert any("genesis block is invalid" in line for line in nodes[102].said), nodes[102].said
+
+
+def test_a_node_keeps_its_key_and_replica_where_its_config_says(tmp_path):
+    run = fast_run(tmp_path)
+    nodes = honest_nodes(run, 2)
+    nodes[101].context.node_config.update(
+        {"keys": str(tmp_path / "node-keys"), "replicas": str(tmp_path / "node-replicas")}
+    )
+    server, _ = serve(FakeGrid(nodes), run)
+    assert (tmp_path / "node-keys" / "cli1.key").is_file()
+    (replica,) = (tmp_path / "node-replicas").glob("cli1-*.jsonl")
+    assert replica.read_bytes() == server.chain_path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ({"min-difficulty": 65}, "min-difficulty must be 0 to 64, not 65"),
+        ({"max-rounds": 0}, "max-rounds must be 1 to"),
+        ({"server-key": "xyz"}, "server-key must be 64 hex digits"),
+        ({"server-key": 7}, "server-key must be a string"),
+        ({"keys": 3}, "keys must be a folder's path, not 3"),
+    ],
+    ids=str,
+)
+def test_a_bad_node_config_value_is_named(tmp_path, config, error):
+    with pytest.raises(ClientFailed, match=error):
+        node_choices(config, fast_run(tmp_path))
