@@ -15,6 +15,7 @@ from fedchain.federation.server import FRAME_BASE_BYTES, FRAME_BYTES_PER_FEATURE
 from fedchain.flower import grid_driver
 from fedchain.flower.config import bundled_rows
 from fedchain.flower.records import RECORD, pack, unpack
+from fedchain.learning.aggregation import PROXIMAL, SCAFFOLD
 from fedchain.learning.dataset import load_dataset
 from fedchain.ledger.report import Verdict, report_chain
 from fedchain.ledger.store import load_chain
@@ -50,6 +51,8 @@ def in_memory_twin(run, folder):
         server_key=public_hex(server_key),
         features=test.feature_names,
         target=run.target,
+        aggregation=run.aggregation,
+        aggregation_parameters=run.parameters or {},
     )
     try:
         return run_in_memory(
@@ -68,8 +71,14 @@ def verified(server) -> bool:
     return verdict is Verdict.VALID and blocks == server.blocks
 
 
-def test_honest_nodes_make_a_valid_chain_equal_to_the_in_memory_runs(tmp_path):
-    run = fast_run(tmp_path)
+@pytest.mark.parametrize(
+    "rule",
+    [{}, {"aggregation": SCAFFOLD, "parameters": {PROXIMAL: 1.0}}],
+    ids=["fedavg", "scaffold"],
+)
+def test_honest_nodes_make_a_valid_chain_equal_to_the_in_memory_runs(tmp_path, rule):
+    # Scaffold's probe included: a round's candidate goes out and the gradients come back.
+    run = fast_run(tmp_path, **rule)
     nodes = honest_nodes(run, 2)
     server, said = serve(FakeGrid(nodes), run)
     chain = load_chain(run.chain)
