@@ -1,7 +1,7 @@
 # make demo: set up .venv and run the server and two clients end to end.
 # make test: set up .venv and run the tests on two pytest-xdist workers, each taking the next
 # test as it frees up (worksteal), so the long process tests do not queue behind one worker:
-# about 2.5 min on a 2-core machine. (CI runs `make test` too.)
+# about 3.5 min on a 2-core machine, a deployed Flower run the longest test. (CI runs `make test` too.)
 
 VENV := .venv
 PY := $(VENV)/bin/python
