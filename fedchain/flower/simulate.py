@@ -19,7 +19,13 @@ from fedchain.ledger.report import Verdict
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 # Flower reports to its makers and looks for a newer release unless told not to; neither may
 # leave this machine unasked.
-QUIET_FLOWER = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+QUIET_FLOWER = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    # Ray's coming default (it leaves the GPU list alone with no GPU asked for), and no
+    # warning at every start that it is coming.
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -135,3 +135,21 @@ def test_without_the_bundled_rows_a_node_says_how_to_do_without_them(monkeypatch
     monkeypatch.setattr(settings, "bundled_data", lambda name: tmp_path / name)
     with pytest.raises(DataError, match=r"pip install \.\[flower\]\) or name the rows"):
         identity({"partition-id": 0, "num-partitions": 2}, FlowerRun())
+
+
+def test_the_bundled_rows_are_found_in_the_installed_package_when_not_beside_this_copy(
+    monkeypatch, tmp_path
+):
+    # Flower runs the app from a copy of the package with no CSV files, and no data/ beside
+    # it: the rows come from the package pip installed.
+    installed = tmp_path / "site-packages" / "fedchain" / "bundled_data" / "rows.csv"
+    installed.parent.mkdir(parents=True)
+    installed.write_text("a,charges\n1,2\n")
+
+    class Installed:
+        def locate_file(self, path):
+            return tmp_path / "site-packages" / path
+
+    monkeypatch.setattr(settings, "distribution", lambda name: Installed())
+    assert settings.bundled_data("rows.csv") == installed
+    assert settings.bundled_data("test.csv") == ROOT / "data" / "test.csv"  # the checkout's first
