@@ -101,6 +101,11 @@ class Waits:
     mining_estimate_s: float = 0.0
 
 
+def as_flag(setting: str) -> str:
+    """SETTING as server.py's flag names it: join-timeout-s is --join-timeout-s."""
+    return f"--{setting}"
+
+
 def check_arguments(
     plan: RunPlan, key: Ed25519PrivateKey, resumed: Chain | None, test_data: Dataset | None
 ) -> None:
@@ -128,8 +133,12 @@ class ServerProtocol:
         resumed: Chain | None = None,
         test_data: Dataset | None = None,
         chain_name: str = "the chain",
+        setting: Callable[[str], str] = as_flag,
     ) -> None:
         check_arguments(plan, key, resumed, test_data)
+        # How the operator sets a setting, for the lines that name one: server.py's flag, or
+        # another transport's way (a Flower run config's key).
+        self.setting = setting
         self.plan = plan
         self.key = key
         self.public_key = public_hex(key)
@@ -188,7 +197,8 @@ class ServerProtocol:
         if self.plan.authorized_keys is None:
             out.append(
                 Say(
-                    "open enrolment: any key may join (--authorized-keys limits who may); "
+                    "open enrolment: any key may join "
+                    f"({self.setting('authorized-keys')} limits who may); "
                     "each name stays bound to the key it first joins with"
                 )
             )
@@ -341,7 +351,7 @@ class ServerProtocol:
                 return self._begin()
             raise _Stop(
                 f"only {len(self.peers)} of {self.plan.n_clients} clients joined within "
-                f"{self.waits.join_timeout_s:g} s (--join-timeout-s)"
+                f"{self.waits.join_timeout_s:g} s ({self.setting('join-timeout-s')})"
             )
         joined = f": {_names(self.peers)}" if self.peers else ""
         n_joined = len(self.peers)
@@ -350,11 +360,11 @@ class ServerProtocol:
         if with_quorum:
             return self._status(
                 now,
-                f"{waiting_for}; with its quorum (--min-clients), the run begins with those who "
-                "joined at the join timeout (--join-timeout-s)",
+                f"{waiting_for}; with its quorum ({self.setting('min-clients')}), the run begins "
+                f"with those who joined at the join timeout ({self.setting('join-timeout-s')})",
                 None,
             )
-        return self._status(now, waiting_for, "--join-timeout-s")
+        return self._status(now, waiting_for, self.setting("join-timeout-s"))
 
     def _resuming(self, now: float) -> list[Action]:
         back = len(self.standby)
@@ -369,13 +379,13 @@ class ServerProtocol:
             raise _Stop(
                 f"only {back} of the {self.plan.min_clients} clients the run needs "
                 f"(its min_clients) came back within {self.waits.rejoin_timeout_s:g} s "
-                "(--rejoin-timeout-s)"
+                f"({self.setting('rejoin-timeout-s')})"
             )
         if self.quorum_at_s < math.inf:
             waiting_for = f"{back} of {self.plan.n_clients} clients are back; the run goes on"
             return self._status(now, f"{waiting_for} without the rest", None)
         waiting_for = f"{back} of {self.plan.n_clients} clients are back"
-        return self._status(now, waiting_for, "--rejoin-timeout-s")
+        return self._status(now, waiting_for, self.setting("rejoin-timeout-s"))
 
     def _training(self, now: float) -> list[Action]:
         round = self.round
@@ -410,7 +420,8 @@ class ServerProtocol:
             raise _Stop(
                 f"round {round.index} cannot go on with {len(round.received)} of the "
                 f"{self._quorum()} clients it needs{self._quorum_flag()}; none came back "
-                f"within {self.waits.rejoin_timeout_s:g} s (--rejoin-timeout-s): {gone}"
+                f"within {self.waits.rejoin_timeout_s:g} s "
+                f"({self.setting('rejoin-timeout-s')}): {gone}"
             )
         # Who, not why: each one's reason was said as it left, and is on the chain. One back and
         # waiting to join is not waited for.
@@ -422,7 +433,7 @@ class ServerProtocol:
             f"round {round.index} has {len(round.received)} of the {self._quorum()} "
             f"{'attestations' if round.closing else 'updates'} it needs{self._quorum_flag()} "
             f"until {_names(who)} {comes} back",
-            "--rejoin-timeout-s",
+            self.setting("rejoin-timeout-s"),
         )
 
     def _closing(self, now: float) -> list[Action]:
@@ -501,7 +512,8 @@ class ServerProtocol:
             self.absent.setdefault(name, self._worded("never joined"))
         said = Say(
             f"{len(joined)} of {self.plan.n_clients} clients joined within "
-            f"{self.waits.join_timeout_s:g} s (--join-timeout-s), the quorum (--min-clients): "
+            f"{self.waits.join_timeout_s:g} s ({self.setting('join-timeout-s')}), the quorum "
+            f"({self.setting('min-clients')}): "
             f"the run begins without {_names(absent)}"
         )
         return [said], {name: authorized[name] for name in sorted(authorized)}
@@ -571,8 +583,9 @@ class ServerProtocol:
             round.rejoin_deadline_s = now + self.waits.rejoin_timeout_s
         elif now >= round.rejoin_deadline_s:
             raise _Stop(
-                f"round {round.index} kept losing clients it needs (--min-clients) for more "
-                f"than {self.waits.rejoin_timeout_s:g} s (--rejoin-timeout-s)"
+                f"round {round.index} kept losing clients it needs "
+                f"({self.setting('min-clients')}) for more than "
+                f"{self.waits.rejoin_timeout_s:g} s ({self.setting('rejoin-timeout-s')})"
             )
         self.phase = Phase.SHORT
         round.short_since_s = now
@@ -598,7 +611,10 @@ class ServerProtocol:
             return None
         out: list[Action] = []
         for peer in silent:
-            why = f"sent no {kind} within {self.waits.round_timeout_s:g} s (--round-timeout-s)"
+            why = (
+                f"sent no {kind} within {self.waits.round_timeout_s:g} s "
+                f"({self.setting('round-timeout-s')})"
+            )
             out += self._leave_out(peer, why)
         return out
 
@@ -764,7 +780,7 @@ class ServerProtocol:
         return 1 if self.round.closing else self.plan.min_clients
 
     def _quorum_flag(self) -> str:
-        return "" if self.round.closing else " (--min-clients)"
+        return "" if self.round.closing else f" ({self.setting('min-clients')})"
 
     def _wait_deadline(self) -> float:
         """When the wait for clients in progress ends: it gives up, or a resumed run whose

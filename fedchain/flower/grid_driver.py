@@ -54,6 +54,11 @@ GOODBYE_S = 30.0  # how long the last messages (the run's end) are waited on
 GREET_EVERY_S = 1.0
 
 
+def in_the_run_config(setting: str) -> str:
+    """How a Flower run's operator sets SETTING, for the lines that name one."""
+    return f"{setting} in the run config"
+
+
 @dataclass(eq=False)
 class _Node:
     """A SuperNode as the protocol sees it: a connection, named by CONN."""
@@ -97,7 +102,9 @@ class FlowerServer:
             # of its quorum stops at once instead of waiting for it to come back.
             rejoin_timeout_s=0.0,
         )
-        self.protocol = ServerProtocol(plan, key, time, waits=waits, test_data=test_data)
+        self.protocol = ServerProtocol(
+            plan, key, time, waits=waits, test_data=test_data, setting=in_the_run_config
+        )
         self.server_key = public_hex(key)
         self.events: deque[Event] = deque()
         self.in_flight: dict[str, _Node] = {}
