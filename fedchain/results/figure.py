@@ -67,6 +67,7 @@ class Convergence:
     source: str  # where the errors came from, for the caption
     reference: Reference | None = None
     feature_sd: pd.Series | None = None  # each feature's standard deviation on held-out rows
+    unit: str = ""  # the target's, as the chain records it ("": not said)
 
 
 def draw_convergence(data: Convergence, path: str | Path | BinaryIO) -> None:
@@ -87,7 +88,8 @@ def convergence_figure(data: Convergence) -> Figure:
     _draw_clients(clients, data)
     figure.suptitle(
         f"Federated training recorded on chain {data.genesis_hash[:12]}…: "
-        f"convergence over {int(data.global_weights.index.max())} rounds",
+        f"convergence over {int(data.global_weights.index.max())} rounds"
+        + (f"; {data.target} is in {data.unit}" if data.unit else ""),
         fontsize=FONT_PT + 2,
     )
     figure.canvas.draw()  # lays the panels out: line ends then land where they will be drawn
@@ -370,6 +372,7 @@ def convergence(
         source=source,
         reference=None if pooled is None else _reference(blocks, pooled, test),
         feature_sd=None if test is None else pd.Series(test.X.std(axis=0), test.feature_names),
+        unit=blocks[0].run.target.unit if blocks[0].targeted else "",
     )
 
 

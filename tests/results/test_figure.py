@@ -11,6 +11,7 @@ from chain_helpers import FEATURES, build_chain
 
 from fedchain.learning.dataset import Dataset
 from fedchain.learning.linear_model import LinearModel, mse
+from fedchain.ledger.block import TargetRecord
 from fedchain.results.figure import (
     BASELINE_NOTE,
     Convergence,
@@ -150,3 +151,16 @@ def test_names_that_would_overlap_are_set_apart_around_where_they_belong():
     placed = spread([0.0, 1.0, 2.0, 60.0], 10.0)
     assert placed == pytest.approx([-9.0, 1.0, 11.0, 60.0])
     assert all(b - a >= 10.0 - 1e-9 for a, b in itertools.pairwise(placed))
+
+
+def test_the_title_says_the_targets_unit_where_the_chain_records_it(blocks):
+    targeted = build_chain(
+        rounds=3, closed=True, target=TargetRecord("charges", "ln(USD per year)")
+    )
+    data = convergence(targeted, test=rows(80, 1), target="charges")
+    assert data.unit == "ln(USD per year)"
+    assert (
+        convergence_figure(data)._suptitle.get_text().endswith("; charges is in ln(USD per year)")
+    )
+    older = convergence(blocks, test=rows(80, 1), target="charges")  # records no target
+    assert "is in" not in convergence_figure(older)._suptitle.get_text()
