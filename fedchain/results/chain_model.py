@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from fedchain.checks import check_int, check_names, describe
+from fedchain.checks import check_int, check_name, check_names, describe
 from fedchain.learning.linear_model import LinearModel
+from fedchain.ledger.block import check_unit
 
 FORMAT = "fedchain-model/1"
 TARGET_SOURCE = "named when the model was exported (--target): the chain does not record it"
@@ -149,11 +150,12 @@ def model_from_json(text: str) -> ChainModel:
         return ChainModel(
             LinearModel(np.array(weights, dtype=np.float64), _number("bias", record["bias"])),
             _typed("feature_names", record["feature_names"], list),
-            target=_typed("target", record["target"], str),
+            # Held to the rules a chain's target is: they are printed, and head a CSV column.
+            target=check_name(_typed("target", record["target"], str), "target"),
             round=check_int(record["round"], 0, 2**63 - 1, "round"),
             block_hash=_typed("block_hash", record["block_hash"], str),
             genesis_hash=_typed("genesis_hash", record["genesis_hash"], str),
-            unit=_typed("target_unit", record["target_unit"], str)
+            unit=check_unit(_typed("target_unit", record["target_unit"], str))
             if "target_unit" in record
             else None,
         )

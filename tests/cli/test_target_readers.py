@@ -139,3 +139,29 @@ def test_verify_says_what_the_run_predicts(chain):
     other = write_chain(chain.parent / "other", TargetRecord("y"))
     unstated = run_main("blockchain.py", "verify", other)
     assert "the run predicts y (its unit not stated)" in unstated.stdout
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("target_unit", "\x1b[2J\x1b[31mUSD"),  # clears the terminal, then paints it red
+        ("target_unit", "USD\u202e"),  # turns what follows right to left
+        ("target_unit", "x" * 201),
+        ("target", "charges\x1b[2J"),
+        ("target", "charges\nage"),  # a second line in the CSV's header
+    ],
+)
+def test_a_model_file_s_target_and_unit_are_held_to_the_chain_s_rules(
+    chain, rows, tmp_path, field, value
+):
+    # A model file is taken as it is, but what it says is printed: it must be what a chain
+    # could hold, not escapes sent raw to the reader's terminal.
+    run_main("blockchain.py", "export", chain, "-o", tmp_path / "model.json")
+    record = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps(record | {field: value}))
+    result = run_main("model.py", "predict", "--model", tmp_path / "model.json", "--data", rows)
+    assert result.returncode == 1, result.stdout
+    assert "\x1b" not in result.stdout + result.stderr
+    assert "\u202e" not in result.stdout + result.stderr
+    assert f"{tmp_path / 'model.json'}: " in result.stderr
+
