@@ -89,13 +89,19 @@ def convergence_figure(data: Convergence) -> Figure:
     figure.suptitle(
         f"Federated training recorded on chain {data.genesis_hash[:12]}…: "
         f"convergence over {int(data.global_weights.index.max())} rounds"
-        + (f"; {data.target} is in {data.unit}" if data.unit else ""),
+        + plain_text(f"; {data.target} is in {data.unit}" if data.unit else ""),
         fontsize=FONT_PT + 2,
     )
     figure.canvas.draw()  # lays the panels out: line ends then land where they will be drawn
     for axes, x, names in filter(None, ends):
         _label_line_ends(axes, x, names)
     return figure
+
+
+def plain_text(text: str) -> str:
+    """TEXT as matplotlib draws it letter for letter: it reads what lies between two $ as
+    mathtext, and a chain's names and unit are anyone's text ('$\\frac{$' stopped the draw)."""
+    return text.replace("$", r"\$")
 
 
 def global_errors(data: Convergence) -> pd.Series:
@@ -210,7 +216,7 @@ def _draw_global_alone(axes, data: Convergence) -> None:
         "given: absolute MSE, log scale)",
         fontsize=FONT_PT,
     )
-    axes.set_ylabel(f"MSE [({data.target})²]", fontsize=FONT_PT - 1)
+    axes.set_ylabel(plain_text(f"MSE [({data.target})²]"), fontsize=FONT_PT - 1)
     _tidy(axes)
 
 
@@ -223,7 +229,7 @@ def _draw_clients(axes, data: Convergence) -> None:
             markersize=3,
             linewidth=1.2,
             linestyle="--",
-            label=name,
+            label=plain_text(name),
         )
     axes.set_title(
         f"Each client's model on {data.client_mse_what} ({data.source})", fontsize=FONT_PT - 1
@@ -256,7 +262,7 @@ def _draw_weights(axes, data: Convergence) -> LineEnds:
         title += f"\n(the {len(labelled)} largest named, {others} more in grey; bias not shown)"
     axes.set_title(title, fontsize=FONT_PT)
     axes.set_xlabel("round (0: the starting model)", fontsize=FONT_PT - 1)
-    axes.set_ylabel(y_label, fontsize=FONT_PT - 1)
+    axes.set_ylabel(plain_text(y_label), fontsize=FONT_PT - 1)
     if any(name in FEATURE_MEANINGS for name in weights.columns):
         axes.text(
             0.0,
@@ -282,7 +288,7 @@ def _label_line_ends(axes, x: float, ends: dict[str, tuple[float, str]]) -> None
         y, color = ends[name]
         meaning = FEATURE_MEANINGS.get(name)
         axes.annotate(
-            name if meaning is None else f"{meaning} ({name})",
+            plain_text(name if meaning is None else f"{meaning} ({name})"),
             (x, y),
             xytext=(6, (at - ys[name]) * 72 / axes.figure.dpi),
             textcoords="offset points",

@@ -165,3 +165,23 @@ def test_a_model_file_s_target_and_unit_are_held_to_the_chain_s_rules(
     assert "\u202e" not in result.stdout + result.stderr
     assert f"{tmp_path / 'model.json'}: " in result.stderr
 
+
+@pytest.mark.parametrize("unit", ["$\\frac{$", "USD $ per $ year"])
+@pytest.mark.parametrize("command", ["plot", "report"])
+def test_a_unit_with_dollar_signs_is_drawn_as_text_not_parsed_as_maths(tmp_path, unit, command):
+    # matplotlib reads text between two $ as mathtext: the run's unit (any printable text) broke
+    # the figure with a traceback, or drew '$ per $' as italic maths.
+    chain = write_chain(tmp_path, TargetRecord("charges", unit))
+    test = tmp_path / "test.csv"
+    test.write_text(",".join(FEATURES) + ",charges\n30,25.5,0,9.1\n52,31,1,9.9\n40,20,0,9.3\n")
+    out = tmp_path / ("figure.png" if command == "plot" else "page.html")
+    result = run_main("blockchain.py", command, chain, "--test", test, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 0
+
+
+def test_the_figure_s_title_keeps_a_unit_s_dollar_signs():
+    from fedchain.results.figure import plain_text
+
+    assert plain_text("USD $ per $ year") == "USD \\$ per \\$ year"
+    assert plain_text("kWh") == "kWh"
