@@ -180,9 +180,12 @@ class ServerProtocol:
         """Whether the run knows its clients before they join: --authorized-keys names exactly
         its --clients. Only then may it begin with its quorum at the join timeout, its genesis
         admitting the absent too: in open enrolment, or with more names than places, nobody
-        knows who the absent would be, so such a run needs all its --clients."""
+        knows who the absent would be, so such a run needs all its --clients. Nor may a private
+        run (--schema): its genesis records each private client's signed statement, which an
+        absent one has not made (admitted without one, it fails --max-epsilon, or could never
+        come back private)."""
         keys = self.plan.authorized_keys
-        return keys is not None and len(keys) == self.plan.n_clients
+        return keys is not None and len(keys) == self.plan.n_clients and self.plan.schema is None
 
     # --- the transport's entry points ----------------------------------------------------
 

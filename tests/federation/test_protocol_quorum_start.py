@@ -3,6 +3,9 @@ join timeout, fed by hand: its genesis admits every authorized client, every blo
 absent one is missing (a refusal, or that it never joined), and one that comes back later with
 its key takes part. Open enrolment still needs all its --clients."""
 
+from dataclasses import replace
+
+import pytest
 from chain_helpers import SERVER_KEY, fixed_key
 from processes import ROOT
 from protocol_helpers import (
@@ -23,8 +26,11 @@ from fedchain.federation.client import FederatedClient
 from fedchain.federation.events import Abort, Registration, Spoke, TurnAwayNewcomers, Write
 from fedchain.federation.protocol import Phase
 from fedchain.learning.dataset import load_dataset
+from fedchain.learning.privacy import MECHANISM
+from fedchain.learning.schema import parse_schema
 from fedchain.ledger.block import MAX_REASON_CHARS
 from fedchain.ledger.chain import verify_chain
+from fedchain.ledger.signatures import sign_privacy
 from fedchain.trust.keys import public_hex
 
 NAMES = ("cli1", "cli2", "cli3", "cli4")
@@ -264,3 +270,44 @@ def test_with_every_authorized_client_joined_the_run_begins_at_once_as_before():
     assert TurnAwayNewcomers("the run is full (4 clients)") in out
     assert protocol.chain.genesis.run.participants == AUTHORIZED
     assert protocol.absent == {} and protocol.phase is Phase.TRAINING
+
+
+def private_quorum_plan(max_epsilon):
+    """Three authorized clients, two the quorum, in a private run (a schema; MAX_EPSILON)."""
+    schema = parse_schema("column,low,high\nage,18,65\nbmi,15,55\nsmoker,0,1\ncharges,6.9,11.5\n")
+    return replace(quorum_plan(n_clients=3), schema=schema, max_epsilon=max_epsilon)
+
+
+def privacy_of(name: str, plan) -> dict:
+    """NAME's signed statement of ε 1 under PLAN's schema, as its registration carries it."""
+    statement = sign_privacy(
+        fixed_key(name),
+        server_key=public_hex(SERVER_KEY),
+        name=name,
+        mechanism=MECHANISM,
+        epsilon=1.0,
+        delta=1e-5,
+        schema_digest=plan.schema.digest(),
+    )
+    return {
+        "mechanism": statement.mechanism,
+        "epsilon": statement.epsilon,
+        "delta": statement.delta,
+        "signature": bytes.fromhex(statement.signature),
+    }
+
+
+@pytest.mark.parametrize("max_epsilon", [2.0, None])
+def test_a_private_run_still_needs_all_its_clients(max_epsilon):
+    # Its genesis records each private client's signed statement, which one that never joined
+    # has not made: admitted without one, it failed the run's --max-epsilon (the genesis did not
+    # verify and tick() raised ChainError), or, with no limit, could never come back private.
+    plan = private_quorum_plan(max_epsilon)
+    clock = FakeClock()
+    protocol, _ = make_server(plan, clock)
+    for conn, name in enumerate(("cli1", "cli2"), start=1):
+        step(protocol, ScriptedClient(name, conn).registration(privacy=privacy_of(name, plan)))
+    clock.advance(WAITS.join_timeout_s)
+    out = step(protocol)
+    assert out[-1] == Abort("only 2 of 3 clients joined within 60 s (--join-timeout-s)")
+    assert protocol.chain is None
