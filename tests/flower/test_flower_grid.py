@@ -384,6 +384,10 @@ def test_a_run_below_its_quorum_stops_at_once_for_no_node_can_come_back(tmp_path
     with pytest.raises(RunAborted, match="round 1 cannot go on with 1 of the 2 clients") as stop:
         serve(grid, run)
     assert "within 0 s" in str(stop.value)
+    # Named as a Flower operator would find it: a run config has no rejoin-timeout-s.
+    assert "(min-clients in the run config)" in str(stop.value)
+    assert "rejoin-timeout-s" not in str(stop.value)
+    assert "(over Flower a node left out does not come back)" in str(stop.value)
 
 
 def test_a_stopped_run_tells_its_nodes_why(tmp_path):
