@@ -74,7 +74,7 @@ def check_registration(
         _check_newcomer(name, key, plan, joined, bound_keys)
     else:
         _check_returning(name, key, message["n_samples"], chain)
-    _check_target(name, message.get("target"), plan)
+    _check_target(name, message.get("target"), features, plan)
     privacy = _check_privacy(name, key, features, message.get("privacy"), plan, server_key, chain)
     # Columns are matched by name: a client may hold them in any order.
     if run_features and (difference := column_difference(run_features, features)):
@@ -133,14 +133,20 @@ def _check_returning(name: str, key: str, n_samples: int, chain: Chain) -> None:
         raise Refusal(f"{name} now has {n_samples} rows, but the chain records {recorded}")
 
 
-def _check_target(name: str, offered: str | None, plan: RunPlan) -> None:
+def _check_target(name: str, offered: str | None, features: tuple[str, ...], plan: RunPlan) -> None:
     """A client that says which column it predicts must predict the run's: its model would
-    otherwise be averaged with models of another quantity. One that does not say is let in."""
-    if offered is not None and plan.target is not None and offered != plan.target.column:
+    otherwise be averaged with models of another quantity. One that does not say is let in,
+    but none whose FEATURES hold the run's target: the first to join sets the run's features,
+    and a genesis whose target is one of them does not verify."""
+    if plan.target is None:
+        return
+    if offered is not None and offered != plan.target.column:
         raise Refusal(
             f"{name} predicts {offered!r} (its --target), but the run predicts "
             f"{plan.target.column!r}"
         )
+    if plan.target.column in features:
+        raise Refusal(f"{name}'s columns include the run's target {plan.target.column!r}")
 
 
 def _check_privacy(

@@ -77,3 +77,17 @@ def test_a_client_joins_a_genesis_of_its_own_target(tmp_path):
         s.welcome(s.make_genesis(target=RUN_TARGET))
 
     assert play(client, same_target) is None
+
+
+def test_the_server_refuses_a_client_whose_columns_hold_the_run_s_target():
+    # Its columns would become the run's features, the target among them: the genesis then
+    # failed the chain's rule and tick() raised ChainError, so one client (the target field is
+    # optional, and says nothing of the columns) could stop any server with a target.
+    protocol, _ = make_server(targeted_plan(n_clients=2))
+    hostile = ScriptedClient("cli1", 1, features=("age", "bmi", "charges"))
+    for changes in ({}, {"target": "charges"}):
+        out = step(protocol, hostile.registration(**changes))
+        assert refusal(out, 1) == "cli1's columns include the run's target 'charges'"
+    honest = (ScriptedClient(name, conn) for conn, name in ((2, "cli2"), (3, "cli3")))
+    step(protocol, *(client.registration() for client in honest))
+    assert protocol.chain is not None and "charges" not in protocol.chain.genesis.feature_names
