@@ -746,7 +746,10 @@ class ServerProtocol:
     def _worded(self, reason: str) -> str:
         """REASON as a block's missing field holds it: with the round, within the limit."""
         where = f"round {self.round_index}" if self.round_index else "before round 1"
-        return printable(f"{reason} ({where})", limit=MAX_REASON_CHARS - 2)
+        # Cut after escaping: printable() cuts before, and each control character it escapes
+        # grows to four characters or more.
+        worded = printable(f"{reason} ({where})", limit=MAX_REASON_CHARS - 2)
+        return worded if len(worded) <= MAX_REASON_CHARS else worded[: MAX_REASON_CHARS - 1] + "…"
 
     def _note_refusal(self, registration: Registration, reason: str) -> None:
         """A registration refused before the run in the name of an authorized client that has

@@ -23,7 +23,14 @@ from protocol_helpers import (
 )
 
 from fedchain.federation.client import FederatedClient
-from fedchain.federation.events import Abort, Registration, Spoke, TurnAwayNewcomers, Write
+from fedchain.federation.events import (
+    Abort,
+    Registration,
+    SendFailed,
+    Spoke,
+    TurnAwayNewcomers,
+    Write,
+)
 from fedchain.federation.protocol import Phase
 from fedchain.learning.dataset import load_dataset
 from fedchain.learning.privacy import MECHANISM
@@ -311,3 +318,18 @@ def test_a_private_run_still_needs_all_its_clients(max_epsilon):
     out = step(protocol)
     assert out[-1] == Abort("only 2 of 3 clients joined within 60 s (--join-timeout-s)")
     assert protocol.chain is None
+
+
+def test_a_reason_of_control_characters_stays_within_the_block_s_limit():
+    # printable() escapes each control character into four or more: cut after escaping, not
+    # before, or a reason of 300 of them (a transport's words) made a block that cannot exist.
+    clock = FakeClock()
+    protocol, _ = make_server(quorum_plan(n_clients=3), clock)
+    cli1, cli2, cli3 = clients("cli1", "cli2", "cli3")
+    join(protocol, cli1, cli2, cli3)
+    step(protocol, SendFailed(cli2.conn, "\x00" * MAX_REASON_CHARS))
+    out = step(protocol, cli1.update(), cli3.update())
+    assert not any(isinstance(a, Abort) for a in out), out[-1]
+    (block,) = written(out)
+    assert len(block.missing["cli2"]) <= MAX_REASON_CHARS
+    assert block.missing["cli2"].startswith("disconnected (\\x00")
