@@ -484,16 +484,19 @@ class ServerProtocol:
             # comes in as a client of the genesis that is back.
             out, participants = self._begin_without_the_absent()
         out += self._announce_mining(0)
-        genesis, said = mine_genesis(
-            self.plan,
-            self.key,
-            self.peers,
-            self.run_features,
-            self.test_data,
-            participants=participants,
-        )
+        try:
+            genesis, said = mine_genesis(
+                self.plan,
+                self.key,
+                self.peers,
+                self.run_features,
+                self.test_data,
+                participants=participants,
+            )
+            self.chain = Chain(genesis)
+        except (ChainError, ValueError) as error:  # as _append: a bug of ours, said, and stop
+            raise _Stop(f"the server made a genesis that does not verify: {error}") from None
         out += said
-        self.chain = Chain(genesis)
         out.append(Write(genesis))  # the file is made only now: a run that never starts
         self.round_index = 1  # leaves nothing in the way
         for peer in self.peers:

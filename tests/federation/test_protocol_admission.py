@@ -20,6 +20,7 @@ from protocol_helpers import (
     step,
 )
 
+from fedchain.federation import protocol as protocol_module
 from fedchain.federation.events import (
     Abort,
     BadFrame,
@@ -27,8 +28,10 @@ from fedchain.federation.events import (
     Disconnect,
     Registration,
     TurnAwayNewcomers,
+    Write,
 )
 from fedchain.federation.protocol import Phase
+from fedchain.ledger.verification import ChainError
 from fedchain.trust.handshake import login_message
 from fedchain.trust.keys import public_hex, sign
 
@@ -202,3 +205,21 @@ def test_the_run_stops_if_too_few_join_within_the_join_timeout():
     assert protocol.phase is Phase.STOPPED and protocol.chain is None  # no genesis was written
     assert protocol.handle(Closed(1)) == [] and protocol.tick() == []
     assert math.isinf(protocol.wake_at())
+
+
+def test_a_genesis_that_does_not_verify_stops_the_run_cleanly(monkeypatch):
+    # No peer can cause it (admission refuses each known cause first); were one found, the
+    # run stops with the reason, as for a round block, and nothing escapes the protocol.
+    def broken(*args, **kwargs):
+        raise ChainError(0, "a fault of the server's own")
+
+    monkeypatch.setattr(protocol_module, "mine_genesis", broken)
+    protocol, _ = make_server(make_plan())
+    out = join(protocol, *clients("cli1", "cli2"))
+    assert (
+        Abort(
+            "the server made a genesis that does not verify: block 0: a fault of the server's own"
+        )
+        in out
+    )
+    assert protocol.finished and not any(isinstance(a, Write) for a in out)
