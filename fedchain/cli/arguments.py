@@ -141,6 +141,20 @@ def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
             action.default = default
 
 
+def add_run_length_flags(parser: argparse.ArgumentParser) -> None:
+    """--rounds and --difficulty, for every program that starts a run (server.py, and the
+    Flower simulation)."""
+    parser.add_argument(
+        "--rounds", type=integer_in(1), default=settings.ROUNDS, help="training rounds"
+    )
+    parser.add_argument(
+        "--difficulty",
+        type=integer_in(0, MAX_DIFFICULTY_BITS),
+        default=settings.DIFFICULTY_BITS,
+        help="proof of work, in leading zero bits",
+    )
+
+
 def add_chain_reading_flags(
     parser: argparse.ArgumentParser, *, require_signed: bool = False
 ) -> None:

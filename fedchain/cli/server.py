@@ -13,6 +13,7 @@ from fedchain import settings
 from fedchain.cli.arguments import (
     add_connection_flags,
     add_output_flags,
+    add_run_length_flags,
     column_name,
     epsilon,
     given_flags,
@@ -48,7 +49,7 @@ from fedchain.learning.aggregation import (
 from fedchain.learning.dataset import DataError, Dataset, column_difference, load_dataset
 from fedchain.learning.scaffold import DEFAULT_PROXIMAL
 from fedchain.learning.schema import Schema, load_schema
-from fedchain.ledger.block import MAX_DIFFICULTY_BITS, TargetRecord
+from fedchain.ledger.block import TargetRecord
 from fedchain.ledger.chain import Chain, continue_chain, verify_chain
 from fedchain.ledger.mining import expected_mining_s, tries_per_second
 from fedchain.ledger.store import load_chain
@@ -74,13 +75,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the fewest clients a round may go on with; one that drops out, times out or "
         "sends a bad update is left out (default: all of --clients)",
     )
-    flag("--rounds", type=integer_in(1), default=settings.ROUNDS, help="training rounds")
-    flag(
-        "--difficulty",
-        type=integer_in(0, MAX_DIFFICULTY_BITS),
-        default=settings.DIFFICULTY_BITS,
-        help="proof of work, in leading zero bits",
-    )
+    add_run_length_flags(parser)
     flag(
         "--chain",
         type=Path,

@@ -9,11 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedchain import settings
-from fedchain.cli.arguments import integer_in, parser_for
+from fedchain.cli.arguments import add_run_length_flags, integer_in, parser_for
 from fedchain.cli.server import new_run_chain_path
 from fedchain.flower.config import ConfigError, FlowerRun
 from fedchain.learning.aggregation import RULES
-from fedchain.ledger.block import MAX_DIFFICULTY_BITS
 from fedchain.ledger.report import Verdict
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
@@ -35,14 +34,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "and chain as server.py and its clients, with Flower carrying the messages.",
     )
     flag = parser.add_argument
-    flag("--rounds", type=integer_in(1), default=settings.ROUNDS, help="training rounds")
+    add_run_length_flags(parser)
     flag("--seed", type=integer_in(0), default=settings.RUN_SEED, help="the run's seed")
-    flag(
-        "--difficulty",
-        type=integer_in(0, MAX_DIFFICULTY_BITS),
-        default=settings.DIFFICULTY_BITS,
-        help="proof of work, in leading zero bits",
-    )
     flag(
         "--chain",
         type=Path,
