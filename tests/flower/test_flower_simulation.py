@@ -9,18 +9,14 @@ import subprocess
 import sys
 
 import pytest
-from chain_helpers import CLIENT_KEYS, SERVER_KEY
 from in_process import run_main
+from memory_runs import run_federation
 from processes import ROOT
 
-from fedchain.federation.client import FederatedClient
-from fedchain.federation.in_memory import run_in_memory
-from fedchain.federation.plan import RunPlan
 from fedchain.learning.dataset import load_dataset
 from fedchain.ledger.block import TargetRecord
 from fedchain.ledger.store import load_chain
-from fedchain.settings import GENERATIONS, POPULATION, TARGET, TARGET_UNIT
-from fedchain.trust.keys import public_hex
+from fedchain.settings import TARGET, TARGET_UNIT
 
 ROUNDS, SEED, DIFFICULTY = 3, 7, 8
 WAIT_S = 240  # Ray's start alone takes 5 s on a quiet machine
@@ -46,41 +42,6 @@ def simulate(tmp_path, *args):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     return process.returncode, output
-
-
-def in_memory_run(tmp_path):
-    """The same run with the clients in memory: the bundled halves, the run's seed."""
-    test = load_dataset(ROOT / "data" / "test.csv")
-    clients = [
-        FederatedClient(
-            name=name,
-            data=load_dataset(ROOT / "data" / f"client{i}.csv"),
-            seed=None,
-            generations=GENERATIONS,
-            population=POPULATION,
-            replica=tmp_path / f"{name}.jsonl",
-            say=lambda line: None,
-            key=CLIENT_KEYS[name],
-        )
-        for i, name in ((1, "cli1"), (2, "cli2"))
-    ]
-    plan = RunPlan(
-        n_clients=2,
-        min_clients=2,
-        rounds=ROUNDS,
-        difficulty_bits=DIFFICULTY,
-        seed=SEED,
-        server_key=public_hex(SERVER_KEY),
-        features=test.feature_names,
-        target=TargetRecord(TARGET, TARGET_UNIT),
-    )
-    try:
-        return run_in_memory(
-            plan, SERVER_KEY, clients, chain_path=tmp_path / "chain.jsonl", test_data=test
-        )
-    finally:
-        for client in clients:
-            client.close()
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +79,8 @@ def test_a_flower_simulation_gives_the_socket_runs_models_bit_for_bit(flower_run
     folder, code, output = flower_run
     assert code == 0, output
     flower = load_chain(folder / "chain.jsonl").blocks
-    expected = in_memory_run(tmp_path)
+    datasets = {f"cli{i}": load_dataset(ROOT / "data" / f"client{i}.csv") for i in (1, 2)}
+    expected = run_federation(tmp_path, datasets, rounds=ROUNDS, seed=SEED)
     assert [b.server_model for b in flower] == [b.server_model for b in expected]
     assert [b.cli for b in flower] == [b.cli for b in expected]
     for ours, theirs in zip(flower[1:], expected[1:], strict=True):
