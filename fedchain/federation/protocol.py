@@ -492,6 +492,7 @@ class ServerProtocol:
                 self.run_features,
                 self.test_data,
                 participants=participants,
+                test_setting=self.setting("test"),
             )
             self.chain = Chain(genesis)
         except (ChainError, ValueError) as error:  # as _append: a bug of ours, said, and stop

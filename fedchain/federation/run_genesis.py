@@ -24,13 +24,15 @@ def mine_genesis(
     test_data: Dataset | None,
     *,
     participants: Mapping[str, str] | None = None,
+    test_setting: str = "--test",
 ) -> tuple[Block, list[Action]]:
     """The genesis of PLAN's run with CLIENTS (in the order every round takes them), mined and
     signed with KEY, and what to say of it. PARTICIPANTS: whom it admits (name -> key), if not
-    just CLIENTS (a run that begins with its quorum admits every authorized client)."""
+    just CLIENTS (a run that begins with its quorum admits every authorized client).
+    TEST_SETTING: how the operator names the held-out rows, for the line that misses them."""
     if participants is None:
         participants = {c.name: c.public_key for c in clients}
-    scale, said = _krum_scale(plan, features, test_data)
+    scale, said = _krum_scale(plan, features, test_data, test_setting)
     genesis = make_genesis(
         initial_model=LinearModel.zeros(len(features)),
         feature_names=features,
@@ -62,7 +64,7 @@ def _privacy_terms(plan: RunPlan, clients: list[Member]) -> PrivacyTerms | None:
 
 
 def _krum_scale(
-    plan: RunPlan, features: tuple[str, ...], test_data: Dataset | None
+    plan: RunPlan, features: tuple[str, ...], test_data: Dataset | None, test_setting: str
 ) -> tuple[tuple[float, ...] | None, list[Action]]:
     """For Krum, each feature's root mean square on the held-out rows, which the genesis
     records and Krum multiplies each weight by before it measures a distance (so a distance is
@@ -73,7 +75,7 @@ def _krum_scale(
         return None, [
             Say(
                 "krum measures distances in raw weight units: there are no held-out rows "
-                "(--test) to scale the features by"
+                f"({test_setting}) to scale the features by"
             )
         ]
     rows = test_data.in_order(features)

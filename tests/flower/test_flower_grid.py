@@ -414,3 +414,16 @@ def test_a_reply_that_arrived_before_the_deadline_counts(tmp_path, monkeypatch):
     grid.delay_s = lambda m: 0.7 if m.metadata.dst_node_id == 103 and at_train(m) else 0.0
     server, said = serve(grid, run)
     assert verified(server) and server.blocks[1].cli == ("cli1", "cli2", "cli3"), said
+
+
+def test_krum_without_held_out_rows_names_the_run_configs_key_for_them(tmp_path):
+    run = fast_run(
+        tmp_path, rounds=1, clients=5, min_clients=5, aggregation="krum",
+        parameters={"byzantine": 1.0}, test=None,
+    )  # fmt: skip
+    server, said = serve(FakeGrid(honest_nodes(run, 5)), run)
+    assert verified(server)
+    assert (
+        "krum measures distances in raw weight units: there are no held-out rows "
+        "(test in the run config) to scale the features by"
+    ) in said
