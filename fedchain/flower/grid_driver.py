@@ -70,6 +70,7 @@ class _Node:
     challenge: bytes  # the login challenge it was sent; its first reply registers it
     registered: bool = False
     gone: bool = False
+    reachable: bool = True  # False once Flower could not deliver to it
     in_flight: str = ""  # the id of the message awaiting its reply
     asked: int = 0  # how many protocol messages it holds: the reply holds no more
     outbox: list[dict] = field(default_factory=list)
@@ -166,8 +167,8 @@ class FlowerServer:
     def _flush(self) -> None:
         """Each idle node's waiting messages, in order, as one Flower message."""
         for node in list(self.nodes.values()):
-            if node.gone or node.in_flight or not node.outbox:
-                continue
+            if node.in_flight or not node.outbox or not node.reachable:
+                continue  # a node left out still gets its refusal: nothing else is queued
             batch, node.outbox = node.outbox, []
             kind = "train" if any(m["type"] == "train" for m in batch) else "query"
             content = pack(batch, server_key=self.server_key)
@@ -182,8 +183,9 @@ class FlowerServer:
             self.in_flight[ids[0]] = node
 
     def _unreachable(self, node: _Node) -> None:
-        """Flower cannot deliver to NODE (its SuperNode has left, say): it is out at once."""
-        node.gone = True
+        """Flower cannot deliver to NODE (its SuperNode has left, say): it is out at once, and
+        nothing more is tried, its refusal neither."""
+        node.gone, node.reachable = True, False
         if node.registered:
             error = f"Flower could not deliver to node {node.node_id}"
             self.events.append(SendFailed(node.conn, error))
@@ -234,7 +236,7 @@ class FlowerServer:
             self.events.append(Spoke(node.conn, tuple(messages)))
 
     def _lose(self, node: _Node) -> None:
-        node.gone = True
+        node.gone, node.outbox = True, []  # nothing more goes to it: its client has failed
         self.events.append(Closed(node.conn))
 
     def _refuse(self, node: _Node, reason: str) -> None:
@@ -257,14 +259,17 @@ class FlowerServer:
         for action in actions:
             match action:
                 case Send(to, message):
-                    for conn in to:
-                        self.nodes[conn].outbox.append(message)
+                    for node in (self.nodes[conn] for conn in to):
+                        if not node.gone:
+                            node.outbox.append(message)
                 case Disconnect(conn, refusal):
                     node = self.nodes[conn]
-                    if refusal is not None:
-                        node.outbox.append({"type": "refused", "reason": refusal})
-                        self._flush()
                     node.gone = True
+                    # Its last words: the refusal alone, sent now or, if a message is still
+                    # with it, once that one's reply is in, so a node always learns why.
+                    refused = {"type": "refused", "reason": refusal}
+                    node.outbox = [] if refusal is None else [refused]
+                    self._flush()
                 case Say(text):
                     self.say(text)
                 case Write(block):

@@ -427,3 +427,18 @@ def test_krum_without_held_out_rows_names_the_run_configs_key_for_them(tmp_path)
         "krum measures distances in raw weight units: there are no held-out rows "
         "(test in the run config) to scale the features by"
     ) in said
+
+
+def test_a_node_left_out_while_its_message_is_out_hears_why_once_it_answers(tmp_path):
+    # cli3's update reaches the SuperLink after the round's deadline: it is left out while
+    # its message is still out, and its refusal goes to it once that message's reply is in.
+    run, nodes = three_of_two(tmp_path, rounds=3, round_timeout_s=0.5)
+    grid = FakeGrid(nodes)
+    # Late for round 1, in by round 2: the run is still on when it answers.
+    grid.delay_s = lambda m: 0.6 if m.metadata.dst_node_id == 103 and at_train(m) else 0.0
+    server, said = serve(grid, run)
+    assert_completes_without(server, said, "cli3", "sent no update within 0.5 s")
+    last = [m for m in grid.sent if m.metadata.dst_node_id == 103][-1]
+    (refused,) = unpack(last.content, MAX_FRAME_BYTES)[0]
+    assert refused["type"] == "refused"
+    assert refused["reason"].startswith("left out: sent no update within 0.5 s"), refused
