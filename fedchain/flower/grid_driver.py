@@ -158,7 +158,7 @@ class FlowerServer:
     def _greet_newcomers(self) -> None:
         """Send each node not seen before its login challenge (the socket's first message)."""
         known = {node.node_id for node in self.nodes.values()}
-        for node_id in sorted(set(self.grid.get_node_ids()) - known):
+        for node_id in sorted(set(self._ask(self.grid.get_node_ids)) - known):
             challenge = new_challenge()
             node = _Node(len(self.nodes) + 1, node_id, challenge)
             self.nodes[node.conn] = node
@@ -175,12 +175,22 @@ class FlowerServer:
             message = Message(content, dst_node_id=node.node_id, message_type=kind)
             # One at a time: a Grid that cannot take a message says so by a None id (deployed)
             # or by leaving its id out (in memory), and only alone is the message it means known.
-            ids = list(self.grid.push_messages([message]))
+            ids = list(self._ask(self.grid.push_messages, [message]))
             if len(ids) != 1 or not ids[0]:
                 self._unreachable(node)
                 continue
             node.in_flight, node.asked = ids[0], len(batch)
             self.in_flight[ids[0]] = node
+
+    @staticmethod
+    def _ask(call: Callable, *args: object) -> object:
+        """CALL(*ARGS) on Flower's Grid. Whatever fails there (its SuperLink gone, a gRPC
+        error) is not any client's doing and leaves no way on: the run stops with its reason,
+        and the blocks so far are on disk."""
+        try:
+            return call(*args)
+        except Exception as error:  # the Grid's errors are Flower's and gRPC's, many kinds
+            raise RunAborted(f"Flower's Grid failed: {type(error).__name__}: {error}") from error
 
     def _unreachable(self, node: _Node) -> None:
         """Flower cannot deliver to NODE (its SuperNode has left, say): it is out at once, and
@@ -196,7 +206,7 @@ class FlowerServer:
         """Take in the replies that have arrived; whether any had."""
         if not self.in_flight:
             return False
-        replies = list(self.grid.pull_messages(list(self.in_flight)))
+        replies = list(self._ask(self.grid.pull_messages, list(self.in_flight)))
         for reply in replies:
             asked = reply.metadata.reply_to_message_id
             node = self.in_flight.get(asked)

@@ -434,11 +434,41 @@ def test_a_node_left_out_while_its_message_is_out_hears_why_once_it_answers(tmp_
     # its message is still out, and its refusal goes to it once that message's reply is in.
     run, nodes = three_of_two(tmp_path, rounds=3, round_timeout_s=0.5)
     grid = FakeGrid(nodes)
-    # Late for round 1, in by round 2: the run is still on when it answers.
-    grid.delay_s = lambda m: 0.6 if m.metadata.dst_node_id == 103 and at_train(m) else 0.0
+    # cli3 late for round 1; cli1 slow, but in time, in rounds 2 and 3, so the run is still
+    # on when cli3's late answer is in.
+    trains = {101: 0, 103: 0}
+
+    def delay_s(message):
+        node = message.metadata.dst_node_id
+        if node not in trains or not at_train(message):
+            return 0.0
+        trains[node] += 1
+        if node == 103:
+            return 0.6 if trains[node] == 1 else 0.0
+        return 0.0 if trains[node] == 1 else 0.35
+
+    grid.delay_s = delay_s
     server, said = serve(grid, run)
     assert_completes_without(server, said, "cli3", "sent no update within 0.5 s")
     last = [m for m in grid.sent if m.metadata.dst_node_id == 103][-1]
     (refused,) = unpack(last.content, MAX_FRAME_BYTES)[0]
     assert refused["type"] == "refused"
     assert refused["reason"].startswith("left out: sent no update within 0.5 s"), refused
+
+
+def test_a_grid_that_fails_stops_the_run_with_the_reason_and_keeps_the_blocks(tmp_path):
+    run = fast_run(tmp_path, rounds=3)
+    grid = FakeGrid(honest_nodes(run, 2))
+    pull = grid.pull_messages
+
+    def pull_until_round_2(ids):
+        if run.chain.exists() and len(load_chain(run.chain).blocks) >= 2:
+            raise ConnectionError("the SuperLink went away")
+        return pull(ids)
+
+    grid.pull_messages = pull_until_round_2
+    with pytest.raises(RunAborted, match="Flower's Grid failed: ConnectionError: the SuperLink"):
+        serve(grid, run)
+    blocks = load_chain(run.chain).blocks
+    assert len(blocks) >= 2
+    assert report_chain(blocks, lambda line: None, show_blocks=False) is Verdict.INCOMPLETE
