@@ -472,3 +472,12 @@ def test_a_grid_that_fails_stops_the_run_with_the_reason_and_keeps_the_blocks(tm
     blocks = load_chain(run.chain).blocks
     assert len(blocks) >= 2
     assert report_chain(blocks, lambda line: None, show_blocks=False) is Verdict.INCOMPLETE
+
+
+def test_a_hundred_nodes_complete_a_run_whose_chain_verifies(tmp_path):
+    # The scale, through the same driver, in this process (benchmark.py flower runs it
+    # in Flower's own simulation, and reports the chain's size, verify's time and memory).
+    run = fast_run(tmp_path, rounds=1, clients=100, min_clients=100)
+    server, said = serve(FakeGrid(honest_nodes(run, 100)), run)
+    assert verified(server), said[-5:]
+    assert len(server.blocks[1].cli) == 100 and len(server.blocks[2].attestations) == 100
