@@ -56,7 +56,7 @@ GREET_EVERY_S = 1.0
 
 def in_the_run_config(setting: str) -> str:
     """How a Flower run's operator sets SETTING, for the lines that name one."""
-    if setting == "rejoin-timeout-s":  # no key sets it: the wait is 0 (see FlowerServer.run)
+    if setting == "rejoin-timeout-s":  # no key sets it: the wait is 0 (see FlowerServer.serve)
         return "over Flower a node left out does not come back"
     return f"{setting} in the run config"
 
