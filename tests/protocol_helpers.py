@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 from chain_helpers import SERVER_KEY, TRAINING, fixed_key
 
-from fedchain.federation.events import Action, Event, Registration, Say, Send, Spoke
+from fedchain.federation.events import Action, Event, Registration, Say, Send, Spoke, Write
 from fedchain.federation.plan import RunPlan
 from fedchain.federation.protocol import ServerProtocol, Waits
 from fedchain.learning.aggregation import FEDAVG
@@ -93,6 +93,11 @@ def step(protocol: ServerProtocol, *events: Event) -> list[Action]:
             return out
         out += protocol.tick()
     raise AssertionError("tick() is due again and again")
+
+
+def written(actions: list[Action]) -> list[Block]:
+    """The blocks ACTIONS have the transport write."""
+    return [a.block for a in actions if isinstance(a, Write)]
 
 
 def said(actions: list[Action]) -> list[str]:

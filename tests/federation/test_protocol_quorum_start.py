@@ -20,6 +20,7 @@ from protocol_helpers import (
     sent_to,
     step,
     wire,
+    written,
 )
 
 from fedchain.federation.client import FederatedClient
@@ -29,7 +30,6 @@ from fedchain.federation.events import (
     SendFailed,
     Spoke,
     TurnAwayNewcomers,
-    Write,
 )
 from fedchain.federation.protocol import Phase
 from fedchain.learning.dataset import load_dataset
@@ -48,10 +48,6 @@ REFUSED = (
     f"name ({AUTHORIZED['cli3'][:16]}…) (before round 1)"
 )
 NEVER = "never joined (before round 1)"
-
-
-def written(actions) -> list:
-    return [a.block for a in actions if isinstance(a, Write)]
 
 
 def quorum_plan(*, n_clients: int = 4, **changes):

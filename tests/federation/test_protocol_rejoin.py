@@ -16,16 +16,13 @@ from protocol_helpers import (
     said,
     sent_to,
     step,
+    written,
 )
 
-from fedchain.federation.events import Abort, Closed, Disconnect, Report, Write
+from fedchain.federation.events import Abort, Closed, Disconnect, Report
 from fedchain.federation.plan import RunPlan
 from fedchain.federation.protocol import RESUME_GRACE_S, Phase
 from fedchain.ledger.chain import verify_chain
-
-
-def written(actions) -> list:
-    return [a.block for a in actions if isinstance(a, Write)]
 
 
 def refusal(actions, conn: int) -> str | None:

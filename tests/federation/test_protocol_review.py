@@ -12,14 +12,11 @@ from protocol_helpers import (
     make_server,
     said,
     step,
+    written,
 )
 
-from fedchain.federation.events import Abort, Closed, Disconnect, Write
+from fedchain.federation.events import Abort, Closed, Disconnect
 from fedchain.federation.protocol import Phase
-
-
-def written(actions) -> list:
-    return [a.block for a in actions if isinstance(a, Write)]
 
 
 def test_every_client_leaving_as_the_run_closes_does_not_make_an_unattested_closing_block():

@@ -17,6 +17,7 @@ from protocol_helpers import (
     said,
     sent_to,
     step,
+    written,
 )
 
 from fedchain.federation.events import (
@@ -26,7 +27,6 @@ from fedchain.federation.events import (
     Disconnect,
     Report,
     SendFailed,
-    Write,
 )
 from fedchain.federation.protocol import (
     EXPECTED,
@@ -35,10 +35,6 @@ from fedchain.federation.protocol import (
     Waits,
 )
 from fedchain.ledger.chain import verify_chain
-
-
-def written(actions) -> list:
-    return [a.block for a in actions if isinstance(a, Write)]
 
 
 def test_a_run_of_two_rounds_writes_a_chain_that_verifies_and_says_done():

@@ -15,9 +15,10 @@ from protocol_helpers import (
     said,
     sent_to,
     step,
+    written,
 )
 
-from fedchain.federation.events import Abort, Closed, Disconnect, Write
+from fedchain.federation.events import Abort, Closed, Disconnect
 from fedchain.federation.protocol import EXPECTED, Phase
 from fedchain.learning.aggregation import SCAFFOLD
 from fedchain.ledger.chain import verify_chain
@@ -44,10 +45,6 @@ def scaffold_run(n_clients: int = 3, min_clients: int = 2, rounds: int = 2, cloc
 
 def updates(*peers: ScriptedClient):
     return [p.update(np.full(3, float(i)), gradient=GRADIENT * i) for i, p in enumerate(peers)]
-
-
-def written(actions) -> list:
-    return [a.block for a in actions if isinstance(a, Write)]
 
 
 def left_out(actions, conn: int) -> str | None:
