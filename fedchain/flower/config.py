@@ -4,7 +4,7 @@ each value checked and a bad one named by its key. Flower's config holds no None
 at its "not given" value (-1, or "") means what leaving the flag out means to server.py."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedchain import settings
@@ -47,7 +47,7 @@ class FlowerRun:
     clients: int = settings.CLIENTS
     min_clients: int = settings.CLIENTS
     aggregation: str = "fedavg"
-    parameters: Mapping[str, float] | None = None
+    parameters: Mapping[str, float] = field(default_factory=dict)  # the rule's
     chain: Path | None = None  # None: a new runs/DATE-TIME/chain.jsonl
     key: Path = settings.SERVER_KEY_PATH
     test: Path | None = BUNDLED_TEST

@@ -131,7 +131,7 @@ class FlowerServer:
             seed=run.seed,
             server_key=server_key,
             aggregation=run.aggregation,
-            aggregation_parameters=run.parameters or {},
+            aggregation_parameters=run.parameters,
             features=None if test_data is None else test_data.feature_names,
             target=run.target,
             authorized_keys=authorized,

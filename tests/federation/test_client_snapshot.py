@@ -109,14 +109,21 @@ def test_clients_restored_at_every_message_make_the_chain_of_clients_kept_in_mem
         assert replica.read_bytes() == (tmp_path / "b" / "chain.jsonl").read_bytes()
 
 
-def test_a_snapshot_restores_the_stage_and_the_update_awaiting_its_block(tmp_path):
-    said = []
-    member = RestoredAtEveryMessage("cli1", tmp_path, said)
-    other = new_client("cli2", tmp_path, said)
-    run(tmp_path / "run", [member, other], FEDAVG, {})
+def finished_snapshot(folder):
+    """The snapshot cli1 left at the end of a whole run with cli2, its replica in FOLDER."""
+    member = RestoredAtEveryMessage("cli1", folder, [])
+    other = new_client("cli2", folder, [])
+    run(folder / "run", [member, other], FEDAVG, {})
     other.close()
-    client = new_client("cli1", tmp_path, said)
-    restore(client, member.kept)
+    return member.kept
+
+
+def test_a_snapshot_taken_at_the_runs_end_restores_a_finished_client(tmp_path):
+    # Mid-run snapshots (awaiting a block, a probe answered) are every message of the whole
+    # run of restored clients above.
+    kept = finished_snapshot(tmp_path)
+    client = new_client("cli1", tmp_path, [])
+    restore(client, kept)
     assert client.stage is Stage.DONE
     assert client.chain.closed
     client.close()
@@ -134,13 +141,9 @@ def test_a_snapshot_that_cannot_be_read_is_refused_by_name(tmp_path, text):
 
 
 def test_a_snapshot_whose_replica_was_tampered_with_is_refused(tmp_path):
-    said = []
-    member = RestoredAtEveryMessage("cli1", tmp_path, said)
-    other = new_client("cli2", tmp_path, said)
-    run(tmp_path / "run", [member, other], FEDAVG, {})
-    other.close()
+    kept = finished_snapshot(tmp_path)
     (replica,) = tmp_path.glob("cli1-*.jsonl")
     replica.write_text(replica.read_text().replace('"nonce":', '"nonce":1', 1))
-    client = new_client("cli1", tmp_path, said)
+    client = new_client("cli1", tmp_path, [])
     with pytest.raises(ClientFailed, match=f"cannot go on with the replica {replica}"):
-        restore(client, member.kept)
+        restore(client, kept)

@@ -52,7 +52,7 @@ def in_memory_twin(run, folder):
         features=test.feature_names,
         target=run.target,
         aggregation=run.aggregation,
-        aggregation_parameters=run.parameters or {},
+        aggregation_parameters=run.parameters,
     )
     try:
         return run_in_memory(

@@ -4,7 +4,6 @@ everything it started) and runs the simulation, which writes a chain that verifi
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,13 @@ from pathlib import Path
 import pytest
 from in_process import run_main
 from processes import ROOT
+from services import free_port
 
 from fedchain.ledger.store import load_chain
 
 WAIT_S = 300
 # flwr starts flower-superlink by name: this environment's, as `make test` runs no activate.
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def listener_pid(port: int) -> int | None:
