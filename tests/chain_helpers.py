@@ -17,7 +17,7 @@ from fedchain.ledger.signatures import (
     sign_hex,
     update_message,
 )
-from fedchain.trust.keys import public_hex
+from fedchain.trust.keys import public_hex, sign
 
 FEATURES = ("age", "bmi", "smoker")
 DIFFICULTY = 8
@@ -134,3 +134,49 @@ def reseal(block: Block, **changes) -> Block:
     changed = replace(block, **changes)
     sealed = seal(changed)
     return replace(sealed, server_signature=sign_hex(SERVER_KEY, block_message(sealed.hash)))
+
+
+def signed_update_message(
+    name: str,
+    key: Ed25519PrivateKey,
+    weights: np.ndarray,
+    n_samples: int,
+    *,
+    genesis: Block,
+    previous: Block,
+    index: int,
+    round: int,
+    attestation: bytes,
+    gradient=None,
+) -> dict:
+    """The `update` message a client NAME sends for ROUND: WEIGHTS (bias 0) trained with
+    TRAINING, signed with KEY as round INDEX after PREVIOUS in GENESIS's run (a forger's
+    arguments may differ from ROUND's), with its ATTESTATION and, for scaffold, its start
+    GRADIENT."""
+    sent_gradient = () if gradient is None else tuple(map(float, gradient))
+    update = ClientUpdate(
+        LinearModel(weights, 0.0), n_samples, training=TRAINING, gradient=sent_gradient
+    )
+    signed = update_message(
+        genesis_hash=genesis.hash,
+        index=index,
+        previous_hash=previous.hash,
+        name=name,
+        update=update,
+    )
+    message = {
+        "type": "update",
+        "round": round,
+        "weights": weights,
+        "bias": 0.0,
+        "n_samples": n_samples,
+        "metrics": {},
+        "seed": TRAINING.seed,
+        "generations": TRAINING.generations,
+        "population": TRAINING.population,
+        "signature": sign(key, signed),
+        "attestation": attestation,
+    }
+    if gradient is not None:
+        message["gradient"] = np.asarray(gradient, dtype=np.float64)
+    return message

@@ -5,15 +5,15 @@ as the wire checks them) but have no socket."""
 import hashlib
 
 import numpy as np
-from chain_helpers import SERVER_KEY, TRAINING, fixed_key
+from chain_helpers import SERVER_KEY, fixed_key, signed_update_message
 
 from fedchain.federation.events import Action, Event, Registration, Say, Send, Spoke, Write
 from fedchain.federation.plan import RunPlan
 from fedchain.federation.protocol import ServerProtocol, Waits
 from fedchain.learning.aggregation import FEDAVG
 from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import Block, ClientUpdate
-from fedchain.ledger.signatures import attestation_message, probe_message, update_message
+from fedchain.ledger.block import Block
+from fedchain.ledger.signatures import attestation_message, probe_message
 from fedchain.ledger.store import block_from_json
 from fedchain.trust.handshake import login_message
 from fedchain.trust.keys import public_hex, sign
@@ -162,32 +162,18 @@ class ScriptedClient:
         the chain of GENESIS, or with KEY, if given), with GRADIENT as its start gradient
         (scaffold), CHANGES altered after signing."""
         weights = np.zeros(len(self.features)) if weights is None else np.asarray(weights, float)
-        sent_gradient = () if gradient is None else tuple(map(float, gradient))
-        update = ClientUpdate(
-            LinearModel(weights, 0.0), self.n_samples, training=TRAINING, gradient=sent_gradient
-        )
-        signed = update_message(
-            genesis_hash=(genesis or self.genesis).hash,
+        message = signed_update_message(
+            self.name,
+            key or self.key,
+            weights,
+            self.n_samples,
+            genesis=genesis or self.genesis,
+            previous=self.last,
             index=self.last.index + 1 if index is None else index,
-            previous_hash=self.last.hash,
-            name=self.name,
-            update=update,
+            round=self.last.index + 1,
+            attestation=self.attestation(),
+            gradient=gradient,
         )
-        message = {
-            "type": "update",
-            "round": self.last.index + 1,
-            "weights": weights,
-            "bias": 0.0,
-            "n_samples": self.n_samples,
-            "metrics": {},
-            "seed": TRAINING.seed,
-            "generations": TRAINING.generations,
-            "population": TRAINING.population,
-            "signature": sign(key or self.key, signed),
-            "attestation": self.attestation(),
-        }
-        if gradient is not None:
-            message["gradient"] = np.asarray(gradient, dtype=np.float64)
         return {**message, **changes}
 
     def update(self, weights=None, **kwargs) -> Spoke:

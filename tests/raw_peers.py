@@ -6,16 +6,15 @@ import ssl
 from pathlib import Path
 
 import numpy as np
-from chain_helpers import TRAINING, fixed_key
+from chain_helpers import fixed_key, signed_update_message
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from processes import ROOT
 from wire_helpers import receive
 
 from fedchain.learning.dataset import load_dataset
-from fedchain.learning.linear_model import LinearModel
-from fedchain.ledger.block import Block, ClientUpdate
-from fedchain.ledger.signatures import attestation_message, update_message
+from fedchain.ledger.block import Block
+from fedchain.ledger.signatures import attestation_message
 from fedchain.ledger.store import block_from_json
 from fedchain.trust.handshake import login_message
 from fedchain.trust.keys import public_hex, sign
@@ -92,28 +91,17 @@ class RawClient:
         previous = previous or self.last
         genesis = genesis or self.genesis
         index = previous.index + 1 if index is None else index
-        update = ClientUpdate(LinearModel(weights, 0.0), N_SAMPLES, training=TRAINING)
-        signed = update_message(
-            genesis_hash=genesis.hash,
+        return signed_update_message(
+            self.name,
+            key or self.key,
+            weights,
+            N_SAMPLES,
+            genesis=genesis,
+            previous=previous,
             index=index,
-            previous_hash=previous.hash,
-            name=self.name,
-            update=update,
+            round=self.last.index + 1,
+            attestation=self.attestation(),
         )
-        message = {
-            "type": "update",
-            "round": self.last.index + 1,
-            "weights": weights,
-            "bias": 0.0,
-            "n_samples": N_SAMPLES,
-            "metrics": {},
-            "seed": TRAINING.seed,
-            "generations": TRAINING.generations,
-            "population": TRAINING.population,
-            "signature": sign(key or self.key, signed),
-            "attestation": self.attestation(),
-        }
-        return message
 
     def attestation(self) -> bytes:
         return sign(self.key, attestation_message(genesis_hash=self.genesis.hash, block=self.last))
